@@ -1,0 +1,5 @@
+import sys
+
+from accessgate.cli import main
+
+sys.exit(main())
