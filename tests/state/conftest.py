@@ -1,0 +1,1 @@
+from support.redis_server import redis_server  # noqa: F401  (the fixture)
