@@ -1,0 +1,837 @@
+"""Read a policy from YAML, check all of it, and build a `model.Policy`.
+
+The loader is the only place that checks a policy, so it reports every
+problem at once (never stopping at the first), each located by file, line
+and column, and either returns a whole valid policy or raises
+`errors.PolicyError`.  It walks YAML *nodes* (`yaml.compose`) rather than
+loaded Python values, because only nodes remember where they came from.
+
+Files: the main file may `include` fragments (paths relative to the
+including file), which may include further fragments.  A fragment holds
+`sites`, `roles`, `directory` and `tests` (and `include`, and optionally
+`version: 1`); `timezone`, `unauthenticated` and `unlisted` belong to the
+main file only.  A name defined twice, in one file or across files, is an
+error, as is a file included twice or an include cycle.  See
+docs/policy-errors.md for every message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import io
+import ipaddress
+import os
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Iterable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+import yaml
+
+from . import model
+from .engine import ALLOW, ALLOW_REASONS, BLOCK, BLOCK_REASONS
+from .errors import InvalidHost, PolicyError, PolicyProblem
+from .hosts import normalize_host
+from .windows import parse_window
+
+# libyaml is ~4x faster on big policies; both keep line/column marks.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _NULL, _BOOL, _MERGE = (_TAG + t for t in ("str", "int", "null", "bool", "merge"))
+
+MAIN_KEYS = ("version", "timezone", "include", "sites", "directory", "roles",
+             "unauthenticated", "unlisted", "tests")
+MAIN_ONLY_KEYS = ("timezone", "unauthenticated", "unlisted")
+SITE_KEYS = ("domains", "networks", "read_only_allow")
+RULE_KEYS = ("method", "path")
+DIRECTORY_KEYS = ("groups", "ldap")
+LDAP_KEYS = ("url", "bind_dn", "bind_password_file", "base_dn", "group_attribute",
+             "user_filter", "group_filter", "cache_seconds")
+ROLE_KEYS = ("members", "access")
+GRANT_KEYS = ("level", "windows", "daily_minutes")
+TEST_KEYS = ("name", "user", "url", "method", "at", "expect", "reason", "client_ip", "headers")
+LEVELS = tuple(level.value for level in model.Level)
+MEMBER_FORMS = "'user:NAME', 'group:NAME', 'net:CIDR' or 'all'"
+
+# Names end up in metric labels, rule strings and messages: keep them plain.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 token
+# Reserved: metric label values for "no site"/"no role", and `deny`, which
+# `unauthenticated: deny` would make ambiguous as a role name.
+RESERVED_SITE_NAMES = ("none", "unlisted")
+RESERVED_ROLE_NAMES = ("none", "deny")
+
+
+def load_policy(path: str | os.PathLike[str]) -> model.Policy:
+    """Load the policy at `path` and every file it includes."""
+    return _Builder(os.fspath(path)).build(text=None)
+
+
+def parse_policy(text: str, path: str = "<string>") -> model.Policy:
+    """Build a policy from `text`; includes resolve relative to `path`'s folder."""
+    return _Builder(path).build(text=text)
+
+
+@dataclass
+class _Source:
+    path: str
+    data: bytes
+    main: bool = False
+    root: yaml.MappingNode | None = None
+    entries: list[_Entry] = field(default_factory=list)  # its top-level keys, checked
+
+
+@dataclass
+class _Seen:
+    """Where a name was first defined, to name both places of a duplicate."""
+
+    node: yaml.Node
+    owner: str = ""
+
+
+@dataclass
+class _Builder:
+    path: str
+    problems: list[PolicyProblem] = field(default_factory=list)
+    sources: list[_Source] = field(default_factory=list)
+    # A file that could not be read or parsed may define the names the others
+    # use; then "unknown site/role/group" would be noise, so it is not said.
+    incomplete: bool = False
+    # Every name defined, even where its definition had problems, so that a
+    # reference to it is not reported as unknown as well.
+    site_names: set[str] = field(default_factory=set)
+    group_names: set[str] = field(default_factory=set)
+    role_names: set[str] = field(default_factory=set)
+
+    # ---- entry ---------------------------------------------------------
+
+    def build(self, text: str | None) -> model.Policy:
+        self._read(self.path, text, chain=(), via=None)
+        policy = self._validate()
+        if self.problems:
+            order = {s.path: i for i, s in enumerate(self.sources)}
+            unique = dict.fromkeys(self.problems)  # aliases can repeat a problem
+            raise PolicyError(
+                sorted(unique, key=lambda p: (order.get(p.file, len(order)), p.line, p.column))
+            )
+        assert policy is not None
+        return policy
+
+    # ---- problems ------------------------------------------------------
+
+    def problem(self, node: yaml.Node, message: str) -> None:
+        mark = node.start_mark
+        self.problems.append(PolicyProblem(mark.name, mark.line + 1, mark.column + 1, message))
+
+    def file_problem(self, path: str, message: str, line: int = 1, column: int = 1) -> None:
+        self.problems.append(PolicyProblem(path, line, column, message))
+
+    # ---- files ---------------------------------------------------------
+
+    def _read(self, path: str, text: str | None, chain: tuple[tuple[str, str], ...],
+              via: yaml.Node | None) -> None:
+        """Read, parse and register `path`, then the files it includes (depth first)."""
+        if text is None:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                self.incomplete = True
+                reason = exc.strerror or str(exc)
+                if via is None:
+                    self.file_problem(path, f"cannot read the policy file: {reason}; check the path")
+                else:
+                    self.problem(via, f"cannot read included file '{path}': {reason}; "
+                                      "include paths are relative to the including file")
+                return
+            try:
+                text = data.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                self.incomplete = True
+                line = data.count(b"\n", 0, exc.start) + 1
+                column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+                self.sources.append(_Source(path, data, main=via is None))
+                self.file_problem(path, "the file is not UTF-8 text; save it as UTF-8", line, column)
+                return
+        else:
+            data = text.encode("utf-8")
+        source = _Source(path, data, main=via is None)
+        self.sources.append(source)
+        stream = io.StringIO(text)
+        stream.name = path  # every mark then names its file
+        try:
+            root = yaml.compose(stream, Loader=_Loader)
+        except yaml.MarkedYAMLError as exc:
+            self.incomplete = True
+            mark = exc.problem_mark or exc.context_mark
+            what = "; ".join(p for p in (exc.context, exc.problem) if p)
+            self.file_problem(path, f"YAML syntax error: {what}; check the indentation, "
+                                    "quoting and brackets here", mark.line + 1, mark.column + 1)
+            return
+        except yaml.YAMLError as exc:  # reader errors: control characters and the like
+            self.incomplete = True
+            self.file_problem(path, f"YAML error: {exc}")
+            return
+        if root is None:
+            if via is None:
+                self.file_problem(path, "the policy file is empty; it needs at least 'version: 1'")
+            return
+        if not isinstance(root, yaml.MappingNode):
+            self.problem(root, f"a policy file must be a mapping of keys (version, sites, roles, ...), "
+                               f"not {_describe(root)}")
+            return
+        source.root = root
+        chain = (*chain, (os.path.realpath(path), path))
+        for entry in self.entries(root, "the top level", MAIN_KEYS):
+            if not source.main and entry.name in MAIN_ONLY_KEYS:
+                self.problem(entry.key, f"'{entry.name}' belongs in the main policy file "
+                                        f"({self.sources[0].path}), not in an included fragment; move it there")
+                continue
+            if entry.value.tag == _NULL and entry.name not in ("version", "timezone"):
+                continue  # an empty section (`sites:`) is just empty
+            source.entries.append(entry)
+            if entry.name != "include":
+                continue
+            items = entry.value.value if isinstance(entry.value, yaml.SequenceNode) else [entry.value]
+            for item in items:
+                target = self.text(item, "an include entry")
+                if target is None:
+                    continue
+                if not target.strip():
+                    self.problem(item, "an include entry is empty; write the path of a policy fragment")
+                    continue
+                child = os.path.normpath(os.path.join(os.path.dirname(path), target))
+                child_key = os.path.realpath(child)
+                reals = [real for real, _ in chain]
+                if child_key in reals:
+                    names = " -> ".join([*(p for _, p in chain[reals.index(child_key):]), child])
+                    self.problem(item, f"include cycle: {names}; remove one of these includes")
+                    continue
+                earlier = next((s for s in self.sources if os.path.realpath(s.path) == child_key), None)
+                if earlier is not None:
+                    self.problem(item, f"'{child}' is already included; include each file once")
+                    continue
+                self._read(child, None, chain, item)
+
+    # ---- generic node helpers --------------------------------------------
+
+    def entries(self, node: yaml.Node, where: str, allowed: Iterable[str] | None = None) -> list[_Entry]:
+        """The key/value pairs of a mapping node, with unknown and repeated keys reported."""
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, f"{where} must be a mapping (key: value), not {_describe(node)}")
+            return []
+        allowed = tuple(allowed) if allowed is not None else None
+        seen: dict[str, yaml.Node] = {}
+        out = []
+        for key, value in node.value:
+            if key.tag == _MERGE:
+                self.problem(key, f"merge keys ('<<') are not supported in {where}; "
+                                  "write the keys out (an alias '*name' as a whole value works)")
+                continue
+            if not isinstance(key, yaml.ScalarNode) or key.tag == _NULL:
+                self.problem(key, f"a key in {where} must be a plain name, not {_describe(key)}")
+                continue
+            name = key.value
+            if name in seen:
+                first = seen[name].start_mark
+                self.problem(key, f"key '{name}' appears twice in {where} (first at line "
+                                  f"{first.line + 1}); keep one")
+                continue
+            seen[name] = key
+            if allowed is not None and name not in allowed:
+                self.problem(key, f"unknown key '{name}' in {where}; {_suggest(name, allowed, 'valid keys are')}")
+                continue
+            out.append(_Entry(name, key, value))
+        return out
+
+    def seq(self, node: yaml.Node, where: str) -> list[yaml.Node]:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        self.problem(node, f"{where} must be a list ([a, b] or '- a' lines), not {_describe(node)}")
+        return []
+
+    def text(self, node: yaml.Node, what: str) -> str | None:
+        """A scalar's text as written.  Names like `007` or `no` stay text."""
+        if isinstance(node, yaml.ScalarNode) and node.tag != _NULL:
+            return node.value
+        self.problem(node, f"{what} must be text, not {_describe(node)}")
+        return None
+
+    def name(self, node: yaml.Node, what: str, reserved: tuple[str, ...] = ()) -> str | None:
+        value = self.text(node, what)
+        if value is None:
+            return None
+        if not _NAME.match(value):
+            self.problem(node, f"{what} '{value}' is not a valid name; use letters, digits, "
+                               "'-', '_' and '.', starting with a letter or digit")
+            return None
+        if value.lower() in reserved:
+            self.problem(node, f"{what} '{value}' is reserved; choose another name")
+            return None
+        return value
+
+    def choice(self, node: yaml.Node, what: str, options: tuple[str, ...]) -> str | None:
+        value = self.text(node, what)
+        if value is None:
+            return None
+        if value not in options:
+            self.problem(node, f"{what} '{value}' is not valid; {_suggest(value, options, 'it is one of')}")
+            return None
+        return value
+
+    def network(self, node: yaml.Node, what: str, value: str | None = None) -> model.IPNetwork | None:
+        """The CIDR `value` (default: the node's text), strictly: no host bits."""
+        value = self.text(node, what) if value is None else value
+        if value is None:
+            return None
+        try:
+            return ipaddress.ip_network(value.strip(), strict=True)
+        except ValueError as exc:
+            try:
+                loose = ipaddress.ip_network(value.strip(), strict=False)
+            except ValueError:
+                self.problem(node, f"{what} '{value}' is not a network ({exc}); write it as "
+                                   "ADDRESS/PREFIX, like 10.0.0.0/8 or 2001:db8::/32")
+            else:
+                self.problem(node, f"{what} '{value}' has host bits set; did you mean '{loose}'?")
+            return None
+
+    # ---- the policy ------------------------------------------------------
+
+    def _validate(self) -> model.Policy | None:
+        main = self.sources[0] if self.sources else None
+        sections: dict[str, list[_Entry]] = {k: [] for k in MAIN_KEYS}
+        for source in self.sources:
+            for entry in source.entries:
+                sections[entry.name].append(entry)
+        if main is not None and main.root is not None and not any(e.name == "version" for e in main.entries):
+            self.problem(main.root, "the policy has no 'version'; add 'version: 1' as its first line")
+        for entry in sections["version"]:
+            if not (entry.value.tag == _INT and _int(entry.value) == 1):
+                self.problem(entry.value, f"version {_describe(entry.value)} is not supported; "
+                                          "this accessgate reads 'version: 1'")
+
+        timezone = self._timezone(sections["timezone"])
+        sites = self._sites(sections["sites"])
+        groups, ldap = self._directory(sections["directory"])
+        roles = self._roles(sections["roles"], sites, groups, ldap is not None)
+        unauthenticated = self._unauthenticated(sections["unauthenticated"])
+        unlisted = self._main_choice(sections["unlisted"], "unlisted", ("allow", "deny"), "allow")
+        tests = self._tests(sections["tests"])
+        if self.problems or main is None:
+            return None
+
+        digest = hashlib.sha256()
+        base = os.path.dirname(main.path)
+        for source in self.sources:
+            rel = os.path.relpath(source.path, base) if source is not main else os.path.basename(source.path)
+            digest.update(f"{rel}\0{len(source.data)}\0".encode())
+            digest.update(source.data)
+        return model.Policy(
+            timezone=timezone,
+            sites=MappingProxyType({name: site for name, (site, _) in sites.items()}),
+            roles=MappingProxyType(roles),
+            groups=MappingProxyType(groups),
+            unauthenticated=unauthenticated or "deny",
+            unlisted=model.Fallback(unlisted),
+            tests=tuple(tests),
+            digest=digest.hexdigest(),
+            sources=tuple(s.path for s in self.sources),
+            ldap=MappingProxyType(ldap) if ldap is not None else None,
+        )
+
+    def _timezone(self, entries: list[_Entry]) -> ZoneInfo:
+        for entry in entries:
+            name = self.text(entry.value, "timezone")
+            if name is None:
+                continue
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                zones = sorted(available_timezones())
+                close = difflib.get_close_matches(name, zones, n=1, cutoff=0.6)
+                hint = f"did you mean '{close[0]}'?" if close else "use an IANA name like 'Europe/Berlin' or 'UTC'"
+                self.problem(entry.value, f"unknown timezone '{name}'; {hint}")
+        return ZoneInfo("UTC")
+
+    def _main_choice(self, entries: list[_Entry], key: str, options: tuple[str, ...], default: str) -> str:
+        for entry in entries:
+            value = self.choice(entry.value, key, options)
+            if value is not None:
+                return value
+        return default
+
+    # ---- sites -------------------------------------------------------------
+
+    def _sites(self, sections: list[_Entry]) -> dict[str, tuple[model.Site, yaml.Node]]:
+        sites: dict[str, tuple[model.Site, yaml.Node]] = {}
+        site_names: dict[str, yaml.Node] = {}
+        domains: dict[str, _Seen] = {}
+        networks: dict[model.IPNetwork, _Seen] = {}
+        for section in sections:
+            for entry in self.entries(section.value, "'sites'"):
+                name = self.name(entry.key, "site name", RESERVED_SITE_NAMES)
+                if name is None:
+                    continue
+                if name in site_names:
+                    self.problem(entry.key, f"site '{name}' is defined twice (first at "
+                                            f"{_where(site_names[name])}); merge them into one")
+                    continue
+                site_names[name] = entry.key
+                site = self._site(name, entry, domains, networks)
+                if site is not None:
+                    sites[name] = (site, entry.key)
+        # Names whose definition had problems still count as defined, so
+        # that references to them are not reported as unknown as well.
+        self.site_names = set(site_names)
+        return sites
+
+    def _site(self, name: str, entry: _Entry, domains: dict[str, _Seen],
+              networks: dict[model.IPNetwork, _Seen]) -> model.Site | None:
+        where = f"site '{name}'"
+        before = len(self.problems)
+        fields = {e.name: e for e in self.entries(entry.value, where, SITE_KEYS)}
+        site_domains: list[str] = []
+        for node in self.seq(fields["domains"].value, f"'domains' of {where}") if "domains" in fields else ():
+            domain = self._domain(node, where)
+            if domain is None:
+                continue
+            other = domains.get(domain)
+            if other is not None:
+                if other.owner == name:
+                    self.problem(node, f"domain '{domain}' is listed twice in {where}; keep one")
+                else:
+                    self.problem(node, f"domain '{domain}' is in site '{other.owner}' ({_where(other.node)}) "
+                                       f"and in site '{name}' ({_where(node)}); a domain belongs to one site")
+                continue
+            domains[domain] = _Seen(node, name)
+            site_domains.append(domain)
+        site_networks: list[model.IPNetwork] = []
+        for node in self.seq(fields["networks"].value, f"'networks' of {where}") if "networks" in fields else ():
+            net = self.network(node, f"network in {where}")
+            if net is None:
+                continue
+            other = networks.get(net)
+            if other is not None:
+                self.problem(node, f"network '{net}' is in site '{other.owner}' ({_where(other.node)}) "
+                                   f"and in site '{name}' ({_where(node)}); a network belongs to one site")
+                continue
+            networks[net] = _Seen(node, name)
+            site_networks.append(net)
+        if "domains" not in fields and "networks" not in fields and isinstance(entry.value, yaml.MappingNode):
+            self.problem(entry.key, f"{where} has neither 'domains' nor 'networks'; list the domains it covers")
+        rules = []
+        if "read_only_allow" in fields:
+            for node in self.seq(fields["read_only_allow"].value, f"'read_only_allow' of {where}"):
+                rule = self._read_only_rule(node, where)
+                if rule is not None:
+                    rules.append(rule)
+        if len(self.problems) > before:
+            return None
+        return model.Site(name, tuple(site_domains), tuple(site_networks), tuple(rules))
+
+    def _domain(self, node: yaml.Node, where: str) -> str | None:
+        raw = self.text(node, f"a domain of {where}")
+        if raw is None:
+            return None
+        bare = raw.strip().strip("[]")
+        try:
+            ip = ipaddress.ip_address(bare)
+        except ValueError:
+            pass
+        else:
+            prefix = 32 if ip.version == 4 else 128
+            self.problem(node, f"'{raw}' in the domains of {where} is an IP address; list it under "
+                               f"'networks' as '{ip}/{prefix}'")
+            return None
+        if raw.startswith("*.") or raw.startswith("."):
+            self.problem(node, f"domain '{raw}' in {where}: a domain already covers all its subdomains; "
+                               f"write '{raw.lstrip('*.')}'")
+            return None
+        if any(c in raw for c in ":/?#@"):
+            self.problem(node, f"domain '{raw}' in {where} is not a bare host name; leave out the "
+                               "scheme, port and path (for example 'facebook.com')")
+            return None
+        try:
+            return normalize_host(raw).name
+        except InvalidHost as exc:
+            self.problem(node, f"domain '{raw}' in {where} is not a valid host name: {exc}")
+            return None
+
+    def _read_only_rule(self, node: yaml.Node, where: str) -> model.ReadOnlyRule | None:
+        fields = {e.name: e for e in self.entries(node, f"a read_only_allow rule of {where}", RULE_KEYS)}
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        method = None
+        if "method" in fields:
+            method = self._method(fields["method"].value, f"the method of a read_only_allow rule of {where}")
+            if method is None:
+                return None
+        if "path" not in fields:
+            self.problem(node, f"a read_only_allow rule of {where} has no 'path'; add one like "
+                               "path: \"/login/*\"")
+            return None
+        path = self.text(fields["path"].value, f"the path of a read_only_allow rule of {where}")
+        if path is None:
+            return None
+        if not path.startswith("/"):
+            self.problem(fields["path"].value, f"path '{path}' of a read_only_allow rule of {where} must "
+                                               f"start with '/'; did you mean '/{path}'?")
+            return None
+        return model.ReadOnlyRule(method, path)
+
+    def _method(self, node: yaml.Node, what: str) -> str | None:
+        value = self.text(node, what)
+        if value is None:
+            return None
+        if not _TOKEN.match(value):
+            self.problem(node, f"{what} '{value}' is not an HTTP method; write one like GET or POST")
+            return None
+        return value.upper()
+
+    # ---- directory -----------------------------------------------------------
+
+    def _directory(self, sections: list[_Entry]) -> tuple[dict[str, frozenset[str]], dict[str, object] | None]:
+        groups: dict[str, frozenset[str]] = {}
+        group_nodes: dict[str, yaml.Node] = {}
+        ldap: dict[str, object] | None = None
+        ldap_node: yaml.Node | None = None
+        for section in sections:
+            for entry in self.entries(section.value, "'directory'", DIRECTORY_KEYS):
+                if entry.name == "ldap":
+                    if ldap_node is not None:
+                        self.problem(entry.key, f"'directory.ldap' is set twice (first at {_where(ldap_node)}); "
+                                                "keep one")
+                        continue
+                    ldap_node = entry.key
+                    ldap = self._ldap(entry.value)
+                    continue
+                for group in self.entries(entry.value, "'directory.groups'"):
+                    name = self.name(group.key, "group name")
+                    if name is None:
+                        continue
+                    if name in group_nodes:
+                        self.problem(group.key, f"group '{name}' is defined twice (first at "
+                                                f"{_where(group_nodes[name])}); merge the lists")
+                        continue
+                    group_nodes[name] = group.key
+                    users = [self.text(n, f"a user of group '{name}'")
+                             for n in self.seq(group.value, f"group '{name}'")]
+                    groups[name] = frozenset(u for u in users if u is not None)
+        self.group_names = set(group_nodes)
+        return groups, ldap
+
+    def _ldap(self, node: yaml.Node) -> dict[str, object]:
+        settings: dict[str, object] = {}
+        for entry in self.entries(node, "'directory.ldap'", LDAP_KEYS):
+            if entry.name == "cache_seconds":
+                seconds = _int(entry.value) if entry.value.tag == _INT else None
+                if seconds is None or seconds < 0:
+                    self.problem(entry.value, "'cache_seconds' of directory.ldap must be a whole number "
+                                              f"of seconds, 0 or more, not {_describe(entry.value)}")
+                else:
+                    settings[entry.name] = seconds
+                continue
+            value = self.text(entry.value, f"'{entry.name}' of directory.ldap")
+            if value is not None:
+                settings[entry.name] = value
+        return settings
+
+    # ---- roles ----------------------------------------------------------------
+
+    def _roles(self, sections: list[_Entry], sites: dict, groups: dict, has_ldap: bool) -> dict[str, model.Role]:
+        roles: dict[str, model.Role] = {}
+        role_nodes: dict[str, yaml.Node] = {}
+        for section in sections:
+            for entry in self.entries(section.value, "'roles'"):
+                name = self.name(entry.key, "role name", RESERVED_ROLE_NAMES)
+                if name is None:
+                    continue
+                if name in role_nodes:
+                    self.problem(entry.key, f"role '{name}' is defined twice (first at "
+                                            f"{_where(role_nodes[name])}); merge them into one")
+                    continue
+                role_nodes[name] = entry.key
+                role = self._role(name, entry.value, has_ldap)
+                if role is not None:
+                    roles[name] = role
+        self.role_names = set(role_nodes)
+        return roles
+
+    def _role(self, name: str, node: yaml.Node, has_ldap: bool) -> model.Role | None:
+        where = f"role '{name}'"
+        before = len(self.problems)
+        fields = {e.name: e for e in self.entries(node, where, ROLE_KEYS)}
+        members = []
+        if "members" in fields:
+            for item in self.seq(fields["members"].value, f"'members' of {where}"):
+                member = self._member(item, where, has_ldap)
+                if member is not None:
+                    members.append(member)
+        access: dict[str, model.Grant] = {}
+        if "access" in fields:
+            for entry in self.entries(fields["access"].value, f"'access' of {where}"):
+                site = entry.name
+                if site != "*" and site not in self.site_names:
+                    if not self.incomplete:
+                        self.problem(entry.key, f"unknown site '{site}' in the access of {where}; "
+                                                f"{_suggest(site, sorted(self.site_names), 'sites are')}")
+                    continue
+                grant = self._grant(entry.value, f"access of {where} to '{site}'", f"roles.{name}.access.{site}")
+                if grant is not None:
+                    access[site] = grant
+        if len(self.problems) > before:
+            return None
+        return model.Role(name, tuple(members), MappingProxyType(access))
+
+    def _member(self, node: yaml.Node, where: str, has_ldap: bool) -> model.Member | None:
+        if isinstance(node, yaml.MappingNode) and len(node.value) == 1:
+            key, value = node.value[0]
+            if isinstance(key, yaml.ScalarNode) and key.value in ("user", "group", "net"):
+                self.problem(node, f"member '{key.value}: {getattr(value, 'value', '')}' of {where} was read "
+                                   f"as a mapping because of the space after ':'; write "
+                                   f"'{key.value}:{getattr(value, 'value', '')}' or put it in quotes")
+                return None
+        value = self.text(node, f"a member of {where}")
+        if value is None:
+            return None
+        if value == "all":
+            return model.Member(model.MemberKind.ALL)
+        kind, sep, rest = value.partition(":")
+        rest = rest.strip()
+        if not sep or kind not in ("user", "group", "net"):
+            close = difflib.get_close_matches(kind, ("user", "group", "net", "all"), n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}{sep}{rest}'?" if close and close[0] != "all" else (
+                "did you mean 'all'?" if close else f"members are {MEMBER_FORMS}")
+            self.problem(node, f"member '{value}' of {where} is not understood; {hint}")
+            return None
+        if not rest:
+            self.problem(node, f"member '{value}' of {where} names nothing after '{kind}:'; "
+                               f"write it like '{kind}:{'10.0.0.0/8' if kind == 'net' else 'NAME'}'")
+            return None
+        if kind == "user":
+            return model.Member(model.MemberKind.USER, value=rest)
+        if kind == "net":
+            net = self.network(node, f"the network of member '{value}' of {where}:", rest)
+            return model.Member(model.MemberKind.NET, network=net) if net else None
+        if not has_ldap and rest not in self.group_names and not self.incomplete:
+            self.problem(node, f"unknown group '{rest}' in {where}; "
+                               f"{_suggest(rest, sorted(self.group_names), 'groups in directory.groups are')}"
+                               " (or configure directory.ldap)")
+            return None
+        return model.Member(model.MemberKind.GROUP, value=rest)
+
+    def _grant(self, node: yaml.Node, where: str, rule: str) -> model.Grant | None:
+        if isinstance(node, yaml.ScalarNode):
+            value = self.text(node, where)
+            if value is None:
+                return None
+            if value not in LEVELS:
+                self.problem(node, f"{where}: '{value}' is not valid; write full, read-only or deny, or a "
+                                   "mapping with 'level', 'windows' and 'daily_minutes'"
+                                   + _maybe(value, LEVELS))
+                return None
+            return model.Grant(model.Level(value), rule=rule)
+        fields = {e.name: e for e in self.entries(node, where, GRANT_KEYS)}
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        before = len(self.problems)
+        level = None
+        if "level" not in fields:
+            self.problem(node, f"{where} has no 'level'; add 'level: full' or 'level: read-only'")
+        else:
+            level = self.choice(fields["level"].value, f"level of {where}", LEVELS)
+        windows = []
+        if "windows" in fields:
+            items = self.seq(fields["windows"].value, f"'windows' of {where}")
+            if isinstance(fields["windows"].value, yaml.SequenceNode) and not items:
+                self.problem(fields["windows"].value, f"'windows' of {where} is empty, so it would never open; "
+                                                      "list a window like 'mon-fri 12:00-13:00' or leave it out")
+            for item in items:
+                text = self.text(item, f"a window of {where}")
+                if text is None:
+                    continue
+                try:
+                    windows.append(parse_window(text))
+                except ValueError as exc:
+                    self.problem(item, f"window '{text}' of {where} is not valid: {exc}")
+        minutes = None
+        if "daily_minutes" in fields:
+            value = fields["daily_minutes"].value
+            minutes = _int(value) if value.tag == _INT else None
+            if minutes is None or not 1 <= minutes <= 1440:
+                self.problem(value, f"'daily_minutes' of {where} must be a whole number from 1 to 1440, "
+                                    f"not {_describe(value)}")
+        if level == "deny" and ("windows" in fields or "daily_minutes" in fields):
+            self.problem(fields["level"].value, f"{where}: windows and daily_minutes limit access, so they "
+                                                "mean nothing with level 'deny'; write just 'deny'")
+        if len(self.problems) > before or level is None:
+            return None
+        return model.Grant(model.Level(level), tuple(windows), minutes, rule)
+
+    def _unauthenticated(self, entries: list[_Entry]) -> str:
+        for entry in entries:
+            value = self.text(entry.value, "'unauthenticated'")
+            if value is None or value == "deny":
+                return value or "deny"
+            if value not in self.role_names:
+                if not self.incomplete:
+                    self.problem(entry.value, f"'unauthenticated' is '{value}', which is neither 'deny' nor a role; "
+                                              f"{_suggest(value, ['deny', *sorted(self.role_names)], 'it is one of')}")
+                return "deny"
+            return value
+        return "deny"
+
+    # ---- tests -------------------------------------------------------------------
+
+    def _tests(self, sections: list[_Entry]) -> list[model.PolicyTest]:
+        tests = []
+        for section in sections:
+            for node in self.seq(section.value, "'tests'"):
+                test = self._test(node)
+                if test is not None:
+                    tests.append(test)
+        return tests
+
+    def _test(self, node: yaml.Node) -> model.PolicyTest | None:
+        mark = node.start_mark
+        where = f"the test at line {mark.line + 1}"
+        fields = {e.name: e for e in self.entries(node, where, TEST_KEYS)}
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        before = len(self.problems)
+        for required in ("url", "expect"):
+            if required not in fields:
+                self.problem(node, f"{where} has no '{required}'; every test needs 'url' and 'expect'")
+        values: dict[str, object] = {}
+        for key in ("name", "user", "url", "at"):
+            if key in fields:
+                values[key] = self.text(fields[key].value, f"'{key}' of {where}")
+        url = values.get("url")
+        if isinstance(url, str):
+            self._test_url(fields["url"].value, url, where)
+        at = values.get("at")
+        if isinstance(at, str):
+            try:
+                datetime.fromisoformat(at)
+            except ValueError:
+                self.problem(fields["at"].value, f"'at' of {where} is '{at}', which is not an ISO time; "
+                                                 "write it like 2026-11-23T09:00:00 (optionally with +01:00)")
+        if "method" in fields:
+            values["method"] = self._method(fields["method"].value, f"'method' of {where}")
+        expect = self.choice(fields["expect"].value, f"'expect' of {where}", (ALLOW, BLOCK)) if "expect" in fields else None
+        if "reason" in fields:
+            reason = self.choice(fields["reason"].value, f"'reason' of {where}", (*BLOCK_REASONS, *ALLOW_REASONS))
+            values["reason"] = reason
+            if reason is not None and expect is not None and (reason in BLOCK_REASONS) != (expect == BLOCK):
+                self.problem(fields["reason"].value, f"'reason' of {where} is '{reason}', which never goes "
+                                                     f"with expect '{expect}'; fix one of them")
+        if "client_ip" in fields:
+            ip = self.text(fields["client_ip"].value, f"'client_ip' of {where}")
+            try:
+                values["client_ip"] = str(ipaddress.ip_address(ip)) if ip is not None else None
+            except ValueError:
+                self.problem(fields["client_ip"].value, f"'client_ip' of {where} is '{ip}', which is not an IP "
+                                                        "address; write one like 10.1.2.3")
+        headers = self._headers(fields["headers"].value, where) if "headers" in fields else ()
+        if len(self.problems) > before:
+            return None
+        return model.PolicyTest(
+            url=values["url"], expect=expect, user=values.get("user"),
+            method=values.get("method") or "GET", at=values.get("at"), reason=values.get("reason"),
+            client_ip=values.get("client_ip"), headers=tuple(headers), name=values.get("name"),
+            source=f"{mark.name}:{mark.line + 1}",
+        )
+
+    def _test_url(self, node: yaml.Node, url: str, where: str) -> None:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # raises on a malformed port
+        except ValueError as exc:
+            self.problem(node, f"'url' of {where} is not a valid URL ({exc}); write it like https://www.example.com/")
+            return
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.problem(node, f"'url' of {where} is '{url}'; it needs http:// or https:// and a host, "
+                               "like https://www.example.com/")
+
+    def _headers(self, node: yaml.Node, where: str) -> list[tuple[str, str]]:
+        what = f"a header of {where}"
+        pairs: list[tuple[yaml.Node, str | None, str | None]] = []
+        if isinstance(node, yaml.MappingNode):
+            pairs = [(e.key, e.name, self.text(e.value, what)) for e in self.entries(node, f"'headers' of {where}")]
+        else:
+            for item in self.seq(node, f"'headers' of {where}"):
+                if isinstance(item, yaml.MappingNode) and len(item.value) == 1:  # [X-Foo: bar] in a flow list
+                    key, value = item.value[0]
+                    pairs.append((item, self.text(key, what), self.text(value, what)))
+                    continue
+                text = self.text(item, what)
+                if text is None:
+                    continue
+                name, sep, value = text.partition(":")
+                if not sep:
+                    self.problem(item, f"{what} is '{text}'; write it as 'Name: value'")
+                    continue
+                pairs.append((item, name.strip(), value.strip()))
+        out = []
+        for item, name, value in pairs:
+            if name is None or value is None:
+                continue
+            if not _TOKEN.match(name):
+                self.problem(item, f"{what} has the name '{name}', which is not a header name; "
+                                   "write it as 'Name: value'")
+                continue
+            out.append((name, value))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    name: str
+    key: yaml.Node
+    value: yaml.Node
+
+
+def _int(node: yaml.Node) -> int | None:
+    try:
+        return int(node.value.replace("_", ""), 0)
+    except ValueError:
+        return None
+
+
+def _where(node: yaml.Node) -> str:
+    mark = node.start_mark
+    return f"{mark.name}:{mark.line + 1}:{mark.column + 1}"
+
+
+def _describe(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if node.tag == _NULL:
+        return "empty"
+    if node.tag == _STR:
+        return f"'{node.value}'"
+    return node.value
+
+
+def _suggest(word: str, options: Iterable[str], intro: str) -> str:
+    options = list(options)
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    if not options:
+        return f"{intro} none defined"
+    shown = ", ".join(options[:12]) + (", ..." if len(options) > 12 else "")
+    return f"{intro} {shown}"
+
+
+def _maybe(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
