@@ -1,0 +1,59 @@
+"""`accessgate check FILE...`: is this policy valid?"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from ..errors import PolicyError
+from ..loader import load_policy
+from ..model import Policy
+
+HELP = "validate policy files: print a summary of each, or every problem as file:line:col"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="policy file (its includes are read too)")
+
+
+def run(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.files:
+        policy = load_or_report(path, sys.stdout)
+        if policy is None:
+            status = 1
+            continue
+        print(f"OK: {path} ({summary(policy)})")
+    return status
+
+
+def load_or_report(path: str, out: TextIO) -> Policy | None:
+    """The policy at `path`, or None after writing every problem to `out`.
+
+    Shared by every command that reads a policy, so that all of them report
+    an invalid one the same way: `file:line:col: message`, one a line.
+    """
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=out)
+        count = len(exc.problems)
+        print(f"{path}: not valid ({_plural(count, 'problem')})", file=out)
+        return None
+
+
+def summary(policy: Policy) -> str:
+    return ", ".join(
+        [
+            _plural(len(policy.sites), "site"),
+            _plural(len(policy.roles), "role"),
+            _plural(len(policy.tests), "test"),
+            f"policy {policy.short_digest}",
+        ]
+    )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
