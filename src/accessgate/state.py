@@ -364,7 +364,7 @@ class SqliteStore:
 
 
 def expiry(day: date) -> int:
-    """When the minutes of local `day` may go: the day's end in every zone, plus a day.
+    """When the minutes of local `day` may go (epoch seconds): the day's end in every zone, plus a day.
 
     The store does not know the policy's zone, so it takes the latest zone
     on earth (UTC-12, where `day` ends at 12:00 UTC the next day) and keeps
@@ -372,6 +372,16 @@ def expiry(day: date) -> int:
     """
     end_everywhere = datetime.combine(day + timedelta(days=1), datetime.min.time(), timezone.utc)
     return int((end_everywhere + timedelta(hours=12, days=1)).timestamp())
+
+
+def time_to_live(day: date, minute: int) -> int:
+    """Seconds a set marked at `minute` must live to reach `expiry(day)`.
+
+    Relative to the minute being marked, not to Redis's clock: the proxy's
+    clock is the one that names days, so a skewed Redis clock (or a test's
+    controlled one) cannot expire a day early.
+    """
+    return max(expiry(day) - minute * 60, 3600)
 
 
 @dataclass
@@ -385,7 +395,7 @@ class _LastSeen:
 class RedisStore:
     """`redis://…`: per (subject, site, day) a Redis set of minutes.
 
-    mark() is one MULTI/EXEC round trip (SADD, EXPIREAT, SCARD), usage() one
+    mark() is one MULTI/EXEC round trip (SADD, EXPIRE, SCARD), usage() one
     pipelined round trip (SCARD, SISMEMBER): atomic on the server, so any
     number of proxies can mark the same minute and it counts once.
     """
@@ -451,7 +461,7 @@ class RedisStore:
         key = self.key(*k)
         pipe = self._client.pipeline(transaction=True)
         pipe.sadd(key, *minutes)
-        pipe.expireat(key, expiry(k[2]))
+        pipe.expire(key, time_to_live(k[2], max(minutes)))
         pipe.scard(key)
         return int(pipe.execute()[-1])
 

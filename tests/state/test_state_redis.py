@@ -30,13 +30,16 @@ def test_two_proxies_share_one_count(redis_server):
 
 
 def test_keys_expire_a_day_after_the_day_ends_everywhere(redis_server):
-    store = open_store(redis_server.url())
-    store.mark(*A, M)
-    client = redis_server.client()
-    (key,) = client.keys("accessgate:quota:*")
-    assert client.expiretime(key) == expiry(DAY)
     # 2026-11-23 ends at 2026-11-24T12:00Z in UTC-12; one more day after that.
     assert expiry(DAY) == datetime(2026, 11, 25, 12, tzinfo=timezone.utc).timestamp()
+    store = open_store(redis_server.url())
+    at = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+    store.mark(*A, int(at.timestamp() // 60))
+    client = redis_server.client()
+    (key,) = client.keys("accessgate:quota:*")
+    # Counted from the marked minute (the proxy's clock), not from Redis's clock.
+    expected = (datetime(2026, 11, 25, 12, tzinfo=timezone.utc) - at).total_seconds()
+    assert expected - 5 <= client.ttl(key) <= expected
     store.close()
 
 
