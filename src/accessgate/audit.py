@@ -1,0 +1,665 @@
+"""The audit log: one JSON object per line, hash-chained, written off the hot path.
+
+`AuditLog.write()` only appends the record to a queue; a background thread
+formats, chains and writes at least every `flush_interval` seconds.  That
+keeps disk latency (and a full disk) away from mitmproxy's event loop, at the
+price the contract allows: a crash loses at most one interval of records.
+
+Each line carries `seq` (+1 per record, across rotations and restarts) and
+`prev` (sha256 of the previous line's exact bytes), so that a deleted,
+inserted or edited line shows as a break in the chain.  When the file cannot
+be written, records wait in a bounded backlog and are retried every flush;
+records beyond the bound are dropped, counted, and announced by a
+`records_dropped` record once writing works again, so a gap is never silent.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gzip
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from enum import Enum
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .logging import get_logger
+from .pseudonym import pseudonymize
+
+ZERO_HASH = "0" * 64
+
+# Key order of a line: what auditors read first, then the chain at the end.
+FIELD_ORDER = (
+    "event", "ts", "request_id", "user", "roles", "client_ip", "method", "scheme",
+    "host", "path", "site", "decision", "reason", "level", "rule", "status",
+    "bytes_in", "bytes_out", "duration_ms", "policy",
+)  # fmt: skip
+_CHAIN_KEYS = frozenset({"seq", "prev"})
+
+DEFAULT_MAX_BACKLOG = 100_000
+_WAKE_AT = 20_000  # queue length that wakes the writer before the interval ends
+_WRITE_CHUNK = 1 << 20  # bytes per os.write()
+_RETRY_ON_CLOSE = 0.05  # seconds between attempts while close() drains
+_ERROR_LOG_EVERY = 60.0  # seconds between operational-log lines while failing
+
+# Rotated siblings as logrotate names them: PATH.1, PATH.2.gz, PATH-20261122,
+# PATH-2026-11-22.gz, PATH-20261122-1700000000 (dateext with dateformat).
+_ROTATED_SUFFIX = re.compile(r"(?:\.\d+|-\d[\d_T:.-]*?)(?:\.(?:gz|bz2|xz|zst|lz4|Z))?")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditStats:
+    written: int  # records in the file
+    pending: int  # records queued or waiting for the file to be writable
+    dropped: int  # records lost: backlog full, unserializable, or unwritable at close
+    errors: int  # failed write attempts (one per flush that failed)
+
+
+class AuditLog:
+    """Writes audit records to `path`; see the module docstring.  Never raises into callers."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        flush_interval: float = 1.0,
+        pseudonymize_key: bytes | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+        on_flush: Callable[[AuditStats], None] | None = None,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        close_timeout: float = 5.0,
+    ) -> None:
+        self.path = Path(path)
+        self._interval = flush_interval
+        self._key = pseudonymize_key
+        self._on_error = on_error
+        self._on_flush = on_flush
+        self._max_backlog = max_backlog
+        self._close_timeout = close_timeout
+        self._log = get_logger("audit")
+
+        # Shared with callers: deque.append/popleft are atomic, no lock needed.
+        self._queue: deque[dict] = deque()
+        # Writer-thread state only.
+        self._backlog: deque[tuple[bytes, bool]] = deque()  # (bytes, is_record)
+        self._head_done = 0  # bytes of _backlog[0] already in the file
+        self._backlog_records = 0  # records in _backlog, readable from any thread
+        self._seq = 0
+        self._prev = ZERO_HASH
+        self._resumed = False
+        self._fd: int | None = None
+        self._failing_since: float | None = None
+        self._last_error_log = 0.0
+        self._unannounced_drops = 0
+        self._first_drop_ts: float | None = None
+
+        self._written = 0
+        self._dropped = 0
+        self._errors = 0
+
+        self._cond = threading.Condition()
+        self._wake = False
+        self._reopen_wanted = False
+        self._closing = False
+        self._closed = False
+        self._requested = 0  # flush generations asked for ...
+        self._completed = 0  # ... and done
+        self._thread = threading.Thread(
+            target=self._run, name=f"accessgate-audit:{self.path.name}", daemon=True
+        )
+        self._thread.start()
+        # A daemon thread dies with the interpreter; atexit drains it first.
+        atexit.register(self.close)
+
+    # -- caller side: cheap, never blocks on disk, never raises ---------------
+
+    def write(self, record: dict) -> None:
+        """Queue `record` (a mapping of §5 fields plus `event`) for writing."""
+        if self._closed:
+            self._dropped += 1
+            return
+        try:
+            rec = dict(record)
+        except Exception:  # not a mapping: nothing sensible to write
+            self._dropped += 1
+            return
+        if "ts" not in rec:
+            rec["ts"] = time.time()
+        self._queue.append(rec)
+        if len(self._queue) == _WAKE_AT:
+            self._poke()
+
+    def reopen(self) -> None:
+        """Close and reopen the file at `path` (for SIGHUP after logrotate)."""
+        with self._cond:
+            self._reopen_wanted = True
+            self._wake = True
+            self._cond.notify_all()
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Write what is queued now; wait for it.  True when nothing is pending after."""
+        with self._cond:
+            if self._closed:
+                return self.stats().pending == 0
+            self._requested += 1
+            target = self._requested
+            self._wake = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._completed >= target or self._closed, timeout)
+        return self.stats().pending == 0
+
+    def close(self) -> None:
+        """Drain everything to the file and stop the writer thread.
+
+        While the file cannot be written, retries for `close_timeout` seconds,
+        then counts what is left as dropped and reports it.
+        """
+        with self._cond:
+            if self._closing:
+                already = True
+            else:
+                already = False
+                self._closing = True
+                self._wake = True
+                self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(self._close_timeout + 10.0)
+        if not already:
+            atexit.unregister(self.close)
+
+    def stats(self) -> AuditStats:
+        return AuditStats(
+            written=self._written,
+            pending=len(self._queue) + self._backlog_records,
+            dropped=self._dropped,
+            errors=self._errors,
+        )
+
+    def prune_rotated(self, days: int, now: datetime | float | None = None) -> list[Path]:
+        """Delete rotated siblings of the log older than `days` (by mtime).
+
+        Writes a `retention_deleted` record naming what went.  Returns the
+        deleted paths.  Files that cannot be deleted are reported to
+        `on_error` and left.
+        """
+        now_ts = _epoch(now)
+        cutoff = now_ts - days * 86400
+        deleted: list[Path] = []
+        for sibling in rotated_siblings(self.path):
+            try:
+                if sibling.stat().st_mtime < cutoff:
+                    sibling.unlink()
+                    deleted.append(sibling)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self._report(exc)
+        if deleted:
+            self.write(
+                {
+                    "event": "retention_deleted",
+                    "ts": now_ts,
+                    "files": [p.name for p in deleted],
+                    "days": days,
+                }
+            )
+        return deleted
+
+    # -- writer thread ----------------------------------------------------------
+
+    def _poke(self) -> None:
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        deadline: float | None = None
+        while True:
+            with self._cond:
+                if not (self._wake or self._closing):
+                    self._cond.wait(self._interval)
+                self._wake = False
+                generation = self._requested
+                closing = self._closing
+            try:
+                self._cycle()
+            except Exception as exc:  # a bug must not end the writer
+                self._report(exc)
+            with self._cond:
+                self._completed = generation
+                self._cond.notify_all()
+            if self._on_flush is not None:
+                try:
+                    self._on_flush(self.stats())
+                except Exception:
+                    pass
+            if not closing:
+                continue
+            if not self._queue and not self._backlog:
+                break
+            deadline = deadline or time.monotonic() + self._close_timeout
+            if time.monotonic() >= deadline:
+                self._give_up()
+                break
+            time.sleep(_RETRY_ON_CLOSE)
+        self._close_fd()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _cycle(self) -> None:
+        if self._reopen_wanted:
+            self._reopen_wanted = False
+            self._close_fd()
+        elif self._fd is not None and self._rotated():
+            self._close_fd()
+        if self._fd is None:
+            self._open()
+        # Older records first, and room in the backlog before new ones come in.
+        if self._fd is not None and self._backlog and not self._write_backlog():
+            self._chain_or_hold()
+            return
+        self._chain_or_hold()
+        if self._fd is not None and self._backlog:
+            self._write_backlog()
+
+    def _chain_or_hold(self) -> None:
+        if self._resumed:
+            self._chain_queue()
+        else:
+            # Records cannot be chained before the old tail is known; keep
+            # them unformatted, within the same bound.
+            while len(self._queue) > self._max_backlog:
+                self._queue.popleft()
+                self._drop(1)
+
+    def _open(self) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(self.path, flags, 0o640)
+            except FileNotFoundError:
+                # Create missing directories only when missing, so that other
+                # errors (a file in the way: ENOTDIR) reach the log as they are.
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, flags, 0o640)
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self._fd = fd
+        if not self._resumed:
+            try:
+                self._resume()
+            except OSError as exc:
+                self._close_fd()
+                self._failed(exc)
+
+    def _resume(self) -> None:
+        """Continue seq/prev from the file's last complete line (or its newest rotation)."""
+        tail = read_last_line(self.path)
+        if tail.line is None and not tail.fragment:
+            self._link_to_rotated()
+            self._resumed = True
+            return
+        notes: list[str] = []
+        if tail.line is not None:
+            self._prev = hashlib.sha256(tail.line).hexdigest()
+            try:
+                seq = json.loads(tail.line)["seq"]
+                if not isinstance(seq, int):
+                    raise TypeError
+                self._seq = seq
+            except (ValueError, KeyError, TypeError):
+                self._seq, self._prev = 0, ZERO_HASH
+                notes.append("the last complete line is not an accessgate record; a new chain starts")
+        if tail.fragment:
+            # Finish the torn line so that the next record starts a line of its own.
+            self._backlog.append((b"\n", False))
+            notes.append(
+                f"the log ended in an incomplete line of {len(tail.fragment)} bytes "
+                "(a crash mid-write); it is left as it was and is not part of the chain"
+            )
+        self._resumed = True
+        if notes:
+            self._queue.appendleft(
+                {
+                    "event": "log_resumed",
+                    "ts": time.time(),
+                    "truncated_bytes": len(tail.fragment),
+                    "note": "; ".join(notes),
+                }
+            )
+
+    def _link_to_rotated(self) -> None:
+        """An empty log continues the chain of its newest rotation, if that is ours."""
+        for sibling in sorted(rotated_siblings(self.path), key=_mtime, reverse=True):
+            try:
+                line = read_last_line(sibling).line
+                seq = json.loads(line)["seq"] if line is not None else None
+            except (OSError, EOFError, ValueError, KeyError, TypeError):
+                continue
+            if isinstance(seq, int) and line is not None:
+                self._seq, self._prev = seq, hashlib.sha256(line).hexdigest()
+                return
+
+    def _chain_queue(self) -> None:
+        room = self._max_backlog - len(self._backlog)
+        if self._unannounced_drops and room > 0:
+            self._push(self._encode(self._drop_notice()))
+            room -= 1
+        while self._queue:
+            rec = self._queue.popleft()
+            if room <= 0:
+                self._drop(1)
+                continue
+            try:
+                line = self._encode(rec)
+            except Exception as exc:
+                self._drop(1)
+                self._report(exc)
+                continue
+            self._push(line)
+            room -= 1
+
+    def _push(self, line: bytes) -> None:
+        self._backlog.append((line, True))
+        self._backlog_records += 1
+
+    def _encode(self, rec: dict) -> bytes:
+        out: dict = {"event": rec.get("event") or "access"}
+        for key in FIELD_ORDER[1:]:
+            if key in rec:
+                out[key] = rec[key]
+        for key, value in rec.items():
+            if key not in out and key not in _CHAIN_KEYS:
+                out[key] = value
+        out["ts"] = format_ts(out.get("ts"))
+        if self._key is not None and isinstance(out.get("user"), str):
+            out["user"] = pseudonymize(self._key, out["user"])
+        out["seq"] = self._seq + 1
+        out["prev"] = self._prev
+        try:
+            line = _dumps(out, ascii_only=False).encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates from a hostile request
+            line = _dumps(out, ascii_only=True).encode("ascii")
+        self._seq += 1
+        self._prev = hashlib.sha256(line).hexdigest()
+        return line + b"\n"
+
+    def _write_backlog(self) -> bool:
+        assert self._fd is not None
+        while self._backlog:
+            parts: list[bytes] = []
+            size = 0
+            for i, (data, _) in enumerate(self._backlog):
+                if i == 0 and self._head_done:
+                    data = data[self._head_done :]
+                parts.append(data)
+                size += len(data)
+                if size >= _WRITE_CHUNK:
+                    break
+            try:
+                done = os.write(self._fd, b"".join(parts))
+            except OSError as exc:
+                self._failed(exc)
+                return False
+            self._advance(done)
+        self._recovered()
+        return True
+
+    def _advance(self, done: int) -> None:
+        """Pop what `done` bytes completed; remember how far into the next item we got."""
+        done += self._head_done
+        self._head_done = 0
+        while self._backlog and done >= len(self._backlog[0][0]):
+            data, is_record = self._backlog.popleft()
+            done -= len(data)
+            if is_record:
+                self._backlog_records -= 1
+                self._written += 1
+        self._head_done = done if self._backlog else 0
+
+    def _rotated(self) -> bool:
+        assert self._fd is not None
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        mine = os.fstat(self._fd)
+        return (on_disk.st_dev, on_disk.st_ino) != (mine.st_dev, mine.st_ino)
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+            # A line cut short in the old file is written whole in the new one.
+            self._head_done = 0
+
+    def _drop(self, count: int) -> None:
+        self._dropped += count
+        self._unannounced_drops += count
+        if self._first_drop_ts is None:
+            self._first_drop_ts = time.time()
+
+    def _drop_notice(self) -> dict:
+        notice = {
+            "event": "records_dropped",
+            "ts": time.time(),
+            "count": self._unannounced_drops,
+            "since": format_ts(self._first_drop_ts),
+            "note": "records were lost while the audit log could not be written",
+        }
+        self._unannounced_drops = 0
+        self._first_drop_ts = None
+        return notice
+
+    def _give_up(self) -> None:
+        lost = len(self._queue) + self._backlog_records
+        self._queue.clear()
+        self._backlog.clear()
+        self._backlog_records = 0
+        self._dropped += lost
+        self._oplog("error",
+            "audit_records_lost_at_close",
+            path=str(self.path),
+            records=lost,
+            hint="the audit log could not be written while stopping; check the disk and permissions",
+        )
+
+    def _failed(self, exc: Exception) -> None:
+        self._report(exc)
+        now = time.monotonic()
+        if self._failing_since is None or now - self._last_error_log >= _ERROR_LOG_EVERY:
+            self._oplog("error",
+                "audit_write_failed",
+                path=str(self.path),
+                error=str(exc),
+                pending=self.stats().pending,
+                hint="records are kept in memory and retried every flush; "
+                "make the log directory writable or free disk space",
+            )
+            self._last_error_log = now
+        if self._failing_since is None:
+            self._failing_since = now
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            self._oplog("info",
+                "audit_write_recovered",
+                path=str(self.path),
+                failed_for_seconds=round(time.monotonic() - self._failing_since, 3),
+                written=self._written,
+                dropped=self._dropped,
+            )
+            self._failing_since = None
+
+    def _oplog(self, level: str, event: str, **fields: object) -> None:
+        # The writer thread must survive a closed stderr (interpreter exit).
+        try:
+            getattr(self._log, level)(event, **fields)
+        except Exception:
+            pass
+
+    def _report(self, exc: Exception) -> None:
+        self._errors += 1
+        if self._on_error is not None:
+            try:
+                self._on_error(exc)
+            except Exception:
+                pass
+
+
+# -- formatting -------------------------------------------------------------------
+
+
+def format_ts(value: object) -> str:
+    """RFC 3339 in UTC with milliseconds and `Z`: 2026-11-22T21:05:33.123Z.
+
+    Accepts aware datetimes (naive ones are taken as UTC), epoch seconds, and
+    RFC 3339 / ISO 8601 strings; a string that is none of these stays as given.
+    """
+    if value is None:
+        value = time.time()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = datetime.fromtimestamp(value, timezone.utc)
+    elif isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if not isinstance(value, datetime):
+        return str(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    # isoformat() is several times faster than strftime(); "+00:00" -> "Z".
+    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, datetime):
+        return format_ts(obj)
+    if isinstance(obj, date):
+        return obj.isoformat()
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, (IPv4Address, IPv6Address, Path)):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "backslashreplace")
+    return str(obj)
+
+
+def _dumps(obj: dict, *, ascii_only: bool) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=ascii_only, default=_json_default)
+
+
+def _epoch(now: datetime | float | None) -> float:
+    if now is None:
+        return time.time()
+    if isinstance(now, datetime):
+        return (now if now.tzinfo else now.replace(tzinfo=timezone.utc)).timestamp()
+    return float(now)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+# -- reading back -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Tail:
+    line: bytes | None  # last complete line, without its newline
+    fragment: bytes  # bytes after the last newline (a torn write), usually empty
+
+
+def read_last_line(path: Path) -> _Tail:
+    """The last complete line of a log file (plain or gzip), read from the end."""
+    if path.suffix == ".gz":
+        last = None
+        fragment = b""
+        with gzip.open(path, "rb") as fh:
+            for raw in fh:
+                if raw.endswith(b"\n"):
+                    last = raw[:-1]
+                else:
+                    fragment = raw
+        return _Tail(last, fragment)
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return _Tail(None, b"")
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        block = 65536
+        while True:
+            start = max(0, size - block)
+            fh.seek(start)
+            data = fh.read(size - start)
+            cut = data.rfind(b"\n")
+            if cut < 0 and start > 0:
+                block *= 4
+                continue
+            fragment = data[cut + 1 :]
+            body = data[:cut] if cut >= 0 else b""
+            prev_nl = body.rfind(b"\n")
+            if cut >= 0 and prev_nl < 0 and start > 0:
+                block *= 4  # the last line starts before what we read
+                continue
+            line = body[prev_nl + 1 :] if cut >= 0 else None
+            return _Tail(line, fragment)
+
+
+def rotated_siblings(path: Path) -> list[Path]:
+    """Files next to `path` that logrotate made from it (PATH.1, PATH.2.gz, PATH-20261122...)."""
+    path = Path(path)
+    pattern = re.compile(re.escape(path.name) + _ROTATED_SUFFIX.pattern + r"\Z")
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return []
+    return sorted(p for p in entries if pattern.match(p.name) and p.is_file())
+
+
+def chain_problems(
+    lines: Iterable[bytes], *, prev: str | None = ZERO_HASH, seq: int | None = None
+) -> list[str]:
+    """Breaks in a run of log lines (bytes without the newline), as plain sentences.
+
+    `prev`/`seq` are what the first line should link to; None accepts
+    whatever the first line says (a file that continues an earlier one).
+    """
+    problems: list[str] = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+            this_seq, this_prev = rec["seq"], rec["prev"]
+        except (ValueError, KeyError, TypeError):
+            # A torn line from a crash: report it; the next record links past it.
+            problems.append(f"line {number}: not an audit record with seq and prev")
+            continue
+        if prev is not None and this_prev != prev:
+            problems.append(f"line {number}: prev does not match the line before (seq {this_seq})")
+        if seq is not None and this_seq != seq + 1:
+            problems.append(f"line {number}: seq {this_seq} follows seq {seq}")
+        prev, seq = hashlib.sha256(line).hexdigest(), this_seq
+    return problems
