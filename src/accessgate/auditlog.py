@@ -1,0 +1,370 @@
+"""Read audit logs with SQL: the files become one DuckDB view, `audit`.
+
+Auditors point at a live log, its rotated siblings (`x.jsonl.1`,
+`x.jsonl.2.gz`, `x.jsonl-20261122.gz`) or a glob of them; the view has one
+row per record with the columns of `COLUMNS`, whatever schema wrote it:
+columns an older writer did not write are NULL, and records without `event`
+(schema 0) count as `access`.
+
+A line that is not JSON (a write torn by a crash) is skipped; a live file
+whose last line is incomplete is reported in `AuditLog.problems` rather than
+failing the query, because that is what a crash leaves behind.
+
+Rotated files never change, so their parsed columns are kept in a Parquet
+cache (see `Cache`): the first query of a rotated file pays for parsing, the
+next ones read ~50x less.  `accessgate audit index` fills the cache for any
+file, including a live one that has stopped growing.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import duckdb
+
+from .errors import AuditLogError
+
+# Every field a record may carry, as DuckDB types.  Declaring them (rather
+# than letting DuckDB sample the file) is what makes old files, files with
+# other event kinds and empty files all give the same view.
+COLUMNS: dict[str, str] = {
+    "event": "VARCHAR",
+    "ts": "TIMESTAMP",  # UTC; DuckDB reads the `Z` form exactly
+    "request_id": "VARCHAR",
+    "user": "VARCHAR",
+    "roles": "VARCHAR[]",
+    "client_ip": "VARCHAR",
+    "method": "VARCHAR",
+    "scheme": "VARCHAR",
+    "host": "VARCHAR",
+    "path": "VARCHAR",
+    "site": "VARCHAR",
+    "decision": "VARCHAR",
+    "reason": "VARCHAR",
+    "level": "VARCHAR",
+    "rule": "VARCHAR",
+    "status": "INTEGER",
+    "bytes_in": "BIGINT",
+    "bytes_out": "BIGINT",
+    "duration_ms": "DOUBLE",
+    "policy": "VARCHAR",
+    "enforced": "BOOLEAN",
+    "seq": "BIGINT",
+    "prev": "VARCHAR",
+}
+
+# Bumped whenever COLUMNS or the cached layout changes: old entries are ignored.
+CACHE_FORMAT = "1"
+
+# Rotated names, as the writer and logrotate make them: NAME.N, NAME.N.gz,
+# NAME-DATE[-SUFFIX][.gz].  Group 1 is the base name.
+_NUMBERED = re.compile(r"^(.*)\.(\d+)(\.gz|\.zst)?$")
+_DATED = re.compile(r"^(.*?)-(\d{4}-?\d{2}-?\d{2}[\d_T:.-]*?)(\.gz|\.zst)?$")
+_COMPRESSED = (".gz", ".zst")
+_UNSUPPORTED = (".bz2", ".xz", ".lz4", ".Z")
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """A point in time for `--since`/`--until`, as an aware UTC datetime.
+
+    Accepts ISO dates (`2026-11-01`, midnight UTC), ISO times with or
+    without an offset (without: UTC, like the log), and ages relative to now:
+    `30m`, `12h`, `7d`, `2w`.
+    """
+    text = text.strip()
+    now = now or datetime.now(timezone.utc)
+    rel = re.fullmatch(r"(\d+)\s*([smhdw])", text)
+    if rel:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+        return now - timedelta(**{unit[rel.group(2)]: int(rel.group(1))})
+    try:
+        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise ValueError(
+            f"cannot read {text!r} as a time: write an ISO date or time "
+            "(2026-11-01, 2026-11-01T09:30, 2026-11-01T09:30+01:00) or an age (30m, 12h, 7d, 2w)"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def naive_utc(moment: datetime) -> datetime:
+    """The form the view's `ts` column compares with: UTC without tzinfo."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
+
+
+def rotation_key(path: Path) -> tuple[str, int, str]:
+    """Sort key putting a log's files in the order they were written.
+
+    Numbered rotations are oldest at the highest number (`.3.gz`, `.2`,
+    `.1`), dated ones oldest at the earliest date, and the live file last.
+    """
+    name = path.name
+    numbered = _NUMBERED.match(name)
+    if numbered:
+        return (str(path.parent / numbered.group(1)), 1, f"{10**9 - int(numbered.group(2)):010d}")
+    dated = _DATED.match(name)
+    if dated and not name.endswith(".jsonl"):
+        return (str(path.parent / dated.group(1)), 0, dated.group(2))
+    return (str(path), 2, "")
+
+
+def expand(patterns: Iterable[str]) -> list[Path]:
+    """The files named by `patterns` (paths or globs), each once, in chain order."""
+    found: dict[Path, None] = {}
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise AuditLogError(f"no audit log matches {pattern!r}: check the path or quote the glob")
+        for match in matches:
+            path = Path(match)
+            if not path.is_file():
+                raise AuditLogError(f"{match}: no such audit log file")
+            if path.name.endswith(_UNSUPPORTED):
+                raise AuditLogError(
+                    f"{match}: this compression cannot be read; decompress it or "
+                    "have logrotate use gzip (`compress` with the default compresscmd)"
+                )
+            found[path] = None
+    return sorted(found, key=rotation_key)
+
+
+def incomplete_last_line(path: Path) -> str | None:
+    """A sentence about a live file's torn last line, or None when it ends cleanly.
+
+    Only plain files are checked (it costs one read of the file's end);
+    compressed files are rotated ones, which rotation closed whole.
+    """
+    if path.name.endswith(_COMPRESSED):
+        return None
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(max(0, size - 65536))
+        tail = fh.read()
+    if not tail or tail.endswith(b"\n"):
+        return None
+    fragment = tail[tail.rfind(b"\n") + 1 :]
+    try:
+        json.loads(fragment)
+        return None  # a whole record that only lacks its newline
+    except ValueError:
+        pass
+    line = _count_lines(path) + 1
+    return (
+        f"{path}:{line}: incomplete last line ({len(fragment)} bytes, most likely cut off "
+        "by a crash while writing); it was skipped"
+    )
+
+
+def _count_lines(path: Path) -> int:
+    count = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            count += chunk.count(b"\n")
+    return count
+
+
+def _read_json_sql(files: Sequence[Path]) -> str:
+    names = ", ".join(_quote(str(p)) for p in files)
+    cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in COLUMNS.items())
+    return (
+        f"read_json([{names}], format = 'newline_delimited', columns = {{{cols}}}, "
+        "ignore_errors = true, compression = 'auto_detect', maximum_object_size = 16777216)"
+    )
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# The view: torn lines come back from read_json as all-NULL rows (no ts).
+_VIEW_SELECT = ", ".join(
+    "coalesce(event, 'access') AS event" if name == "event" else _ident(name) for name in COLUMNS
+)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(os.environ.get("ACCESSGATE_AUDIT_CACHE", os.path.join(base, "accessgate", "audit")))
+
+
+def is_rotated(path: Path) -> bool:
+    return rotation_key(path)[1] < 2
+
+
+@dataclass
+class Cache:
+    """Parsed columns of log files, as Parquet, keyed by what the file *is*.
+
+    The key is (device, inode, size, mtime): a rename by logrotate keeps it,
+    an append or a rewrite changes it.  The cache holds audit data, so its
+    directory is private to the user (0700).  Entries unused for
+    `keep_days` are removed.
+    """
+
+    directory: Path = field(default_factory=default_cache_dir)
+    keep_days: int = 35
+
+    def entry(self, path: Path) -> Path:
+        st = path.stat()
+        key = f"{CACHE_FORMAT}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        return self.directory / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".parquet")
+
+    def lookup(self, path: Path) -> Path | None:
+        entry = self.entry(path)
+        if entry.exists():
+            try:
+                os.utime(entry)  # in use: keep it
+            except OSError:
+                pass
+            return entry
+        return None
+
+    def build(self, con: duckdb.DuckDBPyConnection, path: Path) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        entry = self.entry(path)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        os.close(fd)
+        try:
+            con.execute(
+                f"COPY (SELECT * FROM {_read_json_sql([path])}) TO {_quote(tmp)} "
+                "(FORMAT parquet, COMPRESSION snappy)"
+            )
+            os.replace(tmp, entry)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self.prune()
+        return entry
+
+    def prune(self) -> None:
+        cutoff = time.time() - self.keep_days * 86400
+        for old in self.directory.glob("*.parquet"):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except OSError:
+                pass
+
+
+@dataclass(frozen=True)
+class Result:
+    columns: list[str]
+    rows: list[tuple]
+
+    def dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+
+class AuditLog:
+    """Audit log files as the DuckDB view `audit`.
+
+        with AuditLog(["/var/log/accessgate/audit.jsonl*"]) as log:
+            log.sql("SELECT count(*) FROM audit WHERE decision = 'block'").rows
+
+    `cache`: None disables the Parquet cache; `build_cache` says which files
+    get a new entry ("rotated", "all" or "none").  `problems` lists what was
+    skipped (torn last lines), for the caller to show on stderr.
+    """
+
+    def __init__(
+        self,
+        patterns: Iterable[str],
+        *,
+        cache: Cache | None = None,
+        build_cache: str = "rotated",
+        threads: int | None = None,
+        progress: Callable[[duckdb.DuckDBPyConnection], Any] | None = None,
+    ) -> None:
+        self.files = expand(patterns)
+        if not self.files:
+            raise AuditLogError("no audit log files given")
+        self.problems: list[str] = []
+        self.con = duckdb.connect(":memory:")
+        self.con.execute("SET enable_progress_bar = false")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        self._progress = progress
+        parquet: list[Path] = []
+        raw: list[Path] = []
+        for path in self.files:
+            problem = incomplete_last_line(path)
+            if problem:
+                self.problems.append(problem)
+            entry = cache.lookup(path) if cache is not None else None
+            wanted = build_cache == "all" or (build_cache == "rotated" and is_rotated(path))
+            if entry is None and cache is not None and wanted:
+                try:
+                    entry = self._run(lambda: cache.build(self.con, path))
+                except (OSError, duckdb.Error):
+                    entry = None  # an unwritable cache only costs speed
+            if entry is not None:
+                parquet.append(entry)
+            else:
+                raw.append(path)
+        self.cached = len(parquet)
+        sources = []
+        if parquet:
+            names = ", ".join(_quote(str(p)) for p in parquet)
+            sources.append(f"SELECT * FROM read_parquet([{names}])")
+        if raw:
+            sources.append(f"SELECT * FROM {_read_json_sql(raw)}")
+        self.con.execute(
+            f"CREATE TEMP VIEW audit AS SELECT {_VIEW_SELECT} FROM "
+            f"({' UNION ALL '.join(sources)}) WHERE ts IS NOT NULL"
+        )
+
+    def _run(self, work: Callable[[], Any]) -> Any:
+        if self._progress is None:
+            return work()
+        with self._progress(self.con):
+            return work()
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> Result:
+        """Run `query` (which may name the view `audit`); all rows, fetched."""
+        params = [naive_utc(p) if isinstance(p, datetime) else p for p in (params or [])]
+
+        def work() -> Result:
+            try:
+                cur = self.con.execute(query, params)
+            except duckdb.Error as exc:
+                raise AuditLogError(_explain_duckdb(exc)) from None
+            if cur.description is None:
+                return Result([], [])
+            columns = [d[0] for d in cur.description]
+            return Result(columns, cur.fetchall())
+
+        return self._run(work)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "AuditLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _explain_duckdb(exc: Exception) -> str:
+    text = str(exc).strip()
+    if "Could not read" in text or "gzip" in text.lower() and "error" in text.lower():
+        return f"an audit log file could not be read: {text}"
+    return f"query failed: {text}"

@@ -1,0 +1,403 @@
+"""`accessgate audit`: query, report on, verify and re-identify the audit log.
+
+Subcommands: query, sql, report, verify, reveal, index.  Every one takes
+LOG arguments that are files or globs (rotated and .gz files included) and
+exits 0 on success, 1 when `verify` finds a break, 2 on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import decimal
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+HELP = "query, report on, verify and re-identify the audit log"
+
+FORMATS = ("table", "csv", "json", "jsonl")
+# What a person reading `query --format table` needs first; tools get every column.
+TABLE_COLUMNS = ("ts", "user", "client_ip", "method", "host", "path", "site", "decision", "reason")
+TABLE_DEFAULT_LIMIT = 100
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+
+    def logs(p: argparse.ArgumentParser) -> None:
+        p.add_argument("logs", nargs="+", metavar="LOG", help="audit log files or globs (x.jsonl*, rotated .N and .N.gz too)")
+        p.add_argument("--no-cache", action="store_true", help="neither read nor write the Parquet cache of rotated files")
+
+    q = sub.add_parser("query", help="list audit records that match filters", description="List audit records that match every filter given.")
+    logs(q)
+    q.add_argument("--user", action="append", help="user name (repeatable); with --key-file, a real name is pseudonymized first")
+    q.add_argument("--role", action="append", help="a role the client had (repeatable)")
+    q.add_argument("--site", action="append", help="site name (repeatable); 'unlisted' means no site")
+    q.add_argument("--host", action="append", help="host or any subdomain of it (repeatable)")
+    q.add_argument("--decision", choices=("allow", "block"))
+    q.add_argument("--reason", action="append", help="reason code (repeatable), e.g. denied, quota-exhausted")
+    q.add_argument("--event", action="append", help="record kind (repeatable): access, policy_loaded, policy_rejected, ...")
+    q.add_argument("--since", help="from this time on: ISO date/time (UTC unless an offset is given) or an age: 30m, 12h, 7d")
+    q.add_argument("--until", help="before this time (same forms as --since)")
+    q.add_argument("--key-file", help="pseudonymization key, to filter --user by real name")
+    q.add_argument("--format", choices=FORMATS, default="table")
+    q.add_argument("--limit", type=int, help=f"at most N records (table default: {TABLE_DEFAULT_LIMIT})")
+    q.set_defaults(_audit=_query)
+
+    s = sub.add_parser("sql", help="run SQL over the log, exposed as the view `audit`",
+                       description="Run one SQL statement (DuckDB dialect) over the log, exposed as the view `audit`.")  # fmt: skip
+    s.add_argument("query", metavar="SQL")
+    logs(s)
+    s.add_argument("--format", choices=FORMATS, default="table")
+    s.set_defaults(_audit=_sql)
+
+    r = sub.add_parser("report", help="usage report: active minutes, blocks, top sites, per day",
+                       description="Usage per user and site, blocked attempts, top sites per role and usage per day.")  # fmt: skip
+    logs(r)
+    r.add_argument("--since", required=True, help="ISO date/time or an age (7d)")
+    r.add_argument("--until", help="end, exclusive (default: now)")
+    r.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with charts")
+    r.add_argument("--top", type=int, default=20, help="rows per table in the text summary (default 20)")
+    r.set_defaults(_audit=_report)
+
+    v = sub.add_parser("verify", help="check the hash chain: nothing edited, deleted, inserted or reordered",
+                       description="Check the hash chain through the given files, oldest first. Exit 1 on any break.")  # fmt: skip
+    v.add_argument("logs", nargs="+", metavar="LOG")
+    v.set_defaults(_audit=_verify)
+
+    rv = sub.add_parser("reveal", help="map pseudonyms in the log back to names, with the key",
+                        description="Map the pseudonyms seen in the log back to names among candidates, using the pseudonymization key.")  # fmt: skip
+    logs(rv)
+    rv.add_argument("--key-file", required=True)
+    who = rv.add_mutually_exclusive_group(required=True)
+    who.add_argument("--candidates", metavar="FILE", help="candidate names, one per line ('#' comments)")
+    who.add_argument("--policy", metavar="POLICY", help="take candidates from the policy's directory and user: members")
+    rv.add_argument("--format", choices=FORMATS, default="table")
+    rv.set_defaults(_audit=_reveal)
+
+    ix = sub.add_parser("index", help="parse log files into the query cache now (e.g. after rotation)",
+                        description="Parse log files into the Parquet cache so later queries of them are fast. "
+                        "A file that changes afterwards is simply read again.")  # fmt: skip
+    ix.add_argument("logs", nargs="+", metavar="LOG")
+    ix.set_defaults(_audit=_index, no_cache=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import AccessgateError
+
+    try:
+        return args._audit(args)
+    except (AccessgateError, ValueError, OSError) as exc:
+        print(f"accessgate audit {args.audit_command}: {exc}", file=sys.stderr)
+        return 2
+
+
+# -- opening the log ----------------------------------------------------------------
+
+
+def open_log(args: argparse.Namespace, label: str, build_cache: str = "rotated"):
+    from .. import progress
+    from ..auditlog import AuditLog, Cache
+
+    log = AuditLog(
+        args.logs,
+        cache=None if getattr(args, "no_cache", False) else Cache(),
+        build_cache=build_cache,
+        progress=progress.for_queries(label),
+    )
+    for problem in log.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return log
+
+
+# -- query ----------------------------------------------------------------------------
+
+
+def build_query(args: argparse.Namespace, key: bytes | None = None) -> tuple[str, list[Any]]:
+    """SELECT for `audit query` filters; values always go in as parameters."""
+    from ..auditlog import parse_time
+    from ..pseudonym import is_pseudonym, pseudonymize
+
+    where: list[str] = []
+    params: list[Any] = []
+
+    def any_of(column: str, values: Sequence[str] | None) -> None:
+        if values:
+            where.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            params.extend(values)
+
+    users = args.user
+    if users and key is not None:
+        users = [u if is_pseudonym(u) else pseudonymize(key, u) for u in users]
+    any_of('"user"', users)
+    if args.role:
+        where.append("(" + " OR ".join("list_contains(roles, ?)" for _ in args.role) + ")")
+        params.extend(args.role)
+    if args.site:
+        named = [s for s in args.site if s != "unlisted"]
+        parts = []
+        if named:
+            parts.append(f"site IN ({', '.join('?' for _ in named)})")
+            params.extend(named)
+        if len(named) < len(args.site):
+            parts.append("(site IS NULL AND event = 'access')")
+        where.append("(" + " OR ".join(parts) + ")")
+    if args.host:
+        where.append("(" + " OR ".join("(host = ? OR host LIKE ?)" for _ in args.host) + ")")
+        for host in args.host:
+            host = host.lower().rstrip(".")
+            params.extend([host, "%." + host.replace("%", "").replace("_", "\\_")])
+    if args.decision:
+        where.append("decision = ?")
+        params.append(args.decision)
+    any_of("reason", args.reason)
+    any_of("event", args.event)
+    now = dt.datetime.now(dt.timezone.utc)
+    if args.since:
+        where.append("ts >= ?")
+        params.append(parse_time(args.since, now))
+    if args.until:
+        where.append("ts < ?")
+        params.append(parse_time(args.until, now))
+    sql = "SELECT * FROM audit"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY ts, seq"
+    return sql, params
+
+
+def _query(args: argparse.Namespace) -> int:
+    from ..pseudonym import read_key
+
+    key = read_key(args.key_file) if args.key_file else None
+    sql, params = build_query(args, key)
+    limit = args.limit
+    if limit is None and args.format == "table":
+        limit = TABLE_DEFAULT_LIMIT
+    if limit is not None:
+        if limit < 0:
+            raise ValueError("--limit must be 0 or more")
+        sql += f" LIMIT {int(limit) + 1}"  # one more, to tell whether rows were left out
+    with open_log(args, "query") as log:
+        result = log.sql(sql, params)
+    columns, rows = result.columns, result.rows
+    more = limit is not None and len(rows) > limit
+    rows = rows[:limit] if limit is not None else rows
+    if args.format == "table":
+        keep = [columns.index(c) for c in TABLE_COLUMNS]
+        columns = list(TABLE_COLUMNS)
+        rows = [tuple(row[i] for i in keep) for row in rows]
+    write(columns, rows, args.format, sys.stdout)
+    if more:
+        print(
+            f"(more records match than the {limit} shown: use --limit N, or --format csv/json for all)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _sql(args: argparse.Namespace) -> int:
+    with open_log(args, "sql") as log:
+        result = log.sql(args.query)
+    write(result.columns, result.rows, args.format, sys.stdout)
+    return 0
+
+
+# -- output -------------------------------------------------------------------------
+
+
+def json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.astimezone(dt.timezone.utc)
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def text_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.datetime):
+        return json_value(value)
+    if isinstance(value, (list, tuple)):
+        return ",".join(text_value(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(json_value(value)) if not isinstance(value, str) else value
+
+
+def write(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, out) -> None:
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([text_value(v) for v in row])
+    elif fmt == "json":
+        out.write(json.dumps([dict(zip(columns, map(json_value, row))) for row in rows], ensure_ascii=False, indent=1))
+        out.write("\n")
+    elif fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps(dict(zip(columns, map(json_value, row))), ensure_ascii=False) + "\n")
+    else:
+        out.write(table(columns, rows))
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 48) -> str:
+    """Aligned columns for people; long cells are cut with '…'."""
+
+    def cell(value: Any) -> str:
+        text = "-" if value is None else text_value(value).replace("\n", " ")
+        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(r[i], (int, float, decimal.Decimal)) and not isinstance(r[i], bool)
+                   for r in rows if r[i] is not None) and any(r[i] is not None for r in rows)
+               for i in range(len(columns))]  # fmt: skip
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        return "  ".join(parts).rstrip() + "\n"
+
+    out = [line(columns), line(["-" * w for w in widths])]
+    out += [line(r) for r in cells]
+    if not rows:
+        out.append("(no records)\n")
+    return "".join(out)
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ..auditlog import parse_time
+    from ..report import build_report, render_html, render_text
+
+    now = dt.datetime.now(dt.timezone.utc)
+    since = parse_time(args.since, now)
+    until = parse_time(args.until, now) if args.until else now
+    if until <= since:
+        raise ValueError(f"--until ({until:%Y-%m-%d %H:%M}) must be after --since ({since:%Y-%m-%d %H:%M})")
+    with open_log(args, "report") as log:
+        data = build_report(log, since, until)
+    sys.stdout.write(render_text(data, top=args.top))
+    if args.html:
+        Path(args.html).write_text(render_html(data), encoding="utf-8")
+        print(f"HTML report written to {args.html}", file=sys.stderr)
+    return 0
+
+
+# -- verify -------------------------------------------------------------------------
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .. import progress
+    from ..auditlog import expand
+    from ..chain import verify
+
+    files = expand(args.logs)
+    total = sum(p.stat().st_size for p in files)
+    with progress.counting("verify", total) as step:
+        verdict = verify(files, progress=step)
+    for note in verdict.notes:
+        print(f"note: {note}")
+    if verdict.breaks:
+        first = verdict.breaks[0]
+        print(f"BROKEN: {first}")
+        for more in verdict.breaks[1:10]:
+            print(f"  also: {more}")
+        if len(verdict.breaks) > 10:
+            print(f"  … and {len(verdict.breaks) - 10} more breaks")
+        print(f"{len(verdict.breaks)} break(s) in {verdict.records} records across {len(files)} file(s)")
+        return 1
+    if verdict.records == 0:
+        print("FAILED: no chained records found (the files are empty or predate the hash chain)")
+        return 1
+    print(
+        f"OK: {verdict.records} records, chain intact (seq {verdict.first_seq}..{verdict.last_seq}, "
+        f"{len(files)} file(s))"
+    )
+    return 0
+
+
+# -- reveal -------------------------------------------------------------------------
+
+
+def candidates_from_policy(path: str) -> list[str]:
+    from ..loader import load_policy
+    from ..model import MemberKind
+
+    policy = load_policy(path)
+    names: set[str] = set()
+    for users in policy.groups.values():
+        names.update(users)
+    for role in policy.roles.values():
+        names.update(m.value for m in role.members if m.kind == MemberKind.USER and m.value)
+    names.update(t.user for t in policy.tests if t.user)
+    return sorted(names)
+
+
+def candidates_from_file(path: str) -> list[str]:
+    names = []
+    for raw in Path(path).read_text(encoding="utf-8").splitlines():
+        name = raw.split("#", 1)[0].strip()
+        if name:
+            names.append(name)
+    return names
+
+
+def _reveal(args: argparse.Namespace) -> int:
+    from ..pseudonym import is_pseudonym, pseudonymize, read_key
+
+    key = read_key(args.key_file)
+    names = candidates_from_policy(args.policy) if args.policy else candidates_from_file(args.candidates)
+    table_of = {pseudonymize(key, name): name for name in names}
+    with open_log(args, "reveal") as log:
+        seen = log.sql(
+            'SELECT "user", count(*), min(ts), max(ts) FROM audit WHERE "user" IS NOT NULL '
+            'GROUP BY "user" ORDER BY "user"'
+        ).rows
+    rows = []
+    for user, count, first, last in seen:
+        if not is_pseudonym(user):
+            continue
+        rows.append((user, table_of.get(user), count, first, last))
+    rows.sort(key=lambda r: (r[1] is None, r[1] or "", r[0]))
+    write(("pseudonym", "name", "records", "first_seen", "last_seen"), rows, args.format, sys.stdout)
+    unknown = sum(1 for r in rows if r[1] is None)
+    if unknown:
+        print(f"{unknown} pseudonym(s) match no candidate (a name not listed, or another key)", file=sys.stderr)
+    return 0
+
+
+# -- index --------------------------------------------------------------------------
+
+
+def _index(args: argparse.Namespace) -> int:
+    with open_log(args, "index", build_cache="all") as log:
+        print(f"{log.cached} of {len(log.files)} file(s) cached in {_cache_dir()}")
+    return 0
+
+
+def _cache_dir() -> Path:
+    from ..auditlog import default_cache_dir
+
+    return default_cache_dir()
