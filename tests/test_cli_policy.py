@@ -72,7 +72,7 @@ def test_check_prints_a_summary_of_a_valid_policy(capsys):
     [
         pytest.param(
             SMALL.replace("unlisted: allow", "unlisted: allow\nfrobnicate: 1"),
-            [r"policy\.yaml:25:1: unknown key 'frobnicate'"],
+            [r"policy\.yaml:25:1: .*'frobnicate'"],
             id="an-unknown-key-is-named-by-line-and-column",
         ),
         pytest.param(
@@ -103,14 +103,14 @@ def test_check_reads_every_file_and_fails_if_any_is_invalid(capsys, tmp_path):
     bad = write(tmp_path, "version: 2\n", "bad.yaml")
     status, out, _ = run(capsys, "check", bad, good)
     assert status == 1
-    assert f"{bad}:1:10: version 2 is not supported" in out
+    assert re.search(rf"^{re.escape(bad)}:1:10: .*version", out, re.M), out
     assert f"OK: {good} (2 sites, 2 roles, 0 tests, policy " in out
 
 
 def test_check_of_a_missing_file_says_so(capsys, tmp_path):
     status, out, _ = run(capsys, "check", str(tmp_path / "nope.yaml"))
     assert status == 1
-    assert "cannot read the policy file" in out
+    assert re.match(rf"{re.escape(str(tmp_path))}/nope\.yaml:1:1: .*cannot read", out), out
 
 
 # ---- explain ----------------------------------------------------------------
@@ -285,7 +285,8 @@ def test_an_invalid_policy_fails_every_command_with_its_problems(capsys, tmp_pat
     extra = ["--url", "https://x.com/"] if command == "explain" else []
     status, out, err = run(capsys, command, path, *extra)
     assert status == 1
-    assert f"{path}:24:11: unlisted 'maybe' is not valid" in out + err
+    # The wording is the loader's; the location and the culprit are the contract.
+    assert re.search(rf"^{re.escape(path)}:24:11: .*'maybe'", out + err, re.M), out + err
 
 
 # ---- the installed script ----------------------------------------------------
