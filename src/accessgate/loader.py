@@ -280,7 +280,7 @@ class _Builder:
         if value is None:
             return None
         if value not in options:
-            self.problem(node, f"{what} '{value}' is not valid; {_suggest(value, options, 'it is one of')}")
+            self.problem(node, f"{what} is '{value}', which is not valid; {_suggest(value, options, 'it is one of')}")
             return None
         return value
 
@@ -321,7 +321,7 @@ class _Builder:
         groups, ldap = self._directory(sections["directory"])
         roles = self._roles(sections["roles"], sites, groups, ldap is not None)
         unauthenticated = self._unauthenticated(sections["unauthenticated"])
-        unlisted = self._main_choice(sections["unlisted"], "unlisted", ("allow", "deny"), "allow")
+        unlisted = self._main_choice(sections["unlisted"], "'unlisted'", ("allow", "deny"), "allow")
         tests = self._tests(sections["tests"])
         if self.problems or main is None:
             return None
@@ -396,6 +396,7 @@ class _Builder:
         where = f"site '{name}'"
         before = len(self.problems)
         fields = {e.name: e for e in self.entries(entry.value, where, SITE_KEYS)}
+        keys_ok = len(self.problems) == before  # else a misspelt 'domains' would be reported twice
         site_domains: list[str] = []
         for node in self.seq(fields["domains"].value, f"'domains' of {where}") if "domains" in fields else ():
             domain = self._domain(node, where)
@@ -423,7 +424,7 @@ class _Builder:
                 continue
             networks[net] = _Seen(node, name)
             site_networks.append(net)
-        if "domains" not in fields and "networks" not in fields and isinstance(entry.value, yaml.MappingNode):
+        if "domains" not in fields and "networks" not in fields and keys_ok:
             self.problem(entry.key, f"{where} has neither 'domains' nor 'networks'; list the domains it covers")
         rules = []
         if "read_only_allow" in fields:
@@ -645,7 +646,7 @@ class _Builder:
         if "level" not in fields:
             self.problem(node, f"{where} has no 'level'; add 'level: full' or 'level: read-only'")
         else:
-            level = self.choice(fields["level"].value, f"level of {where}", LEVELS)
+            level = self.choice(fields["level"].value, f"the level of {where}", LEVELS)
         windows = []
         if "windows" in fields:
             items = self.seq(fields["windows"].value, f"'windows' of {where}")
@@ -659,7 +660,7 @@ class _Builder:
                 try:
                     windows.append(parse_window(text))
                 except ValueError as exc:
-                    self.problem(item, f"window '{text}' of {where} is not valid: {exc}")
+                    self.problem(item, f"{exc} (in {where})")
         minutes = None
         if "daily_minutes" in fields:
             value = fields["daily_minutes"].value
