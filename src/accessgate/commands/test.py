@@ -8,7 +8,7 @@ import sys
 from .. import policytest
 from .check import load_or_report
 
-HELP = "run a policy's tests: cases; print each failing one, exit 1 if any fails"
+HELP = "run the cases of a policy's 'tests:' list; print each failing one, exit 1 if any fails"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
