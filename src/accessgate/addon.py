@@ -1,0 +1,877 @@
+"""The mitmproxy addon: decide every request with the policy engine, enforce, audit, count.
+
+Where a request is decided (see docs/running.md for why each one matters):
+
+- `http_connect`: the CONNECT target, decided as "may this client reach the
+  site at all".  It is refused here only when the tunnel may go through
+  uninspected (`ignore_hosts`, `allow_hosts`, `tcp_hosts` are set); otherwise
+  it is let through so that the request inside gets a real block page.
+- `tls_clienthello`: the SNI.  A blocked name that another addon wants to
+  pass through uninspected is intercepted instead, so the inside is decided.
+- `next_layer`: a tunnel that will not be inspected (ignored host, raw TCP,
+  non-HTTP TLS) is decided on every name it has, as a write; blocked, it is
+  closed before a byte reaches the server.
+- `requestheaders`: every HTTP request, on every name it gives for its host
+  plus its connection's CONNECT target and SNI; the strictest decision
+  stands.  A block is answered before the request body is forwarded; a body
+  that mitmproxy already streams cannot be answered, so the flow is killed.
+
+Every hook fails closed: an exception blocks (reason `denied`, rule
+`internal-error`), is logged with its traceback, counted in
+`accessgate_fail_closed_total{stage}` and audited.  Nothing is let through
+undecided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+import time
+import weakref
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http, tls
+from mitmproxy.proxy import commands, events, layer, layers
+
+from . import engine
+from .engine import Decision, Identity
+from .errors import PolicyError
+from .flowrequest import (
+    REACH,
+    TUNNEL,
+    connect_request,
+    path_without_query,
+    request_of,
+    tunnel_request,
+)
+from .identity import identity_for_connection, identity_for_flow
+from .loader import load_policy
+from .logging import get_logger
+from .metrics import site_label
+from .model import Policy
+from .policywatch import PolicyWatch
+
+META = "accessgate"
+MODES = ("enforce", "audit")
+STATUS_HOST = "accessgate.status"
+INTERNAL_ERROR = "internal-error"
+# Headers a client might send to impersonate accessgate towards the site;
+# the site must never see them (nor the proxy credentials).
+_STRIP_PREFIX = "x-accessgate-"
+# Alt-Svc advertises HTTP/3 over UDP, which a browser may then use around the
+# proxy; without it the browser stays on the TCP connection that we decide.
+_ALT_SVC = "alt-svc"
+
+DEFAULTS = {
+    "accessgate_audit_log": "var/accessgate-audit.jsonl",
+    "accessgate_state": "sqlite:var/accessgate-state.sqlite",
+    "accessgate_contact": "your IT service desk",
+}
+
+log = get_logger("addon")
+
+
+@dataclass(slots=True)
+class FlowState:
+    """What accessgate remembers about one flow until it is audited.
+
+    Mutable on purpose: bytes are counted as they stream by and `logged`
+    makes sure each request is audited exactly once.
+    """
+
+    request_id: str
+    started: float  # perf_counter at requestheaders
+    ts: datetime  # when it was decided
+    decision: Decision
+    identity: Identity
+    enforced: bool
+    policy: str  # short digest of the policy that decided
+    method: str
+    scheme: str
+    host: str
+    path: str
+    blocked_here: bool = False  # accessgate answered it (no response from a site)
+    logged: bool = False
+    # Body bytes counted while mitmproxy streams them (it keeps no copy then).
+    streamed_in: int | None = None  # from the client: the request body
+    streamed_out: int | None = None  # to the client: the response body
+
+
+def new_request_id() -> str:
+    """Short, unique enough to quote on the phone, unguessable."""
+    return secrets.token_hex(8)
+
+
+def _internal_error(message: str) -> Decision:
+    return Decision(
+        engine.BLOCK,
+        engine.DENIED,
+        INTERNAL_ERROR,
+        message=f"accessgate could not decide this request ({message}); it is blocked to be safe.",
+    )
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    from .metrics import parse_address
+
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        raise exceptions.OptionsError(str(exc)) from None
+
+
+class _Refuse(layer.Layer):
+    """Closes a connection that must not be tunnelled, before any byte is relayed."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            if self.context.server.connected:
+                yield commands.CloseConnection(self.context.server)
+            yield commands.CloseConnection(self.context.client)
+        else:
+            yield from ()
+
+
+_UNINSPECTED = (layers.TCPLayer, layers.UDPLayer)
+
+
+class AccessGate:
+    def __init__(self) -> None:
+        self.policy: Policy | None = None
+        self.ledger: Any = None
+        self.audit: Any = None
+        self.metrics: Any = None
+        self.metrics_server: Any = None
+        self.metrics_port: int | None = None
+        self.watch: PolicyWatch | None = None
+        self._pseudonym_key: bytes | None = None
+        self._running = False
+        self._tasks: list[asyncio.Task] = []
+        # CONNECT targets of each client connection, for the requests inside.
+        self._tunnels: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
+        # (subject, site) -> last UTC minute marked, so a busy minute costs one store write.
+        self._marked: dict[tuple[str, str], int] = {}
+        self._init_metrics()
+
+    # -- options -------------------------------------------------------------
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "accessgate_policy",
+            str,
+            "",
+            """
+            Path of the accessgate policy (YAML).  Required.  The file and its
+            includes are watched: a valid new version takes effect within two
+            seconds, an invalid one is rejected and the last good policy stays.
+            """,
+        )
+        loader.add_option(
+            "accessgate_audit_log",
+            str,
+            DEFAULTS["accessgate_audit_log"],
+            """
+            Path of the audit log: one JSON object per request and per policy
+            load or rejection.  Relative paths are relative to the working
+            directory.  Empty disables the audit log.
+            """,
+        )
+        loader.add_option(
+            "accessgate_metrics",
+            str,
+            "",
+            """
+            HOST:PORT where accessgate serves Prometheus metrics at /metrics,
+            e.g. 127.0.0.1:9464.  Port 0 picks a free port (logged as
+            metrics_listening).  Empty disables the endpoint.
+            """,
+        )
+        loader.add_option(
+            "accessgate_state",
+            str,
+            DEFAULTS["accessgate_state"],
+            """
+            Where daily quota minutes are kept: sqlite:PATH (survives restarts),
+            redis://HOST:PORT/DB (shared by several proxies), or memory: (tests).
+            """,
+        )
+        loader.add_option(
+            "accessgate_contact",
+            str,
+            DEFAULTS["accessgate_contact"],
+            """
+            Whom users should ask about a block; shown on the block page,
+            e.g. "the IT service desk, extension 4444".
+            """,
+        )
+        loader.add_option(
+            "accessgate_mode",
+            str,
+            "enforce",
+            """
+            enforce: block what the policy blocks.  audit: decide and log every
+            request (records carry "enforced": false) but block nothing, as a
+            dry run before a rollout.
+            """,
+            choices=MODES,
+        )
+        loader.add_option(
+            "accessgate_log_query",
+            bool,
+            False,
+            """
+            Keep query strings in the audit log's path field.  Off by default:
+            query strings often carry search terms and tokens.
+            """,
+        )
+        loader.add_option(
+            "accessgate_pseudonymize_key",
+            str,
+            "",
+            """
+            Path of a key file (at least 16 random bytes).  When set, the audit
+            log holds keyed pseudonyms instead of user names; auditors with the
+            key re-identify with `accessgate audit reveal`.
+            """,
+        )
+        loader.add_option(
+            "accessgate_audit_retention_days",
+            int,
+            0,
+            """
+            Delete rotated audit logs older than this many days (checked at
+            start and hourly).  0 keeps them forever.
+            """,
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        try:
+            self._configure(updated)
+        except exceptions.OptionsError as exc:
+            if self._proxy_running():
+                raise  # mitmproxy rejects the change and keeps the old value
+            # At start-up mitmproxy would only log an error raised while it loads
+            # a script and then run without a policy: stop instead, loudly.
+            print(f"accessgate: cannot start: {exc}", file=sys.stderr, flush=True)
+            log.error("startup_failed", error=str(exc))
+            raise SystemExit(1) from None
+
+    def _proxy_running(self) -> bool:
+        scripts = ctx.master.addons.get("scriptloader") if ctx.master else None
+        return self._running or bool(getattr(scripts, "is_running", False))
+
+    def _configure(self, updated: set[str]) -> None:
+        o = ctx.options
+        if "accessgate_audit_retention_days" in updated and o.accessgate_audit_retention_days < 0:
+            raise exceptions.OptionsError(
+                "accessgate_audit_retention_days must be 0 (keep forever) or a number of days"
+            )
+        if "accessgate_policy" in updated:
+            policy = self._load_policy_option(o.accessgate_policy)
+        else:
+            policy = None
+        if "accessgate_pseudonymize_key" in updated:
+            self._pseudonym_key = self._read_key(o.accessgate_pseudonymize_key)
+        if "accessgate_state" in updated:
+            self._open_state(o.accessgate_state)
+        if updated & {"accessgate_audit_log", "accessgate_pseudonymize_key"}:
+            self._open_audit(o.accessgate_audit_log)
+        if "accessgate_metrics" in updated:
+            self._start_metrics(o.accessgate_metrics)
+        if policy is not None:
+            self._install(policy)
+            if self.watch is not None:
+                self.watch.rebase()
+
+    def _load_policy_option(self, path: str) -> Policy:
+        if not path:
+            raise exceptions.OptionsError(
+                "no policy: set accessgate_policy=PATH (e.g. --set accessgate_policy=policy/example.yaml)"
+            )
+        try:
+            return load_policy(path)
+        except PolicyError as exc:
+            self._count_reload("failure")
+            raise exceptions.OptionsError(str(exc)) from None
+        except OSError as exc:
+            self._count_reload("failure")
+            raise exceptions.OptionsError(
+                f"cannot read policy {path}: {exc.strerror or exc}; check accessgate_policy"
+            ) from None
+
+    @staticmethod
+    def _read_key(path: str) -> bytes | None:
+        if not path:
+            return None
+        from .pseudonym import read_key
+
+        try:
+            return read_key(path)
+        except (OSError, ValueError) as exc:
+            raise exceptions.OptionsError(f"accessgate_pseudonymize_key: {exc}") from None
+
+    def _open_state(self, spec: str) -> None:
+        from .state import open_store
+
+        _ensure_parent(spec[len("sqlite:") :] if spec.startswith("sqlite:") else "")
+        try:
+            store = open_store(spec, on_error=self._state_error)
+        except (ValueError, OSError) as exc:
+            raise exceptions.OptionsError(str(exc)) from None
+        except Exception as exc:  # StateStoreError and whatever the backend raises
+            raise exceptions.OptionsError(f"accessgate_state {spec!r} cannot be opened: {exc}") from None
+        old, self.ledger = self.ledger, store
+        self._marked.clear()
+        if old is not None:
+            _quietly(old.close)
+
+    def _state_error(self, exc: Exception) -> None:
+        kind = getattr(getattr(self.ledger, "spec", None), "kind", "unknown")
+        _quietly(lambda: self.metrics.state_errors.labels(store=kind).inc())
+        log.warning("state_store_error", error=str(exc))
+
+    def _open_audit(self, path: str) -> None:
+        from .audit import AuditLog
+
+        old, self.audit = self.audit, None
+        if old is not None:
+            _quietly(old.close)
+        if not path:
+            return
+        try:
+            _ensure_parent(path)
+            self.audit = AuditLog(
+                path,
+                pseudonymize_key=self._pseudonym_key,
+                on_error=lambda exc: log.error("audit_write_failed", error=str(exc)),
+                on_flush=self.metrics.observe_audit,
+            )
+        except OSError as exc:
+            raise exceptions.OptionsError(f"accessgate_audit_log {path!r}: {exc}") from None
+
+    def _init_metrics(self) -> None:
+        from prometheus_client import CollectorRegistry
+
+        from .metrics import Metrics
+
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+
+    def _start_metrics(self, value: str) -> None:
+        from .metrics import MetricsServer
+
+        old, self.metrics_server = self.metrics_server, None
+        if old is not None:
+            _quietly(old.stop)
+        self.metrics_port = None
+        if not value:
+            return
+        host, port = _parse_listen(value)
+        server = MetricsServer(self.registry, host, port)
+        try:
+            self.metrics_port = server.start()
+        except OSError as exc:
+            raise exceptions.OptionsError(
+                f"accessgate_metrics: cannot listen on {value}: {exc.strerror or exc}; "
+                "pick a free port or leave it empty"
+            ) from None
+        self.metrics_server = server
+        log.info("metrics_listening", host=host, port=self.metrics_port)
+
+    # -- policy --------------------------------------------------------------
+
+    def _install(self, policy: Policy) -> None:
+        """Swap in a valid policy: one reference assignment, so every request sees one whole policy."""
+        self.policy = policy
+        self._count_reload("success")
+        _quietly(lambda: self.metrics.set_policy(policy.short_digest))
+        self._audit_event(
+            "policy_loaded", policy=policy.short_digest, sources=list(policy.sources)
+        )
+        log.info("policy_loaded", policy=policy.short_digest, sources=list(policy.sources))
+
+    def _reject(self, path: str, problems: list[str]) -> None:
+        self._count_reload("failure")
+        current = self.policy.short_digest if self.policy else None
+        self._audit_event("policy_rejected", file=path, problems=problems, policy=current)
+        log.error("policy_rejected", file=path, problems=problems, kept=current)
+
+    def _count_reload(self, result: str) -> None:
+        _quietly(lambda: self.metrics.observe_reload(result == "success", time.time()))
+
+    def _watched_paths(self) -> list[str]:
+        paths = [ctx.options.accessgate_policy]
+        if self.policy is not None:
+            paths.extend(self.policy.sources)
+        return paths
+
+    async def _reload(self) -> None:
+        path = ctx.options.accessgate_policy
+        try:
+            policy = await asyncio.to_thread(load_policy, path)
+        except PolicyError as exc:
+            self._reject(path, [str(p) for p in exc.problems])
+            return
+        except OSError as exc:
+            self._reject(path, [f"{path}: cannot read: {exc.strerror or exc}"])
+            return
+        if self.policy is not None and policy.digest == self.policy.digest:
+            return  # touched, not changed
+        self._install(policy)
+        self.watch.rebase() if self.watch is not None else None
+
+    # -- life cycle ----------------------------------------------------------
+
+    def running(self) -> None:
+        self._running = True
+        self.watch = PolicyWatch(self._watched_paths, self._reload)
+        self.watch.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._housekeeping()))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            days = ctx.options.accessgate_audit_retention_days
+            if days and self.audit is not None:
+                _quietly(lambda: self.audit.prune_rotated(days, time.time()))
+            await asyncio.sleep(3600)
+
+    def done(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        if self.audit is not None:
+            _quietly(self.audit.close)  # drains: no record is lost on a clean stop
+        if self.ledger is not None:
+            _quietly(self.ledger.close)
+        if self.metrics_server is not None:
+            _quietly(self.metrics_server.stop)
+
+    # -- helpers shared by the hooks ----------------------------------------
+
+    @property
+    def enforcing(self) -> bool:
+        return ctx.options.accessgate_mode == "enforce"
+
+    def _decide(self, request: engine.Request, identity: Identity, policy: Policy, now: datetime) -> Decision:
+        t0 = time.perf_counter()
+        decision = engine.decide(request, identity, policy, now, self.ledger)
+        _quietly(lambda: self.metrics.observe_decision(decision, time.perf_counter() - t0))
+        return decision
+
+    def _policy(self) -> Policy:
+        policy = self.policy
+        if policy is None:
+            raise RuntimeError("no policy is loaded")
+        return policy
+
+    def _spend_quota(self, decision: Decision, identity: Identity, policy: Policy, now: datetime) -> None:
+        """Count this minute against the site's daily quota (idempotent in the store)."""
+        if not (decision.allowed and decision.counts_quota and decision.site):
+            return
+        minute = engine.minute_of(now)
+        key = (identity.subject, decision.site)
+        if self._marked.get(key) == minute:
+            return
+        self.ledger.mark(identity.subject, decision.site, engine.local_day(now, policy), minute)
+        if len(self._marked) > 100_000:
+            self._marked.clear()
+        self._marked[key] = minute
+        _quietly(
+            lambda: self.metrics.quota_minutes.labels(
+                site=decision.site, role=decision.role or "none"
+            ).inc()
+        )
+
+    def _audit_event(self, event: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit.write({"event": event, "ts": datetime.now(timezone.utc), **fields})
+
+    def _audit_flow(self, st: FlowState, *, status: int | None, bytes_in: int, bytes_out: int, error: str | None = None) -> None:
+        st.logged = True
+        d = st.decision
+        record = {
+            "event": "access",
+            "ts": st.ts,
+            "request_id": st.request_id,
+            "user": st.identity.user,
+            "roles": list(d.roles),
+            "client_ip": str(st.identity.client_ip) if st.identity.client_ip is not None else None,
+            "method": st.method,
+            "scheme": st.scheme,
+            "host": st.host,
+            "path": st.path,
+            "site": d.site,
+            "decision": d.decision,
+            "reason": d.reason,
+            "level": d.level.value if d.level is not None else None,
+            "rule": d.rule,
+            "role": d.role,
+            "status": status,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "duration_ms": round((time.perf_counter() - st.started) * 1000, 3),
+            "policy": st.policy,
+            "enforced": st.enforced,
+        }
+        if error is not None:
+            record["error"] = error
+        if self.audit is not None:
+            self.audit.write(record)
+        site = site_label(d)
+        if bytes_in:
+            _quietly(lambda: self.metrics.bytes.labels(site=site, direction="in").inc(bytes_in))
+        if bytes_out:
+            _quietly(lambda: self.metrics.bytes.labels(site=site, direction="out").inc(bytes_out))
+
+    def _state(
+        self,
+        flow: http.HTTPFlow,
+        decision: Decision,
+        identity: Identity,
+        now: datetime,
+        started: float,
+        policy: Policy | None,
+        enforced: bool,
+    ) -> FlowState:
+        rq = flow.request
+        path = rq.path if ctx.options.accessgate_log_query else path_without_query(rq.path)
+        st = FlowState(
+            request_id=new_request_id(),
+            started=started,
+            ts=now,
+            decision=decision,
+            identity=identity,
+            enforced=enforced,
+            policy=policy.short_digest if policy is not None else "",
+            method=rq.method,
+            scheme=rq.scheme,
+            host=decision.host or rq.data.host,
+            path=path,
+        )
+        flow.metadata[META] = st
+        return st
+
+    def _block_response(self, flow: http.HTTPFlow, st: FlowState, accept: str | None = None) -> int | None:
+        """Answer `flow` with the block page; returns the status sent (None: killed)."""
+        d = st.decision
+        headers_base = {
+            "X-Accessgate-Decision": "block",
+            "X-Accessgate-Reason": d.reason,
+            "X-Accessgate-Request-Id": st.request_id,
+        }
+        try:
+            from . import pages
+
+            status, headers, body = pages.block_response(
+                d,
+                request_id=st.request_id,
+                contact=ctx.options.accessgate_contact,
+                url=flow.request.pretty_url,
+                now=st.ts,
+                accept=accept if accept is not None else flow.request.headers.get("accept", ""),
+            )
+        except Exception:
+            log.exception("block_page_failed", request_id=st.request_id)
+            _quietly(lambda: self.metrics.fail_closed.labels(stage="block-page").inc())
+            status, headers, body = 403, {"Content-Type": "text/plain; charset=utf-8"}, (
+                f"Blocked by accessgate ({d.reason}). Request id {st.request_id}.\n".encode()
+            )
+        headers = {**dict(headers), **headers_base}
+        st.blocked_here = True
+        if flow.request.stream and flow.request.method != "CONNECT":
+            # mitmproxy cannot answer a request whose body it streams; killing
+            # it is the only way to keep the body from the site.
+            flow.kill()
+            return None
+        flow.response = http.Response.make(status, body, headers)
+        st.streamed_out = len(body)
+        return status
+
+    def _fail(self, flow: http.HTTPFlow | None, stage: str, exc: BaseException) -> None:
+        """An exception in a hook: log, count, audit and block (fail closed)."""
+        log.error("fail_closed", stage=stage, error=repr(exc), exc_info=exc)
+        _quietly(lambda: self.metrics.fail_closed.labels(stage=stage).inc())
+        if flow is None:
+            return
+        try:
+            st = flow.metadata.get(META)
+            enforced = self.enforcing
+            decision = _internal_error(type(exc).__name__)
+            if isinstance(st, FlowState):
+                st.decision = decision
+                st.enforced = enforced
+            else:
+                st = self._state(
+                    flow, decision, identity_for_flow(flow), datetime.now(timezone.utc),
+                    time.perf_counter(), self.policy, enforced,
+                )
+            if not enforced:
+                return  # audit mode blocks nothing; the record says what would have happened
+            if flow.response is not None and not st.blocked_here:
+                flow.response = None
+            if flow.killable:
+                status = self._block_response(flow, st)
+                self._audit_flow(st, status=status, bytes_in=0, bytes_out=0,
+                                 error=None if status else "killed")
+            elif not st.logged:
+                self._audit_flow(st, status=None, bytes_in=0, bytes_out=0, error="failed closed")
+        except Exception:
+            log.exception("fail_closed_failed", stage=stage)
+            if flow.killable:
+                flow.kill()
+
+    # -- hooks ---------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        try:
+            self._http_connect(flow)
+        except Exception as exc:
+            self._fail(flow, "http_connect", exc)
+
+    def _http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return  # proxyauth answered 407: leave it alone
+        policy = self._policy()
+        now = datetime.now(timezone.utc)
+        started = time.perf_counter()
+        request = connect_request(flow)
+        identity = identity_for_flow(flow)
+        if self._tunnel_may_be_uninspected():
+            decision = self._decide(request, identity, policy, now)
+            if not decision.allowed and self.enforcing:
+                st = self._state(flow, decision, identity, now, started, policy, True)
+                status = self._block_response(flow, st, accept="application/json")
+                self._audit_flow(st, status=status, bytes_in=0, bytes_out=0)
+                return
+        # Let it through: the requests inside are decided with this name too.
+        self._tunnels[flow.client_conn] = self._tunnels.get(flow.client_conn, ()) + request.hosts
+
+    @staticmethod
+    def _tunnel_may_be_uninspected() -> bool:
+        o = ctx.options
+        return bool(o.ignore_hosts or o.allow_hosts or o.tcp_hosts)
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        try:
+            if not data.ignore_connection or not self.enforcing:
+                return
+            names = [*self._tunnels.get(data.context.client, ()), data.client_hello.sni or ""]
+            decision = self._decide_connection(data.context, names, REACH)
+            if not decision.allowed:
+                data.ignore_connection = False  # intercept, so the inside is decided
+        except Exception as exc:
+            self._fail(None, "tls_clienthello", exc)
+            data.ignore_connection = False
+
+    def _decide_connection(self, context, names: list[str], method: str) -> Decision:
+        proxyauth = ctx.master.addons.get("proxyauth")
+        identity = identity_for_connection(context.client, getattr(proxyauth, "authenticated", None))
+        return self._decide(tunnel_request(names, method), identity, self._policy(), datetime.now(timezone.utc))
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        try:
+            self._next_layer(nextlayer)
+        except Exception as exc:
+            self._fail(None, "next_layer", exc)
+            if self.enforcing:
+                nextlayer.layer = _Refuse(nextlayer.context)
+
+    def _next_layer(self, nextlayer: layer.NextLayer) -> None:
+        if nextlayer.layer is None:
+            # Script addons run before mitmproxy's own NextLayer addon; let it
+            # choose first, so that we see whether the tunnel is inspected.
+            builtin = ctx.master.addons.get("nextlayer")
+            if builtin is not None:
+                builtin.next_layer(nextlayer)
+        chosen = nextlayer.layer
+        if chosen is None or not isinstance(chosen, _UNINSPECTED):
+            return
+        context = nextlayer.context
+        names = list(self._tunnels.get(context.client, ()))
+        if context.server.address:
+            names.append(str(context.server.address[0]))
+        if context.client.sni:
+            names.append(context.client.sni)
+        sni = _sni_of(nextlayer.data_client())
+        if sni:
+            names.append(sni)
+        if not names:
+            return  # not a proxied tunnel (e.g. a transparent-mode flow with no target)
+        decision = self._decide_connection(context, names, TUNNEL)
+        if not decision.allowed and self.enforcing:
+            nextlayer.layer = _Refuse(context)
+        log.info(
+            "tunnel_uninspected",
+            decision=decision.decision,
+            reason=decision.reason,
+            site=decision.site,
+            enforced=self.enforcing,
+        )
+        policy = self.policy
+        st = FlowState(
+            request_id=new_request_id(),
+            started=time.perf_counter(),
+            ts=datetime.now(timezone.utc),
+            decision=decision,
+            identity=identity_for_connection(
+                context.client, getattr(ctx.master.addons.get("proxyauth"), "authenticated", None)
+            ),
+            enforced=self.enforcing,
+            policy=policy.short_digest if policy else "",
+            method="CONNECT",
+            scheme="tcp",
+            host=decision.host or names[0],
+            path="",
+        )
+        self._audit_flow(st, status=None, bytes_in=0, bytes_out=0,
+                         error="tunnel refused" if not decision.allowed and self.enforcing else None)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        try:
+            self._requestheaders(flow)
+        except Exception as exc:
+            self._fail(flow, "requestheaders", exc)
+
+    def _requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.error is not None:
+            return  # a preset answer (proxyauth's 407) or a killed flow: not ours to decide
+        started = time.perf_counter()
+        now = datetime.now(timezone.utc)
+        policy = self._policy()
+        identity = identity_for_flow(flow)
+        _strip_private_headers(flow.request.headers)
+        if _names_status(flow):
+            self._answer_status(flow, identity, policy, now)
+            return
+        request = request_of(flow, self._tunnels.get(flow.client_conn, ()))
+        decision = self._decide(request, identity, policy, now)
+        enforced = self.enforcing
+        st = self._state(flow, decision, identity, now, started, policy, enforced)
+        if not decision.allowed:
+            if enforced:
+                status = self._block_response(flow, st)
+                self._audit_flow(st, status=status, bytes_in=0, bytes_out=st.streamed_out or 0,
+                                 error=None if status else "killed")
+                return
+        self._spend_quota(decision, identity, policy, now)
+        if flow.request.stream is True:
+            st.streamed_in = 0
+            flow.request.stream = _counter(st, "streamed_in")
+
+    def _answer_status(self, flow: http.HTTPFlow, identity: Identity, policy: Policy, now: datetime) -> None:
+        from . import pages
+
+        roles = engine.roles_for(identity, policy)
+        rows = pages.standing(policy, identity, now, self.ledger)
+        status, headers, body = pages.status_response(
+            identity=identity, roles=roles, rows=rows, now=now,
+            accept=flow.request.headers.get("accept", ""),
+        )
+        flow.response = http.Response.make(status, body, dict(headers))
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        try:
+            st = flow.metadata.get(META)
+            if not isinstance(st, FlowState) or st.blocked_here:
+                return
+            flow.response.headers.pop(_ALT_SVC, None)
+            if flow.response.stream is True:
+                st.streamed_out = 0
+                flow.response.stream = _counter(st, "streamed_out")
+        except Exception as exc:
+            self._fail(flow, "responseheaders", exc)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        try:
+            st = flow.metadata.get(META)
+            if not isinstance(st, FlowState) or st.logged:
+                return
+            self._audit_flow(
+                st,
+                status=flow.response.status_code,
+                bytes_in=_size(flow.request.raw_content, st.streamed_in),
+                bytes_out=_size(flow.response.raw_content, st.streamed_out),
+            )
+        except Exception as exc:
+            self._fail(flow, "response", exc)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        try:
+            st = flow.metadata.get(META)
+            if not isinstance(st, FlowState) or st.logged:
+                return
+            self._audit_flow(
+                st,
+                status=None,
+                bytes_in=_size(flow.request.raw_content, st.streamed_in),
+                bytes_out=_size(flow.response.raw_content if flow.response else None, st.streamed_out),
+                error=flow.error.msg if flow.error else "error",
+            )
+        except Exception as exc:
+            log.error("fail_closed", stage="error", error=repr(exc), exc_info=exc)
+            _quietly(lambda: self.metrics.fail_closed.labels(stage="error").inc())
+
+
+# -- small helpers -------------------------------------------------------------
+
+
+def _strip_private_headers(headers: http.Headers) -> None:
+    """Nothing about the user reaches the site: no proxy credentials, no X-Accessgate-*."""
+    for name in {k.lower() for k in headers.keys()}:
+        if name == "proxy-authorization" or name.startswith(_STRIP_PREFIX):
+            del headers[name]
+
+
+def _names_status(flow: http.HTTPFlow) -> bool:
+    rq = flow.request
+    for name in (rq.data.host, *rq.headers.get_all("host")):
+        if name and name.lower().rstrip(".").split(":")[0] == STATUS_HOST:
+            return True
+    return False
+
+
+def _counter(st: FlowState, attr: str):
+    def count(chunk: bytes) -> bytes:
+        setattr(st, attr, getattr(st, attr) + len(chunk))
+        return chunk
+
+    return count
+
+
+def _size(content: bytes | None, streamed: int | None) -> int:
+    if streamed is not None:
+        return streamed
+    return len(content) if content else 0
+
+
+def _sni_of(data: bytes) -> str | None:
+    """The SNI of a TLS ClientHello at the start of `data`, if there is one."""
+    if not data or data[0] != 0x16:
+        return None
+    try:
+        from mitmproxy.tls import ClientHello
+        from mitmproxy.proxy.layers.tls import parse_client_hello
+
+        hello: ClientHello | None = parse_client_hello(data)
+        return hello.sni if hello is not None else None
+    except Exception:
+        return None  # not a complete ClientHello: the server address still decides
+
+
+def _ensure_parent(path: str) -> None:
+    if path:
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _quietly(fn) -> None:
+    """Metrics and clean-up must never turn a decided request into a failure."""
+    try:
+        fn()
+    except Exception:
+        log.exception("ignored_error")

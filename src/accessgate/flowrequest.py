@@ -1,0 +1,70 @@
+"""Turn a mitmproxy flow into `engine.Request`, with every name it gives for its host.
+
+A request can name its host in several places and mitmproxy forwards to one
+of them while a site may serve another: the CONNECT target, the TLS SNI, the
+absolute-form URL or HTTP/2 `:authority`, and each `Host` header (HTTP/2
+lets a client send two; h2 checks only the last).  The engine decides every
+name and the strictest stands, so this module's one job is to miss none.
+Names are passed raw; the engine normalizes them and blocks one that cannot
+be a host name.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from mitmproxy import http
+
+from .engine import Request
+
+# Connection-level checks (a CONNECT, an uninspected tunnel) have no method.
+# "GET" asks "may this client reach the site at all"; "CONNECT" asks "may it
+# write there too", which is what a tunnel that we cannot read amounts to.
+REACH = "GET"
+TUNNEL = "CONNECT"
+
+
+def _names(flow: http.HTTPFlow, extra: Iterable[str]) -> tuple[str, ...]:
+    rq = flow.request
+    names: list[str] = []
+    if rq.data.host:
+        names.append(rq.data.host)
+    if rq.data.authority:
+        names.append(rq.data.authority.decode("utf-8", "surrogateescape"))
+    for value in rq.headers.get_all("host"):
+        names.append(value)
+    sni = flow.client_conn.sni
+    if sni:
+        names.append(sni)
+    names.extend(extra)
+    # Keep order for messages, drop exact repeats (the engine would too).
+    return tuple(dict.fromkeys(n for n in names if n is not None))
+
+
+def path_without_query(path: str) -> str:
+    return path.split("?", 1)[0]
+
+
+def request_of(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> Request:
+    """The engine's view of an HTTP request; `tunnel_names` are its connection's CONNECT targets."""
+    rq = flow.request
+    return Request(
+        method=rq.method,
+        hosts=_names(flow, tunnel_names),
+        path=path_without_query(rq.path),
+        scheme=rq.scheme,
+        headers=tuple((k.lower(), v) for k, v in rq.headers.items(multi=True)),
+    )
+
+
+def connect_request(flow: http.HTTPFlow) -> Request:
+    """A CONNECT, decided as "may reach": the block page comes from the inner request."""
+    rq = flow.request
+    names = [rq.data.host] if rq.data.host else []
+    names.extend(rq.headers.get_all("host"))
+    return Request(method=REACH, hosts=tuple(dict.fromkeys(names)), path="/", scheme="https")
+
+
+def tunnel_request(names: Iterable[str], method: str = TUNNEL) -> Request:
+    """A connection whose contents accessgate will not see (passthrough, raw TCP)."""
+    return Request(method=method, hosts=tuple(dict.fromkeys(n for n in names if n)), path="/")

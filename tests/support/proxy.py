@@ -1,0 +1,269 @@
+"""Start a real `mitmdump` with the accessgate addon, on 127.0.0.1 port 0.
+
+    proxy = start_proxy(policy=path, origin=origin, confdir=confdir)
+    curl(proxy, "http://facebook.test/", user="alice")
+    proxy.stop()                      # SIGINT, by PID; returns the exit status
+    proxy.audit_records()             # the audit log, parsed
+
+Every test proxy loads `support/route_to_origin.py` after accessgate, so that
+whatever accessgate lets through goes to the local origin and nowhere else,
+and runs with `connection_strategy=lazy`, so that a CONNECT alone opens no
+upstream connection.  The mitmproxy CA lives in `confdir` (make one per
+session with `make_confdir`; mitmdump creates the CA there on first start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ADDON = REPO / "addons" / "accessgate.py"
+ROUTE = Path(__file__).resolve().parent / "route_to_origin.py"
+MITMDUMP = Path(sys.executable).parent / "mitmdump"
+
+_LISTENING = re.compile(r"proxy listening at \*?\[?([0-9a-fA-F.:]+)\]?:(\d+)")
+
+
+class ProxyFailed(RuntimeError):
+    """mitmdump exited or never became ready; the message carries its output."""
+
+
+@dataclass
+class Proxy:
+    process: subprocess.Popen
+    port: int
+    confdir: Path
+    workdir: Path
+    audit_path: Path | None
+    metrics_port: int | None
+    stdout_path: Path
+    stderr_path: Path
+    policy: Path | None = None
+    _stopped: int | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    def output(self) -> str:
+        return self.stdout_path.read_text(errors="replace") + self.stderr_path.read_text(
+            errors="replace"
+        )
+
+    def oplog(self) -> list[dict]:
+        """The operational log: accessgate's JSON lines on stderr."""
+        records = []
+        for line in self.stderr_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    pass
+        return records
+
+    def audit_records(self, event: str | None = "access") -> list[dict]:
+        if self.audit_path is None or not self.audit_path.exists():
+            return []
+        records = [json.loads(l) for l in self.audit_path.read_text().splitlines() if l.strip()]
+        return [r for r in records if event is None or r.get("event") == event]
+
+    def wait_audit(self, predicate, timeout: float = 5.0, event: str | None = "access") -> list[dict]:
+        """Audit records once `predicate(records)` holds (the log flushes every second)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self.audit_records(event)
+            if predicate(records) or time.monotonic() > deadline:
+                return records
+            time.sleep(0.1)
+
+    def metrics(self) -> str:
+        assert self.metrics_port is not None, "start the proxy with metrics=True"
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int:
+        """Stop mitmdump by its PID; returns its exit status."""
+        if self._stopped is not None:
+            return self._stopped
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._stopped = self.process.returncode
+        return self._stopped
+
+
+def make_confdir(base: Path | None = None) -> Path:
+    """A mitmproxy confdir with a CA made once (mitmdump creates it on first use)."""
+    confdir = Path(tempfile.mkdtemp(prefix="mitm-conf-", dir=base))
+    # Importing mitmproxy's cert store creates the CA files exactly as mitmdump would.
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from mitmproxy.certs import CertStore; "
+            "CertStore.from_store(sys.argv[1], 'mitmproxy', 2048)",
+            str(confdir),
+        ],
+        check=True,
+        timeout=60,
+    )
+    assert (confdir / "mitmproxy-ca-cert.pem").exists()
+    return confdir
+
+
+def launch(args: list[str], *, cwd: Path, env: dict | None = None) -> tuple[subprocess.Popen, Path, Path]:
+    """Start a process with its output in files (a full pipe would block it)."""
+    stdout_path = cwd / f"out-{time.monotonic_ns()}.txt"
+    stderr_path = stdout_path.with_name(stdout_path.name.replace("out-", "err-"))
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        process = subprocess.Popen(
+            args, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=full_env
+        )
+    return process, stdout_path, stderr_path
+
+
+def wait_ready(
+    process: subprocess.Popen,
+    stdout_path: Path,
+    stderr_path: Path,
+    *,
+    metrics: bool,
+    timeout: float = 30.0,
+) -> tuple[int, int | None]:
+    """(proxy port, metrics port) once mitmdump listens; ProxyFailed if it exits first."""
+    deadline = time.monotonic() + timeout
+    port = metrics_port = None
+    while time.monotonic() < deadline:
+        text = stdout_path.read_text(errors="replace") + stderr_path.read_text(errors="replace")
+        if port is None and (m := _LISTENING.search(text)):
+            port = int(m.group(2))
+        if metrics and metrics_port is None:
+            for line in stderr_path.read_text(errors="replace").splitlines():
+                if '"metrics_listening"' in line:
+                    metrics_port = int(json.loads(line)["port"])
+        if port is not None and (metrics_port is not None or not metrics):
+            return port, metrics_port
+        if process.poll() is not None:
+            raise ProxyFailed(f"mitmdump exited with {process.returncode}:\n{text}")
+        time.sleep(0.05)
+    process.kill()
+    process.wait(5)
+    raise ProxyFailed(
+        "mitmdump did not become ready in time:\n"
+        + stdout_path.read_text(errors="replace")
+        + stderr_path.read_text(errors="replace")
+    )
+
+
+def mitmdump_args(
+    *,
+    policy: Path | str | None,
+    confdir: Path,
+    origin=None,
+    audit_path: Path | None = None,
+    metrics: bool = False,
+    state: str = "memory:",
+    options: dict[str, object] | None = None,
+    scripts: list[Path | str] = (),
+) -> list[str]:
+    args = [
+        str(MITMDUMP),
+        "--listen-host", "127.0.0.1",
+        "--listen-port", "0",
+        "--set", f"confdir={confdir}",
+        "--set", "connection_strategy=lazy",
+        "-s", str(ADDON),
+    ]  # fmt: skip
+    for script in scripts:
+        args += ["-s", str(script)]
+    if origin is not None:
+        args += ["-s", str(ROUTE), "--set", f"route_to_origin={origin.address}"]
+    settings: dict[str, object] = {
+        "accessgate_state": state,
+        "accessgate_audit_log": str(audit_path) if audit_path else "",
+        "accessgate_metrics": "127.0.0.1:0" if metrics else "",
+    }
+    if policy is not None:
+        settings["accessgate_policy"] = str(policy)
+    settings.update(options or {})
+    for name, value in settings.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                args += ["--set", f"{name}={item}"]
+        else:
+            args += ["--set", f"{name}={value}"]
+    return args
+
+
+def start_proxy(
+    *,
+    policy: Path | str | None,
+    confdir: Path,
+    workdir: Path,
+    origin=None,
+    metrics: bool = True,
+    state: str = "memory:",
+    options: dict[str, object] | None = None,
+    scripts: list[Path | str] = (),
+    audit: bool = True,
+) -> Proxy:
+    """Start mitmdump + accessgate (+ routing to `origin`) and wait until it listens."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    audit_path = workdir / "audit.jsonl" if audit else None
+    args = mitmdump_args(
+        policy=policy,
+        confdir=confdir,
+        origin=origin,
+        audit_path=audit_path,
+        metrics=metrics,
+        state=state,
+        options=options,
+        scripts=scripts,
+    )
+    process, out, err = launch(args, cwd=workdir)
+    try:
+        port, metrics_port = wait_ready(process, out, err, metrics=metrics)
+    except ProxyFailed:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        raise
+    return Proxy(
+        process=process,
+        port=port,
+        confdir=confdir,
+        workdir=workdir,
+        audit_path=audit_path,
+        metrics_port=metrics_port,
+        stdout_path=out,
+        stderr_path=err,
+        policy=Path(policy) if policy else None,
+    )
