@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import duckdb
 
@@ -352,6 +352,20 @@ class AuditLog:
             return Result(columns, cur.fetchall())
 
         return self._run(work)
+
+    def rows(
+        self, query: str, params: Sequence[Any] | None = None, batch: int = 10000
+    ) -> Iterator[dict[str, Any]]:
+        """Stream the rows of `query` as dicts, `batch` at a time (for big logs)."""
+        params = [naive_utc(p) if isinstance(p, datetime) else p for p in (params or [])]
+        try:
+            cur = self.con.execute(query, params)
+        except duckdb.Error as exc:
+            raise AuditLogError(_explain_duckdb(exc)) from None
+        columns = [d[0] for d in cur.description]
+        while chunk := cur.fetchmany(batch):
+            for row in chunk:
+                yield dict(zip(columns, row))
 
     def close(self) -> None:
         self.con.close()
