@@ -194,7 +194,7 @@ def panels() -> list[dict]:
     p.append(timeseries("Decision latency", [
         target(f"histogram_quantile(0.50, sum by (le) (rate({hist}[$__rate_interval])))", "p50", "A"),
         target(f"histogram_quantile(0.99, sum by (le) (rate({hist}[$__rate_interval])))", "p99", "B"),
-    ], 0, 48, unit="s", description="Time to decide one request (alert: p99 over 10 ms for 10 minutes)."))
+    ], 0, 48, unit="s", description="Time to decide one request (alert: p99 over 5 ms for 10 minutes)."))
     p.append(timeseries("State store latency (p99)", [target(
         f"histogram_quantile(0.99, sum by (store, operation, le) (rate({store_hist}[$__rate_interval])))",
         "{{store}} {{operation}}")], 12, 48, unit="s"))
