@@ -440,29 +440,32 @@ class _Builder:
         raw = self.text(node, f"a domain of {where}")
         if raw is None:
             return None
-        bare = raw.strip().strip("[]")
-        try:
-            ip = ipaddress.ip_address(bare)
-        except ValueError:
-            pass
-        else:
-            prefix = 32 if ip.version == 4 else 128
-            self.problem(node, f"'{raw}' in the domains of {where} is an IP address; list it under "
-                               f"'networks' as '{ip}/{prefix}'")
-            return None
         if raw.startswith("*.") or raw.startswith("."):
             self.problem(node, f"domain '{raw}' in {where}: a domain already covers all its subdomains; "
                                f"write '{raw.lstrip('*.')}'")
             return None
-        if any(c in raw for c in ":/?#@"):
+        ip = None
+        if ":" in raw:  # an IPv6 address, or a scheme or port that has no place here
+            try:
+                ip = ipaddress.ip_address(raw.strip().strip("[]"))
+            except ValueError:
+                pass
+        if ip is None and any(c in raw for c in ":/?#@"):
             self.problem(node, f"domain '{raw}' in {where} is not a bare host name; leave out the "
                                "scheme, port and path (for example 'facebook.com')")
             return None
-        try:
-            return normalize_host(raw).name
-        except InvalidHost as exc:
-            self.problem(node, f"domain '{raw}' in {where} is not a valid host name: {exc}")
-            return None
+        if ip is None:
+            try:
+                host = normalize_host(raw)
+            except InvalidHost as exc:
+                self.problem(node, f"domain '{raw}' in {where} is not a valid host name: {exc}")
+                return None
+            if host.ip is None:
+                return host.name
+            ip = host.ip  # every IPv4 spelling, like 0x7f.1, is caught here
+        self.problem(node, f"'{raw}' in the domains of {where} is an IP address; list it under "
+                           f"'networks' as '{ip}/{ip.max_prefixlen}'")
+        return None
 
     def _read_only_rule(self, node: yaml.Node, where: str) -> model.ReadOnlyRule | None:
         fields = {e.name: e for e in self.entries(node, f"a read_only_allow rule of {where}", RULE_KEYS)}
