@@ -32,7 +32,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Protocol
@@ -187,24 +187,67 @@ def open_store(spec: str | StateSpec, on_error: ErrorCallback | None = None) -> 
 
 
 class _Counters:
-    """The mutable side of StoreStats, shared by the stores."""
+    """The mutable side of StoreStats, shared by the stores (plain ints: this is per request)."""
 
     def __init__(self, kind: str) -> None:
-        self.stats = StoreStats(kind, True, 0, 0, 0.0)
-        self.lock = threading.Lock()
+        self.kind = kind
+        self.available = True
+        self.operations = self.errors = self.local_minutes = 0
+        self.seconds = 0.0
+        self.last_error = ""
 
-    def done(self, started: float, error: StateStoreError | None = None, **extra) -> None:
-        with self.lock:
-            s = self.stats
-            self.stats = replace(
-                s,
-                operations=s.operations + 1,
-                seconds=s.seconds + (time.perf_counter() - started),
-                available=error is None,
-                errors=s.errors + (error is not None),
-                last_error=str(error) if error is not None else s.last_error,
-                **extra,
-            )
+    def done(self, started: float, error: StateStoreError | None = None, local_minutes: int = 0) -> None:
+        # Unlocked: a lost increment under threads would only blur a metric.
+        self.operations += 1
+        self.seconds += time.perf_counter() - started
+        self.local_minutes = local_minutes
+        self.available = error is None
+        if error is not None:
+            self.errors += 1
+            self.last_error = str(error)
+
+    @property
+    def stats(self) -> StoreStats:
+        return StoreStats(
+            self.kind, self.available, self.operations, self.errors, self.seconds,
+            self.local_minutes, self.last_error,
+        )
+
+
+class _Counted:
+    """Per (subject, site, day): the last minute known to be counted, and the count then.
+
+    A page is dozens of requests in the same minute.  Once that minute is
+    counted the decision cannot change before the next one (a counted
+    minute is never exhausted, see QuotaUsage.exhausted), so neither
+    usage() nor mark() needs to ask the store again: one round trip per
+    user, site and minute instead of two per request.  The count may lag
+    other proxies' marks within the minute; only the status page shows it.
+    It is also where on_error=local starts counting from.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str, date], tuple[int, int | None]] = {}
+        self._day: date | None = None
+        self._lock = threading.Lock()
+
+    def paid(self, k: tuple[str, str, date], minute: int) -> int | None:
+        """Minutes used if `minute` is known to be counted, else None."""
+        used, known = self._entries.get(k, (0, None))
+        return used if known == minute else None
+
+    def last(self, k: tuple[str, str, date]) -> tuple[int, int | None]:
+        return self._entries.get(k, (0, None))
+
+    def put(self, k: tuple[str, str, date], used: int, minute: int | None) -> None:
+        with self._lock:
+            day = k[2]
+            if self._day is None or day > self._day:
+                # Bounded: a new day drops what is older than yesterday.
+                self._day = day
+                self._entries = {x: v for x, v in self._entries.items() if x[2] >= day - timedelta(days=1)}
+            known = self._entries.get(k, (0, None))[1]
+            self._entries[k] = (used, minute if minute is not None else known)
 
 
 # -- memory -----------------------------------------------------------------
@@ -293,6 +336,7 @@ class SqliteStore:
                 "check that its directory is writable, or set accessgate_state to another path"
             ) from exc
         self._latest_day = date.fromisoformat(latest) if latest else None
+        self._counted = _Counted()
 
     def _fail(self, what: str, exc: Exception) -> StateStoreError:
         error = StateStoreError(
@@ -305,6 +349,9 @@ class SqliteStore:
 
     def usage(self, subject: str, site: str, day: date, minute: int) -> QuotaUsage:
         started = time.perf_counter()
+        if (paid := self._counted.paid((subject, site, day), minute)) is not None:
+            self._counters.done(started)
+            return QuotaUsage(paid, True)
         try:
             with self._lock:
                 used, current = self._db.execute(
@@ -317,10 +364,14 @@ class SqliteStore:
             self._counters.done(started, error)
             raise error from exc
         self._counters.done(started)
+        self._counted.put((subject, site, day), used, minute if current else None)
         return QuotaUsage(used, bool(current))
 
     def mark(self, subject: str, site: str, day: date, minute: int) -> int:
         started = time.perf_counter()
+        if (paid := self._counted.paid((subject, site, day), minute)) is not None:
+            self._counters.done(started)
+            return paid
         key = (subject, site, day.isoformat())
         try:
             with self._lock:
@@ -342,6 +393,7 @@ class SqliteStore:
             self._counters.done(started, error)
             raise error from exc
         self._counters.done(started)
+        self._counted.put((subject, site, day), used, minute)
         return used
 
     def prune(self, before: date) -> None:
@@ -384,14 +436,6 @@ def time_to_live(day: date, minute: int) -> int:
     return max(expiry(day) - minute * 60, 3600)
 
 
-@dataclass
-class _LastSeen:
-    """What Redis said last about one (subject, site, day): a base for local counting."""
-
-    used: int = 0
-    minute: int | None = None  # a minute known to be among `used`
-
-
 class RedisStore:
     """`redis://…`: per (subject, site, day) a Redis set of minutes.
 
@@ -423,8 +467,7 @@ class RedisStore:
         self._down_until = 0.0  # time.monotonic() before which Redis is not tried
         # on_error=local: minutes counted while Redis was away, to merge later.
         self._pending: dict[tuple[str, str, date], set[int]] = {}
-        self._last_seen: dict[tuple[str, str, date], _LastSeen] = {}
-        self._last_seen_day: date | None = None
+        self._counted = _Counted()
 
     def key(self, subject: str, site: str, day: date) -> str:
         # The site's length keeps "a:b" + "c" apart from "a" + "b:c".
@@ -435,13 +478,16 @@ class RedisStore:
     def usage(self, subject: str, site: str, day: date, minute: int) -> QuotaUsage:
         started = time.perf_counter()
         k = (subject, site, day)
+        if (paid := self._counted.paid(k, minute)) is not None:
+            self._counters.done(started, local_minutes=self._pending_count())
+            return QuotaUsage(paid, True)
 
         def remote() -> QuotaUsage:
             pipe = self._client.pipeline(transaction=False)
             pipe.scard(self.key(*k))
             pipe.sismember(self.key(*k), minute)
             used, current = pipe.execute()
-            self._seen(k, used, minute if current else None)
+            self._counted.put(k, int(used), minute if current else None)
             return QuotaUsage(int(used), bool(current))
 
         return self._call(started, remote, lambda: self._local_usage(k, minute))
@@ -449,10 +495,13 @@ class RedisStore:
     def mark(self, subject: str, site: str, day: date, minute: int) -> int:
         started = time.perf_counter()
         k = (subject, site, day)
+        if (paid := self._counted.paid(k, minute)) is not None:
+            self._counters.done(started, local_minutes=self._pending_count())
+            return paid
 
         def remote() -> int:
             used = self._add(k, {minute})
-            self._seen(k, used, minute)
+            self._counted.put(k, used, minute)
             return used
 
         return self._call(started, remote, lambda: self._local_mark(k, minute))
@@ -497,28 +546,13 @@ class RedisStore:
             self._on_error(error)
         return error
 
-    # on_error=local
-
-    def _seen(self, k: tuple[str, str, date], used: int, minute: int | None) -> None:
-        if self.spec.on_error != "local":
-            return
-        with self._lock:
-            day = k[2]
-            if self._last_seen_day is None or day > self._last_seen_day:
-                # Bounded: only today's and yesterday's keys are kept.
-                self._last_seen_day = day
-                self._last_seen = {x: v for x, v in self._last_seen.items() if x[2] >= day - timedelta(days=1)}
-            seen = self._last_seen.setdefault(k, _LastSeen())
-            seen.used = used
-            if minute is not None:
-                seen.minute = minute
+    # on_error=local: count on from the last count Redis gave.
 
     def _local_usage(self, k: tuple[str, str, date], minute: int) -> QuotaUsage:
         with self._lock:
-            seen = self._last_seen.get(k, _LastSeen())
+            used, known = self._counted.last(k)
             local = self._pending.get(k, set())
-            extra = len(local - {seen.minute})
-            return QuotaUsage(seen.used + extra, minute in local or minute == seen.minute)
+            return QuotaUsage(used + len(local - {known}), minute in local or minute == known)
 
     def _local_mark(self, k: tuple[str, str, date], minute: int) -> int:
         with self._lock:
@@ -536,7 +570,7 @@ class RedisStore:
             pending, self._pending = self._pending, {}
         try:
             for k, minutes in list(pending.items()):
-                self._seen(k, self._add(k, minutes), next(iter(minutes)))
+                self._counted.put(k, self._add(k, minutes), max(minutes))
                 del pending[k]
         except BaseException:
             # Keep what was not merged (SADD is idempotent, so re-adding is safe).

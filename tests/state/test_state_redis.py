@@ -127,7 +127,7 @@ def test_local_rule_counts_on_from_the_last_count_redis_gave(redis_server):
     assert store.usage(*A, M + 3) == QuotaUsage(4, True)
     assert store.usage("user:bob", "facebook", DAY, M + 3) == QuotaUsage(0, False)
     assert len(errors) == 1
-    assert store.stats().local_minutes == 2  # M+2 (already in Redis, re-added harmlessly) and M+3
+    assert store.stats().local_minutes == 1  # M+3; M+2 was counted in Redis before it went
     store.close()
 
 
@@ -175,4 +175,24 @@ def test_opening_a_store_does_not_need_redis(redis_server):
     store = open_store(redis_server.url(timeout=0.1))
     with pytest.raises(StateStoreUnavailable, match="did not answer"):
         store.usage(*A, M)
+    store.close()
+
+
+def test_a_burst_in_one_minute_asks_redis_once(redis_server):
+    """A page load is many requests in one minute: they cost what one request costs."""
+    store = open_store(redis_server.url())
+    client = redis_server.client()
+    store.usage("user:warm-up", "facebook", DAY, M)  # the connection's own set-up commands
+
+    def commands_for(requests: int, subject: str, minute: int) -> int:
+        before = client.info("stats")["total_commands_processed"]
+        for _ in range(requests):
+            store.usage(subject, "facebook", DAY, minute)
+            store.mark(subject, "facebook", DAY, minute)
+        return client.info("stats")["total_commands_processed"] - before
+
+    one = commands_for(1, "user:bob", M)
+    assert commands_for(30, "user:alice", M) == one
+    assert commands_for(30, "user:alice", M + 1) == one  # a new minute asks again, once
+    assert store.usage(*A, M + 1) == QuotaUsage(2, True)
     store.close()
