@@ -284,21 +284,22 @@ class _Builder:
             return None
         return value
 
-    def network(self, node: yaml.Node, what: str, value: str | None = None) -> model.IPNetwork | None:
+    def network(self, node: yaml.Node, owner: str, value: str | None = None) -> model.IPNetwork | None:
         """The CIDR `value` (default: the node's text), strictly: no host bits."""
-        value = self.text(node, what) if value is None else value
+        value = self.text(node, f"a network {owner}") if value is None else value
         if value is None:
             return None
+        what = f"network '{value}' {owner}"
         try:
             return ipaddress.ip_network(value.strip(), strict=True)
         except ValueError as exc:
             try:
                 loose = ipaddress.ip_network(value.strip(), strict=False)
             except ValueError:
-                self.problem(node, f"{what} '{value}' is not a network ({exc}); write it as "
+                self.problem(node, f"{what} is not a network ({exc}); write it as "
                                    "ADDRESS/PREFIX, like 10.0.0.0/8 or 2001:db8::/32")
             else:
-                self.problem(node, f"{what} '{value}' has host bits set; did you mean '{loose}'?")
+                self.problem(node, f"{what} has host bits set; did you mean '{loose}'?")
             return None
 
     # ---- the policy ------------------------------------------------------
@@ -414,7 +415,7 @@ class _Builder:
             site_domains.append(domain)
         site_networks: list[model.IPNetwork] = []
         for node in self.seq(fields["networks"].value, f"'networks' of {where}") if "networks" in fields else ():
-            net = self.network(node, f"network in {where}")
+            net = self.network(node, f"in {where}")
             if net is None:
                 continue
             other = networks.get(net)
@@ -473,7 +474,7 @@ class _Builder:
             return None
         method = None
         if "method" in fields:
-            method = self._method(fields["method"].value, f"the method of a read_only_allow rule of {where}")
+            method = self._method(fields["method"].value, f"of a read_only_allow rule of {where}")
             if method is None:
                 return None
         if "path" not in fields:
@@ -489,12 +490,12 @@ class _Builder:
             return None
         return model.ReadOnlyRule(method, path)
 
-    def _method(self, node: yaml.Node, what: str) -> str | None:
-        value = self.text(node, what)
+    def _method(self, node: yaml.Node, owner: str) -> str | None:
+        value = self.text(node, f"the method {owner}")
         if value is None:
             return None
         if not _TOKEN.match(value):
-            self.problem(node, f"{what} '{value}' is not an HTTP method; write one like GET or POST")
+            self.problem(node, f"method '{value}' {owner} is not an HTTP method; write one like GET or POST")
             return None
         return value.upper()
 
@@ -621,7 +622,7 @@ class _Builder:
         if kind == "user":
             return model.Member(model.MemberKind.USER, value=rest)
         if kind == "net":
-            net = self.network(node, f"the network of member '{value}' of {where}:", rest)
+            net = self.network(node, f"in member '{value}' of {where}", rest)
             return model.Member(model.MemberKind.NET, network=net) if net else None
         if not has_ldap and rest not in self.group_names and not self.incomplete:
             self.problem(node, f"unknown group '{rest}' in {where}; "
@@ -727,7 +728,7 @@ class _Builder:
                 self.problem(fields["at"].value, f"'at' of {where} is '{at}', which is not an ISO time; "
                                                  "write it like 2026-11-23T09:00:00 (optionally with +01:00)")
         if "method" in fields:
-            values["method"] = self._method(fields["method"].value, f"'method' of {where}")
+            values["method"] = self._method(fields["method"].value, f"of {where}")
         expect = self.choice(fields["expect"].value, f"'expect' of {where}", (ALLOW, BLOCK)) if "expect" in fields else None
         if "reason" in fields:
             reason = self.choice(fields["reason"].value, f"'reason' of {where}", (*BLOCK_REASONS, *ALLOW_REASONS))
