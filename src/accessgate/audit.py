@@ -102,7 +102,8 @@ class AuditLog:
         self._first_drop_ts: float | None = None
 
         self._written = 0
-        self._dropped = 0
+        self._dropped = 0  # by the writer thread
+        self._refused = 0  # by write(): the callers' thread, so a counter of its own
         self._errors = 0
 
         self._cond = threading.Condition()
@@ -124,12 +125,12 @@ class AuditLog:
     def write(self, record: dict) -> None:
         """Queue `record` (a mapping of §5 fields plus `event`) for writing."""
         if self._closed:
-            self._dropped += 1
+            self._refused += 1
             return
         try:
             rec = dict(record)
         except Exception:  # not a mapping: nothing sensible to write
-            self._dropped += 1
+            self._refused += 1
             return
         if "ts" not in rec:
             rec["ts"] = time.time()
@@ -179,7 +180,7 @@ class AuditLog:
         return AuditStats(
             written=self._written,
             pending=len(self._queue) + self._backlog_records,
-            dropped=self._dropped,
+            dropped=self._dropped + self._refused,
             errors=self._errors,
         )
 

@@ -470,3 +470,90 @@ def test_write_is_cheap_for_the_caller(log_path: Path, record_property) -> None:
     record_property("audit_write_us", round(per_write_us, 2))
     print(f"AuditLog.write: {per_write_us:.2f} µs per record")
     assert log.stats().written == n
+
+
+def test_records_from_many_threads_all_land_in_one_valid_chain(log_path: Path) -> None:
+    import threading
+
+    log = AuditLog(log_path, flush_interval=0.05)
+
+    def writer(t: int) -> None:
+        for i in range(2000):
+            log.write(access(i, request_id=f"t{t}-{i}"))
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    recs = records(log_path)
+    assert len({r["request_id"] for r in recs}) == len(recs) == 8000
+    for t in range(4):  # each thread's records stay in the order it wrote them
+        mine = [int(r["request_id"].split("-")[1]) for r in recs if r["request_id"].startswith(f"t{t}-")]
+        assert mine == list(range(2000))
+    assert chain_problems(lines_of(log_path)) == []
+
+
+CRASHING_WRITER = """
+import sys, time
+from accessgate.audit import AuditLog
+log = AuditLog(sys.argv[1], flush_interval=float(sys.argv[2]))
+i = 0
+while True:
+    log.write({"event": "access", "ts": time.time(), "request_id": str(i)})
+    i += 1
+    if i == 1:
+        print("writing", flush=True)
+    time.sleep(0.001)
+"""
+
+
+def test_a_killed_proxy_loses_at_most_the_last_flush_interval(log_path: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    interval = 0.5
+    script = tmp_path / "writer.py"
+    script.write_text(CRASHING_WRITER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(log_path), str(interval)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "writing\n"
+        time.sleep(2.0)
+        killed_at = time.time()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    data = log_path.read_bytes()
+    lines = data.splitlines()
+    assert data.endswith(b"\n"), "a flush writes whole lines"
+    assert chain_problems(lines) == []
+    ids = [int(json.loads(x)["request_id"]) for x in lines]
+    assert ids == list(range(len(ids))), "what was written has no gaps"
+    last_ts = datetime.fromisoformat(json.loads(lines[-1])["ts"]).timestamp()
+    # One interval, plus slack for a shared, busy machine.
+    assert killed_at - last_ts < interval + 1.0
+
+
+def test_stats_reach_the_metrics_on_every_flush(log_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from accessgate.metrics import Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    log = AuditLog(log_path, flush_interval=60, on_flush=metrics.observe_audit)
+    for i in range(7):
+        log.write(access(i))
+    log.flush()
+    assert registry.get_sample_value("accessgate_audit_records_total") == 7
+    assert registry.get_sample_value("accessgate_audit_pending_records") == 0
+    log.close()
