@@ -39,8 +39,8 @@ ZERO_HASH = "0" * 64
 # Key order of a line: what auditors read first, then the chain at the end.
 FIELD_ORDER = (
     "event", "ts", "request_id", "user", "roles", "client_ip", "method", "scheme",
-    "host", "path", "site", "decision", "reason", "level", "rule", "status",
-    "bytes_in", "bytes_out", "duration_ms", "policy",
+    "host", "path", "site", "decision", "reason", "level", "rule", "role", "status",
+    "bytes_in", "bytes_out", "duration_ms", "policy", "enforced", "error",
 )  # fmt: skip
 _CHAIN_KEYS = frozenset({"seq", "prev"})
 

@@ -58,6 +58,7 @@ UNKNOWN_REASON = (
     "The access check could not be completed, so the request was blocked to be safe. "
     "Trying again in a moment usually works.",
 )
+INTERNAL_ERROR_RULE = "internal-error"  # the addon's rule for a fail-closed block
 UNLISTED_DENIED = "This website is not on your organization's list of allowed websites."
 INVALID_HOST = "The address of this request is not a valid website name, so it was blocked."
 
@@ -159,6 +160,8 @@ def block_response(
 
 def reason_sentence(decision: Decision) -> str:
     """Why, in one plain sentence, for the reason code of `decision`."""
+    if decision.rule == INTERNAL_ERROR_RULE:
+        return UNKNOWN_REASON[1]
     if decision.reason == "denied" and decision.site is None:
         return INVALID_HOST if decision.rule == "invalid-host" else UNLISTED_DENIED
     _, why = REASONS.get(decision.reason, UNKNOWN_REASON)

@@ -95,7 +95,9 @@ def _close_every_log(monkeypatch):
 def test_one_compact_line_per_record_in_a_stable_key_order(log_path: Path) -> None:
     log = AuditLog(log_path, flush_interval=60)
     for i in range(3):
-        log.write(access(i))
+        # Given in another order, with a field the writer does not know of.
+        rec = access(i, later_field=1, enforced=True, role="everyone")
+        log.write(dict(reversed(list(rec.items()))))
     log.close()
 
     lines = lines_of(log_path)
@@ -106,8 +108,8 @@ def test_one_compact_line_per_record_in_a_stable_key_order(log_path: Path) -> No
     assert keys[-2:] == ["seq", "prev"]
     assert keys[3:-2] == [
         "user", "roles", "client_ip", "method", "scheme", "host", "path", "site",
-        "decision", "reason", "level", "rule", "status", "bytes_in", "bytes_out",
-        "duration_ms", "policy",
+        "decision", "reason", "level", "rule", "role", "status", "bytes_in", "bytes_out",
+        "duration_ms", "policy", "enforced", "later_field",
     ]  # fmt: skip
     assert b", " not in lines[0] and b'": ' not in lines[0], "separators are compact"
     assert first["level"] == "full" and first["roles"] == ["everyone"]

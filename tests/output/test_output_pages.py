@@ -177,7 +177,12 @@ def test_every_block_reason_has_its_own_plain_sentence(reason) -> None:
             INVALID_HOST,
             id="invalid-host",
         ),
-        pytest.param(decision("internal-error", rule="fail-closed"), UNKNOWN_REASON[1], id="fail-closed"),
+        pytest.param(
+            Decision("block", "denied", "internal-error", message="accessgate could not decide"),
+            UNKNOWN_REASON[1],
+            id="fail-closed-by-the-addon",
+        ),
+        pytest.param(decision("no-such-code"), UNKNOWN_REASON[1], id="unknown-reason-code"),
     ],
 )
 def test_blocks_without_a_site_or_code_still_say_why(d, sentence) -> None:
