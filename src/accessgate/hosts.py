@@ -42,11 +42,24 @@ def normalize_host(raw: str) -> NormalHost:
     """
     if not isinstance(raw, str):
         raise InvalidHost(f"host must be text, not {type(raw).__name__}")
-    return _normalize(raw)
+    return _normalize(raw.lower() if raw.isascii() else raw)
+
+
+# A whole plain host name, already lower case, optional trailing dot: the
+# common case, checked by one regex instead of label by label.
+_PLAIN_NAME = re.compile(
+    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
+    r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.?\Z"
+)
 
 
 @lru_cache(maxsize=65536)
 def _normalize(raw: str) -> NormalHost:
+    if len(raw) <= MAX_NAME_LENGTH and _PLAIN_NAME.match(raw):
+        host = raw[:-1] if raw.endswith(".") else raw
+        last = host[host.rfind(".") + 1 :]
+        if not (last.isdigit() or last.startswith("0x")):
+            return NormalHost(host)
     host = _strip_port(raw)
     if not host:
         raise InvalidHost(f"{raw!r} names no host")

@@ -28,9 +28,13 @@ def test_invalid_host_is_a_value_error_with_a_sentence():
 
 
 label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
-names = st.lists(label, min_size=1, max_size=4).map(".".join).filter(
-    lambda n: not n.split(".")[-1].isdigit()
-)
+def _ends_in_number(name: str) -> bool:
+    last = name.split(".")[-1]
+    return last.isdigit() or (last.startswith("0x") and all(c in "0123456789abcdef" for c in last[2:]))
+
+
+# Names whose last label is a number are IPv4 addresses (or invalid), not names.
+names = st.lists(label, min_size=1, max_size=4).map(".".join).filter(lambda n: not _ends_in_number(n))
 
 
 @given(names)

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Decision engine benchmark: a 50,000-domain, 100-role policy on one core.
+
+Prints policy load time, memory the loaded policy holds, decisions per second
+and p50/p99 time per decision -- for accessgate's decide() and, side by side
+in the same run, for the cheapest possible policy hook (one dict lookup of
+the exact host), alternating A B A B so that drift on a shared host hits
+both.  Goals (issue 2): >= 300,000 decisions/s, p99 <= 10 us, load <= 1 s,
+<= 200 MB.
+
+    .venv/bin/python benchmarks/engine.py [--rounds 3] [--decisions 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import ipaddress
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from accessgate.engine import Identity, Request, decide
+from accessgate.loader import load_policy
+from accessgate.quota import MemoryLedger
+
+DOMAINS = 50_000
+ROLES = 100
+SITES = 5_000
+USERS = 5_000
+GROUPS = 200
+TLDS = ["com", "net", "org", "io", "de", "co.uk"]
+
+
+def make_policy_yaml(rng: random.Random) -> tuple[str, list[str], list[str]]:
+    """A large but realistic policy: sites of 10 domains, roles granting subsets."""
+    lines = ["version: 1", "timezone: Europe/Berlin", "sites:"]
+    domains: list[str] = []
+    per_site = DOMAINS // SITES
+    for s in range(SITES):
+        site_domains = [f"s{s}d{d}-{rng.randrange(10**6)}.{rng.choice(TLDS)}" for d in range(per_site)]
+        domains.extend(site_domains)
+        lines.append(f"  site{s}:")
+        lines.append(f"    domains: [{', '.join(site_domains)}]")
+        if s % 10 == 0:
+            lines.append('    read_only_allow: [{method: POST, path: "/login/*"}]')
+    users = [f"user{u}" for u in range(USERS)]
+    lines += ["directory:", "  groups:"]
+    for g in range(GROUPS):
+        members = rng.sample(users, 50)
+        lines.append(f"    g{g}: [{', '.join(members)}]")
+    lines.append("roles:")
+    levels = ["full", "read-only", "deny"]
+    for r in range(ROLES):
+        lines.append(f"  role{r}:")
+        members = [f'"group:g{rng.randrange(GROUPS)}"' for _ in range(3)]
+        if r == ROLES - 1:
+            members = ["all"]
+        lines.append(f"    members: [{', '.join(members)}]")
+        lines.append("    access:")
+        for s in rng.sample(range(SITES), 40):
+            kind = rng.randrange(4)
+            if kind == 0:
+                lines.append(
+                    f"      site{s}: {{level: full, windows: [\"mon-fri 12:00-13:00\"], daily_minutes: 20}}"
+                )
+            else:
+                lines.append(f"      site{s}: {rng.choice(levels)}")
+        lines.append('      "*": deny')
+    lines += ["unauthenticated: deny", "unlisted: allow", ""]
+    return "\n".join(lines), domains, users
+
+
+def make_requests(rng: random.Random, domains: list[str], users: list[str], n: int):
+    methods = ["GET"] * 8 + ["POST", "HEAD"]
+    out = []
+    for _ in range(n):
+        roll = rng.random()
+        if roll < 0.1:
+            host = f"www.unlisted{rng.randrange(10**6)}.example"
+        else:
+            host = rng.choice(domains)
+            if roll < 0.6:
+                host = f"{rng.choice(['www', 'static', 'api', 'm'])}.{host}"
+        ip = ipaddress.IPv4Address(0x0A000000 + rng.randrange(65536))
+        identity = Identity(user=rng.choice(users), client_ip=ip)
+        out.append((Request(rng.choice(methods), (host,), "/feed"), identity))
+    return out
+
+
+def run_accessgate(policy, ledger, requests, now):
+    for request, identity in requests:
+        decide(request, identity, policy, now, ledger)
+
+
+def run_baseline(table, requests, now):
+    # The cheapest hook a proxy could have: look the exact host up in a dict.
+    for request, identity in requests:
+        table.get(request.hosts[0], True)
+
+
+def per_call_ns(fn, requests) -> list[int]:
+    clock = time.perf_counter_ns
+    samples = []
+    for item in requests:
+        start = clock()
+        fn(item)
+        samples.append(clock() - start)
+    return samples
+
+
+def percentile(samples: list[int], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--decisions", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})  # one core
+
+    rng = random.Random(args.seed)
+    text, domains, users = make_policy_yaml(rng)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.yaml"
+        path.write_text(text, "utf-8")
+        size_mb = path.stat().st_size / 1e6
+        load_times = []
+        for _ in range(args.rounds):
+            gc.collect()
+            start = time.perf_counter()
+            policy = load_policy(path)
+            load_times.append(time.perf_counter() - start)
+        gc.collect()
+        tracemalloc.start()
+        policy = load_policy(path)
+        held_mb = tracemalloc.get_traced_memory()[0] / 1e6
+        tracemalloc.stop()
+
+    requests = make_requests(rng, domains, users, args.decisions)
+    table = {d: bool(i % 2) for i, d in enumerate(domains)}
+    now = datetime(2026, 11, 23, 11, 30, tzinfo=timezone.utc)  # lunch in Berlin
+    ledger = MemoryLedger()
+    run_accessgate(policy, ledger, requests[:20_000], now)  # warm caches
+
+    rates = {"accessgate": [], "baseline": []}
+    for _ in range(args.rounds):
+        for name in ("accessgate", "baseline"):
+            gc.collect()
+            start = time.perf_counter()
+            if name == "accessgate":
+                run_accessgate(policy, ledger, requests, now)
+            else:
+                run_baseline(table, requests, now)
+            rates[name].append(len(requests) / (time.perf_counter() - start))
+    sample = requests[: min(len(requests), 100_000)]
+    latency = per_call_ns(lambda item: decide(item[0], item[1], policy, now, ledger), sample)
+    base_latency = per_call_ns(lambda item: table.get(item[0].hosts[0], True), sample)
+
+    ratios = [a / b for a, b in zip(rates["accessgate"], rates["baseline"])]
+    rss_mb = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    print(f"policy: {len(domains):,} domains, {SITES:,} sites, {ROLES} roles, "
+          f"{USERS:,} users, {size_mb:.1f} MB of YAML")
+    print(f"load time           median {statistics.median(load_times):.3f} s "
+          f"(min {min(load_times):.3f}, max {max(load_times):.3f})   goal <= 1 s")
+    print(f"policy memory       {held_mb:.1f} MB held by the loaded policy; process RSS {rss_mb:.0f} MB"
+          "   goal <= 200 MB")
+    print(f"accessgate decide() median {statistics.median(rates['accessgate']):,.0f} decisions/s "
+          f"(min {min(rates['accessgate']):,.0f}, max {max(rates['accessgate']):,.0f})   goal >= 300,000")
+    print(f"  per decision      p50 {percentile(latency, 0.5):.2f} us, p99 {percentile(latency, 0.99):.2f} us"
+          "   goal p99 <= 10 us")
+    print(f"baseline dict.get   median {statistics.median(rates['baseline']):,.0f} lookups/s; "
+          f"p50 {percentile(base_latency, 0.5):.2f} us, p99 {percentile(base_latency, 0.99):.2f} us")
+    print(f"ratio accessgate/baseline throughput: median {statistics.median(ratios):.3f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f}) over {args.rounds} alternated rounds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Properties of decide() that must hold for every policy and request (hypothesis)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from accessgate.engine import Identity, Request, decide
+from accessgate.loader import parse_policy
+from accessgate.model import Grant, Level, Role
+from accessgate.quota import MemoryLedger
+from accessgate.windows import parse_window
+
+POLICY = parse_policy(
+    """
+version: 1
+timezone: Europe/Berlin
+sites:
+  facebook: {domains: [facebook.com, fbcdn.net], read_only_allow: [{method: POST, path: "/login/*"}]}
+  linkedin: {domains: [linkedin.com]}
+  x: {domains: [x.com]}
+directory:
+  groups: {pr: [alice], sales: [carol]}
+roles:
+  marcom: {members: ["group:pr"], access: {"*": full}}
+  sales: {members: ["group:sales"], access: {linkedin: full, x: {level: full, windows: ["mon-fri 09:00-17:00"]}}}
+  everyone:
+    members: [all]
+    access:
+      linkedin: read-only
+      facebook: {level: full, windows: ["mon-fri 12:00-13:00"], daily_minutes: 20}
+      "*": deny
+unauthenticated: deny
+unlisted: allow
+""",
+    "<properties>",
+)
+
+users = st.sampled_from([None, "alice", "carol", "erin"])
+hosts = st.sampled_from(
+    ["facebook.com", "www.facebook.com", "static.fbcdn.net", "linkedin.com", "x.com", "example.org"]
+)
+methods = st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+paths = st.sampled_from(["/", "/login/x", "/feed?x=1", "/compose"])
+times = st.datetimes(
+    min_value=datetime(2026, 1, 1), max_value=datetime(2027, 1, 1), timezones=st.just(timezone.utc)
+)
+grants = st.builds(
+    Grant,
+    level=st.sampled_from(list(Level)),
+    windows=st.sampled_from([(), (parse_window("mon-fri 12:00-13:00"),), (parse_window("sat,sun 00:00-24:00"),)]),
+    daily_minutes=st.sampled_from([None, 1, 20]),
+    rule=st.just("roles.extra.access.facebook"),
+)
+
+
+def spell(host: str, upper: bool, dot: bool, port: int | None) -> str:
+    spelled = host.upper() if upper else host
+    spelled += "." if dot else ""
+    return spelled + (f":{port}" if port is not None else "")
+
+
+@given(users, hosts, methods, paths, times, st.booleans(), st.booleans(), st.one_of(st.none(), st.integers(1, 65535)))
+def test_a_host_decides_the_same_in_every_spelling(user, host, method, path, now, upper, dot, port):
+    identity = Identity(user=user)
+    plain = decide(Request(method, (host,), path), identity, POLICY, now)
+    spelled = decide(Request(method, (spell(host, upper, dot, port),), path), identity, POLICY, now)
+    assert (spelled.decision, spelled.reason, spelled.site, spelled.rule) == (
+        plain.decision, plain.reason, plain.site, plain.rule
+    )
+
+
+def _with_extra_role(grant: Grant, site: str):
+    extra = Role(name="extra", members=POLICY.roles["everyone"].members, access=MappingProxyType({site: grant}))
+    return replace(POLICY, roles=MappingProxyType({**POLICY.roles, "extra": extra}))
+
+
+STRICTNESS = {"block": 0, "allow": 1}
+
+
+@settings(max_examples=300)
+@given(users.filter(lambda u: u is not None), hosts, methods, paths, times, grants,
+       st.sampled_from(["facebook", "linkedin", "x"]), st.integers(0, 25))
+def test_adding_a_grant_never_makes_a_decision_stricter(user, host, method, path, now, grant, site, used):
+    ledger = MemoryLedger()
+    identity = Identity(user=user)
+    request = Request(method, (host,), path)
+    before = decide(request, identity, POLICY, now, ledger)
+    after = decide(request, identity, _with_extra_role(grant, site), now, ledger)
+    assert STRICTNESS[after.decision] >= STRICTNESS[before.decision], (before, after)
+    if before.allowed and before.level is not None:
+        # An allowed request keeps at least the level it had.
+        assert after.level is not None and after.level.rank >= before.level.rank, (before, after)
+
+
+@given(users, hosts, methods, paths, times)
+def test_decide_is_deterministic(user, host, method, path, now):
+    request, identity = Request(method, (host,), path), Identity(user=user)
+    assert decide(request, identity, POLICY, now) == decide(request, identity, POLICY, now)
+
+
+@given(users, hosts, hosts, methods, times)
+def test_more_names_never_loosen_a_decision(user, first, second, method, now):
+    identity = Identity(user=user)
+    one = decide(Request(method, (first,)), identity, POLICY, now)
+    both = decide(Request(method, (first, second)), identity, POLICY, now)
+    assert STRICTNESS[both.decision] <= STRICTNESS[one.decision]
