@@ -1,0 +1,65 @@
+"""Test policies for proxies: a small company with every kind of grant.
+
+`policy_text()` is fresh on every call because its time window is computed
+from the clock: a window three hours away is never open during a test run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+
+def closed_window(now: datetime | None = None) -> str:
+    """A one-minute daily window three hours away: never open while the tests run."""
+    start = (now or datetime.now(timezone.utc)) + timedelta(hours=3)
+    end = start + timedelta(minutes=1)
+    return f"mon-sun {start:%H:%M}-{end:%H:%M}"
+
+
+POLICY = """\
+version: 1
+timezone: UTC
+sites:
+  facebook:
+    domains: [facebook.test]
+  linkedin:
+    domains: [linkedin.test]
+    read_only_allow:
+      - {{method: POST, path: "/search/*"}}
+  youtube:
+    domains: [youtube.test]
+  xsite:
+    domains: [x.test]
+directory:
+  groups:
+    pr: [alice]
+roles:
+  pr:
+    members: ["group:pr"]
+    access:
+      "*": full
+  everyone:
+    members: [all]
+    access:
+      linkedin: read-only
+      youtube:
+        level: full
+        windows: ["{window}"]
+      "*": deny
+unauthenticated: {unauthenticated}
+unlisted: allow
+"""
+
+VISITORS = """\
+  visitors:
+    members: ["user:nobody-signs-in-as-this"]
+    access:
+      linkedin: read-only
+"""
+
+
+def policy_text(unauthenticated: str = "deny") -> str:
+    text = POLICY.format(window=closed_window(), unauthenticated=unauthenticated)
+    if unauthenticated == "visitors":
+        text = text.replace("unauthenticated:", VISITORS + "unauthenticated:", 1)
+    return text
