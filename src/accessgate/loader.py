@@ -42,7 +42,7 @@ from .windows import parse_window
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _TAG = "tag:yaml.org,2002:"
-_STR, _INT, _NULL, _BOOL, _MERGE = (_TAG + t for t in ("str", "int", "null", "bool", "merge"))
+_STR, _INT, _NULL, _MERGE = (_TAG + t for t in ("str", "int", "null", "merge"))
 
 MAIN_KEYS = ("version", "timezone", "include", "sites", "directory", "roles",
              "unauthenticated", "unlisted", "tests")
@@ -102,11 +102,11 @@ class _Builder:
     # A file that could not be read or parsed may define the names the others
     # use; then "unknown site/role/group" would be noise, so it is not said.
     incomplete: bool = False
-    # Every name defined, even where its definition had problems, so that a
-    # reference to it is not reported as unknown as well.
-    site_names: set[str] = field(default_factory=set)
-    group_names: set[str] = field(default_factory=set)
-    role_names: set[str] = field(default_factory=set)
+    # Where each name is defined, even where its definition had problems, so
+    # that a reference to it is not reported as unknown as well.
+    site_names: dict[str, yaml.Node] = field(default_factory=dict)
+    group_names: dict[str, yaml.Node] = field(default_factory=dict)
+    role_names: dict[str, yaml.Node] = field(default_factory=dict)
 
     # ---- entry ---------------------------------------------------------
 
@@ -212,8 +212,7 @@ class _Builder:
                     names = " -> ".join([*(p for _, p in chain[reals.index(child_key):]), child])
                     self.problem(item, f"include cycle: {names}; remove one of these includes")
                     continue
-                earlier = next((s for s in self.sources if os.path.realpath(s.path) == child_key), None)
-                if earlier is not None:
+                if any(os.path.realpath(s.path) == child_key for s in self.sources):
                     self.problem(item, f"'{child}' is already included; include each file once")
                     continue
                 self._read(child, None, chain, item)
@@ -275,6 +274,14 @@ class _Builder:
             return None
         return value
 
+    def define(self, defined: dict[str, yaml.Node], name: str, key: yaml.Node, what: str, fix: str) -> bool:
+        """Record `name` as defined at `key`; False (and a problem) if it already was."""
+        if name in defined:
+            self.problem(key, f"{what} '{name}' is defined twice (first at {_where(defined[name])}); {fix}")
+            return False
+        defined[name] = key
+        return True
+
     def choice(self, node: yaml.Node, what: str, options: tuple[str, ...]) -> str | None:
         value = self.text(node, what)
         if value is None:
@@ -320,7 +327,7 @@ class _Builder:
         timezone = self._timezone(sections["timezone"])
         sites = self._sites(sections["sites"])
         groups, ldap = self._directory(sections["directory"])
-        roles = self._roles(sections["roles"], sites, groups, ldap is not None)
+        roles = self._roles(sections["roles"], ldap is not None)
         unauthenticated = self._unauthenticated(sections["unauthenticated"])
         unlisted = self._main_choice(sections["unlisted"], "'unlisted'", ("allow", "deny"), "allow")
         tests = self._tests(sections["tests"])
@@ -335,7 +342,7 @@ class _Builder:
             digest.update(source.data)
         return model.Policy(
             timezone=timezone,
-            sites=MappingProxyType({name: site for name, (site, _) in sites.items()}),
+            sites=MappingProxyType(sites),
             roles=MappingProxyType(roles),
             groups=MappingProxyType(groups),
             unauthenticated=unauthenticated or "deny",
@@ -369,27 +376,18 @@ class _Builder:
 
     # ---- sites -------------------------------------------------------------
 
-    def _sites(self, sections: list[_Entry]) -> dict[str, tuple[model.Site, yaml.Node]]:
-        sites: dict[str, tuple[model.Site, yaml.Node]] = {}
-        site_names: dict[str, yaml.Node] = {}
+    def _sites(self, sections: list[_Entry]) -> dict[str, model.Site]:
+        sites: dict[str, model.Site] = {}
         domains: dict[str, _Seen] = {}
         networks: dict[model.IPNetwork, _Seen] = {}
         for section in sections:
             for entry in self.entries(section.value, "'sites'"):
                 name = self.name(entry.key, "site name", RESERVED_SITE_NAMES)
-                if name is None:
+                if name is None or not self.define(self.site_names, name, entry.key, "site", "merge them into one"):
                     continue
-                if name in site_names:
-                    self.problem(entry.key, f"site '{name}' is defined twice (first at "
-                                            f"{_where(site_names[name])}); merge them into one")
-                    continue
-                site_names[name] = entry.key
                 site = self._site(name, entry, domains, networks)
                 if site is not None:
-                    sites[name] = (site, entry.key)
-        # Names whose definition had problems still count as defined, so
-        # that references to them are not reported as unknown as well.
-        self.site_names = set(site_names)
+                    sites[name] = site
         return sites
 
     def _site(self, name: str, entry: _Entry, domains: dict[str, _Seen],
@@ -503,32 +501,21 @@ class _Builder:
 
     def _directory(self, sections: list[_Entry]) -> tuple[dict[str, frozenset[str]], dict[str, object] | None]:
         groups: dict[str, frozenset[str]] = {}
-        group_nodes: dict[str, yaml.Node] = {}
         ldap: dict[str, object] | None = None
-        ldap_node: yaml.Node | None = None
+        ldap_nodes: dict[str, yaml.Node] = {}
         for section in sections:
             for entry in self.entries(section.value, "'directory'", DIRECTORY_KEYS):
                 if entry.name == "ldap":
-                    if ldap_node is not None:
-                        self.problem(entry.key, f"'directory.ldap' is set twice (first at {_where(ldap_node)}); "
-                                                "keep one")
-                        continue
-                    ldap_node = entry.key
-                    ldap = self._ldap(entry.value)
+                    if self.define(ldap_nodes, "directory.ldap", entry.key, "setting", "keep one"):
+                        ldap = self._ldap(entry.value)
                     continue
                 for group in self.entries(entry.value, "'directory.groups'"):
                     name = self.name(group.key, "group name")
-                    if name is None:
+                    if name is None or not self.define(self.group_names, name, group.key, "group", "merge the lists"):
                         continue
-                    if name in group_nodes:
-                        self.problem(group.key, f"group '{name}' is defined twice (first at "
-                                                f"{_where(group_nodes[name])}); merge the lists")
-                        continue
-                    group_nodes[name] = group.key
                     users = [self.text(n, f"a user of group '{name}'")
                              for n in self.seq(group.value, f"group '{name}'")]
                     groups[name] = frozenset(u for u in users if u is not None)
-        self.group_names = set(group_nodes)
         return groups, ldap
 
     def _ldap(self, node: yaml.Node) -> dict[str, object]:
@@ -549,23 +536,16 @@ class _Builder:
 
     # ---- roles ----------------------------------------------------------------
 
-    def _roles(self, sections: list[_Entry], sites: dict, groups: dict, has_ldap: bool) -> dict[str, model.Role]:
+    def _roles(self, sections: list[_Entry], has_ldap: bool) -> dict[str, model.Role]:
         roles: dict[str, model.Role] = {}
-        role_nodes: dict[str, yaml.Node] = {}
         for section in sections:
             for entry in self.entries(section.value, "'roles'"):
                 name = self.name(entry.key, "role name", RESERVED_ROLE_NAMES)
-                if name is None:
+                if name is None or not self.define(self.role_names, name, entry.key, "role", "merge them into one"):
                     continue
-                if name in role_nodes:
-                    self.problem(entry.key, f"role '{name}' is defined twice (first at "
-                                            f"{_where(role_nodes[name])}); merge them into one")
-                    continue
-                role_nodes[name] = entry.key
                 role = self._role(name, entry.value, has_ldap)
                 if role is not None:
                     roles[name] = role
-        self.role_names = set(role_nodes)
         return roles
 
     def _role(self, name: str, node: yaml.Node, has_ldap: bool) -> model.Role | None:
