@@ -42,6 +42,7 @@ FIELD_ORDER = (
     "host", "path", "site", "decision", "reason", "level", "rule", "role", "status",
     "bytes_in", "bytes_out", "duration_ms", "policy", "enforced", "error",
 )  # fmt: skip
+_ORDER_AFTER_EVENT = FIELD_ORDER[1:]
 _CHAIN_KEYS = frozenset({"seq", "prev"})
 
 DEFAULT_MAX_BACKLOG = 100_000
@@ -376,21 +377,20 @@ class AuditLog:
 
     def _encode(self, rec: dict) -> bytes:
         out: dict = {"event": rec.get("event") or "access"}
-        for key in FIELD_ORDER[1:]:
-            if key in rec:
-                out[key] = rec[key]
-        for key, value in rec.items():
-            if key not in out and key not in _CHAIN_KEYS:
-                out[key] = value
+        out |= {key: rec[key] for key in _ORDER_AFTER_EVENT if key in rec}
+        if len(out) != len(rec) + ("event" not in rec):  # fields the order does not name
+            for key, value in rec.items():
+                if key not in out and key not in _CHAIN_KEYS:
+                    out[key] = value
         out["ts"] = format_ts(out.get("ts"))
         if self._key is not None and isinstance(out.get("user"), str):
             out["user"] = pseudonymize(self._key, out["user"])
         out["seq"] = self._seq + 1
         out["prev"] = self._prev
         try:
-            line = _dumps(out, ascii_only=False).encode("utf-8")
+            line = _UTF8_ENCODER.encode(out).encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates from a hostile request
-            line = _dumps(out, ascii_only=True).encode("ascii")
+            line = _ASCII_ENCODER.encode(out).encode("ascii")
         self._seq += 1
         self._prev = hashlib.sha256(line).hexdigest()
         return line + b"\n"
@@ -545,8 +545,10 @@ def format_ts(value: object) -> str:
         return str(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
+    elif value.tzinfo is not timezone.utc:
+        value = value.astimezone(timezone.utc)
     # isoformat() is several times faster than strftime(); "+00:00" -> "Z".
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+    return value.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _json_default(obj: object) -> object:
@@ -565,8 +567,9 @@ def _json_default(obj: object) -> object:
     return str(obj)
 
 
-def _dumps(obj: dict, *, ascii_only: bool) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=ascii_only, default=_json_default)
+# Built once: json.dumps() with options builds a new encoder on every call.
+_UTF8_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default)
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, default=_json_default)
 
 
 def _epoch(now: datetime | float | None) -> float:
