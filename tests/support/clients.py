@@ -117,3 +117,98 @@ def write_htpasswd(path: Path, users: list[str], password: str = PASSWORD) -> Pa
         ht.set_password(user, password)
     ht.save()
     return path
+
+
+@dataclass(frozen=True)
+class TunnelResult:
+    connect_status: int  # the proxy's answer to CONNECT
+    connect_headers: dict[str, str]
+    reply: bytes  # everything received inside the tunnel until it closed
+
+    @property
+    def status(self) -> int:
+        """Status of the response inside the tunnel (0 when there was none)."""
+        if not self.reply.startswith(b"HTTP/"):
+            return 0
+        return int(self.reply.split(b" ", 2)[1])
+
+    def header(self, name: str) -> str | None:
+        head = self.reply.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
+        for line in head.split("\r\n")[1:]:
+            key, _, value = line.partition(":")
+            if key.strip().lower() == name.lower():
+                return value.strip()
+        return None
+
+
+def tunnel(
+    proxy,
+    connect: str,
+    *,
+    user: str | None = None,
+    password: str = PASSWORD,
+    sni: str | None = None,
+    send: bytes = b"",
+    tls: bool = True,
+    timeout: float = 10.0,
+) -> TunnelResult:
+    """CONNECT to `connect` (HOST:PORT), then speak TLS with `sni` (or raw bytes) inside.
+
+    Lets a test name one host in the CONNECT, another in the SNI and a third
+    in the Host header, which no ordinary client does on purpose.
+    """
+    import base64
+    import socket
+    import ssl
+
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout)
+    try:
+        head = f"CONNECT {connect} HTTP/1.1\r\nHost: {connect}\r\n"
+        if user is not None:
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            head += f"Proxy-Authorization: Basic {token}\r\n"
+        sock.sendall((head + "\r\n").encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        status_head, _, rest = buf.partition(b"\r\n\r\n")
+        lines = status_head.decode(errors="replace").split("\r\n")
+        connect_status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else 0
+        connect_headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            connect_headers[k.strip().lower()] = v.strip()
+        if connect_status != 200:
+            return TunnelResult(connect_status, connect_headers, rest)
+        conn = sock
+        if tls:
+            context = ssl.create_default_context(cafile=str(proxy.ca))
+            context.check_hostname = False  # the point is to send a name that does not match
+            try:
+                conn = context.wrap_socket(sock, server_hostname=sni or connect.rsplit(":", 1)[0])
+            except (ssl.SSLError, OSError):
+                return TunnelResult(connect_status, connect_headers, b"")
+        reply = b""
+        try:
+            if send:
+                conn.sendall(send)
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        except (OSError, ssl.SSLError):
+            pass
+        return TunnelResult(connect_status, connect_headers, reply)
+    finally:
+        sock.close()
+
+
+def get(host: str, path: str = "/", headers: dict[str, str] | None = None) -> bytes:
+    """An HTTP/1.1 GET with `Connection: close`, as bytes for `tunnel(send=...)`."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()

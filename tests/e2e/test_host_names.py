@@ -1,0 +1,98 @@
+"""A request names its host in many places; the strictest decision over all of them stands.
+
+zoe may not use facebook.test; example.test is not governed.  Every case
+hides facebook.test in one place and shows example.test in the others: the
+CONNECT target, the TLS SNI, the absolute-form URL, the Host header.  Each
+must be blocked, and nothing may reach the origin.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from support.clients import curl, get, tunnel
+
+pytestmark = pytest.mark.e2e
+
+DENIED, FREE = "facebook.test", "example.test"
+
+# id, CONNECT target, SNI, Host header
+TUNNELS = [
+    ("denied-host-header-inside-harmless-tunnel", FREE, FREE, DENIED),
+    ("denied-sni-inside-harmless-connect", FREE, DENIED, FREE),
+    ("denied-connect-with-harmless-sni-and-host", DENIED, FREE, FREE),
+    ("denied-name-with-port-and-upper-case", FREE, FREE, "FACEBOOK.test:443"),
+    ("denied-name-in-idna-and-trailing-dot", FREE, FREE, "www.facebook.test."),
+    ("name-that-is-no-host-name", FREE, FREE, "face book.test"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("connect,sni,host", [c[1:] for c in TUNNELS], ids=[c[0] for c in TUNNELS])
+def test_strictest_name_decides_inside_tunnels(auth_proxy, origin, connect, sni, host):
+    result = tunnel(auth_proxy, f"{connect}:443", user="zoe", sni=sni, send=get(host))
+    assert result.connect_status == 200  # intercepted: the block page comes from inside
+    assert result.status == 403, result.reply[:200]
+    assert result.header("x-accessgate-reason") == "denied"
+    assert origin.requests == []
+
+
+def test_harmless_names_everywhere_pass(auth_proxy, origin):
+    result = tunnel(auth_proxy, f"{FREE}:443", user="zoe", sni=FREE, send=get(FREE, "/ok"))
+    assert result.status == 200
+    assert [s.header("host") for s in origin.wait_for(1)] == [FREE]
+
+
+@pytest.mark.parametrize(
+    "url,host",
+    [
+        (f"http://{FREE}/", DENIED),  # absolute-form harmless, Host denied
+        (f"http://{DENIED}/", FREE),  # absolute-form denied, Host harmless
+    ],
+    ids=["denied-host-header-with-absolute-form", "denied-absolute-form-with-harmless-host"],
+)
+def test_absolute_form_and_host_header_both_decide(auth_proxy, origin, url, host):
+    result = curl(auth_proxy, url, user="zoe", headers={"Host": host})
+    assert (result.status, result.reason) == (403, "denied")
+    assert origin.requests == []
+
+
+def test_raw_tcp_tunnel_to_denied_site_is_closed(auth_proxy, origin):
+    # Not TLS, not HTTP: mitmproxy would relay it as raw TCP, unseen.
+    result = tunnel(auth_proxy, f"{DENIED}:443", user="zoe", tls=False, send=b"\x00\x01HELLO\n")
+    assert result.connect_status == 200
+    assert result.reply == b""
+    assert origin.requests == []
+    records = auth_proxy.wait_audit(lambda rs: any(r["method"] == "CONNECT" for r in rs))
+    refused = [r for r in records if r["method"] == "CONNECT"]
+    assert refused, records
+    assert (refused[-1]["decision"], refused[-1]["user"], refused[-1]["site"]) == ("block", "zoe", "facebook")
+    assert refused[-1]["error"] == "tunnel refused"
+
+
+@pytest.fixture(scope="module")
+def ignoring_proxy(policy_file, mitm_confdir, session_origin, htpasswd, tmp_path_factory):
+    from support.proxy import start_proxy
+
+    proxy = start_proxy(
+        policy=policy_file,
+        confdir=mitm_confdir,
+        origin=session_origin,
+        workdir=tmp_path_factory.mktemp("ignoring-proxy"),
+        options={"proxyauth": f"@{htpasswd}", "ignore_hosts": [r"^bank\.test"]},
+    )
+    yield proxy
+    proxy.stop()
+
+
+def test_spoofed_sni_cannot_force_an_uninspected_tunnel(ignoring_proxy, origin):
+    # With ignore_hosts, an SNI of bank.test would make mitmproxy pass the
+    # tunnel through unread; only the CONNECT names the real target.
+    result = tunnel(ignoring_proxy, f"{DENIED}:443", user="zoe", sni="bank.test", send=get(DENIED))
+    assert result.connect_status == 403
+    assert result.connect_headers["x-accessgate-reason"] == "denied"
+    assert origin.requests == []
+
+
+def test_ignored_host_itself_still_tunnels(ignoring_proxy, origin):
+    result = tunnel(ignoring_proxy, "bank.test:443", user="zoe", sni="bank.test", send=get("bank.test"))
+    assert result.connect_status == 200  # accessgate does not refuse what it may pass
