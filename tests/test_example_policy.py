@@ -10,7 +10,7 @@ import yaml
 
 from accessgate import policytest
 from accessgate.cli import main
-from accessgate.engine import ALLOW_REASONS, BLOCK_REASONS, QUOTA_EXHAUSTED, site_for
+from accessgate.engine import ALLOW_REASONS, BLOCK_REASONS, site_for
 from accessgate.hosts import normalize_host
 from accessgate.loader import load_policy
 
@@ -48,9 +48,7 @@ def test_the_example_policys_tests_reach_every_grant_and_every_reason():
     grants = {g.rule for role in policy.roles.values() for g in role.access.values()}
     assert grants - rules == set(), "grants no test case reaches"
     reasons = {r.decision.reason for r in results}
-    # A test case cannot spend quota minutes (yet), so quota-exhausted is
-    # shown by `explain --quota-used` instead; see tests/test_cli_policy.py.
-    assert reasons == set(BLOCK_REASONS + ALLOW_REASONS) - {QUOTA_EXHAUSTED}
+    assert reasons == set(BLOCK_REASONS + ALLOW_REASONS)
 
 
 # ---- the catalog ----------------------------------------------------------

@@ -90,7 +90,7 @@ def _grant(grant: Grant) -> object:
 
 def _test(test: PolicyTest) -> dict[str, object]:
     out: dict[str, object] = {}
-    for key in ("name", "user", "url", "method", "at", "client_ip", "expect", "reason"):
+    for key in ("name", "user", "url", "method", "at", "client_ip", "quota_used", "expect", "reason"):
         value = getattr(test, key)
         if value is not None and not (key == "method" and value == "GET"):
             out[key] = value

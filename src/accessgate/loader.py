@@ -54,7 +54,7 @@ LDAP_KEYS = ("url", "bind_dn", "bind_password_file", "base_dn", "group_attribute
              "user_filter", "group_filter", "cache_seconds")
 ROLE_KEYS = ("members", "access")
 GRANT_KEYS = ("level", "windows", "daily_minutes")
-TEST_KEYS = ("name", "user", "url", "method", "at", "expect", "reason", "client_ip", "headers")
+TEST_KEYS = ("name", "user", "url", "method", "at", "expect", "reason", "client_ip", "headers", "quota_used")
 LEVELS = tuple(level.value for level in model.Level)
 MEMBER_FORMS = "'user:NAME', 'group:NAME', 'net:CIDR' or 'all'"
 
@@ -723,6 +723,13 @@ class _Builder:
             except ValueError:
                 self.problem(fields["client_ip"].value, f"'client_ip' of {where} is '{ip}', which is not an IP "
                                                         "address; write one like 10.1.2.3")
+        if "quota_used" in fields:
+            value = fields["quota_used"].value
+            used = _int(value) if value.tag == _INT else None
+            if used is None or not 0 <= used <= 1440:
+                self.problem(value, f"'quota_used' of {where} must be a whole number of minutes from 0 to 1440, "
+                                    f"not {_describe(value)}")
+            values["quota_used"] = used
         headers = self._headers(fields["headers"].value, where) if "headers" in fields else ()
         if len(self.problems) > before:
             return None
@@ -730,7 +737,7 @@ class _Builder:
             url=values["url"], expect=expect, user=values.get("user"),
             method=values.get("method") or "GET", at=values.get("at"), reason=values.get("reason"),
             client_ip=values.get("client_ip"), headers=tuple(headers), name=values.get("name"),
-            source=f"{mark.name}:{mark.line + 1}",
+            quota_used=values.get("quota_used"), source=f"{mark.name}:{mark.line + 1}",
         )
 
     def _test_url(self, node: yaml.Node, url: str, where: str) -> None:

@@ -133,6 +133,7 @@ class PolicyTest:
     client_ip: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     name: str | None = None
+    quota_used: int | None = None  # minutes already used today on the tested site
     source: str = ""  # "file:line" for failure messages
 
 

@@ -51,9 +51,8 @@ def run_case(policy: Policy, case: PolicyTest, now: datetime) -> CaseResult:
         at = explain.parse_time(case.at, policy.timezone, now)
     except ValueError as exc:
         return CaseResult(case, None, str(exc))
-    # Quota state when the model carries it (minutes already used today);
-    # otherwise every case starts with nothing used.
-    used = getattr(case, "quota_used", None)
+    # Every case starts with nothing used, unless it says how much it used.
+    used = case.quota_used
     ledger = explain.UsedMinutes(used) if used else None
     return CaseResult(case, decide(request, who, policy, at, ledger))
 
