@@ -18,7 +18,6 @@ The generated file is deleted at the end (also on Ctrl-C).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess

@@ -353,19 +353,29 @@ class AuditLog:
 
         return self._run(work)
 
-    def rows(
+    def stream(
         self, query: str, params: Sequence[Any] | None = None, batch: int = 10000
-    ) -> Iterator[dict[str, Any]]:
-        """Stream the rows of `query` as dicts, `batch` at a time (for big logs)."""
+    ) -> tuple[list[str], Iterator[tuple]]:
+        """(columns, rows) of `query`, the rows fetched `batch` at a time (for big results)."""
         params = [naive_utc(p) if isinstance(p, datetime) else p for p in (params or [])]
         try:
-            cur = self.con.execute(query, params)
+            cur = self._run(lambda: self.con.execute(query, params))
         except duckdb.Error as exc:
             raise AuditLogError(_explain_duckdb(exc)) from None
+        if cur.description is None:
+            return [], iter(())
         columns = [d[0] for d in cur.description]
-        while chunk := cur.fetchmany(batch):
-            for row in chunk:
-                yield dict(zip(columns, row))
+
+        def rows() -> Iterator[tuple]:
+            while chunk := cur.fetchmany(batch):
+                yield from chunk
+
+        return columns, rows()
+
+    def rows(self, query: str, params: Sequence[Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Stream the rows of `query` as dicts."""
+        columns, rows = self.stream(query, params)
+        return (dict(zip(columns, row)) for row in rows)
 
     def close(self) -> None:
         self.con.close()

@@ -56,6 +56,7 @@ def ids(out: str) -> list:
         (("--since", "2026-11-02T09:00:30Z", "--until", "2026-11-02T09:05:00.000Z"), ["r2"]),
         (("--since", "2026-11-03T13:00+01:00", "--until", "2026-11-04"), ["r4", "r5"]),
         (("--limit", "2"), [None, "r1"]),
+        (("--limit", "0"), []),
         (("--user", "nobody"), []),
     ],
     ids=[
@@ -78,6 +79,7 @@ def ids(out: str) -> list:
         "since/until with Z: half-open interval",
         "an offset is honoured",
         "limit keeps the oldest",
+        "limit 0",
         "no match: no output",
     ],
 )

@@ -14,7 +14,7 @@ import decimal
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 HELP = "query, report on, verify and re-identify the audit log"
 
@@ -177,13 +177,18 @@ def _query(args: argparse.Namespace) -> int:
     limit = args.limit
     if limit is None and args.format == "table":
         limit = TABLE_DEFAULT_LIMIT
+    streamed = args.format in ("csv", "jsonl")  # a month of records need not fit in memory
     if limit is not None:
         if limit < 0:
             raise ValueError("--limit must be 0 or more")
-        sql += f" LIMIT {int(limit) + 1}"  # one more, to tell whether rows were left out
+        # For people, one more row tells whether some were left out.
+        sql += f" LIMIT {int(limit) + (0 if streamed else 1)}"
     with open_log(args, "query") as log:
-        result = log.sql(sql, params)
-    columns, rows = result.columns, result.rows
+        columns, rows = log.stream(sql, params)
+        if streamed:
+            write(columns, rows, args.format, sys.stdout)
+            return 0
+        rows = list(rows)
     more = limit is not None and len(rows) > limit
     rows = rows[:limit] if limit is not None else rows
     if args.format == "table":
@@ -201,8 +206,8 @@ def _query(args: argparse.Namespace) -> int:
 
 def _sql(args: argparse.Namespace) -> int:
     with open_log(args, "sql") as log:
-        result = log.sql(args.query)
-    write(result.columns, result.rows, args.format, sys.stdout)
+        columns, rows = log.stream(args.query)
+        write(columns, rows if args.format in ("csv", "jsonl") else list(rows), args.format, sys.stdout)
     return 0
 
 
@@ -244,7 +249,8 @@ def text_value(value: Any) -> str:
     return str(json_value(value)) if not isinstance(value, str) else value
 
 
-def write(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, out) -> None:
+def write(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str, out) -> None:
+    """Rows in `fmt`; csv and jsonl consume `rows` lazily, the others need a list."""
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
@@ -343,16 +349,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 def candidates_from_policy(path: str) -> list[str]:
     from ..loader import load_policy
-    from ..model import MemberKind
+    from ..replay import policy_users
 
     policy = load_policy(path)
-    names: set[str] = set()
-    for users in policy.groups.values():
-        names.update(users)
-    for role in policy.roles.values():
-        names.update(m.value for m in role.members if m.kind == MemberKind.USER and m.value)
-    names.update(t.user for t in policy.tests if t.user)
-    return sorted(names)
+    return sorted(policy_users(policy) | {t.user for t in policy.tests if t.user})
 
 
 def candidates_from_file(path: str) -> list[str]:
