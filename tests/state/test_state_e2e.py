@@ -28,11 +28,14 @@ timezone: UTC
 sites:
   facebook:
     domains: [facebook.test]
+  linkedin:
+    domains: [linkedin.test]
 roles:
   everyone:
     members: [all]
     access:
       facebook: {level: full, daily_minutes: 3}
+      linkedin: full
 unauthenticated: deny
 unlisted: allow
 """
@@ -126,3 +129,29 @@ def test_a_restarted_proxy_keeps_its_count(proxy_factory, htpasswd, policy, orig
     again = proxy_factory(policy=policy, state=spec, options=options)
     standing = status_of(again, "bob")
     assert (standing["minutes_used"], standing["minutes_left"]) == (used_after_restart, 3 - used_after_restart)
+
+
+OUTAGE = [
+    # rule, facebook (quota) while Redis is down, linkedin (no quota) meanwhile
+    ("closed", 403, 200),
+    ("local", 200, 200),
+]
+
+
+@pytest.mark.parametrize("rule,quota_site,other_site", OUTAGE, ids=["closed-blocks-only-quota-grants", "local-counts-on"])
+def test_redis_down_through_the_proxy(redis_server, proxy_factory, htpasswd, policy, origin, rule, quota_site, other_site):
+    spec = redis_server.url(timeout=0.1, retry=0.5, on_error=rule)
+    proxy = proxy_factory(policy=policy, state=spec, options={"proxyauth": f"@{htpasswd}"})
+    now = fresh_minute()
+    redis_server.kill()
+    facebook = curl(proxy, "http://facebook.test/", user="bob")
+    linkedin = curl(proxy, "http://linkedin.test/", user="bob")
+    assert (facebook.status, linkedin.status) == (quota_site, other_site)
+    assert facebook.seconds < 2  # one short timeout, no hang
+    assert proxy.alive()
+    redis_server.start()  # same port, empty
+    time.sleep(0.7)
+    assert curl(proxy, "http://facebook.test/", user="bob").status == 200
+    # Under `local`, the minute counted during the outage reached Redis too.
+    key = open_store(spec).key("user:bob", "facebook", now.date())
+    assert redis_server.client().scard(key) == 1
