@@ -256,6 +256,11 @@ class AuditLog:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        # A write() racing with close() may have queued after the last pass.
+        late = len(self._queue)
+        if late:
+            self._queue.clear()
+            self._dropped += late
 
     def _cycle(self) -> None:
         if self._reopen_wanted:
