@@ -326,7 +326,9 @@ class AuditLog:
                 self._seq = seq
             except (ValueError, KeyError, TypeError):
                 self._seq, self._prev = 0, ZERO_HASH
-                notes.append("the last complete line is not an accessgate record; a new chain starts")
+                notes.append(
+                    "the last complete line is not an accessgate record; a new chain starts"
+                )
         if tail.fragment:
             # Finish the torn line so that the next record starts a line of its own.
             self._backlog.append((b"\n", False))
@@ -478,7 +480,8 @@ class AuditLog:
         self._backlog.clear()
         self._backlog_records = 0
         self._dropped += lost
-        self._oplog("error",
+        self._oplog(
+            "error",
             "audit_records_lost_at_close",
             path=str(self.path),
             records=lost,
@@ -489,7 +492,8 @@ class AuditLog:
         self._report(exc)
         now = time.monotonic()
         if self._failing_since is None or now - self._last_error_log >= _ERROR_LOG_EVERY:
-            self._oplog("error",
+            self._oplog(
+                "error",
                 "audit_write_failed",
                 path=str(self.path),
                 error=str(exc),
@@ -503,7 +507,8 @@ class AuditLog:
 
     def _recovered(self) -> None:
         if self._failing_since is not None:
-            self._oplog("info",
+            self._oplog(
+                "info",
                 "audit_write_recovered",
                 path=str(self.path),
                 failed_for_seconds=round(time.monotonic() - self._failing_since, 3),

@@ -19,7 +19,9 @@ _lock = threading.Lock()
 _configured = False
 
 
-def configure(level: str | int = "info", stream: IO[str] | None = None, *, force: bool = False) -> None:
+def configure(
+    level: str | int = "info", stream: IO[str] | None = None, *, force: bool = False
+) -> None:
     """Configure structlog for JSON lines; later calls do nothing unless `force`.
 
     `stream` defaults to the `sys.stderr` of the moment each line is written,

@@ -270,9 +270,9 @@ def status_response(
                     "window": r.window_text or None,
                     "minutes_used": r.minutes_used,
                     "minutes_left": r.minutes_left,
-                    "next_window": r.next_window.isoformat(timespec="seconds")
-                    if r.next_window
-                    else None,
+                    "next_window": (
+                        r.next_window.isoformat(timespec="seconds") if r.next_window else None
+                    ),
                 }
                 for r in rows
             ],
@@ -319,7 +319,9 @@ def status_response(
             f"<td>{minutes}</td><td>{opens}</td></tr>"
         )
     if not lines:
-        lines.append('        <tr><td colspan="5" class="empty">The policy names no sites.</td></tr>')
+        lines.append(
+            '        <tr><td colspan="5" class="empty">The policy names no sites.</td></tr>'
+        )
     page = _template("status.html").substitute(
         who=who, rows="\n".join(lines), time=_e(_stamp(now, tz))
     )
@@ -361,7 +363,8 @@ def prefers_html(accept: str | None) -> bool:
         return 0.0
 
     html_q = max(
-        quality("text/html", "text/*", "*/*"), quality("application/xhtml+xml", "application/*", "*/*")
+        quality("text/html", "text/*", "*/*"),
+        quality("application/xhtml+xml", "application/*", "*/*"),
     )
     json_q = quality("application/json", "application/*", "*/*")
     return html_q > json_q

@@ -150,7 +150,7 @@ def test_a_record_without_ts_gets_the_time_it_was_written(log_path: Path) -> Non
 
 def test_hostile_values_stay_on_one_line_of_valid_json(log_path: Path) -> None:
     log = AuditLog(log_path, flush_interval=60)
-    log.write(access(0, path="/a\nb\r\u2028c", host="x\"}\n{\"event\":\"forged\""))
+    log.write(access(0, path="/a\nb\r\u2028c", host='x"}\n{"event":"forged"'))
     log.write(access(1, path="/\udcff-lone-surrogate"))
     log.write(access(2))
     log.close()
@@ -492,7 +492,9 @@ def test_records_from_many_threads_all_land_in_one_valid_chain(log_path: Path) -
     recs = records(log_path)
     assert len({r["request_id"] for r in recs}) == len(recs) == 8000
     for t in range(4):  # each thread's records stay in the order it wrote them
-        mine = [int(r["request_id"].split("-")[1]) for r in recs if r["request_id"].startswith(f"t{t}-")]
+        mine = [
+            int(r["request_id"].split("-")[1]) for r in recs if r["request_id"].startswith(f"t{t}-")
+        ]
         assert mine == list(range(2000))
     assert chain_problems(lines_of(log_path)) == []
 
@@ -511,7 +513,9 @@ while True:
 """
 
 
-def test_a_killed_proxy_loses_at_most_the_last_flush_interval(log_path: Path, tmp_path: Path) -> None:
+def test_a_killed_proxy_loses_at_most_the_last_flush_interval(
+    log_path: Path, tmp_path: Path
+) -> None:
     import signal
     import subprocess
     import sys

@@ -80,8 +80,15 @@ def blocked(site, role, reason, host="www.example.com") -> Decision:
     "decision, labels",
     [
         pytest.param(
-            Decision("allow", "allowed", "roles.marcom.access.*", site="facebook", role="marcom",
-                     host="www.facebook.com", level=Level.FULL),
+            Decision(
+                "allow",
+                "allowed",
+                "roles.marcom.access.*",
+                site="facebook",
+                role="marcom",
+                host="www.facebook.com",
+                level=Level.FULL,
+            ),
             {"site": "facebook", "role": "marcom", "decision": "allow", "reason": "allowed"},
             id="site-and-role-from-the-policy",
         ),
@@ -116,7 +123,9 @@ def test_quota_exhausted_blocks_are_counted_by_site_and_role(registry, metrics) 
     for _ in range(3):
         metrics.observe_decision(blocked("facebook", "everyone", "quota-exhausted"))
     metrics.observe_decision(blocked("facebook", "everyone", "outside-window"))
-    assert sample(registry, "accessgate_quota_exhausted_total", site="facebook", role="everyone") == 3
+    assert (
+        sample(registry, "accessgate_quota_exhausted_total", site="facebook", role="everyone") == 3
+    )
     assert sample(registry, "accessgate_decision_duration_seconds_count") == 0, "untimed"
 
 
@@ -135,7 +144,10 @@ def test_reloads_are_counted_by_result_with_their_time(registry, metrics) -> Non
     metrics.observe_reload(False, 1010.0)
     assert sample(registry, "accessgate_policy_reloads_total", result="success") == 1
     assert sample(registry, "accessgate_policy_reloads_total", result="failure") == 2
-    assert sample(registry, "accessgate_policy_last_reload_timestamp_seconds", result="failure") == 1010.0
+    assert (
+        sample(registry, "accessgate_policy_last_reload_timestamp_seconds", result="failure")
+        == 1010.0
+    )
 
 
 def test_audit_counters_follow_the_writer_stats_and_survive_a_new_writer(registry, metrics) -> None:
@@ -162,9 +174,16 @@ def test_the_plain_counters_take_the_labels_the_addon_gives(registry, metrics) -
     assert sample(registry, "accessgate_quota_minutes_total", site="facebook", role="everyone") == 1
     assert sample(registry, "accessgate_fail_closed_total", stage="requestheaders") == 1
     assert sample(registry, "accessgate_state_store_errors_total", store="redis") == 1
-    assert sample(
-        registry, "accessgate_state_store_duration_seconds_bucket", store="sqlite", operation="mark", le="0.00025"
-    ) == 1
+    assert (
+        sample(
+            registry,
+            "accessgate_state_store_duration_seconds_bucket",
+            store="sqlite",
+            operation="mark",
+            le="0.00025",
+        )
+        == 1
+    )
 
 
 def test_two_metrics_objects_never_share_a_registry_or_counts() -> None:
@@ -216,7 +235,9 @@ def ipv6_loopback() -> bool:
         ),
     ],
 )
-def test_server_serves_the_registry_and_stops_without_leaving_threads(registry, metrics, host) -> None:
+def test_server_serves_the_registry_and_stops_without_leaving_threads(
+    registry, metrics, host
+) -> None:
     before = set(threading.enumerate())
     metrics.observe_decision(blocked("facebook", "everyone", "denied"))
     server = MetricsServer(registry, host, 0)
@@ -224,7 +245,12 @@ def test_server_serves_the_registry_and_stops_without_leaving_threads(registry, 
     assert port > 0
     families = {f.name: f for f in text_string_to_metric_families(scrape(host, port))}
     (s,) = [s for s in families["accessgate_requests"].samples if s.name.endswith("_total")]
-    assert s.labels == {"site": "facebook", "role": "everyone", "decision": "block", "reason": "denied"}
+    assert s.labels == {
+        "site": "facebook",
+        "role": "everyone",
+        "decision": "block",
+        "reason": "denied",
+    }
     assert s.value == 1
     server.stop()
     assert port_is_closed(host, port)

@@ -350,7 +350,9 @@ def test_standing_inside_the_window_with_minutes_used(policy) -> None:
     assert rows["facebook"] == SiteStanding(
         "facebook", "full", "mon-fri 12:00-13:00", 5, 15, None, "allowed"
     )
-    assert rows["linkedin"] == SiteStanding("linkedin", "read-only", "", None, None, None, "allowed")
+    assert rows["linkedin"] == SiteStanding(
+        "linkedin", "read-only", "", None, None, None, "allowed"
+    )
     assert rows["tiktok"] == SiteStanding("tiktok", "none", "", None, None, None, "denied")
     xing = rows["xing"]
     assert (xing.level, xing.reason, xing.minutes_used, xing.minutes_left) == (
@@ -364,7 +366,12 @@ def test_standing_outside_the_window_says_when_it_opens(policy) -> None:
     now = datetime(2026, 11, 23, 9, 0, tzinfo=BERLIN)
     rows = rows_by_site(standing(policy, Identity(user="carol"), now, MemoryLedger()))
     fb = rows["facebook"]
-    assert (fb.level, fb.reason, fb.minutes_used, fb.minutes_left) == ("none", "outside-window", 0, 20)
+    assert (fb.level, fb.reason, fb.minutes_used, fb.minutes_left) == (
+        "none",
+        "outside-window",
+        0,
+        20,
+    )
     assert fb.next_window == datetime(2026, 11, 23, 12, 0, tzinfo=BERLIN)
 
 
@@ -411,7 +418,10 @@ def test_status_page_json_and_html_show_the_same_standing(policy) -> None:
     assert "facebook Full mon-fri 12:00-13:00 15 of 20" in text
     assert "linkedin Read-only any time no limit" in text
     assert "tiktok No access not allowed for your roles \u2013 \u2013 \u2013" in text
-    assert "xing No access today's minutes are used up any time 0 (used 10) tomorrow at 00:00 in 11 h 30 min" in text
+    assert (
+        "xing No access today's minutes are used up any time 0 (used 10) tomorrow at 00:00 in 11 h 30 min"
+        in text
+    )
 
 
 def test_status_page_escapes_what_the_client_controls() -> None:
