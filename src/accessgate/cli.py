@@ -28,17 +28,13 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         description="Role-to-site access policy for corporate web proxies.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Import only the command being run; `accessgate --help` imports them all.
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, module in COMMANDS.items():
-        try:
-            mod = _load(module) if name == wanted or wanted is None or wanted not in COMMANDS else None
-        except ModuleNotFoundError as exc:
-            if exc.name != f"accessgate.commands.{module}":
-                raise
-            continue
-        if mod is None:
+        if wanted in COMMANDS and name != wanted:
             sub.add_parser(name, help=f"(see accessgate {name} --help)")
             continue
+        mod = _load(module)
         cmd = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(cmd)
         cmd.set_defaults(_run=mod.run)
