@@ -191,11 +191,16 @@ def site_label(decision: Decision) -> str:
 
 
 class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+    # stop() joins the threads of scrapes in progress (bounded by the
+    # handler's timeout), so no thread or socket outlives it.
+    daemon_threads = False
+    block_on_close = True
     allow_reuse_address = True
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 5  # seconds a silent scraper may hold a connection (and stop())
+
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # a scrape every 15 s is not news
 

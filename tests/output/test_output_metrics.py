@@ -5,6 +5,7 @@ Each test has a registry of its own, so counts never leak between tests.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import urllib.request
@@ -239,6 +240,7 @@ def test_server_serves_the_registry_and_stops_without_leaving_threads(
     registry, metrics, host
 ) -> None:
     before = set(threading.enumerate())
+    fds_before = len(os.listdir("/proc/self/fd"))
     metrics.observe_decision(blocked("facebook", "everyone", "denied"))
     server = MetricsServer(registry, host, 0)
     port = server.start()
@@ -255,6 +257,7 @@ def test_server_serves_the_registry_and_stops_without_leaving_threads(
     server.stop()
     assert port_is_closed(host, port)
     assert set(threading.enumerate()) <= before, "the server thread is gone"
+    assert len(os.listdir("/proc/self/fd")) <= fds_before, "the listening socket is closed"
 
 
 def test_server_restarts_on_another_address(registry, metrics) -> None:
