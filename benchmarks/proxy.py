@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Proxy throughput: bare mitmdump vs mitmdump + accessgate, HTTP and HTTPS, in one run.
+
+Two proxies run side by side, both `mitmdump -q` with proxyauth (an htpasswd
+file) and benchmarks/route_to_origin.py loaded last, which sends every request
+to a local nginx whatever site it names:
+
+    bare        mitmdump -q                                   -s route_to_origin.py
+    accessgate  mitmdump -q -s addons/accessgate.py (example policy, audit log,
+                metrics endpoint, state store)                -s route_to_origin.py
+
+Both are pinned to one core; nginx and the load generators share the other.
+Rounds alternate bare and accessgate (A B A B ...) for HTTP (wrk, c=16,
+benchmarks/wrk-proxy.lua) and for HTTPS through interception (the Python
+client in proxyload.py: CONNECT, TLS with the mitmproxy CA, keep-alive,
+a new tunnel every --per-tunnel requests).  The traffic is governed by the
+policy and every request is allowed, so both proxies do the same work
+upstream: frank (HR, full LinkedIn), zoe (read-only LinkedIn, unlisted web),
+carol (sales, full X).
+
+Prints requests/s and p50/p99 per configuration and the accessgate/bare
+ratio per round (median, min, max); also requests per CPU-second of the
+proxy, which a busy shared host disturbs less.  Goal (issue 3): >= 0.97.
+
+    .venv/bin/python benchmarks/proxy.py [--rounds 3] [--seconds 10] [--state sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import proxyload as pl  # noqa: E402
+
+POLICY = pl.REPO / "policy" / "example.yaml"
+USERS = ["frank", "zoe", "carol"]
+MIX = [
+    pl.Call("frank", "GET", "http://www.linkedin.com/feed/"),  # HR: full
+    pl.Call("zoe", "GET", "http://www.linkedin.com/in/someone/"),  # everyone: read-only, a read
+    pl.Call("carol", "GET", "http://x.com/home"),  # sales: full
+    pl.Call("zoe", "GET", "http://www.example.org/news/"),  # unlisted: not governed
+]
+LUA = Path(__file__).resolve().parent / "wrk-proxy.lua"
+
+
+@dataclass(frozen=True)
+class Sample:
+    config: str
+    proto: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu: float  # share of one core the proxy used during the sample
+    errors: int
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.rps / self.cpu if self.cpu else 0.0
+
+
+def wrk(proxy: pl.Mitmdump, seconds: float, connections: int, core: int) -> dict:
+    specs = [f"{c.method} {c.url} {c.proxy_authorization()}" for c in MIX]
+    args = pl.pin(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "10s",
+         "-s", str(LUA), f"http://127.0.0.1:{proxy.port}", "--", *specs],
+        core,
+    )  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
+    line = next((l for l in done.stdout.splitlines() if l.startswith("{")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{done.stdout}\n{done.stderr}")
+    return json.loads(line)
+
+
+def measure(proxy: pl.Mitmdump, proto: str, args, ca: Path, load_core: int) -> Sample:
+    cpu0, t0 = pl.cpu_seconds(proxy.pid), time.monotonic()
+    if proto == "http":
+        out = wrk(proxy, args.seconds, args.connections, load_core)
+        rps = out["requests"] / (out["duration_us"] / 1e6)
+        p50, p99 = out["p50_us"] / 1000, out["p99_us"] / 1000
+        errors = sum(out[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+    else:
+        plan = [[pl.Call(c.user, c.method, c.url.replace("http://", "https://"))] for c in MIX]
+        tally = pl.run_load(
+            proxy.port, [plan[i % len(plan)] for i in range(args.connections)],
+            seconds=args.seconds, ca_file=ca, per_connection=args.per_tunnel,
+        )  # fmt: skip
+        rps, p50, p99 = tally.rps, tally.percentile(0.5), tally.percentile(0.99)
+        errors = tally.errors + len(tally.connect_errors) + sum(
+            n for (status, _), n in tally.outcomes.items() if status != 200
+        )
+    cpu = (pl.cpu_seconds(proxy.pid) - cpu0) / (time.monotonic() - t0)
+    return Sample(proxy.name, proto, rps, p50, p99, cpu, errors)
+
+
+def summarize(samples: list[Sample], proto: str) -> dict:
+    by = {name: [s for s in samples if s.proto == proto and s.config == name] for name in ("bare", "accessgate")}
+    ratios = [a.rps / b.rps for a, b in zip(by["accessgate"], by["bare"]) if b.rps]
+    cpu_ratios = [a.per_cpu_second / b.per_cpu_second for a, b in zip(by["accessgate"], by["bare"]) if b.per_cpu_second]
+    out = {"ratio": _spread(ratios), "ratio_per_cpu_second": _spread(cpu_ratios)}
+    for name, rows in by.items():
+        out[name] = {
+            "rps": statistics.median(s.rps for s in rows),
+            "p50_ms": statistics.median(s.p50_ms for s in rows),
+            "p99_ms": statistics.median(s.p99_ms for s in rows),
+            "cpu": statistics.median(s.cpu for s in rows),
+            "per_cpu_second": statistics.median(s.per_cpu_second for s in rows),
+            "errors": sum(s.errors for s in rows),
+        }
+    return out
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="A B rounds per protocol (default 3)")
+    parser.add_argument("--seconds", type=float, default=10, help="length of one measurement (default 10)")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent client connections (default 16)")
+    parser.add_argument("--per-tunnel", type=int, default=100, help="HTTPS requests per CONNECT tunnel (default 100)")
+    parser.add_argument("--state", choices=["sqlite", "memory"], default="sqlite",
+                        help="accessgate_state for the accessgate proxy (default sqlite, the product default)")
+    parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit log)")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("benchmarks/proxy.py needs wrk: apt-get install wrk", file=sys.stderr)
+        return 2
+    if args.rounds < 1 or not 1 <= args.seconds <= 600:
+        parser.error("--rounds >= 1 and --seconds between 1 and 600")
+
+    proxy_core, load_core = pl.cores()
+    os.sched_setaffinity(0, {load_core})  # the Python HTTPS client is load too
+    work = pl.tmpdir("accessgate-bench-proxy-")
+    started: list = []
+    try:
+        origin = pl.start_nginx(work, load_core)
+        started.append(origin)
+        confdir = pl.make_confdir(work)
+        htpasswd = pl.write_htpasswd(work / "htpasswd", USERS)
+        common = dict(workdir=work, confdir=confdir, origin=origin, htpasswd=htpasswd, core=proxy_core)
+        bare = pl.start_mitmdump("bare", **{**common, "workdir": work / "bare"})
+        started.append(bare)
+        state = "memory:" if args.state == "memory" else f"sqlite:{work / 'accessgate' / 'state.sqlite'}"
+        gate = pl.start_mitmdump(
+            "accessgate", **{**common, "workdir": work / "accessgate"},
+            accessgate={
+                "accessgate_policy": str(POLICY),
+                "accessgate_audit_log": str(work / "accessgate" / "audit.jsonl"),
+                "accessgate_metrics": "127.0.0.1:0",
+                "accessgate_state": state,
+            },
+        )  # fmt: skip
+        started.append(gate)
+        ca = confdir / "mitmproxy-ca-cert.pem"
+        load_before = os.getloadavg()
+        print(f"proxies on core {proxy_core}, nginx and load on core {load_core}; "
+              f"{args.rounds} rounds x {args.seconds:.0f} s, c={args.connections}, "
+              f"accessgate state {state.split(':')[0]}:, load average {load_before[0]:.1f}", flush=True)
+        warm = argparse.Namespace(**{**vars(args), "seconds": 2})
+        for proxy in (bare, gate):  # certificates, caches, first imports
+            for proto in ("http", "https"):
+                measure(proxy, proto, warm, ca, load_core)
+        samples: list[Sample] = []
+        for r in range(args.rounds):
+            for proto in ("http", "https"):
+                for proxy in (bare, gate):
+                    s = measure(proxy, proto, args, ca, load_core)
+                    samples.append(s)
+                    print(f"  round {r + 1} {proto:5} {s.config:10} {s.rps:8.0f} req/s  p50 {s.p50_ms:6.1f} ms"
+                          f"  p99 {s.p99_ms:6.1f} ms  proxy cpu {s.cpu:4.2f}  errors {s.errors}", flush=True)
+        load_after = os.getloadavg()
+        gate.stop()
+        records = _count_access_records(gate.audit_path)
+        result = {
+            "http": summarize(samples, "http"),
+            "https": summarize(samples, "https"),
+            "state": state.split(":")[0],
+            "load_average": [load_before[0], load_after[0]],
+            "audit_records": records,
+            "samples": [s.__dict__ for s in samples],
+        }
+        print()
+        print(f"{'':6}{'config':11}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'cpu':>6}{'req/cpu-s':>10}")
+        for proto in ("http", "https"):
+            for name in ("bare", "accessgate"):
+                row = result[proto][name]
+                print(f"{proto:6}{name:11}{row['rps']:8.0f}{row['p50_ms']:8.1f}{row['p99_ms']:8.1f}"
+                      f"{row['cpu']:6.2f}{row['per_cpu_second']:10.0f}")
+            ratio, per_cpu = result[proto]["ratio"], result[proto]["ratio_per_cpu_second"]
+            print(f"{proto:6}accessgate/bare req/s: median {ratio['median']:.3f} (min {ratio['min']:.3f}, "
+                  f"max {ratio['max']:.3f}, {ratio['n']} pairs); per CPU-second: median {per_cpu['median']:.3f} "
+                  f"(min {per_cpu['min']:.3f}, max {per_cpu['max']:.3f})")
+        print(f"audit records written by the accessgate proxy: {records}; "
+              f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (2 cores)")
+        errors = sum(result[p][n]["errors"] for p in ("http", "https") for n in ("bare", "accessgate"))
+        if errors:
+            print(f"WARNING: {errors} requests failed or were not answered 200; see {work}", file=sys.stderr)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return 1 if errors else 0
+    finally:
+        for process in reversed(started):
+            process.stop()
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _count_access_records(path: Path | None) -> int:
+    if path is None or not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for line in f if b'"event":"access"' in line.replace(b" ", b""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
