@@ -74,10 +74,18 @@ def test_prometheus_reads_the_checked_config():
     assert (PROMETHEUS_DIR / "prometheus.yml") == PROMETHEUS_YML
 
 
-def _entrypoint_settings() -> dict[str, str]:
+def _entrypoint() -> list[str]:
     text = (COMPOSE_DIR / "Dockerfile").read_text()
-    argv = json.loads(re.search(r"ENTRYPOINT (\[.*?\])", text, re.S).group(1).replace("\\\n", ""))
-    return dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--set")
+    return json.loads(re.search(r"ENTRYPOINT (\[.*?\])", text, re.S).group(1).replace("\\\n", ""))
+
+
+def _entrypoint_settings(service: str | None = None) -> dict[str, str]:
+    """What `accessgate run` hands mitmdump in the image (plus a service's command)."""
+    from .test_service_files import set_options
+
+    argv = _entrypoint()
+    assert argv[:2] == ["accessgate", "run"]
+    return set_options(argv[2:] + (SERVICES[service]["command"] if service else []))
 
 
 def test_prometheus_scrapes_every_proxy_on_its_metrics_port():
@@ -91,7 +99,7 @@ def test_prometheus_scrapes_every_proxy_on_its_metrics_port():
 def test_proxies_share_redis_and_one_ca():
     for name in (s for s in SERVICES if s.startswith("accessgate-")):
         service = SERVICES[name]
-        assert "accessgate_state=redis://redis:6379/0" in service["command"]
+        assert _entrypoint_settings(name)["accessgate_state"] == "redis://redis:6379/0"
         assert "mitmproxy-ca:/var/lib/accessgate/mitmproxy" in service["volumes"]
         assert service["depends_on"]["ca"]["condition"] == "service_completed_successfully"
     assert _entrypoint_settings()["confdir"] == "/var/lib/accessgate/mitmproxy"
@@ -135,7 +143,8 @@ def test_haproxy_accepts_the_compose_settings(tmp_path):
 def test_haproxy_balances_over_every_proxy():
     env = SERVICES["haproxy"]["environment"]
     proxies = sorted(s for s in SERVICES if s.startswith("accessgate-"))
-    listen_port = _entrypoint_settings().get("listen_port", "8080")
+    argv = _entrypoint()
+    listen_port = argv[argv.index("--listen-port") + 1] if "--listen-port" in argv else "8080"
     assert sorted(v for k, v in env.items() if k.startswith("ACCESSGATE_PROXY")) == [
         f"{p}:{listen_port}" for p in proxies
     ]

@@ -44,9 +44,28 @@ def one(key: str) -> str:
     return values[0]
 
 
-def set_options() -> dict[str, str]:
-    argv = shlex.split(one("ExecStart"))
-    return dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--set")
+def set_options(argv: list[str] | None = None) -> dict[str, str]:
+    """The `--set NAME=VALUE` options `accessgate run` hands mitmdump for ExecStart.
+
+    Parsed by `accessgate run`'s own argument parser, so a flag the unit
+    uses (`--audit-log`) counts as the option it sets.  mitmproxy refuses
+    an option set twice, so that is an error here too.
+    """
+    import argparse
+
+    from accessgate.commands import run
+
+    if argv is None:
+        argv = shlex.split(one("ExecStart"))
+        assert argv[1] == "run" and argv[-1] == "$ACCESSGATE_OPTS"
+        argv = argv[2:-1]
+    parser = argparse.ArgumentParser()
+    run.add_arguments(parser)
+    mitmdump = run.mitmdump_args(parser.parse_args(argv))
+    pairs = [mitmdump[i + 1].split("=", 1) for i, a in enumerate(mitmdump) if a == "--set"]
+    names = [name for name, _ in pairs]
+    assert len(names) == len(set(names)), f"an option is set twice: {sorted(names)}"
+    return dict(pairs)
 
 
 STATE_DIR = PurePosixPath("/var/lib") / one("StateDirectory")
