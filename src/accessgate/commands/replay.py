@@ -16,6 +16,7 @@ HELP = "decide logged requests again under a candidate policy; report what would
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "exit status: 0 nothing would change, 1 something would, 2 error (see docs/auditing.md)"
     parser.add_argument("policy", metavar="POLICY", help="the candidate policy file")
     parser.add_argument("logs", nargs="+", metavar="LOG", help="audit log files or globs (rotated and .gz too)")
     parser.add_argument("--since", help="replay records from this time on (ISO date/time or an age: 7d)")
