@@ -54,6 +54,8 @@ LDAP_KEYS = ("url", "bind_dn", "bind_password_file", "base_dn", "group_attribute
              "user_filter", "group_filter", "cache_seconds")
 ROLE_KEYS = ("members", "access")
 GRANT_KEYS = ("level", "windows", "daily_minutes")
+# Characters of a URL's scheme, port, path or userinfo: no place in a domain.
+_NOT_A_BARE_HOST = re.compile(r"[:/?#@]")
 TEST_KEYS = ("name", "user", "url", "method", "at", "expect", "reason", "client_ip", "headers", "quota_used")
 LEVELS = tuple(level.value for level in model.Level)
 MEMBER_FORMS = "'user:NAME', 'group:NAME', 'net:CIDR' or 'all'"
@@ -449,7 +451,7 @@ class _Builder:
                 ip = ipaddress.ip_address(raw.strip().strip("[]"))
             except ValueError:
                 pass
-        if ip is None and any(c in raw for c in ":/?#@"):
+        if ip is None and _NOT_A_BARE_HOST.search(raw):
             self.problem(node, f"domain '{raw}' in {where} is not a bare host name; leave out the "
                                "scheme, port and path (for example 'facebook.com')")
             return None
