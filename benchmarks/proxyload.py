@@ -386,10 +386,11 @@ def run_load(
     ca_file: Path | None = None,
     per_connection: int = 0,
     max_requests: int = 10_000_000,
+    tally: Tally | None = None,
 ) -> Tally:
     """Run one connection per entry of `plan` against the proxy at `port`, for `seconds` (bounded)."""
     ca = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
-    tally = Tally()
+    tally = tally if tally is not None else Tally()
 
     async def main() -> None:
         deadline = time.monotonic() + seconds
