@@ -96,3 +96,28 @@ def test_spoofed_sni_cannot_force_an_uninspected_tunnel(ignoring_proxy, origin):
 def test_ignored_host_itself_still_tunnels(ignoring_proxy, origin):
     result = tunnel(ignoring_proxy, "bank.test:443", user="zoe", sni="bank.test", send=get("bank.test"))
     assert result.connect_status == 200  # accessgate does not refuse what it may pass
+
+
+def test_http2_first_of_two_host_headers_is_decided_too(auth_proxy, origin):
+    # h2 validates only the last `host` against `:authority`; the first one
+    # is what some servers route by.
+    from support.clients import h2_get
+
+    status, headers = h2_get(
+        auth_proxy, f"{FREE}:443", user="zoe",
+        headers=[(":method", "GET"), (":scheme", "https"), (":authority", FREE), (":path", "/"),
+                 ("host", DENIED), ("host", FREE)],
+    )  # fmt: skip
+    assert status == 403 and headers.get("x-accessgate-reason") == "denied"
+    assert origin.requests == []
+
+
+def test_http2_plain_request_passes(auth_proxy, origin):
+    from support.clients import h2_get
+
+    status, _ = h2_get(
+        auth_proxy, f"{FREE}:443", user="zoe",
+        headers=[(":method", "GET"), (":scheme", "https"), (":authority", FREE), (":path", "/h2")],
+    )  # fmt: skip
+    assert status == 200
+    assert [s.path for s in origin.wait_for(1)] == ["/h2"]

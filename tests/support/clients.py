@@ -217,3 +217,65 @@ def get(host: str, path: str = "/", headers: dict[str, str] | None = None) -> by
     lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def h2_get(
+    proxy,
+    connect: str,
+    headers: list[tuple[str, str]],
+    *,
+    user: str | None = None,
+    password: str = PASSWORD,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str]]:
+    """One HTTP/2 request with exactly `headers` (pseudo-headers first), through a CONNECT tunnel.
+
+    HTTP/2 lets a client send what curl never would, e.g. two `host`
+    headers next to `:authority`; returns (status, response headers).
+    """
+    import base64
+    import socket
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout)
+    try:
+        head = f"CONNECT {connect} HTTP/1.1\r\nHost: {connect}\r\n"
+        if user is not None:
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            head += f"Proxy-Authorization: Basic {token}\r\n"
+        sock.sendall((head + "\r\n").encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"proxy closed during CONNECT: {buf!r}")
+            buf += chunk
+        if b" 200 " not in buf.split(b"\r\n", 1)[0]:
+            return int(buf.split(b" ", 2)[1]), {}
+        context = ssl.create_default_context(cafile=str(proxy.ca))
+        context.set_alpn_protocols(["h2"])
+        tls = context.wrap_socket(sock, server_hostname=connect.rsplit(":", 1)[0])
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False)
+        )
+        conn.initiate_connection()
+        conn.send_headers(1, headers, end_stream=True)
+        tls.sendall(conn.data_to_send())
+        while True:
+            data = tls.recv(65536)
+            if not data:
+                return 0, {}
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    got = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+                           for k, v in event.headers}
+                    return int(got[":status"]), got
+                if isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                    return 0, {}
+            tls.sendall(conn.data_to_send())
+    finally:
+        sock.close()

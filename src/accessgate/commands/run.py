@@ -67,19 +67,21 @@ def find_policy(given: str | None) -> Path:
 def mitmdump_args(args: argparse.Namespace) -> list[str]:
     from accessgate import script
 
-    policy = find_policy(args.policy)
-    out = [
-        "--listen-host", args.listen_host,
-        "--listen-port", str(args.listen_port),
-        "-s", script.__file__,
-        "--set", f"accessgate_policy={policy}",
-        "--set", f"accessgate_metrics={args.metrics}",
-        "--set", f"accessgate_state={args.state}",
-        "--set", f"accessgate_audit_log={args.audit_log}",
-        "--set", f"accessgate_mode={args.mode}",
-    ]  # fmt: skip
+    defaults = {
+        "accessgate_policy": str(find_policy(args.policy)),
+        "accessgate_metrics": args.metrics,
+        "accessgate_state": args.state,
+        "accessgate_audit_log": args.audit_log,
+        "accessgate_mode": args.mode,
+    }
     if args.contact:
-        out += ["--set", f"accessgate_contact={args.contact}"]
+        defaults["accessgate_contact"] = args.contact
+    # mitmproxy refuses an option set twice: a --set of one of ours wins.
+    given = {option.split("=", 1)[0] for option in args.options}
+    out = ["--listen-host", args.listen_host, "--listen-port", str(args.listen_port), "-s", script.__file__]
+    for name, value in defaults.items():
+        if name not in given:
+            out += ["--set", f"{name}={value}"]
     for option in args.options:
         out += ["--set", option]
     for path in args.scripts:
