@@ -198,19 +198,17 @@ def _plan(raw: str, identity: Identity, policy: Policy) -> _Plan:
                 message=f"{host.name} is not on the list of allowed sites.",
             )
         )
-    if not roles and identity.user is None:
-        if policy.unauthenticated == "deny":
-            return _Plan(
-                Decision(
-                    BLOCK,
-                    UNAUTHENTICATED,
-                    RULE_UNAUTHENTICATED,
-                    site=site,
-                    host=host.name,
-                    message=f"{site} is only available after signing in to the proxy.",
-                )
+    if not roles and identity.user is None:  # anonymous, and `unauthenticated: deny`
+        return _Plan(
+            Decision(
+                BLOCK,
+                UNAUTHENTICATED,
+                RULE_UNAUTHENTICATED,
+                site=site,
+                host=host.name,
+                message=f"{site} is only available after signing in to the proxy.",
             )
-        roles = (policy.unauthenticated,)
+        )
     site_grants = _compiled(policy).grants(roles, site)
     if not site_grants.grants:
         return _Plan(
@@ -435,13 +433,19 @@ def site_for(host: NormalHost, policy: Policy) -> str | None:
 
 
 def roles_for(identity: Identity, policy: Policy) -> tuple[str, ...]:
-    """Every role whose members match `identity`, in the policy's order."""
+    """Every role the client has, in the policy's order.
+
+    Members that match give roles; an anonymous client that no `net:` member
+    matches gets the role named by `unauthenticated` (none when it is `deny`).
+    """
     index = _compiled(policy)
     roles = index.user_roles(identity.user, identity.groups, policy) if identity.user is not None else ()
     if index.by_network and identity.client_ip is not None:
         net_roles = index.network_roles(identity.client_ip)
         if net_roles:
             roles = tuple(sorted(set(roles) | set(net_roles), key=index.order.__getitem__))
+    if not roles and identity.user is None and policy.unauthenticated != "deny":
+        roles = (policy.unauthenticated,)
     return roles
 
 

@@ -76,6 +76,8 @@ def test_decision(policy, case):
     expected = {k: case[k] for k in ("reason", "site", "role", "rule", "counts_quota") if k in case}
     actual = {k: getattr(decision, k) for k in expected}
     assert actual == expected, decision
+    if "roles" in case:
+        assert list(decision.roles) == case["roles"], decision
     if "level" in case:
         assert decision.level is not None and decision.level.value == case["level"], decision
     if "opens_at" in case:
