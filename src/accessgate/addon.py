@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import sys
 import time
 import weakref
@@ -430,7 +431,21 @@ class AccessGate:
         self._running = True
         self.watch = PolicyWatch(self._watched_paths, self._reload)
         self.watch.start()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._housekeeping()))
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._housekeeping()))
+        try:
+            # logrotate's postrotate (`systemctl reload`) sends SIGHUP; mitmdump
+            # alone would die of it.
+            loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+            pass  # not the main thread, or no SIGHUP on this platform
+
+    def _sighup(self) -> None:
+        """Reopen the audit log (it was rotated) and re-read the policy now."""
+        if self.audit is not None:
+            _quietly(self.audit.reopen)
+        log.info("sighup", audit_log=str(self.audit.path) if self.audit is not None else None)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._reload()))
 
     async def _housekeeping(self) -> None:
         while True:
@@ -440,6 +455,10 @@ class AccessGate:
             await asyncio.sleep(3600)
 
     def done(self) -> None:
+        try:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        except Exception:
+            pass
         if self.watch is not None:
             self.watch.stop()
         for task in self._tasks:

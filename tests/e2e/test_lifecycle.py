@@ -171,3 +171,46 @@ def test_accessgate_run_starts_and_serves(tmp_path, mitm_confdir, origin):
         if process.poll() is None:
             process.kill()
             process.wait(5)
+
+
+def test_sighup_reopens_a_rotated_audit_log(tmp_path, proxy_factory, origin, auth):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text())
+    proxy = proxy_factory(policy=policy, options=auth)
+    assert curl(proxy, "http://linkedin.test/before", user="zoe").status == 200
+    proxy.wait_audit(lambda rs: len(rs) == 1)
+    rotated = proxy.audit_path.with_name("audit.jsonl.1")
+    proxy.audit_path.rename(rotated)  # what logrotate does
+    os.kill(proxy.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    assert curl(proxy, "http://linkedin.test/after", user="zoe").status == 200
+    assert proxy.alive()
+    assert proxy.stop() == 0
+    assert [r["path"] for r in proxy.audit_records()] == ["/after"]
+    assert "/before" in rotated.read_text()
+
+
+def test_query_strings_and_pseudonyms_when_configured(tmp_path, proxy_factory, origin, auth):
+    from accessgate.pseudonym import pseudonymize
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text())
+    key = tmp_path / "key"
+    key.write_bytes(b"0123456789abcdef0123456789abcdef")
+    proxy = proxy_factory(
+        policy=policy,
+        options={**auth, "accessgate_log_query": True, "accessgate_pseudonymize_key": str(key)},
+    )
+    assert curl(proxy, "http://linkedin.test/search?q=jobs", user="zoe").status == 200
+    assert proxy.stop() == 0
+    (record,) = proxy.audit_records()
+    assert record["path"] == "/search?q=jobs"
+    assert record["user"] == pseudonymize(key.read_bytes(), "zoe")
+
+
+def test_bad_option_values_stop_the_proxy_with_a_fix(tmp_path, mitm_confdir):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text())
+    with pytest.raises(ProxyFailed, match="accessgate_state"):
+        start_proxy(policy=policy, confdir=mitm_confdir, workdir=tmp_path / "p", metrics=False,
+                    state="postgres://nope")
