@@ -214,3 +214,23 @@ def test_bad_option_values_stop_the_proxy_with_a_fix(tmp_path, mitm_confdir):
     with pytest.raises(ProxyFailed, match="accessgate_state"):
         start_proxy(policy=policy, confdir=mitm_confdir, workdir=tmp_path / "p", metrics=False,
                     state="postgres://nope")
+
+
+def test_allowed_request_that_fails_upstream_is_audited_with_its_error(tmp_path, mitm_confdir, auth):
+    import socket
+    from types import SimpleNamespace
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        dead = SimpleNamespace(address=f"127.0.0.1:{s.getsockname()[1]}")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text())
+    proxy = start_proxy(policy=policy, confdir=mitm_confdir, workdir=tmp_path / "p", origin=dead,
+                        metrics=False, options=auth)
+    try:
+        assert curl(proxy, "http://linkedin.test/x", user="zoe").status == 502
+    finally:
+        assert proxy.stop() == 0
+    (record,) = proxy.audit_records()
+    assert (record["decision"], record["status"]) == ("allow", None)
+    assert record["error"]
