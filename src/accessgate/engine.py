@@ -231,33 +231,23 @@ def _plan(raw: str, identity: Identity, policy: Policy) -> _Plan:
     return _Plan(None, allow, site_grants, site, roles, host.name)
 
 
-def _allowed(best, site, roles, host, site_grants) -> Decision:
-    role, grant = best
+def _by_grant(
+    decision: str, reason: str, by: tuple[str, Grant], site: str, roles, host, **extra
+) -> Decision:
+    """A decision made by one role's grant: it names the role, rule and level."""
+    role, grant = by
     return Decision(
-        ALLOW,
-        ALLOWED,
-        grant.rule,
-        site=site,
-        level=grant.level,
-        role=role,
-        roles=roles,
-        host=host,
-        counts_quota=site_grants.counts_quota,
+        decision, reason, grant.rule, site=site, level=grant.level, role=role, roles=roles, host=host, **extra
     )
 
 
+def _allowed(best, site, roles, host, site_grants) -> Decision:
+    return _by_grant(ALLOW, ALLOWED, best, site, roles, host, counts_quota=site_grants.counts_quota)
+
+
 def _denied(best, site, roles, host) -> Decision:
-    role, grant = best
-    return Decision(
-        BLOCK,
-        DENIED,
-        grant.rule,
-        site=site,
-        level=Level.DENY,
-        role=role,
-        roles=roles,
-        host=host,
-        message=f"{site} is not available to your role {role}.",
+    return _by_grant(
+        BLOCK, DENIED, best, site, roles, host, message=f"{site} is not available to your role {best[0]}."
     )
 
 
@@ -301,29 +291,23 @@ def _decide_grants(
             best = (role, grant)
     if best is None:
         if exhausted:
-            role, grant = exhausted[0]
-            return Decision(
+            return _by_grant(
                 BLOCK,
                 QUOTA_EXHAUSTED,
-                grant.rule,
-                site=site,
-                level=grant.level,
-                role=role,
-                roles=roles,
-                host=host,
+                exhausted[0],
+                site,
+                roles,
+                host,
                 opens_at=index.opening(exhausted + outside_window, clock, policy),
-                message=f"Today's {grant.daily_minutes} minutes on {site} are used up.",
+                message=f"Today's {exhausted[0][1].daily_minutes} minutes on {site} are used up.",
             )
-        role, grant = outside_window[0]
-        return Decision(
+        return _by_grant(
             BLOCK,
             OUTSIDE_WINDOW,
-            grant.rule,
-            site=site,
-            level=grant.level,
-            role=role,
-            roles=roles,
-            host=host,
+            outside_window[0],
+            site,
+            roles,
+            host,
             opens_at=index.opening(outside_window, clock, policy),
             message=f"{site} is open only at set times ({_window_texts(outside_window)}).",
         )
