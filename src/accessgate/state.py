@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Protocol
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .errors import StateStoreError, StateStoreUnavailable
 from .quota import MemoryLedger, QuotaLedger, QuotaUsage
@@ -172,9 +172,11 @@ class QuotaStore(QuotaLedger, Protocol):
 def open_store(spec: str | StateSpec, on_error: ErrorCallback | None = None) -> QuotaStore:
     """Open the store that `spec` names.
 
-    `on_error` is called (from the calling thread) with every StateStoreError
-    the store meets, including those it recovers from by itself under
-    `on_error=local`, so that the addon can log and count them.  Raises
+    `on_error` is called (from the calling thread) with the StateStoreError
+    of every failed attempt to reach the backing store (for Redis at most
+    once per `retry` seconds; calls in between fail without trying), also
+    under `on_error=local` where usage() and mark() do not raise, so that
+    the addon can log and count them.  Raises
     ValueError for a bad spec, StateStoreError if a SQLite file cannot be
     opened.  Opening a Redis store never fails: Redis may come later.
     """

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import running_haproxy
+from support.haproxy import running_haproxy
 from support.clients import curl
 from support.proxy import Proxy
 from accessgate.state import open_store
@@ -147,7 +147,7 @@ def test_redis_down_through_the_proxy(redis_server, proxy_factory, htpasswd, pol
     facebook = curl(proxy, "http://facebook.test/", user="bob")
     linkedin = curl(proxy, "http://linkedin.test/", user="bob")
     assert (facebook.status, linkedin.status) == (quota_site, other_site)
-    assert facebook.seconds < 2  # one short timeout, no hang
+    assert facebook.seconds < 5  # one short timeout, no hang (slack for a loaded host)
     assert proxy.alive()
     redis_server.start()  # same port, empty
     time.sleep(0.7)

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import HAPROXY_CFG, haproxy_env, running_haproxy
+from support.haproxy import HAPROXY_CFG, haproxy_env, running_haproxy
 from support.redis_server import running_redis
 
 SOURCES = [f"127.0.0.{n}" for n in range(1, 41)]
