@@ -52,11 +52,15 @@ from .flowrequest import (
 from .identity import client_ip, identity_for_connection, identity_for_flow, user_from_proxyauth
 from .loader import load_policy
 from .logging import get_logger
+from .longlived import LongLivedFlows
 from .metrics import site_label
 from .model import Policy
 from .policywatch import PolicyWatch
 
 META = "accessgate"
+# How often open WebSockets and streams are re-decided: a window's end or a
+# spent quota closes them within this many seconds.
+LONG_LIVED_REVIEW_SECONDS = 1.0
 MODES = ("enforce", "audit")
 STATUS_HOST = "accessgate.status"
 INTERNAL_ERROR = "internal-error"
@@ -66,6 +70,7 @@ _STRIP_PREFIX = "x-accessgate-"
 # Alt-Svc advertises HTTP/3 over UDP, which a browser may then use around the
 # proxy; without it the browser stays on the TCP connection that we decide.
 _ALT_SVC = "alt-svc"
+_ALT_SVC_B = _ALT_SVC.encode()
 
 DEFAULTS = {
     "accessgate_audit_log": "var/accessgate-audit.jsonl",
@@ -159,6 +164,8 @@ class AccessGate:
         self._client_ips: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         # (subject, site) -> last UTC minute marked, so a busy minute costs one store write.
         self._marked: dict[tuple[str, str], int] = {}
+        # Open WebSockets and streamed responses, re-decided every second.
+        self._long: LongLivedFlows[http.HTTPFlow] = LongLivedFlows()
         self._init_metrics()
 
     # -- options -------------------------------------------------------------
@@ -436,6 +443,7 @@ class AccessGate:
         self.watch.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._housekeeping()))
+        self._tasks.append(loop.create_task(self._review_long_lived()))
         try:
             # logrotate's postrotate (`systemctl reload`) sends SIGHUP; mitmdump
             # alone would die of it.
@@ -456,6 +464,73 @@ class AccessGate:
             if days and self.audit is not None:
                 _quietly(lambda: self.audit.prune_rotated(days, time.time()))
             await asyncio.sleep(3600)
+
+    async def _review_long_lived(self) -> None:
+        while True:
+            await asyncio.sleep(LONG_LIVED_REVIEW_SECONDS)
+            try:
+                self._close_expired_flows()
+            except Exception as exc:  # the review must go on; the error is counted
+                log.error("fail_closed", stage="long-lived-review", error=repr(exc), exc_info=exc)
+                _quietly(lambda: self.metrics.fail_closed.labels(stage="long-lived-review").inc())
+
+    def _close_expired_flows(self) -> None:
+        """Close open flows that the policy now blocks: window over, quota spent, access revoked."""
+        if self.policy is None or not self.enforcing or not len(self._long):
+            return
+        now = datetime.now(timezone.utc)
+        for key, entry, decision in self._long.to_close(self.policy, now, self.ledger):
+            self._long.untrack(key)
+            flow = entry.flow
+            st = flow.metadata.get(META)
+            self._audit_event(
+                "flow_closed",
+                request_id=st.request_id if isinstance(st, FlowState) else None,
+                user=entry.identity.user,
+                site=decision.site,
+                reason=decision.reason,
+                rule=decision.rule,
+                policy=self.policy.short_digest,
+            )
+            log.info("flow_closed", site=decision.site, reason=decision.reason)
+            _close_client(flow)
+
+    def _track_long_lived(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        if st.decision.allowed:
+            request = request_of(flow, self._tunnels.get(flow.client_conn, ()))
+            self._long.track(flow.id, flow, request, st.identity, st.decision.site)
+
+    def _long_lived_activity(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        """A flow carried traffic: its first traffic in a minute spends a quota minute."""
+        now = datetime.now(timezone.utc)
+        if self._long.activity(flow.id, now) is not None and self.policy is not None:
+            self._spend_quota(st.decision, st.identity, self.policy, now)
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        try:
+            st = flow.metadata.get(META)
+            if isinstance(st, FlowState):
+                self._track_long_lived(flow, st)
+        except Exception as exc:
+            self._fail_long_lived(flow, "websocket_start", exc)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        try:
+            st = flow.metadata.get(META)
+            if isinstance(st, FlowState):
+                self._long_lived_activity(flow, st)
+        except Exception as exc:
+            self._fail_long_lived(flow, "websocket_message", exc)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._long.untrack(flow.id)
+
+    def _fail_long_lived(self, flow: http.HTTPFlow, stage: str, exc: BaseException) -> None:
+        """Fail closed on an open connection: count it, log it, close it."""
+        log.error("fail_closed", stage=stage, error=repr(exc), exc_info=exc)
+        _quietly(lambda: self.metrics.fail_closed.labels(stage=stage).inc())
+        self._long.untrack(flow.id)
+        _quietly(lambda: _close_client(flow))
 
     def done(self) -> None:
         try:
@@ -606,6 +681,8 @@ class AccessGate:
                 url=flow.request.pretty_url,
                 now=st.ts,
                 accept=accept if accept is not None else flow.request.headers.get("accept", ""),
+                # "Opens again at 12:00" in the policy's zone, as the policy is written.
+                timezone=self.policy.timezone if self.policy is not None else None,
             )
         except Exception:
             log.exception("block_page_failed", request_id=st.request_id)
@@ -803,6 +880,7 @@ class AccessGate:
         status, headers, body = pages.status_response(
             identity=identity, roles=roles, rows=rows, now=now,
             accept=flow.request.headers.get("accept", ""),
+            timezone=policy.timezone,
         )
         flow.response = http.Response.make(status, body, dict(headers))
 
@@ -811,14 +889,21 @@ class AccessGate:
             st = flow.metadata.get(META)
             if not isinstance(st, FlowState) or st.blocked_here:
                 return
-            flow.response.headers.pop(_ALT_SVC, None)
+            headers = flow.response.headers
+            # A scan of the raw names: pop() of an absent header raises and
+            # catches a KeyError inside mitmproxy, on nearly every response.
+            if any(name.lower() == _ALT_SVC_B for name, _ in headers.fields):
+                del headers[_ALT_SVC]
             if flow.response.stream is True:
                 st.streamed_out = 0
-                flow.response.stream = _counter(st, "streamed_out")
+                flow.response.stream = _counter(st, "streamed_out", lambda: self._long_lived_activity(flow, st))
+                self._track_long_lived(flow, st)
         except Exception as exc:
             self._fail(flow, "responseheaders", exc)
 
     def response(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:
+            self._long.untrack(flow.id)
         try:
             st = flow.metadata.get(META)
             if not isinstance(st, FlowState) or st.logged:
@@ -833,6 +918,7 @@ class AccessGate:
             self._fail(flow, "response", exc)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._long.untrack(flow.id)
         try:
             st = flow.metadata.get(META)
             if not isinstance(st, FlowState) or st.logged:
@@ -878,12 +964,32 @@ def _names_status(flow: http.HTTPFlow) -> bool:
     return False
 
 
-def _counter(st: FlowState, attr: str):
+def _counter(st: FlowState, attr: str, on_chunk=None):
     def count(chunk: bytes) -> bytes:
         setattr(st, attr, getattr(st, attr) + len(chunk))
+        if on_chunk is not None:
+            on_chunk()
         return chunk
 
     return count
+
+
+def _close_client(flow: http.HTTPFlow) -> None:
+    """Close the client's connection, as if the client had hung up.
+
+    `flow.kill()` does not stop a flow in transit (mitmproxy issue 4711), so
+    the client transport is closed instead; mitmproxy then ends the WebSocket
+    or stream on both sides and runs its usual end hooks.  On an HTTP/2
+    connection this ends the client's other streams too; the browser
+    reconnects and every new request is decided afresh.
+    """
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
+    io = handler.transports.get(flow.client_conn) if handler is not None else None
+    if io is not None and io.writer is not None:
+        io.writer.close()
+    elif flow.killable:
+        flow.kill()
 
 
 def _size(content: bytes | None, streamed: int | None) -> int:
