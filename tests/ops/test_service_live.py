@@ -119,11 +119,6 @@ def test_a_rotated_audit_log_is_noticed_without_a_signal(service):
     assert not any("/after" in line for line in rotated.read_text().splitlines())
 
 
-@pytest.mark.xfail(
-    reason="the addon installs no SIGHUP handler yet, so SIGHUP ends mitmdump "
-    "(requested; the unit's RestartForceExitStatus=SIGHUP restarts it meanwhile)",
-    strict=False,
-)
 def test_reload_keeps_the_proxy_running_and_reopens_the_audit_log(service):
     assert one("ExecReload") == "/bin/kill -HUP $MAINPID"
     after, rotated = _rotate_and_request(service, signal_after=signal.SIGHUP)
