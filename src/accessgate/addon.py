@@ -40,7 +40,7 @@ from mitmproxy.proxy import commands, events, layer, layers
 
 from . import engine
 from .engine import Decision, Identity
-from .errors import PolicyError
+from .errors import PolicyError, StateStoreError
 from .flowrequest import (
     REACH,
     TUNNEL,
@@ -53,6 +53,7 @@ from .identity import client_ip, identity_for_connection, identity_for_flow, use
 from .loader import load_policy
 from .logging import get_logger
 from .longlived import LongLivedFlows
+from .timedledger import TimedLedger
 from .metrics import site_label
 from .model import Policy
 from .policywatch import PolicyWatch
@@ -335,7 +336,7 @@ class AccessGate:
             raise exceptions.OptionsError(str(exc)) from None
         except Exception as exc:  # StateStoreError and whatever the backend raises
             raise exceptions.OptionsError(f"accessgate_state {spec!r} cannot be opened: {exc}") from None
-        old, self.ledger = self.ledger, store
+        old, self.ledger = self.ledger, TimedLedger(store, self.metrics.state_seconds)
         self._marked.clear()
         if old is not None:
             _quietly(old.close)
@@ -584,7 +585,14 @@ class AccessGate:
         key = (identity.subject, decision.site)
         if self._marked.get(key) == minute:
             return
-        self.ledger.mark(identity.subject, decision.site, engine.local_day(now, policy), minute)
+        try:
+            self.ledger.mark(identity.subject, decision.site, engine.local_day(now, policy), minute)
+        except StateStoreError as exc:
+            # The request was allowed on a usage the store gave moments ago;
+            # this minute goes uncounted.  The store already reported the
+            # error (logged, counted); no traceback per request.
+            log.warning("quota_minute_not_counted", site=decision.site, error=str(exc))
+            return
         if len(self._marked) > 100_000:
             self._marked.clear()
         self._marked[key] = minute

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import NamedTuple
 
-from .errors import InvalidHost
+from .errors import InvalidHost, StateStoreUnavailable
 from .hosts import NormalHost, normalize_host
 from .model import Fallback, Grant, IPAddress, IPNetwork, Level, MemberKind, Policy, Site
 from .quota import NoQuotaUsed, QuotaLedger
@@ -278,12 +278,18 @@ def _decide_grants(
     best: tuple[str, Grant] | None = None
     outside_window: list[tuple[str, Grant]] = []
     exhausted: list[tuple[str, Grant]] = []
+    uncounted: list[tuple[str, Grant]] = []  # quota grants whose usage the store cannot tell
     for role, grant in site_grants.grants:
         if grant.windows and not in_any_window(grant.windows, clock.local):
             outside_window.append((role, grant))
             continue
         if grant.daily_minutes is not None:
-            usage = ledger.usage(identity.subject, site, clock.day, clock.minute)
+            try:
+                usage = ledger.usage(identity.subject, site, clock.day, clock.minute)
+            except StateStoreUnavailable:
+                # Fail closed for this grant only: the user's other grants still apply.
+                uncounted.append((role, grant))
+                continue
             if usage.exhausted(grant.daily_minutes):
                 exhausted.append((role, grant))
                 continue
@@ -300,6 +306,16 @@ def _decide_grants(
                 host,
                 opens_at=index.opening(exhausted + outside_window, clock, policy),
                 message=f"Today's {exhausted[0][1].daily_minutes} minutes on {site} are used up.",
+            )
+        if uncounted:
+            return _by_grant(
+                BLOCK,
+                DENIED,
+                uncounted[0],
+                site,
+                roles,
+                host,
+                message=f"Time-limited access to {site} is closed while the quota store cannot be reached.",
             )
         return _by_grant(
             BLOCK,

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from accessgate.engine import Identity, Request, decide, minute_of
+from accessgate.errors import StateStoreUnavailable
 from accessgate.loader import parse_policy
 from accessgate.quota import QuotaUsage
 
@@ -18,11 +19,15 @@ CASES_DIR = Path(__file__).parent / "cases" / "decide"
 DEFAULT_AT = "2026-11-23T10:00"  # a Monday morning, outside lunch
 
 
+def load_case_file(path: Path):
+    doc = yaml.safe_load(path.read_text("utf-8"))
+    return parse_policy(yaml.safe_dump(doc["policy"], sort_keys=False), str(path)), doc["cases"]
+
+
 def load_cases():
     for path in sorted(CASES_DIR.glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text("utf-8"))
-        policy = parse_policy(yaml.safe_dump(doc["policy"], sort_keys=False), str(path))
-        for case in doc["cases"]:
+        policy, cases = load_case_file(path)
+        for case in cases:
             yield pytest.param(policy, case, id=f"{path.stem}:{case['id']}")
 
 
@@ -84,3 +89,31 @@ def test_decision(policy, case):
         assert decision.opens_at == datetime.fromisoformat(case["opens_at"]), decision
     if decision.decision == "block":
         assert decision.message, "every block explains itself in a sentence"
+
+
+class UnreachableStore:
+    """A ledger whose backend is down (Redis unreachable with on_error=closed)."""
+
+    def usage(self, subject, site, day, minute):
+        raise StateStoreUnavailable("redis://127.0.0.1:1 did not answer")
+
+    def mark(self, subject, site, day, minute):
+        raise StateStoreUnavailable("redis://127.0.0.1:1 did not answer")
+
+
+UNREACHABLE_CASES = [
+    # id, user, url, method, expect, reason, level
+    ("quota-grant-fails-closed-when-store-unreachable", "erin", "https://facebook.com/", "GET", "block", "denied", "full"),
+    ("other-grants-still-apply-when-store-unreachable", "carol", "https://facebook.com/", "POST", "allow", "allowed", "full"),
+    ("grants-without-quota-never-ask-the-store", "erin", "https://linkedin.com/", "GET", "allow", "allowed", "read-only"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("user, url, method, expect, reason, level", [c[1:] for c in UNREACHABLE_CASES],
+                         ids=[c[0] for c in UNREACHABLE_CASES])
+def test_an_unreachable_quota_store_closes_only_quota_grants(user, url, method, expect, reason, level):
+    policy, _ = load_case_file(CASES_DIR / "company.yaml")
+    lunch = datetime(2026, 11, 23, 12, 30, tzinfo=policy.timezone)
+    decision = decide(request_for({"url": url, "method": method}), Identity(user=user), policy, lunch,
+                      UnreachableStore())
+    assert (decision.decision, decision.reason, decision.level.value) == (expect, reason, level), decision

@@ -221,20 +221,9 @@ def grafana_to_promql(expr: str) -> str:
 
 
 PANEL_QUERIES = _panel_queries()
-# Panels whose metric the proxy declares but does not feed yet.
-NOT_FED_YET = {
-    "accessgate_state_store_duration_seconds_bucket": "the addon never observes "
-    "Metrics.state_seconds, so accessgate_state_store_duration_seconds has no samples",
-}
 
 
-def _case(title: str, expr: str):
-    gaps = [why for metric, why in NOT_FED_YET.items() if metric in expr]
-    marks = [pytest.mark.xfail(reason=gaps[0], strict=False)] if gaps else []
-    return pytest.param(expr, id=title, marks=marks)
-
-
-@pytest.mark.parametrize("expr", [_case(*q) for q in PANEL_QUERIES])
+@pytest.mark.parametrize("expr", [pytest.param(expr, id=title) for title, expr in PANEL_QUERIES])
 def test_every_dashboard_query_returns_series(stack, expr):
     prom, _, _ = stack
     answer = prom.query(grafana_to_promql(expr))
