@@ -59,6 +59,10 @@ from .model import Policy
 from .policywatch import PolicyWatch
 
 META = "accessgate"
+# A blocked request with a larger body is killed rather than answered: mitmproxy
+# would read the whole body before it could send the 403.  Form posts stay
+# below this and get the readable block page.
+BLOCKED_BODY_READ_LIMIT = 1024 * 1024
 # How often open WebSockets and streams are re-decided: a window's end or a
 # spent quota closes them within this many seconds.
 LONG_LIVED_REVIEW_SECONDS = 1.0
@@ -700,9 +704,10 @@ class AccessGate:
             )
         headers = {**dict(headers), **headers_base}
         st.blocked_here = True
-        if flow.request.stream and flow.request.method != "CONNECT":
-            # mitmproxy cannot answer a request whose body it streams; killing
-            # it is the only way to keep the body from the site.
+        if flow.request.method != "CONNECT" and (flow.request.stream or _declares_large_body(flow.request)):
+            # mitmproxy cannot answer a request whose body it streams, and it
+            # answers any other request only after reading its whole body into
+            # memory.  Killing keeps the body from the site and off the proxy.
             flow.kill()
             return None
         flow.response = http.Response.make(status, body, headers)
@@ -980,6 +985,16 @@ def _counter(st: FlowState, attr: str, on_chunk=None):
         return chunk
 
     return count
+
+
+def _declares_large_body(request: http.Request) -> bool:
+    """A body too large to read just to refuse it (or of unknown size)."""
+    if "chunked" in request.headers.get("transfer-encoding", "").lower():
+        return True
+    try:
+        return int(request.headers.get("content-length", "0")) > BLOCKED_BODY_READ_LIMIT
+    except ValueError:
+        return True  # a malformed length: nothing worth reading
 
 
 def _close_client(flow: http.HTTPFlow) -> None:
