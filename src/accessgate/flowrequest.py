@@ -53,7 +53,12 @@ def request_of(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> Request
         hosts=_names(flow, tunnel_names),
         path=path_without_query(rq.path),
         scheme=rq.scheme,
-        headers=tuple((k.lower(), v) for k, v in rq.headers.items(multi=True)),
+        # The raw fields, decoded as mitmproxy's Headers would ("utf-8",
+        # surrogateescape), without its per-field generator: about half the cost.
+        headers=tuple(
+            (k.decode("utf-8", "surrogateescape").lower(), v.decode("utf-8", "surrogateescape"))
+            for k, v in rq.headers.fields
+        ),
     )
 
 
