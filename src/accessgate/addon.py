@@ -46,6 +46,7 @@ from .flowrequest import (
     REACH,
     TUNNEL,
     connect_request,
+    host_headers,
     path_without_query,
     request_of,
     tunnel_request,
@@ -997,7 +998,7 @@ def _strip_private_headers(headers: http.Headers) -> None:
 
 def _names_status(flow: http.HTTPFlow) -> bool:
     rq = flow.request
-    for name in (rq.data.host, *rq.headers.get_all("host")):
+    for name in (rq.data.host, *host_headers(rq)):
         if name and name.lower().rstrip(".").split(":")[0] == STATUS_HOST:
             return True
     return False
