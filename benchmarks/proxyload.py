@@ -219,7 +219,8 @@ def start_mitmdump(
             pin(args, core), cwd=workdir, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
-    proxy = Mitmdump(name, process, port, workdir, Path(accessgate["accessgate_audit_log"]) if accessgate and accessgate.get("accessgate_audit_log") else None)
+    audit = (accessgate or {}).get("accessgate_audit_log")
+    proxy = Mitmdump(name, process, port, workdir, Path(audit) if audit else None)
     try:
         wait_listening(port, process, f"mitmdump ({name})")
     except RuntimeError as exc:
