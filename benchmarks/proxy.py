@@ -10,7 +10,7 @@ to a local nginx whatever site it names:
                 metrics endpoint, state store)                -s route_to_origin.py
 
 Both are pinned to one core; nginx and the load generators share the other.
-Rounds alternate bare and accessgate (A B A B ...) for HTTP (wrk, c=16,
+Rounds alternate the configurations (A B A B ...) for HTTP (wrk, c=16,
 benchmarks/wrk-proxy.lua) and for HTTPS through interception (the Python
 client in proxyload.py: CONNECT, TLS with the mitmproxy CA, keep-alive,
 a new tunnel every --per-tunnel requests).  The traffic is governed by the
@@ -21,8 +21,10 @@ carol (sales, full X).
 Prints requests/s and p50/p99 per configuration and the accessgate/bare
 ratio per round (median, min, max); also requests per CPU-second of the
 proxy, which a busy shared host disturbs less.  Goal (issue 3): >= 0.97.
+With --noop, a third proxy runs an addon whose hooks do nothing
+(noop_addon.py): what mitmproxy itself spends on calling any addon.
 
-    .venv/bin/python benchmarks/proxy.py [--rounds 3] [--seconds 10] [--state sqlite]
+    .venv/bin/python benchmarks/proxy.py [--rounds 3] [--seconds 10] [--state sqlite] [--noop]
 """
 
 from __future__ import annotations
@@ -102,11 +104,17 @@ def measure(proxy: pl.Mitmdump, proto: str, args, ca: Path, load_core: int) -> S
     return Sample(proxy.name, proto, rps, p50, p99, cpu, errors)
 
 
-def summarize(samples: list[Sample], proto: str) -> dict:
-    by = {name: [s for s in samples if s.proto == proto and s.config == name] for name in ("bare", "accessgate")}
-    ratios = [a.rps / b.rps for a, b in zip(by["accessgate"], by["bare"]) if b.rps]
-    cpu_ratios = [a.per_cpu_second / b.per_cpu_second for a, b in zip(by["accessgate"], by["bare"]) if b.per_cpu_second]
-    out = {"ratio": _spread(ratios), "ratio_per_cpu_second": _spread(cpu_ratios)}
+def summarize(samples: list[Sample], proto: str, names: list[str]) -> dict:
+    """Medians per configuration and, for each one but bare, its ratios to bare per round."""
+    by = {name: [s for s in samples if s.proto == proto and s.config == name] for name in names}
+    out: dict = {}
+    for name in names[1:]:
+        pairs = list(zip(by[name], by["bare"]))
+        suffix = "" if name == "accessgate" else f"_{name}"
+        out["ratio" + suffix] = _spread([a.rps / b.rps for a, b in pairs if b.rps])
+        out["ratio_per_cpu_second" + suffix] = _spread(
+            [a.per_cpu_second / b.per_cpu_second for a, b in pairs if b.per_cpu_second]
+        )
     for name, rows in by.items():
         out[name] = {
             "rps": statistics.median(s.rps for s in rows),
@@ -131,6 +139,9 @@ def main() -> int:
     parser.add_argument("--per-tunnel", type=int, default=100, help="HTTPS requests per CONNECT tunnel (default 100)")
     parser.add_argument("--state", choices=["sqlite", "memory"], default="sqlite",
                         help="accessgate_state for the accessgate proxy (default sqlite, the product default)")
+    parser.add_argument("--noop", action="store_true",
+                        help="also run mitmdump with an addon whose hooks do nothing (benchmarks/noop_addon.py): "
+                             "what mitmproxy spends on calling any addon")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit log)")
     args = parser.parse_args()
@@ -163,29 +174,36 @@ def main() -> int:
             },
         )  # fmt: skip
         started.append(gate)
+        proxies = [bare, gate]
+        if args.noop:
+            noop = pl.start_mitmdump("noop", **{**common, "workdir": work / "noop"},
+                                     scripts=[Path(__file__).resolve().parent / "noop_addon.py"])
+            started.append(noop)
+            proxies.append(noop)
         ca = confdir / "mitmproxy-ca-cert.pem"
         load_before = os.getloadavg()
         print(f"proxies on core {proxy_core}, nginx and load on core {load_core}; "
               f"{args.rounds} rounds x {args.seconds:.0f} s, c={args.connections}, "
               f"accessgate state {state.split(':')[0]}:, load average {load_before[0]:.1f}", flush=True)
         warm = argparse.Namespace(**{**vars(args), "seconds": 2})
-        for proxy in (bare, gate):  # certificates, caches, first imports
+        for proxy in proxies:  # certificates, caches, first imports
             for proto in ("http", "https"):
                 measure(proxy, proto, warm, ca, load_core)
         samples: list[Sample] = []
         for r in range(args.rounds):
             for proto in ("http", "https"):
-                for proxy in (bare, gate):
+                for proxy in proxies:
                     s = measure(proxy, proto, args, ca, load_core)
                     samples.append(s)
                     print(f"  round {r + 1} {proto:5} {s.config:10} {s.rps:8.0f} req/s  p50 {s.p50_ms:6.1f} ms"
                           f"  p99 {s.p99_ms:6.1f} ms  proxy cpu {s.cpu:4.2f}  errors {s.errors}", flush=True)
         load_after = os.getloadavg()
+        names = [p.name for p in proxies]
         gate.stop()
         records = _count_access_records(gate.audit_path)
         result = {
-            "http": summarize(samples, "http"),
-            "https": summarize(samples, "https"),
+            "http": summarize(samples, "http", names),
+            "https": summarize(samples, "https", names),
             "state": state.split(":")[0],
             "load_average": [load_before[0], load_after[0]],
             "audit_records": records,
@@ -194,7 +212,7 @@ def main() -> int:
         print()
         print(f"{'':6}{'config':11}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'cpu':>6}{'req/cpu-s':>10}")
         for proto in ("http", "https"):
-            for name in ("bare", "accessgate"):
+            for name in names:
                 row = result[proto][name]
                 print(f"{proto:6}{name:11}{row['rps']:8.0f}{row['p50_ms']:8.1f}{row['p99_ms']:8.1f}"
                       f"{row['cpu']:6.2f}{row['per_cpu_second']:10.0f}")
@@ -202,9 +220,14 @@ def main() -> int:
             print(f"{proto:6}accessgate/bare req/s: median {ratio['median']:.3f} (min {ratio['min']:.3f}, "
                   f"max {ratio['max']:.3f}, {ratio['n']} pairs); per CPU-second: median {per_cpu['median']:.3f} "
                   f"(min {per_cpu['min']:.3f}, max {per_cpu['max']:.3f})")
+            if "ratio_noop" in result[proto]:
+                ratio, per_cpu = result[proto]["ratio_noop"], result[proto]["ratio_per_cpu_second_noop"]
+                print(f"{proto:6}noop/bare       req/s: median {ratio['median']:.3f} (min {ratio['min']:.3f}, "
+                      f"max {ratio['max']:.3f}); per CPU-second: median {per_cpu['median']:.3f} "
+                      f"(min {per_cpu['min']:.3f}, max {per_cpu['max']:.3f})")
         print(f"audit records written by the accessgate proxy: {records}; "
               f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (2 cores)")
-        errors = sum(result[p][n]["errors"] for p in ("http", "https") for n in ("bare", "accessgate"))
+        errors = sum(result[p][n]["errors"] for p in ("http", "https") for n in names)
         if errors:
             print(f"WARNING: {errors} requests failed or were not answered 200; see {work}", file=sys.stderr)
         if args.json:

@@ -198,6 +198,7 @@ def start_mitmdump(
     htpasswd: Path,
     core: int,
     accessgate: dict[str, str] | None = None,
+    scripts: list[Path] = (),
 ) -> Mitmdump:
     """`mitmdump -q` with proxyauth and routing to `origin`; with accessgate when `accessgate` has its options."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -213,6 +214,8 @@ def start_mitmdump(
         args += ["-s", str(ADDON)]
         for key, value in accessgate.items():
             args += ["--set", f"{key}={value}"]
+    for script in scripts:
+        args += ["-s", str(script)]
     args += ["-s", str(ROUTE), "--set", f"route_to_origin={origin.address}"]
     with open(workdir / "stdout.txt", "wb") as out, open(workdir / "stderr.txt", "wb") as err:
         process = subprocess.Popen(
