@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 import threading
@@ -539,20 +540,18 @@ class AccessGate:
             self._spend_quota(st.decision, st.identity, self.policy, now)
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
-        try:
-            st = flow.metadata.get(META)
-            if isinstance(st, FlowState):
-                self._track_long_lived(flow, st)
-        except Exception as exc:
-            self._fail_long_lived(flow, "websocket_start", exc)
+        self._on_long_lived(flow, "websocket_start", self._track_long_lived)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
+        self._on_long_lived(flow, "websocket_message", self._long_lived_activity)
+
+    def _on_long_lived(self, flow: http.HTTPFlow, stage: str, action) -> None:
         try:
             st = flow.metadata.get(META)
             if isinstance(st, FlowState):
-                self._long_lived_activity(flow, st)
+                action(flow, st)
         except Exception as exc:
-            self._fail_long_lived(flow, "websocket_message", exc)
+            self._fail_long_lived(flow, stage, exc)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._long.untrack(flow.id)
@@ -809,7 +808,7 @@ class AccessGate:
         try:
             if not data.ignore_connection or not self.enforcing:
                 return
-            names = [*self._tunnels.get(data.context.client, ()), data.client_hello.sni or ""]
+            names = [*self._tunnels.get(data.context.client, ()), *_server_names(data.client_hello)]
             decision = self._decide_connection(data.context, names, REACH)
             if not decision.allowed:
                 data.ignore_connection = False  # intercept, so the inside is decided
@@ -846,9 +845,7 @@ class AccessGate:
             names.append(str(context.server.address[0]))
         if context.client.sni:
             names.append(context.client.sni)
-        sni = _sni_of(nextlayer.data_client())
-        if sni:
-            names.append(sni)
+        names.extend(_snis_of(nextlayer.data_client()))
         if not names:
             return  # not a proxied tunnel (e.g. a transparent-mode flow with no target)
         decision = self._decide_connection(context, names, TUNNEL)
@@ -894,6 +891,7 @@ class AccessGate:
         policy = self._policy()
         identity = self._identity(flow)
         _strip_private_headers(flow.request.headers)
+        _unfold(flow.request.headers)
         if _names_status(flow):
             self._answer_status(flow, identity, policy, now)
             return
@@ -996,6 +994,21 @@ def _strip_private_headers(headers: http.Headers) -> None:
         del headers[name.decode("utf-8", "surrogateescape")]
 
 
+_FOLD = re.compile(rb"\r?\n[ \t]*")
+
+
+def _unfold(headers: http.Headers) -> None:
+    """Replace each obs-fold with one space (RFC 9112 5.2), as a proxy must.
+
+    mitmproxy keeps a folded value as it came, line break included, and
+    forwards it; a server that reads the continuation as a line of its own
+    would see a header, e.g. a second Host, that accessgate never decided.
+    """
+    fields = headers.fields
+    if any(b"\n" in value for _, value in fields):
+        headers.fields = tuple((name, _FOLD.sub(b" ", value)) for name, value in fields)
+
+
 def _names_status(flow: http.HTTPFlow) -> bool:
     rq = flow.request
     for name in (rq.data.host, *host_headers(rq)):
@@ -1048,18 +1061,37 @@ def _size(content: bytes | None, streamed: int | None) -> int:
     return len(content) if content else 0
 
 
-def _sni_of(data: bytes) -> str | None:
-    """The SNI of a TLS ClientHello at the start of `data`, if there is one."""
+def _snis_of(data: bytes) -> list[str]:
+    """Every SNI name of a TLS ClientHello at the start of `data`."""
     if not data or data[0] != 0x16:
-        return None
+        return []
     try:
         from mitmproxy.tls import ClientHello
         from mitmproxy.proxy.layers.tls import parse_client_hello
 
         hello: ClientHello | None = parse_client_hello(data)
-        return hello.sni if hello is not None else None
     except Exception:
-        return None  # not a complete ClientHello: the server address still decides
+        return []  # not a complete ClientHello: the server address still decides
+    return _server_names(hello) if hello is not None else []
+
+
+def _server_names(hello) -> list[str]:
+    """Every name in every server_name extension of `hello`, not only mitmproxy's `sni`.
+
+    mitmproxy reports no SNI at all when the extension lists two names (RFC
+    6066 forbids it), yet OpenSSL servers then serve the first: a denied
+    name first and an ignored host second made an uninspected tunnel to the
+    denied site.  So each name is decided; one that is no host name blocks.
+    """
+    names = [hello.sni] if hello.sni else []
+    try:
+        for ext in hello._client_hello.extensions.extensions:
+            if ext.type == 0x00:
+                for entry in ext.body.server_names:
+                    names.append(bytes(entry.host_name).decode("utf-8", "surrogateescape"))
+    except Exception:
+        pass  # mitmproxy parsed the hello; what it saw still decides
+    return list(dict.fromkeys(names))
 
 
 def _ensure_parent(path: str) -> None:
