@@ -1,0 +1,326 @@
+"""The bypass table: every way we know to name a host, a method or a tunnel so as to slip past.
+
+Each case is one real request through a real mitmdump with accessgate, from
+user zoe (tests/adversarial/policy.yaml: facebook=deny, linkedin=read-only,
+everything else unlisted and allowed; facebook also owns 127.0.0.0/8 and
+::1 so that IP literals are governed).  A case says which rule it checks,
+what the client must get back, and whether the origin may see it.  The
+origin's own record is the proof: a blocked case never reaches it.
+
+SECURITY.md lists every case id; tests/adversarial/test_security_md.py
+keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from wire import Reply, basic, client_hello, h2, hello_then_read, plain, request, tunnel
+
+AUTH = basic()
+FB, LI, FREE = "facebook.test", "linkedin.test", "example.test"
+IGNORED = "bank.test"  # matched by ignore_hosts in the "passthrough" proxy
+
+# Expected outcomes, as the client sees them.
+OK, BLOCKED, BAD_REQUEST, AUTH_REQUIRED, TOO_LONG, CLOSED = 200, 403, 400, 407, 414, 0
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    rule: str  # the rule it checks, in one line
+    proxy: str  # "plain" (proxyauth), "passthrough" (+ignore_hosts), "streaming" (+stream_large_bodies)
+    send: Callable[[object], Reply]
+    status: int  # what the client gets; CLOSED: the connection ends without a response
+    reason: str | None = None  # X-Accessgate-Reason of a block
+    reaches_origin: bool = False
+    tunnel: str | None = None  # for uninspected tunnels: the audited decision ("allow"/"block")
+    origin_lacks: str | None = None  # a header the origin must not receive
+    tls_answer: bool = False  # the proxy answered the ClientHello itself: intercepted, not relayed
+
+    @property
+    def decision(self) -> str:
+        if self.tunnel is not None:
+            return self.tunnel
+        return "allow" if self.reaches_origin else "block"
+
+
+def get(url: str, *, host: str | None | bytes = "", method: str = "GET", headers=(), body=b"",
+        version: str = "HTTP/1.1", auth: str | None = AUTH):
+    """A proxy request in absolute form; host '' = the URL's host, None = no Host header."""
+    if host == "":
+        host = url.split("//", 1)[1].split("/", 1)[0]
+    hdrs = ([("Host", host)] if host is not None else []) + list(headers)
+    return lambda p: plain(p, request(method, url, hdrs, body, version, auth=auth))
+
+
+def raw(data: bytes):
+    return lambda p: plain(p, data)
+
+
+def inside(connect: str, host: str | None, *, sni: str | None = "", method: str = "GET", path: str = "/",
+           headers=(), body=b"", tls: bool = True, version: str = "HTTP/1.1"):
+    """CONNECT `connect`, TLS with `sni` ('' = the CONNECT host), then one HTTP/1 request."""
+    hdrs = ([("Host", host)] if host is not None else []) + list(headers)
+    return lambda p: tunnel(p, connect, request(method, path, hdrs, body, version), sni=sni, tls=tls)
+
+
+def h2req(connect: str, headers, body=b"", sni: str | None = ""):
+    return lambda p: h2(p, connect, headers, body, sni=sni)
+
+
+def hello(connect: str, snis=(), ech: bool = False):
+    return lambda p: hello_then_read(p, connect, client_hello(list(snis), ech=ech))
+
+
+def pseudo(method: str, authority: str | None, path: str = "/") -> list[tuple[str, str]]:
+    head = [(":method", method), (":scheme", "https")]
+    if authority is not None:
+        head.append((":authority", authority))
+    return head + [(":path", path)]
+
+
+FOLDED_HOST = (
+    b"GET http://example.test/ HTTP/1.1\r\nProxy-Authorization: " + AUTH.encode()
+    + b"\r\nHost: example.test\r\n facebook.test\r\n\r\n"
+)  # fmt: skip
+FOLDED_OTHER = (
+    b"GET http://example.test/ HTTP/1.1\r\nProxy-Authorization: " + AUTH.encode()
+    + b"\r\nHost: example.test\r\nX-Note: a\r\n\tHost: facebook.test\r\n\r\n"
+)  # fmt: skip
+SPACE_BEFORE_COLON = (
+    b"GET http://example.test/ HTTP/1.1\r\nProxy-Authorization: " + AUTH.encode()
+    + b"\r\nHost : facebook.test\r\n\r\n"
+)  # fmt: skip
+WS = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
+      ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]  # fmt: skip
+SMUGGLED = b"0\r\n\r\nPOST /feed HTTP/1.1\r\nHost: linkedin.test\r\nContent-Length: 1\r\n\r\nx"
+BIG = b"x" * 5000  # above the streaming proxy's stream_large_bodies=1k
+
+CASES: list[Case] = [
+    # -- host spellings ------------------------------------------------------
+    Case("host-upper-case", "host names are case-insensitive", "plain",
+         get("http://FACEBOOK.TEST/"), BLOCKED, "denied"),
+    Case("host-trailing-dot", "a trailing dot names the same host", "plain",
+         get("http://facebook.test./"), BLOCKED, "denied"),
+    Case("host-port-with-leading-zeros", "a port (even :00080) is not part of the host", "plain",
+         get("http://facebook.test:00080/"), BLOCKED, "denied"),
+    Case("connect-port-00443", "a CONNECT port with leading zeros names the same host", "plain",
+         inside("facebook.test:00443", FREE, sni=FREE), BLOCKED, "denied"),
+    Case("idn-unicode-host-header", "an IDN in Unicode is its A-label", "plain",
+         get("http://example.test/", host="фейсбук.test"), BLOCKED, "denied"),
+    Case("idn-upper-case-unicode", "Unicode case folds before matching", "plain",
+         get("http://example.test/", host="ФЕЙСБУК.test"), BLOCKED, "denied"),
+    Case("idn-a-label-url", "the A-label of a governed IDN is governed", "plain",
+         get("http://xn--90ahmf7anc.test/"), BLOCKED, "denied"),
+    Case("idn-unicode-in-request-line", "mitmproxy refuses a non-ASCII request target", "plain",
+         get("http://фейсбук.test/", host=None), BAD_REQUEST),
+    Case("homoglyph-is-another-host", "a homoglyph (Cyrillic o) is a different, unlisted name", "plain",
+         get("http://example.test/", host="facebооk.test"), OK, reaches_origin=True),
+    Case("homoglyph-host-cannot-hide-connect", "the CONNECT target still decides beside a homoglyph", "plain",
+         inside("facebook.test:443", "facebооk.test", sni=FREE), BLOCKED, "denied"),
+    Case("fullwidth-unicode-host", "fullwidth letters map (UTS-46) to ASCII", "plain",
+         get("http://example.test/", host="ｆａｃｅｂｏｏｋ.test"), BLOCKED, "denied"),
+    Case("ideographic-full-stop", "U+3002 is a label separator", "plain",
+         get("http://example.test/", host="facebook\u3002test"), BLOCKED, "denied"),
+    Case("zero-width-space-in-host", "UTS-46 deletes zero-width characters", "plain",
+         get("http://example.test/", host="face\u200bbook.test"), BLOCKED, "denied"),
+    Case("whitespace-around-host", "optional whitespace around a Host value is trimmed", "plain",
+         get("http://example.test/", host="  facebook.test\t"), BLOCKED, "denied"),
+    Case("space-inside-host", "a name that cannot be a host is blocked", "plain",
+         get("http://example.test/", host="face book.test"), BLOCKED, "denied"),
+    Case("space-before-colon", "a header name with a space is a bad request", "plain",
+         raw(SPACE_BEFORE_COLON), BAD_REQUEST),
+    Case("obs-folded-host", "a folded Host value is decided whole (and is no host)", "plain",
+         raw(FOLDED_HOST), BLOCKED, "denied"),
+    Case("obs-fold-hides-host-line", "an obs-fold is unfolded before the site sees it", "plain",
+         raw(FOLDED_OTHER), OK, reaches_origin=True),
+    Case("duplicate-host-http1", "every Host header is decided", "plain",
+         get("http://example.test/", host=None, headers=[("Host", FREE), ("Host", FB)]), BLOCKED, "denied"),
+    Case("duplicate-host-http1-reversed", "every Host header is decided, in any order", "plain",
+         get("http://example.test/", host=None, headers=[("Host", FB), ("Host", FREE)]), BLOCKED, "denied"),
+    Case("missing-host-absolute-form", "the absolute-form URL names the host", "plain",
+         get("http://facebook.test/", host=None), BLOCKED, "denied"),
+    Case("missing-host-origin-form", "a proxy request with no host at all is a bad request", "plain",
+         get("/", host=None), BAD_REQUEST),
+    Case("missing-host-in-tunnel", "the CONNECT target names the host", "plain",
+         inside("facebook.test:443", None, sni=FREE), BLOCKED, "denied"),
+    Case("missing-host-sni-decides", "the SNI names the host", "plain",
+         inside("example.test:443", None, sni=FB), BLOCKED, "denied"),
+    Case("http-1.0-no-host", "HTTP/1.0 without Host is decided on its URL", "plain",
+         get("http://facebook.test/", host=None, version="HTTP/1.0"), BLOCKED, "denied"),
+    Case("http-1.0-in-tunnel", "HTTP/1.0 inside a tunnel is decided on CONNECT and SNI", "plain",
+         inside("facebook.test:443", None, sni=FREE, version="HTTP/1.0"), BLOCKED, "denied"),
+    Case("non-utf8-host-bytes", "Latin-1 bytes in Host cannot be a host name", "plain",
+         get("http://example.test/", host=b"faceb\xf6ok.test"), BLOCKED, "denied"),
+    Case("very-long-host-label", "a label over 63 characters is no host name", "plain",
+         get("http://example.test/", host="a" * 300 + ".facebook.test"), BLOCKED, "denied"),
+    Case("very-long-host-name", "a name over 253 characters is no host name", "plain",
+         get("http://example.test/", host=".".join(["a" * 60] * 5) + ".facebook.test"), BLOCKED, "denied"),
+    # -- IP literals (facebook owns 127.0.0.0/8 and ::1) ---------------------
+    Case("ip-dotted", "an IP literal matches the site's networks", "plain",
+         get("http://127.0.0.1/"), BLOCKED, "denied"),
+    Case("ip-decimal", "2130706433 is 127.0.0.1", "plain", get("http://2130706433/"), BLOCKED, "denied"),
+    Case("ip-hex-dotted", "0x7f.0x0.0x0.0x1 is 127.0.0.1", "plain",
+         get("http://0x7f.0x0.0x0.0x1/"), BLOCKED, "denied"),
+    Case("ip-hex-single", "0x7f000001 is 127.0.0.1", "plain", get("http://0x7f000001/"), BLOCKED, "denied"),
+    Case("ip-octal", "0177.0.0.1 is 127.0.0.1", "plain", get("http://0177.0.0.1/"), BLOCKED, "denied"),
+    Case("ip-short", "127.1 is 127.0.0.1", "plain", get("http://127.1/"), BLOCKED, "denied"),
+    Case("ip-v6", "an IPv6 literal matches IPv6 networks", "plain", get("http://[::1]/"), BLOCKED, "denied"),
+    Case("ip-v4-mapped-v6", "::ffff:127.0.0.1 reaches 127.0.0.1", "plain",
+         get("http://[::ffff:127.0.0.1]/"), BLOCKED, "denied"),
+    Case("ip-v4-mapped-v6-hex", "::ffff:7f00:1 reaches 127.0.0.1", "plain",
+         get("http://[::ffff:7f00:1]/"), BLOCKED, "denied"),
+    Case("ip-in-host-header", "an IP literal in Host is decided too", "plain",
+         get("http://example.test/", host="[::1]:80"), BLOCKED, "denied"),
+    Case("ip-connect-target", "an IP literal CONNECT target is decided", "plain",
+         inside("2130706433:443", FREE, sni=FREE), BLOCKED, "denied"),
+    # -- userinfo and absolute-form ----------------------------------------
+    Case("userinfo-before-denied-host", "userinfo in a proxy request is a bad request", "plain",
+         get("http://example.test@facebook.test/", host=FB), BAD_REQUEST),
+    Case("userinfo-naming-denied-host", "userinfo never names the host (refused outright)", "plain",
+         get("http://facebook.test@example.test/", host=FREE), BAD_REQUEST),
+    Case("absolute-form-harmless-host-denied", "the Host header decides beside the URL", "plain",
+         get("http://example.test/", host=FB), BLOCKED, "denied"),
+    Case("absolute-form-denied-host-harmless", "the URL decides beside the Host header", "plain",
+         get("http://facebook.test/", host=FREE), BLOCKED, "denied"),
+    # -- CONNECT, SNI and the inner Host (domain fronting) -------------------
+    Case("fronting-inner-host", "the inner Host decides in a harmless tunnel", "plain",
+         inside("example.test:443", FB, sni=FREE), BLOCKED, "denied"),
+    Case("fronting-sni", "the SNI decides in a harmless tunnel", "plain",
+         inside("example.test:443", FREE, sni=FB), BLOCKED, "denied"),
+    Case("fronting-connect", "the CONNECT target decides under harmless SNI and Host", "plain",
+         inside("facebook.test:443", FREE, sni=FREE), BLOCKED, "denied"),
+    Case("missing-sni-inner-host", "without SNI the inner Host still decides", "plain",
+         inside("example.test:443", FB, sni=None), BLOCKED, "denied"),
+    Case("missing-sni-harmless", "without SNI a harmless request passes", "plain",
+         inside("example.test:443", FREE, sni=None), OK, reaches_origin=True),
+    Case("connect-nested-in-tls-tunnel", "a CONNECT inside a tunnel is refused", "plain",
+         inside("example.test:443", "facebook.test:443", method="CONNECT", path="facebook.test:443"),
+         BAD_REQUEST),
+    Case("connect-nested-in-plain-tunnel", "a CONNECT inside a plain tunnel is refused", "plain",
+         inside("example.test:80", "facebook.test:443", method="CONNECT", path="facebook.test:443", tls=False),
+         BAD_REQUEST),
+    Case("plain-http-after-connect", "HTTP without TLS after CONNECT is decided like any request", "plain",
+         inside("example.test:443", FB, tls=False), BLOCKED, "denied"),
+    Case("raw-bytes-after-connect-to-denied", "an unreadable tunnel to a denied site is closed", "plain",
+         inside("facebook.test:443", None, tls=False, method="\x00\x01", path="x"), CLOSED, tunnel="block"),
+    Case("ech-hello-in-intercepted-tunnel", "an ECH ClientHello is intercepted, not relayed", "plain",
+         hello("example.test:443", [FB], ech=True), CLOSED, tls_answer=True),
+    # -- HTTP/2 -------------------------------------------------------------
+    Case("h2-authority-denied", ":authority decides", "plain",
+         h2req("example.test:443", pseudo("GET", FB)), BLOCKED, "denied"),
+    Case("h2-host-without-authority", "an HTTP/2 host header decides", "plain",
+         h2req("example.test:443", pseudo("GET", None) + [("host", FB)]), BLOCKED, "denied"),
+    Case("h2-authority-vs-host", "a host that disagrees with :authority is refused", "plain",
+         h2req("example.test:443", pseudo("GET", FREE) + [("host", FB)]), CLOSED),
+    Case("h2-duplicate-host-last-matches", "every HTTP/2 host header is decided, not only the last", "plain",
+         h2req("example.test:443", pseudo("GET", FREE) + [("host", FB), ("host", FREE)]), BLOCKED, "denied"),
+    Case("h2-duplicate-host-first-matches", "a last host that disagrees is refused", "plain",
+         h2req("example.test:443", pseudo("GET", FREE) + [("host", FREE), ("host", FB)]), CLOSED),
+    Case("h2-write-to-read-only", "HTTP/2 POST on read-only is a write", "plain",
+         h2req("linkedin.test:443", pseudo("POST", LI), b"x"), BLOCKED, "read-only"),
+    Case("h2-read-on-read-only", "HTTP/2 GET on read-only passes", "plain",
+         h2req("linkedin.test:443", pseudo("GET", LI)), OK, reaches_origin=True),
+    Case("h2-extended-connect-websocket", "HTTP/2 extended CONNECT (WebSocket) is refused", "plain",
+         h2req("linkedin.test:443", [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                                     (":authority", LI), (":path", "/ws")]), CLOSED),
+    Case("h2-connect-in-tunnel", "an HTTP/2 CONNECT inside a tunnel is refused", "plain",
+         h2req("example.test:443", [(":method", "CONNECT"), (":authority", "facebook.test:443")]), CLOSED),
+    # -- methods on read-only -----------------------------------------------
+    Case("lowercase-post", "methods are case-insensitive: post is POST", "plain",
+         get("http://linkedin.test/feed", method="post", body=b"x"), BLOCKED, "read-only"),
+    Case("lowercase-get-is-a-read", "get is GET, a read", "plain",
+         get("http://linkedin.test/feed", method="get"), OK, reaches_origin=True),
+    Case("unknown-method", "an unknown method is a write", "plain",
+         get("http://linkedin.test/", method="PURGE"), BLOCKED, "read-only"),
+    Case("made-up-method", "a made-up method is a write", "plain",
+         get("http://linkedin.test/", method="FROB"), BLOCKED, "read-only"),
+    Case("override-x-http-method-override", "X-HTTP-Method-Override naming a write is a write", "plain",
+         get("http://linkedin.test/", headers=[("X-HTTP-Method-Override", "DELETE")]), BLOCKED, "read-only"),
+    Case("override-x-http-method", "X-HTTP-Method naming a write is a write", "plain",
+         get("http://linkedin.test/", headers=[("X-HTTP-Method", "put")]), BLOCKED, "read-only"),
+    Case("override-x-method-override", "X-Method-Override naming a write is a write", "plain",
+         get("http://linkedin.test/", headers=[("x-method-override", "POST")]), BLOCKED, "read-only"),
+    Case("override-duplicate-headers", "every override header is decided", "plain",
+         get("http://linkedin.test/", headers=[("X-HTTP-Method-Override", "GET"),
+                                               ("X-HTTP-Method-Override", "DELETE")]), BLOCKED, "read-only"),
+    Case("override-non-utf8", "an override that is not a read method is a write", "plain",
+         get("http://linkedin.test/", headers=[("X-HTTP-Method", b"DEL\xffETE")]), BLOCKED, "read-only"),
+    Case("get-with-body", "GET with a body is still a read (spec 2.6); the body passes", "plain",
+         get("http://linkedin.test/feed", body=b"hello"), OK, reaches_origin=True),
+    Case("chunked-post", "a chunked POST is a write, killed before its body is read", "plain",
+         get("http://linkedin.test/", method="POST", headers=[("Transfer-Encoding", "chunked")],
+             body=b"5\r\nhello\r\n0\r\n\r\n"), CLOSED),
+    Case("smuggled-request-cl-te", "Content-Length with Transfer-Encoding is a bad request", "plain",
+         get("http://linkedin.test/feed", headers=[("Content-Length", str(len(SMUGGLED))),
+                                                   ("Transfer-Encoding", "chunked")], body=SMUGGLED), BAD_REQUEST),
+    # -- upgrades on read-only ---------------------------------------------
+    Case("websocket-upgrade", "a WebSocket upgrade is a write", "plain",
+         get("http://linkedin.test/ws", headers=WS), BLOCKED, "read-only"),
+    Case("websocket-upgrade-in-tunnel", "a WebSocket upgrade over TLS is a write", "plain",
+         inside("linkedin.test:443", LI, path="/ws", headers=WS), BLOCKED, "read-only"),
+    Case("upgrade-without-connection", "an Upgrade header alone is a write", "plain",
+         get("http://linkedin.test/", headers=[("Upgrade", "websocket")]), BLOCKED, "read-only"),
+    Case("upgrade-h2c", "an h2c upgrade is a write", "plain",
+         get("http://linkedin.test/", headers=[("Connection", "Upgrade, HTTP2-Settings"), ("Upgrade", "h2c"),
+                                               ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA")]),
+         BLOCKED, "read-only"),
+    # -- long requests and bytes -------------------------------------------
+    Case("very-long-path-denied", "a 70 kB path to a denied site is blocked", "plain",
+         get("http://facebook.test/" + "a" * 70_000), BLOCKED, "denied"),
+    Case("very-long-path-read-only", "mitmproxy refuses a 70 kB request line", "plain",
+         get("http://linkedin.test/" + "a" * 70_000), TOO_LONG),
+    # -- proxy credentials --------------------------------------------------
+    Case("proxy-auth-not-base64", "malformed credentials get 407", "plain",
+         get("http://example.test/", auth="Basic !!!not-base64"), AUTH_REQUIRED),
+    Case("proxy-auth-without-colon", "credentials without a password get 407", "plain",
+         get("http://example.test/", auth="Basic em9l"), AUTH_REQUIRED),
+    Case("proxy-auth-wrong-scheme", "a non-Basic scheme gets 407", "plain",
+         get("http://example.test/", auth="Bearer abc"), AUTH_REQUIRED),
+    Case("proxy-auth-twice", "two Proxy-Authorization headers get 407", "plain",
+         get("http://example.test/", headers=[("Proxy-Authorization", basic("alice"))]), AUTH_REQUIRED),
+    Case("proxy-auth-missing", "no credentials get 407", "plain",
+         get("http://example.test/", auth=None), AUTH_REQUIRED),
+    Case("second-proxy-auth-in-tunnel", "a Proxy-Authorization inside a tunnel never reaches the site", "plain",
+         inside("linkedin.test:443", LI, headers=[("Proxy-Authorization", basic("alice"))]), OK,
+         reaches_origin=True, origin_lacks="proxy-authorization"),
+    Case("second-proxy-auth-cannot-write", "the tunnel's user decides, whatever the inner credentials", "plain",
+         inside("linkedin.test:443", LI, method="POST", body=b"x",
+                headers=[("Proxy-Authorization", basic("alice"))]), BLOCKED, "read-only"),
+    Case("accessgate-header-spoof", "X-Accessgate-* headers from the client never reach the site", "plain",
+         get("http://example.test/", headers=[("X-Accessgate-Decision", "allow")]), OK,
+         reaches_origin=True, origin_lacks="x-accessgate-decision"),
+    # -- uninspected tunnels (ignore_hosts: ^bank\.test) --------------------
+    Case("passthrough-spoofed-sni", "only CONNECT is known: a denied CONNECT is refused", "passthrough",
+         hello("facebook.test:443", [IGNORED]), BLOCKED, "denied"),
+    Case("passthrough-ech-outer-sni", "ECH hides nothing from the CONNECT check", "passthrough",
+         hello("facebook.test:443", [IGNORED], ech=True), BLOCKED, "denied"),
+    Case("passthrough-denied-sni", "a denied SNI closes an uninspected tunnel", "passthrough",
+         hello("bank.test:443", [FB]), CLOSED, tunnel="block"),
+    Case("passthrough-denied-sni-with-ech", "a denied outer SNI with ECH closes it too", "passthrough",
+         hello("bank.test:443", [FB], ech=True), CLOSED, tunnel="block"),
+    Case("passthrough-duplicate-sni-denied-first", "the first SNI name (what servers use) decides", "passthrough",
+         hello("bank.test:443", [FB, IGNORED]), CLOSED, tunnel="block"),
+    Case("passthrough-duplicate-sni-denied-last", "every SNI name decides", "passthrough",
+         hello("bank.test:443", [IGNORED, FB]), CLOSED, tunnel="block"),
+    Case("passthrough-missing-sni", "without SNI the CONNECT target decides", "passthrough",
+         hello("bank.test:443", []), CLOSED, tunnel="allow"),
+    Case("passthrough-ip-literal", "an IP CONNECT target is decided before passthrough", "passthrough",
+         hello("127.0.0.1:443", [IGNORED]), BLOCKED, "denied"),
+    Case("passthrough-raw-tcp", "a raw TCP tunnel is decided on its CONNECT target", "passthrough",
+         inside("facebook.test:443", None, tls=False, method="\x00", path="x"), BLOCKED, "denied"),
+    # -- stream_large_bodies ------------------------------------------------
+    Case("streamed-write-to-read-only", "a streamed write is killed before its body leaves", "streaming",
+         get("http://linkedin.test/", method="POST", body=BIG), CLOSED),
+    Case("streamed-chunked-write", "a streamed chunked write is killed", "streaming",
+         get("http://linkedin.test/", method="POST", headers=[("Transfer-Encoding", "chunked")],
+             body=b"1388\r\n" + BIG + b"\r\n0\r\n\r\n"), CLOSED),
+    Case("streamed-write-to-denied", "a streamed request to a denied site is killed", "streaming",
+         get("http://facebook.test/", method="POST", body=BIG), CLOSED),
+    Case("streamed-write-in-tunnel", "a streamed write inside TLS is killed", "streaming",
+         inside("linkedin.test:443", LI, method="POST", body=BIG), CLOSED),
+    Case("streamed-upload-to-unlisted", "a streamed upload to an unlisted site passes whole", "streaming",
+         get("http://example.test/echo", method="POST", body=BIG), OK, reaches_origin=True),
+]  # fmt: skip

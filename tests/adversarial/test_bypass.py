@@ -1,0 +1,97 @@
+"""Every case of the bypass table (cases.py) through a real mitmdump, proven by the origin's record."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cases import BLOCKED, CASES, FREE, Case
+from wire import basic, h2, plain, request, tunnel
+
+pytestmark = pytest.mark.e2e
+
+
+def _tunnel_records(proxy) -> list[dict]:
+    """Audit records of uninspected tunnels (written when the tunnel is decided)."""
+    return [r for r in proxy.audit_records() if r.get("scheme") == "tcp"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bypass_case(case: Case, proxies, origin):
+    proxy = proxies(case.proxy)
+    tunnels_before = len(_tunnel_records(proxy))
+
+    reply = case.send(proxy)
+
+    assert reply.status == case.status, f"{case.rule}: got {reply.status}, {getattr(reply, 'raw', b'')[:300]!r}"
+    if case.status == BLOCKED:
+        assert reply.header("x-accessgate-decision") == "block"
+        assert reply.header("x-accessgate-reason") == case.reason
+        assert reply.header("x-accessgate-request-id")
+    if case.tls_answer:
+        assert reply.raw[:1] in (b"\x16", b"\x15"), "the proxy relayed the ClientHello instead of answering it"
+    if case.reaches_origin:
+        seen = origin.wait_for(1)
+        assert len(seen) == 1, seen
+        if case.origin_lacks:
+            assert case.origin_lacks not in seen[0].header_names()
+    else:
+        assert origin.wait_for(1, timeout=0.3) == [], f"{case.id}: a refused request reached the origin"
+    if case.tunnel is not None:
+        records = proxy.wait_audit(lambda rs: len([r for r in rs if r.get("scheme") == "tcp"]) > tunnels_before)
+        decided = [r for r in records if r.get("scheme") == "tcp"][tunnels_before:]
+        assert [r["decision"] for r in decided] == [case.tunnel], decided
+
+
+def test_every_block_is_audited_with_its_request_id(proxies, origin):
+    proxy = proxies("plain")
+    ids = {}
+    for case in CASES:
+        if case.proxy == "plain" and case.status == BLOCKED:
+            reply = case.send(proxy)
+            ids[reply.header("x-accessgate-request-id")] = case
+    records = proxy.wait_audit(lambda rs: ids.keys() <= {r["request_id"] for r in rs}, timeout=10)
+    by_id = {r["request_id"]: r for r in records}
+    assert ids.keys() <= by_id.keys()
+    for request_id, case in ids.items():
+        record = by_id[request_id]
+        assert (record["decision"], record["reason"], record["user"]) == ("block", case.reason, "zoe"), case.id
+    assert origin.requests == []
+
+
+def test_obs_fold_never_reaches_the_site(proxies, origin):
+    """RFC 9112 5.2: a proxy replaces obs-fold with SP, so no server reads the fold as its own line."""
+    case = next(c for c in CASES if c.id == "obs-fold-hides-host-line")
+    case.send(proxies("plain"))
+    (seen,) = origin.wait_for(1)
+    assert seen.header("x-note") == "a Host: facebook.test"
+    assert [v for k, v in seen.headers if k == "host"] == [FREE]
+
+
+# -- QUIC / HTTP/3: the browser must not learn of a UDP path around the proxy --------
+
+
+ALT_SVC = [
+    ("plain-http", lambda p: plain(p, request("GET", "http://example.test/alt-svc", [("Host", FREE)], auth=basic()))),
+    ("https-http1", lambda p: tunnel(p, "example.test:443", request("GET", "/alt-svc", [("Host", FREE)]))),
+    ("https-http2", lambda p: h2(p, "example.test:443", [(":method", "GET"), (":scheme", "https"),
+                                                         (":authority", FREE), (":path", "/alt-svc")])),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("send", [s for _, s in ALT_SVC], ids=[i for i, _ in ALT_SVC])
+def test_alt_svc_h3_advertisement_is_stripped(send, proxies, origin):
+    reply = send(proxies("plain"))
+    assert reply.status == 200
+    assert origin.wait_for(1), "the origin (which sends Alt-Svc: h3) was not asked"
+    assert reply.header("alt-svc") is None
+
+
+def test_case_ids_are_unique_and_rules_named():
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids))
+    assert all(c.rule and c.id == c.id.lower() for c in CASES)
+    # The table is only meaningful if it has both outcomes.
+    assert {c.decision for c in CASES} == {"allow", "block"}
+    time.sleep(0)
