@@ -12,6 +12,7 @@ import threading
 import time
 
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     CloseConnection,
@@ -63,7 +64,8 @@ class WebSocketOrigin:
                     elif isinstance(event, Ping):
                         conn.sendall(ws.send(event.response()))
                     elif isinstance(event, CloseConnection):
-                        conn.sendall(ws.send(event.response()))
+                        if ws.state is ConnectionState.REMOTE_CLOSING:  # not when the peer just vanished
+                            conn.sendall(ws.send(event.response()))
                         return
                 if not data:
                     return
