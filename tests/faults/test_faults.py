@@ -1,0 +1,295 @@
+"""Faults under load: each has a defined behaviour, loses no decision and never crashes the proxy.
+
+Every test runs a real mitmdump with accessgate, sends a bounded load
+(support_load.run_load: 150 requests, a third of them blocked), injects
+one fault half-way and then checks three things: every request got the
+decision the policy gives (or, once the proxy is told to stop, no answer
+at all), the proxy is still alive (or exited cleanly when told to), and
+after a clean stop the audit log holds one record per answered request,
+or the shortfall is counted in the metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from support.clients import curl
+from support.redis_server import free_port
+from support_load import access_records, metric, run_load, target, wait_until
+from adversarial.wire import client_hello, hello_then_read
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+HERE = Path(__file__).parent
+GOOD = (HERE.parent / "adversarial" / "policy.yaml").read_text()
+QUOTA = GOOD.replace(
+    "  linkedin:\n    domains: [linkedin.test]\n",
+    "  linkedin:\n    domains: [linkedin.test]\n  youtube:\n    domains: [youtube.test]\n",
+).replace("      linkedin: read-only\n", "      linkedin: read-only\n      youtube: {level: full, daily_minutes: 30}\n")
+COUNT = 150
+
+
+@pytest.fixture
+def policy(tmp_path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(GOOD)
+    return path
+
+
+@pytest.fixture
+def start(proxy_factory, htpasswd, policy):
+    def go(**kwargs):
+        options = {"proxyauth": f"@{htpasswd}", **kwargs.pop("options", {})}
+        return proxy_factory(policy=kwargs.pop("policy", policy), options=options, **kwargs)
+
+    return go
+
+
+def expected(count: int = COUNT) -> list[int]:
+    return [target(i)[1] for i in range(count)]
+
+
+def records_after_stop(proxy, *paths: Path) -> list[dict]:
+    assert proxy.stop() == 0, proxy.output()[-2000:]
+    return access_records(*(paths or (proxy.audit_path,)))
+
+
+# -- an exception inside accessgate blocks, is counted and audited ------------------
+
+
+def _plain(proxy):
+    return curl(proxy, "http://boom.test/", user="zoe")
+
+
+def _connect(proxy):
+    return hello_then_read(proxy, "boom.test:443", client_hello(["boom.test"]))
+
+
+def _tunnel(proxy):
+    return hello_then_read(proxy, "example.test:443", client_hello(["boom.test"]))
+
+
+HOOKS = [
+    # id, stage counted, ignore_hosts, send, what the client gets
+    ("request-headers-hook", "requestheaders", [], _plain, 403),
+    ("connect-hook-before-passthrough", "http_connect", [r"^boom\.test"], _connect, 403),
+    ("uninspected-tunnel-hook", "next_layer", [r"^example\.test"], _tunnel, 0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("stage,ignore,send,status", [h[1:] for h in HOOKS], ids=[h[0] for h in HOOKS])
+def test_exception_in_a_hook_blocks_and_is_counted(start, origin, stage, ignore, send, status):
+    options = {"ignore_hosts": ignore} if ignore else {}
+    proxy = start(scripts=[HERE / "explode.py"], options=options)
+    reply = send(proxy)
+    got = reply.status if not hasattr(reply, "connect_status") or reply.connect_status in (None, 200) \
+        else reply.connect_status
+    assert got == status
+    assert origin.wait_for(1, timeout=0.5) == []
+    assert metric(proxy.metrics(), "accessgate_fail_closed_total", stage=stage) == 1
+    assert curl(proxy, "http://example.test/", user="zoe").status == 200  # and the proxy goes on
+    if stage != "next_layer":
+        records = proxy.wait_audit(lambda rs: any(r["rule"] == "internal-error" for r in rs))
+        failed = [r for r in records if r["rule"] == "internal-error"]
+        assert [(r["decision"], r["user"]) for r in failed] == [("block", "zoe")]
+
+
+def test_dead_state_store_blocks_quota_governed_requests_only(start, origin, tmp_path):
+    policy = tmp_path / "quota.yaml"
+    policy.write_text(QUOTA)
+    dead = f"redis://127.0.0.1:{free_port()}/0?timeout=0.05&on_error=closed"
+    proxy = start(policy=policy, state=dead)
+    governed = [curl(proxy, "http://youtube.test/", user="zoe") for _ in range(3)]
+    assert {r.status for r in governed} == {403}
+    assert origin.wait_for(1, timeout=0.5) == [], "a quota-governed request passed without its quota"
+    assert curl(proxy, "http://linkedin.test/", user="zoe").status == 200  # no quota: unaffected
+    assert curl(proxy, "http://example.test/", user="zoe").status == 200
+    assert metric(proxy.metrics(), "accessgate_state_store_errors_total") >= 1
+    assert proxy.alive()
+
+
+# -- the policy file breaks mid-load: the last good policy stays ----------------------
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"\x00\xff{{{ not: [a policy\n\t- at all")
+
+
+def _truncated(path: Path) -> None:
+    path.write_text(GOOD[: len(GOOD) // 2])
+
+
+def _deleted(path: Path) -> None:
+    path.unlink()
+
+
+def _emptied(path: Path) -> None:
+    path.write_text("")
+
+
+def _wrong_but_valid_yaml(path: Path) -> None:
+    path.write_text(GOOD.replace("facebook: deny", "facebook: nonsense"))
+
+
+BREAKAGES = [_garbage, _truncated, _deleted, _emptied, _wrong_but_valid_yaml]
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES, ids=[b.__name__.strip("_") for b in BREAKAGES])
+def test_policy_broken_mid_load_keeps_the_last_good_policy(start, policy, origin, breakage):
+    proxy = start()
+
+    def fault():
+        breakage(policy)
+        assert wait_until(lambda: metric(proxy.metrics(), "accessgate_policy_reloads_total", result="failure") >= 1)
+
+    load = run_load(proxy, COUNT, fault)
+    assert load.statuses == expected(), "a decision changed or was lost while the policy was broken"
+    assert proxy.alive()
+    rejected = proxy.wait_audit(lambda rs: rs, event="policy_rejected")
+    assert rejected and rejected[-1]["problems"]
+    policy.write_text(GOOD.replace("linkedin: read-only", "linkedin: deny"))  # a good one is taken again
+    assert wait_until(lambda: curl(proxy, "http://linkedin.test/", user="zoe").status == 403)
+    records = records_after_stop(proxy)
+    probes = [r for r in records if r["host"] == "linkedin.test"]  # the checks just above
+    assert len(records) == COUNT + len(probes)
+
+
+# -- signals -------------------------------------------------------------------------
+
+
+def test_sighup_mid_load_reopens_the_log_and_loses_nothing(start, origin):
+    proxy = start()
+    log = proxy.audit_path
+    rotated = log.with_name(log.name + ".1")
+
+    def fault():
+        log.rename(rotated)  # what logrotate does, then its postrotate sends SIGHUP
+        os.kill(proxy.pid, signal.SIGHUP)
+
+    load = run_load(proxy, COUNT, fault)
+    assert load.statuses == expected()
+    assert proxy.alive()
+    assert wait_until(log.exists), "the log was not reopened after SIGHUP"
+    records = records_after_stop(proxy, rotated, log)
+    assert len(records) == COUNT
+    assert len({r["request_id"] for r in records}) == COUNT
+    assert access_records(log), "records after the rotation went to the old file"
+
+
+def test_log_rotated_without_a_signal_is_noticed(start, origin):
+    proxy = start()
+    log = proxy.audit_path
+    rotated = log.with_name(log.name + ".1")
+    load = run_load(proxy, COUNT, lambda: (time.sleep(1.2), log.rename(rotated)))
+    assert load.statuses == expected()
+    records = records_after_stop(proxy, rotated, log)
+    assert len(records) == COUNT
+
+
+def test_sigterm_mid_load_stops_cleanly_with_every_answered_request_audited(start, origin):
+    proxy = start()
+    load = run_load(proxy, COUNT, lambda: os.kill(proxy.pid, signal.SIGTERM))
+    assert proxy.process.wait(20) == 0, proxy.output()[-2000:]
+    answered = [s for s in load.statuses if s]
+    assert COUNT // 2 <= len(answered) < COUNT
+    assert load.statuses[: len(answered)] == expected()[: len(answered)]
+    records = access_records(proxy.audit_path)
+    assert len(records) >= len(answered), "an answered request has no audit record"
+    assert load.request_ids <= {r["request_id"] for r in records}
+
+
+# -- the audit log cannot be written ---------------------------------------------------
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make a directory read-only with a bind mount (root ignores file modes); undone at the end."""
+    mounted: list[Path] = []
+
+    def make(directory: Path) -> None:
+        for args in (["mount", "--bind", str(directory), str(directory)],
+                     ["mount", "-o", "remount,ro,bind", str(directory)]):  # fmt: skip
+            done = subprocess.run(args, capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot make a read-only bind mount (needs root): {done.stderr.strip()}")
+            if not mounted or mounted[-1] != directory:
+                mounted.append(directory)
+
+    def undo() -> None:
+        while mounted:
+            subprocess.run(["umount", str(mounted.pop())], check=False)
+
+    make.undo = undo
+    yield make
+    undo()
+
+
+def test_audit_directory_read_only_mid_load_holds_records_until_writable(start, tmp_path, origin, read_only):
+    logdir = tmp_path / "auditdir"
+    logdir.mkdir()
+    log = logdir / "audit.jsonl"
+    proxy = start(options={"accessgate_audit_log": str(log)})
+
+    def fault():
+        time.sleep(1.2)  # let the first half be written
+        read_only(logdir)
+        os.kill(proxy.pid, signal.SIGHUP)  # reopen (as after a rotation): now it cannot
+
+    load = run_load(proxy, COUNT, fault)
+    assert load.statuses == expected(), "an audit fault changed a decision"
+    assert wait_until(lambda: metric(proxy.metrics(), "accessgate_audit_write_errors_total") >= 1)
+    assert metric(proxy.metrics(), "accessgate_audit_pending_records") > 0
+    assert proxy.alive()
+    read_only.undo()
+    assert wait_until(lambda: metric(proxy.metrics(), "accessgate_audit_pending_records") == 0)
+    records = records_after_stop(proxy, log)
+    assert len(records) == COUNT
+    assert '"records_dropped"' not in log.read_text()  # held, not dropped
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MB tmpfs to fill (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_disk_full_mid_load_holds_records_and_writes_them_when_space_returns(start, tiny_disk, origin):
+    log = tiny_disk / "audit.jsonl"
+    proxy = start(options={"accessgate_audit_log": str(log)})
+    filler: list[Path] = []
+    load = run_load(proxy, COUNT, lambda: (time.sleep(1.2), filler.append(_fill(tiny_disk))))
+    assert load.statuses == expected(), "a full disk changed a decision"
+    assert wait_until(lambda: metric(proxy.metrics(), "accessgate_audit_write_errors_total") >= 1)
+    assert proxy.alive()
+    filler[0].unlink()
+    assert wait_until(lambda: metric(proxy.metrics(), "accessgate_audit_pending_records") == 0)
+    records = records_after_stop(proxy, log)
+    assert len(records) == COUNT
+    assert shutil.disk_usage(tiny_disk).free > 0
