@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from wire import Reply, basic, client_hello, h2, hello_then_read, plain, request, tunnel
+from wire import Reply, basic, client_hello, h2, hello_then_read, pipelined, plain, request, tunnel
 
 AUTH = basic()
 FB, LI, FREE = "facebook.test", "linkedin.test", "example.test"
@@ -158,6 +158,22 @@ CASES: list[Case] = [
          get("http://example.test/", host="a" * 300 + ".facebook.test"), BLOCKED, "denied"),
     Case("very-long-host-name", "a name over 253 characters is no host name", "plain",
          get("http://example.test/", host=".".join(["a" * 60] * 5) + ".facebook.test"), BLOCKED, "denied"),
+    Case("host-with-userinfo-at", "'user@host' in Host is no host name", "plain",
+         get("http://example.test/", host="example.test@facebook.test"), BLOCKED, "denied"),
+    Case("host-with-path", "'host/path' in Host is no host name", "plain",
+         get("http://example.test/", host="facebook.test/x"), BLOCKED, "denied"),
+    Case("host-header-name-odd-case", "a header named hOsT is a Host header", "plain",
+         get("http://example.test/", host=None, headers=[("hOsT", FB)]), BLOCKED, "denied"),
+    Case("https-absolute-form-on-plain-proxy", "https:// in a plain proxy request is decided the same", "plain",
+         get("https://facebook.test/"), BLOCKED, "denied"),
+    Case("pipelined-second-request", "each request on a keep-alive connection is decided", "plain",
+         lambda p: pipelined(p, request("GET", "http://example.test/1", [("Host", FREE)], auth=AUTH),
+                             request("GET", "http://facebook.test/2", [("Host", FB)], auth=AUTH)),
+         BLOCKED, "denied", reaches_origin=True),
+    Case("pipelined-in-tunnel", "each request inside a tunnel is decided, not only the first", "plain",
+         lambda p: pipelined(p, request("GET", "/1", [("Host", FREE)]), request("GET", "/2", [("Host", FB)]),
+                             connect="example.test:443"),
+         BLOCKED, "denied", reaches_origin=True),
     # -- IP literals (facebook owns 127.0.0.0/8 and ::1) ---------------------
     Case("ip-dotted", "an IP literal matches the site's networks", "plain",
          get("http://127.0.0.1/"), BLOCKED, "denied"),
@@ -208,6 +224,12 @@ CASES: list[Case] = [
          inside("facebook.test:443", None, tls=False, method="\x00\x01", path="x"), CLOSED, tunnel="block"),
     Case("ech-hello-in-intercepted-tunnel", "an ECH ClientHello is intercepted, not relayed", "plain",
          hello("example.test:443", [FB], ech=True), CLOSED, tls_answer=True),
+    Case("connect-without-port", "a CONNECT target without a port is a bad request", "plain",
+         raw(b"CONNECT facebook.test HTTP/1.1\r\nHost: facebook.test\r\nProxy-Authorization: "
+             + AUTH.encode() + b"\r\n\r\n"), BAD_REQUEST),
+    Case("connect-with-userinfo", "a CONNECT target with userinfo is a bad request", "plain",
+         raw(b"CONNECT x@facebook.test:443 HTTP/1.1\r\nHost: facebook.test:443\r\nProxy-Authorization: "
+             + AUTH.encode() + b"\r\n\r\n"), BAD_REQUEST),
     # -- HTTP/2 -------------------------------------------------------------
     Case("h2-authority-denied", ":authority decides", "plain",
          h2req("example.test:443", pseudo("GET", FB)), BLOCKED, "denied"),
@@ -219,6 +241,10 @@ CASES: list[Case] = [
          h2req("example.test:443", pseudo("GET", FREE) + [("host", FB), ("host", FREE)]), BLOCKED, "denied"),
     Case("h2-duplicate-host-first-matches", "a last host that disagrees is refused", "plain",
          h2req("example.test:443", pseudo("GET", FREE) + [("host", FREE), ("host", FB)]), CLOSED),
+    Case("h2-authority-upper-case-trailing-dot", "an HTTP/2 :authority is normalized", "plain",
+         h2req("example.test:443", pseudo("GET", "FACEBOOK.test.")), BLOCKED, "denied"),
+    Case("h2-lowercase-post", "an HTTP/2 post is POST", "plain",
+         h2req("linkedin.test:443", pseudo("post", LI), b"x"), BLOCKED, "read-only"),
     Case("h2-write-to-read-only", "HTTP/2 POST on read-only is a write", "plain",
          h2req("linkedin.test:443", pseudo("POST", LI), b"x"), BLOCKED, "read-only"),
     Case("h2-read-on-read-only", "HTTP/2 GET on read-only passes", "plain",
@@ -253,6 +279,9 @@ CASES: list[Case] = [
     Case("chunked-post", "a chunked POST is a write, killed before its body is read", "plain",
          get("http://linkedin.test/", method="POST", headers=[("Transfer-Encoding", "chunked")],
              body=b"5\r\nhello\r\n0\r\n\r\n"), CLOSED),
+    Case("expect-100-continue-write", "a write that waits for 100 Continue is still blocked", "plain",
+         get("http://linkedin.test/", method="POST", headers=[("Expect", "100-continue")], body=b"hello"),
+         BLOCKED, "read-only"),
     Case("smuggled-request-cl-te", "Content-Length with Transfer-Encoding is a bad request", "plain",
          get("http://linkedin.test/feed", headers=[("Content-Length", str(len(SMUGGLED))),
                                                    ("Transfer-Encoding", "chunked")], body=SMUGGLED), BAD_REQUEST),

@@ -106,7 +106,34 @@ def _send_like_a_client(conn, data: bytes) -> bytes:
     if early is None:
         conn.sendall(body)
         return b""
+    if early.startswith(b"HTTP/1.1 100"):  # Expect: 100-continue: the body is wanted
+        conn.sendall(body)
+        return early.partition(b"\r\n\r\n")[2]
     return early
+
+
+def pipelined(proxy, first: bytes, second: bytes, *, connect: str | None = None, timeout: float = 10.0) -> Reply:
+    """Two requests in one write on one connection (inside a TLS tunnel to `connect`, if given).
+
+    Returns the second response: a decision must be made per request, not
+    per connection.
+    """
+    if connect is None:
+        conn = socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout)
+        status = None
+    else:
+        sock, status, answer = _connect(proxy, connect, basic(), timeout)
+        if status != 200:
+            sock.close()
+            return Reply(answer, connect_status=status)
+        conn = _tls(sock, proxy, connect.rsplit(":", 1)[0], None)
+    with conn:
+        conn.sendall(first + second)
+        one = _read_response(conn, timeout)
+        rest = one.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in one else b""
+        length = Reply(one).header("content-length")
+        extra = rest[int(length):] if length else b""
+        return Reply(_read_response(conn, timeout, extra), connect_status=status)
 
 
 def request(
