@@ -293,3 +293,42 @@ def test_disk_full_mid_load_holds_records_and_writes_them_when_space_returns(sta
     records = records_after_stop(proxy, log)
     assert len(records) == COUNT
     assert shutil.disk_usage(tiny_disk).free > 0
+
+
+# -- the state store fails while the proxy runs ---------------------------------------
+
+from support.redis_server import redis_server  # noqa: E402,F401  (the fixture)
+
+STORE_FAULTS = [
+    # id, how Redis fails, how it comes back
+    ("killed", lambda r: r.kill(), lambda r: r.start()),
+    ("hung", lambda r: r.pause(), lambda r: r.resume()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fail,recover", [f[1:] for f in STORE_FAULTS], ids=[f[0] for f in STORE_FAULTS])
+def test_state_store_failing_mid_load_never_lets_a_quota_request_through(
+    start, origin, tmp_path, redis_server, fail, recover
+):
+    policy = tmp_path / "quota.yaml"
+    policy.write_text(QUOTA)
+    proxy = start(policy=policy, state=redis_server.url(timeout=0.05, on_error="closed"))
+
+    def youtube(user: str) -> int:
+        return curl(proxy, "http://youtube.test/", user=user, timeout=10).status
+
+    assert youtube("zoe") == 200  # Redis up: zoe's minute is counted, access granted
+    origin.clear()
+    fail(redis_server)
+    try:
+        # A minute already paid for needs no store (zoe may finish hers); any
+        # request that would have to count a new minute is blocked.
+        during = [youtube("alice") for _ in range(5)]
+        assert during == [403] * 5
+        assert origin.wait_for(1, timeout=0.5) == [], "a quota-governed request passed while the store was down"
+        assert curl(proxy, "http://linkedin.test/", user="alice").status == 200  # no quota: unaffected
+        assert metric(proxy.metrics(), "accessgate_state_store_errors_total") >= 1
+    finally:
+        recover(redis_server)
+    assert wait_until(lambda: youtube("alice") == 200, timeout=15), "access did not come back with the store"
+    assert proxy.alive()
