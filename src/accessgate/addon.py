@@ -760,6 +760,14 @@ class AccessGate:
                 )
             if not enforced:
                 return  # audit mode blocks nothing; the record says what would have happened
+            if stage == "responseheaders" and flow.killable:
+                # The site's body is still to come, and mitmproxy reads it into
+                # whatever response the flow holds: a block page set here went
+                # out carrying the site's bytes.  Only killing withholds them.
+                flow.kill()
+                st.blocked_here = True
+                self._audit_flow(st, status=None, bytes_in=0, bytes_out=0, error="killed")
+                return
             if flow.response is not None and not st.blocked_here:
                 flow.response = None
             if flow.killable:
