@@ -101,6 +101,20 @@ def test_exception_in_a_hook_blocks_and_is_counted(start, origin, stage, ignore,
         assert [(r["decision"], r["user"]) for r in failed] == [("block", "zoe")]
 
 
+def test_exception_in_the_response_hook_withholds_the_response(start, origin):
+    proxy = start(scripts=[HERE / "explode_response.py"])
+    result = curl(proxy, "http://example.test/bytes/64", user="zoe", timeout=10)
+    # The site already answered; its response must not reach the client
+    # (before the fix, a block page went out carrying the site's bytes).
+    assert result.status == 0 and result.body == b"", result
+    assert result.seconds < 5
+    assert metric(proxy.metrics(), "accessgate_fail_closed_total", stage="responseheaders") == 1
+    records = proxy.wait_audit(lambda rs: any(r["rule"] == "internal-error" for r in rs))
+    failed = [r for r in records if r["rule"] == "internal-error"]
+    assert [(r["decision"], r["error"]) for r in failed] == [("block", "killed")]
+    assert proxy.alive()
+
+
 def test_dead_state_store_blocks_quota_governed_requests_only(start, origin, tmp_path):
     policy = tmp_path / "quota.yaml"
     policy.write_text(QUOTA)
