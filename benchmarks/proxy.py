@@ -10,7 +10,7 @@ to a local nginx whatever site it names:
                 metrics endpoint, state store)                -s route_to_origin.py
 
 Both are pinned to one core; nginx and the load generators share the other.
-Rounds alternate the configurations (A B A B ...) for HTTP (wrk, c=16,
+Rounds alternate the configurations (A B, B A, ...) for HTTP (wrk, c=16,
 benchmarks/wrk-proxy.lua) and for HTTPS through interception (the Python
 client in proxyload.py: CONNECT, TLS with the mitmproxy CA, keep-alive,
 a new tunnel every --per-tunnel requests).  The traffic is governed by the
@@ -192,7 +192,9 @@ def main() -> int:
         samples: list[Sample] = []
         for r in range(args.rounds):
             for proto in ("http", "https"):
-                for proxy in proxies:
+                # Each round starts with the next configuration, so that
+                # none is always measured first (or right after another).
+                for proxy in proxies[r % len(proxies):] + proxies[: r % len(proxies)]:
                     s = measure(proxy, proto, args, ca, load_core)
                     samples.append(s)
                     print(f"  round {r + 1} {proto:5} {s.config:10} {s.rps:8.0f} req/s  p50 {s.p50_ms:6.1f} ms"
