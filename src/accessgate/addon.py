@@ -669,9 +669,9 @@ class AccessGate:
             self.audit.write(record)
         site = site_label(d)
         if bytes_in:
-            _quietly(lambda: self.metrics.bytes.labels(site=site, direction="in").inc(bytes_in))
+            _quietly(lambda: self.metrics.count_bytes(site, "in", bytes_in))
         if bytes_out:
-            _quietly(lambda: self.metrics.bytes.labels(site=site, direction="out").inc(bytes_out))
+            _quietly(lambda: self.metrics.count_bytes(site, "out", bytes_out))
 
     def _state(
         self,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING
+from typing import Any, TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -130,19 +130,33 @@ class Metrics:
             buckets=STATE_BUCKETS,
             registry=registry,
         )
+        self._request_children: dict[tuple[str, str, str, str], Any] = {}
+        self._bytes_children: dict[tuple[str, str], Any] = {}
         self._policy_hash: str | None = None
         self._audit_seen: AuditStats | None = None
         self._lock = threading.Lock()
 
     def observe_decision(self, decision: Decision, seconds: float | None = None) -> None:
         """Count one decision (and its duration, when timed)."""
-        self.requests.labels(
-            site_label(decision), decision.role or NO_ROLE, decision.decision, decision.reason
-        ).inc()
+        key = (site_label(decision), decision.role or NO_ROLE, decision.decision, decision.reason)
+        child = self._request_children.get(key)
+        if child is None:
+            # labels() costs microseconds per call; the label sets are few
+            # (policy roles x sites x reasons), so their children are kept.
+            child = self._request_children[key] = self.requests.labels(*key)
+        child.inc()
         if decision.reason == "quota-exhausted":
             self.quota_exhausted.labels(site_label(decision), decision.role or NO_ROLE).inc()
         if seconds is not None:
             self.decision_seconds.observe(seconds)
+
+    def count_bytes(self, site: str, direction: str, amount: int) -> None:
+        """Add `amount` body bytes for `site` in `direction` (in|out)."""
+        key = (site, direction)
+        child = self._bytes_children.get(key)
+        if child is None:
+            child = self._bytes_children[key] = self.bytes.labels(site=site, direction=direction)
+        child.inc(amount)
 
     def set_policy(self, digest: str) -> None:
         """Make `digest` the only hash that accessgate_policy_info shows."""
