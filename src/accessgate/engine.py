@@ -457,8 +457,7 @@ def grants_for(roles: tuple[str, ...], site: str, policy: Policy) -> tuple[tuple
 _CACHE_SIZE = 100_000  # per cache; cleared when full, so memory stays bounded
 
 
-@dataclass(frozen=True, slots=True)
-class _SiteGrants:
+class _SiteGrants(NamedTuple):
     grants: tuple[tuple[str, Grant], ...]
     # The winning grant when no grant has windows or quotas: the common case
     # needs no clock and no ledger.

@@ -82,16 +82,13 @@ class Grant:
     windows: tuple[Window, ...] = ()
     daily_minutes: int | None = None
     rule: str = ""  # e.g. "roles.everyone.access.facebook", names it in decisions
-    # level.rank, stored: an Enum hashes in Python, too slow for every decision.
+    # Derived once: an Enum hashes in Python, too slow for every decision.
     rank: int = field(init=False, repr=False, compare=False, default=0)
+    is_static: bool = field(init=False, repr=False, compare=False, default=True)  # no windows, no quota
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rank", _LEVEL_RANK[self.level])
-
-    @property
-    def is_static(self) -> bool:
-        """Active at every time: no windows, no quota."""
-        return not self.windows and self.daily_minutes is None
+        object.__setattr__(self, "is_static", not self.windows and self.daily_minutes is None)
 
 
 class MemberKind(str, Enum):
