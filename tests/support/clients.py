@@ -146,6 +146,34 @@ class TunnelResult:
         return None
 
 
+def _connect(sock, connect: str, user: str | None, password: str) -> tuple[int, dict[str, str], bytes]:
+    """Send CONNECT on `sock`; (status, lower-case headers, bytes after the head).
+
+    Status 0 when the proxy hung up without a valid answer.
+    """
+    import base64
+
+    head = f"CONNECT {connect} HTTP/1.1\r\nHost: {connect}\r\n"
+    if user is not None:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        head += f"Proxy-Authorization: Basic {token}\r\n"
+    sock.sendall((head + "\r\n").encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    status_head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = status_head.decode(errors="replace").split("\r\n")
+    status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else 0
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, rest
+
+
 def tunnel(
     proxy,
     connect: str,
@@ -162,30 +190,12 @@ def tunnel(
     Lets a test name one host in the CONNECT, another in the SNI and a third
     in the Host header, which no ordinary client does on purpose.
     """
-    import base64
     import socket
     import ssl
 
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout)
     try:
-        head = f"CONNECT {connect} HTTP/1.1\r\nHost: {connect}\r\n"
-        if user is not None:
-            token = base64.b64encode(f"{user}:{password}".encode()).decode()
-            head += f"Proxy-Authorization: Basic {token}\r\n"
-        sock.sendall((head + "\r\n").encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        status_head, _, rest = buf.partition(b"\r\n\r\n")
-        lines = status_head.decode(errors="replace").split("\r\n")
-        connect_status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else 0
-        connect_headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            connect_headers[k.strip().lower()] = v.strip()
+        connect_status, connect_headers, rest = _connect(sock, connect, user, password)
         if connect_status != 200:
             return TunnelResult(connect_status, connect_headers, rest)
         conn = sock
@@ -233,7 +243,6 @@ def h2_get(
     HTTP/2 lets a client send what curl never would, e.g. two `host`
     headers next to `:authority`; returns (status, response headers).
     """
-    import base64
     import socket
     import ssl
 
@@ -243,19 +252,9 @@ def h2_get(
 
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout)
     try:
-        head = f"CONNECT {connect} HTTP/1.1\r\nHost: {connect}\r\n"
-        if user is not None:
-            token = base64.b64encode(f"{user}:{password}".encode()).decode()
-            head += f"Proxy-Authorization: Basic {token}\r\n"
-        sock.sendall((head + "\r\n").encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise ConnectionError(f"proxy closed during CONNECT: {buf!r}")
-            buf += chunk
-        if b" 200 " not in buf.split(b"\r\n", 1)[0]:
-            return int(buf.split(b" ", 2)[1]), {}
+        connect_status, _, _ = _connect(sock, connect, user, password)
+        if connect_status != 200:
+            return connect_status, {}
         context = ssl.create_default_context(cafile=str(proxy.ca))
         context.set_alpn_protocols(["h2"])
         tls = context.wrap_socket(sock, server_hostname=connect.rsplit(":", 1)[0])
