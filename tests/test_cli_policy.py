@@ -67,6 +67,19 @@ def test_check_prints_a_summary_of_a_valid_policy(capsys):
     ), out
 
 
+def test_check_dump_prints_one_file_that_decides_like_the_original(capsys, tmp_path):
+    from accessgate.loader import load_policy
+    from accessgate.policytest import run_tests
+
+    status, out, _ = run(capsys, "check", "--dump", EXAMPLE)
+    assert status == 0 and "include:" not in out
+    dumped = tmp_path / "one-file.yaml"
+    dumped.write_text(out)
+    original, copy = load_policy(EXAMPLE), load_policy(dumped)
+    assert copy.sites == original.sites and copy.roles == original.roles
+    assert all(r.passed for r in run_tests(copy)), "the dumped policy fails its own tests"
+
+
 @pytest.mark.parametrize(
     "text, problems",
     [

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import TextIO
 
+from ..dump import dump_policy
 from ..errors import PolicyError
 from ..loader import load_policy
 from ..model import Policy
@@ -15,6 +16,11 @@ HELP = "validate policy files: print a summary of each, or every problem as file
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="policy file (its includes are read too)")
+    parser.add_argument(
+        "--dump",
+        action="store_true",
+        help="print each valid policy as one YAML file, includes resolved, for review or shipping",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
         if policy is None:
             status = 1
             continue
-        print(f"OK: {path} ({summary(policy)})")
+        if args.dump:
+            print(dump_policy(policy), end="")
+        else:
+            print(f"OK: {path} ({summary(policy)})")
     return status
 
 
