@@ -27,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from accessgate.engine import Identity, Request, _compiled, decide
+from accessgate.gcsettle import settle_after_load
 from accessgate.loader import load_policy
 from accessgate.quota import MemoryLedger
 
@@ -149,6 +150,7 @@ def main() -> int:
         policy = load_policy(path)
         held_mb = tracemalloc.get_traced_memory()[0] / 1e6
         tracemalloc.stop()
+    settle_after_load()  # what the proxy does after installing a policy
 
     requests = make_requests(rng, domains, users, args.decisions, cold=False)
     cold_requests = make_requests(rng, domains, users, args.decisions, cold=True)

@@ -55,6 +55,7 @@ from .flowrequest import (
 from .identity import client_ip, identity_for_connection, identity_for_flow, user_from_proxyauth
 from .loader import load_policy
 from .logging import get_logger
+from .gcsettle import settle_after_load
 from .longlived import LongLivedFlows
 from .timedledger import TimedLedger
 from .metrics import site_label
@@ -437,6 +438,7 @@ class AccessGate:
             "policy_loaded", policy=policy.short_digest, sources=list(policy.sources)
         )
         log.info("policy_loaded", policy=policy.short_digest, sources=list(policy.sources))
+        _quietly(settle_after_load)
 
     def _reject(self, path: str, problems: list[str]) -> None:
         self._count_reload("failure")
