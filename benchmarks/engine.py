@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 from accessgate.engine import Identity, Request, _compiled, decide

@@ -117,7 +117,7 @@ def _positive_seconds(spec: str, name: str, value: str) -> float:
 def _parse_redis(spec: str, text: str) -> StateSpec:
     parts = urlsplit(text)
     try:
-        port = parts.port
+        parts.port  # reading it validates it
     except ValueError:
         raise _bad(spec, "the port must be a number from 1 to 65535") from None
     if not parts.hostname:

@@ -80,7 +80,7 @@ def rotated_three(tmp_path: Path) -> Path:
 
 
 def test_chain_passes_across_rotation(cli, tmp_path):
-    path = rotated_three(tmp_path)
+    rotated_three(tmp_path)
     assert [p.name for p in expand([str(tmp_path / "*")])] == ["audit.jsonl.2.gz", "audit.jsonl.1", "audit.jsonl"]
     status, out, _ = cli("audit", "verify", str(tmp_path / "audit.jsonl*"))
     assert (status, out.splitlines()[-1]) == (0, "OK: 6 records, chain intact (seq 1..6, 3 file(s))")

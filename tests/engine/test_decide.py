@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from accessgate.engine import Identity, Request, decide, minute_of
+from accessgate.engine import Identity, Request, decide
 from accessgate.errors import StateStoreUnavailable
 from accessgate.loader import parse_policy
 from accessgate.quota import QuotaUsage

@@ -9,7 +9,6 @@ import os
 import socket
 import threading
 import urllib.request
-from datetime import datetime, timezone
 
 import pytest
 from prometheus_client import CollectorRegistry
