@@ -35,6 +35,7 @@ import yaml
 from . import model
 from .engine import ALLOW, ALLOW_REASONS, BLOCK, BLOCK_REASONS
 from .errors import InvalidHost, PolicyError, PolicyProblem
+from .gcsettle import collector_paused
 from .hosts import normalize_host
 from .windows import parse_window
 
@@ -71,12 +72,14 @@ RESERVED_ROLE_NAMES = ("none", "deny")
 
 def load_policy(path: str | os.PathLike[str]) -> model.Policy:
     """Load the policy at `path` and every file it includes."""
-    return _Builder(os.fspath(path)).build(text=None)
+    with collector_paused():
+        return _Builder(os.fspath(path)).build(text=None)
 
 
 def parse_policy(text: str, path: str = "<string>") -> model.Policy:
     """Build a policy from `text`; includes resolve relative to `path`'s folder."""
-    return _Builder(path).build(text=text)
+    with collector_paused():
+        return _Builder(path).build(text=text)
 
 
 @dataclass
