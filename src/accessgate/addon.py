@@ -431,6 +431,7 @@ class AccessGate:
 
     def _install(self, policy: Policy) -> None:
         """Swap in a valid policy: one reference assignment, so every request sees one whole policy."""
+        _quietly(lambda: engine.prepare(policy))
         self.policy = policy
         self._count_reload("success")
         _quietly(lambda: self.metrics.set_policy(policy.short_digest))

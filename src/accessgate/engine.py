@@ -19,7 +19,7 @@ from datetime import date, datetime, timezone
 from typing import NamedTuple
 
 from .errors import InvalidHost, StateStoreUnavailable
-from .hosts import NormalHost, normalize_host
+from .hosts import NormalHost, normalize_host, plain_name
 from .model import Fallback, Grant, IPAddress, IPNetwork, Level, MemberKind, Policy, Site
 from .quota import NoQuotaUsed, QuotaLedger
 from .windows import in_any_window, next_window_start, start_of_next_day
@@ -149,96 +149,161 @@ def _decide_host(
     ledger: QuotaLedger,
 ) -> Decision:
     index = _compiled(policy)
-    # Everything that depends only on host and identity is planned once and
+    # Everything that depends only on host and roles is planned once and
     # cached; only the method check and time-dependent grants run per request.
-    key = (raw, identity.user, identity.groups, identity.client_ip if index.by_network else None)
-    plan = index.plans.get(key)
+    roleset = index.identities.get(
+        (identity.user, identity.groups, identity.client_ip if index.by_network else None)
+    )
+    if roleset is None:
+        roleset = index.roleset_of(identity, policy)
+    plan = roleset.plans.get(raw)
     if plan is None:
-        plan = _plan(raw, identity, policy)
-        _bounded_put(index.plans, key, plan)
-    if plan.final is not None:
-        return plan.final
-    site_grants = plan.site_grants
-    best = site_grants.static_best
-    if best is not None:  # read-only without windows or quotas
-        return _read_only(plan.allow, best, request, policy)
+        plan = index.plan(raw, roleset, policy)
+    if type(plan) is Decision:  # nothing else can change it
+        return plan
+    if plan.site_grants.static_best is not None:  # read-only without windows or quotas
+        return _read_only(plan.allow, request, policy)
     return _decide_grants(plan, request, identity, policy, now, ledger)
 
 
 class _Plan(NamedTuple):
-    """What a host and an identity decide before method and time are known."""
+    """What a host decides for a set of roles when method or time still matter."""
 
-    final: Decision | None  # the decision, when nothing else can change it
-    allow: Decision | None = None  # the decision if static read-only grants allow
-    site_grants: _SiteGrants | None = None
-    site: str | None = None
-    roles: tuple[str, ...] = ()
-    host: str | None = None
+    allow: Decision | None  # the decision if static read-only grants allow
+    site_grants: _SiteGrants
+    site: str
+    roles: tuple[str, ...]
+    host: str | None
+    allows: dict[str, Decision]  # role -> the decision when that role's timed grant allows
 
 
-def _plan(raw: str, identity: Identity, policy: Policy) -> _Plan:
+class _RoleSet:
+    """A set of roles and what it decides for each host and site.
+
+    Clients with the same roles share one, so a company of a thousand users
+    in a handful of role sets plans each host a handful of times.
+    """
+
+    __slots__ = ("roles", "anonymous", "plans", "sites")
+
+    def __init__(self, roles: tuple[str, ...], anonymous: bool):
+        self.roles = roles
+        self.anonymous = anonymous  # signed in as nobody, and no role for that
+        self.plans: dict[str, Decision | _Plan] = {}  # raw host -> plan
+        self.sites: dict[str, Decision | _Plan] = {}  # site -> plan at the host that first asked
+
+
+class _HostInfo(NamedTuple):
+    """What a raw host name is, for everyone: its canonical name and site."""
+
+    name: str
+    site: str | None
+    invalid: Decision | None = None
+
+
+def _host_info(raw: str, index: _Compiled, policy: Policy) -> _HostInfo:
+    # Plain names, most of them, by the short way; the rest by normalize_host.
+    name = plain_name(raw.lower()) if raw.isascii() else None
+    if name is not None:
+        domains = index.domains
+        suffix = name
+        while True:
+            site = domains.get(suffix)
+            if site is not None:
+                return _HostInfo(name, site)
+            dot = suffix.find(".")
+            if dot < 0:
+                return _HostInfo(name, None)
+            suffix = suffix[dot + 1 :]
     try:
         host = normalize_host(raw)
     except InvalidHost as exc:
-        return _Plan(
-            Decision(BLOCK, DENIED, RULE_INVALID_HOST, message=f"The request names an invalid host: {exc}.")
+        return _HostInfo(
+            raw,
+            None,
+            Decision(BLOCK, DENIED, RULE_INVALID_HOST, message=f"The request names an invalid host: {exc}."),
         )
-    roles = roles_for(identity, policy)
-    site = site_for(host, policy)
-    if site is None:
-        if policy.unlisted is Fallback.ALLOW:
-            return _Plan(Decision(ALLOW, UNLISTED, RULE_UNLISTED, roles=roles, host=host.name))
-        return _Plan(
-            Decision(
-                BLOCK,
-                DENIED,
-                RULE_UNLISTED,
-                roles=roles,
-                host=host.name,
-                message=f"{host.name} is not on the list of allowed sites.",
-            )
+    return _HostInfo(host.name, site_for(host, policy))
+
+
+def _unlisted(host: str, roles: tuple[str, ...], policy: Policy) -> Decision:
+    if policy.unlisted is Fallback.ALLOW:
+        return Decision(ALLOW, UNLISTED, RULE_UNLISTED, None, None, None, roles, host)
+    return Decision(
+        BLOCK, DENIED, RULE_UNLISTED, None, None, None, roles, host,
+        message=f"{host} is not on the list of allowed sites.",
+    )
+
+
+def _site_plan(roleset: _RoleSet, site: str, host: str, index: _Compiled) -> Decision | _Plan:
+    """What `site` decides for `roleset` at `host`; for its other hosts, `_at_host`."""
+    roles = roleset.roles
+    if roleset.anonymous:  # `unauthenticated: deny`
+        return Decision(
+            BLOCK,
+            UNAUTHENTICATED,
+            RULE_UNAUTHENTICATED,
+            site=site,
+            host=host,
+            message=f"{site} is only available after signing in to the proxy.",
         )
-    if not roles and identity.user is None:  # anonymous, and `unauthenticated: deny`
-        return _Plan(
-            Decision(
-                BLOCK,
-                UNAUTHENTICATED,
-                RULE_UNAUTHENTICATED,
-                site=site,
-                host=host.name,
-                message=f"{site} is only available after signing in to the proxy.",
-            )
-        )
-    site_grants = _compiled(policy).grants(roles, site)
+    site_grants = index.grants(roles, site)
     if not site_grants.grants:
-        return _Plan(
-            Decision(
-                BLOCK,
-                DENIED,
-                RULE_NO_GRANT,
-                site=site,
-                roles=roles,
-                host=host.name,
-                message=f"No role of yours grants access to {site}.",
-            )
+        return Decision(
+            BLOCK,
+            DENIED,
+            RULE_NO_GRANT,
+            site=site,
+            roles=roles,
+            host=host,
+            message=f"No role of yours grants access to {site}.",
         )
     best = site_grants.static_best
     if best is not None and best[1].level is Level.DENY:
-        return _Plan(_denied(best, site, roles, host.name))
+        return _denied(best, site, roles, host)
     if best is not None and best[1].level is Level.FULL:
-        return _Plan(_allowed(best, site, roles, host.name, site_grants))
-    allow = _allowed(best, site, roles, host.name, site_grants) if best is not None else None
-    return _Plan(None, allow, site_grants, site, roles, host.name)
+        return _allowed(best, site, roles, host, site_grants)
+    allow = _allowed(best, site, roles, host, site_grants) if best is not None else None
+    return _Plan(allow, site_grants, site, roles, host, {})
+
+
+def _at_host(plan: Decision | _Plan, host: str) -> Decision | _Plan:
+    """A site's plan with the host that decided filled in."""
+    if type(plan) is Decision:
+        return _with_host(plan, host)
+    allow = plan.allow
+    return _Plan(
+        _with_host(allow, host) if allow is not None else None, plan.site_grants, plan.site, plan.roles, host, {}
+    )
+
+
+def _with_host(decision: Decision, host: str) -> Decision:
+    # Decision._replace builds a dict and a map; this is a third of its cost.
+    verdict, reason, rule, site, level, role, roles, _, opens_at, counts_quota, message = decision
+    return _new_decision(Decision, (verdict, reason, rule, site, level, role, roles, host, opens_at, counts_quota, message))
 
 
 def _by_grant(
-    decision: str, reason: str, by: tuple[str, Grant], site: str, roles, host, **extra
+    decision: str,
+    reason: str,
+    by: tuple[str, Grant],
+    site: str,
+    roles: tuple[str, ...],
+    host: str | None,
+    opens_at: datetime | None = None,
+    counts_quota: bool = False,
+    message: str = "",
 ) -> Decision:
     """A decision made by one role's grant: it names the role, rule and level."""
     role, grant = by
-    return Decision(
-        decision, reason, grant.rule, site=site, level=grant.level, role=role, roles=roles, host=host, **extra
+    # Built as a tuple: a NamedTuple called with keywords costs twice as much,
+    # and a decision is built for every new host.
+    return _new_decision(
+        Decision, (decision, reason, grant.rule, site, grant.level, role, roles, host, opens_at, counts_quota, message)
     )
+
+
+_new_decision = tuple.__new__
 
 
 def _allowed(best, site, roles, host, site_grants) -> Decision:
@@ -251,7 +316,7 @@ def _denied(best, site, roles, host) -> Decision:
     )
 
 
-def _read_only(allow: Decision, best: tuple[str, Grant], request: Request, policy: Policy) -> Decision:
+def _read_only(allow: Decision, request: Request, policy: Policy) -> Decision:
     refusal = read_only_refusal(request, policy.sites[allow.site])
     if refusal is None:
         return allow
@@ -280,7 +345,7 @@ def _decide_grants(
     exhausted: list[tuple[str, Grant]] = []
     uncounted: list[tuple[str, Grant]] = []  # quota grants whose usage the store cannot tell
     for role, grant in site_grants.grants:
-        if grant.windows and not in_any_window(grant.windows, clock.local):
+        if grant.windows and not index.window_open(grant, clock):
             outside_window.append((role, grant))
             continue
         if grant.daily_minutes is not None:
@@ -329,9 +394,11 @@ def _decide_grants(
         )
     if best[1].level is Level.DENY:
         return _denied(best, site, roles, host)
-    allow = _allowed(best, site, roles, host, site_grants)
+    allow = plan.allows.get(best[0])
+    if allow is None:
+        allow = plan.allows[best[0]] = _allowed(best, site, roles, host, site_grants)
     if best[1].level is Level.READ_ONLY:
-        return _read_only(allow, best, request, policy)
+        return _read_only(allow, request, policy)
     return allow
 
 
@@ -471,6 +538,7 @@ class _Compiled:
     def __init__(self, policy: Policy):
         self.order = {name: i for i, name in enumerate(policy.roles)}
         self.access = {name: dict(role.access) for name, role in policy.roles.items()}
+        self.domains = dict(policy.domain_index)  # a dict: a read-only proxy costs a call per lookup
         self.by_user: dict[str, set[str]] = {}
         self.by_group: dict[str, set[str]] = {}
         self.everyone: set[str] = set()
@@ -485,13 +553,95 @@ class _Compiled:
                     self.everyone.add(role.name)
                 elif member.kind is MemberKind.NET and member.network is not None:
                     self.by_network.append((member.network, role.name))
+        # site -> the roles that name it; for the others each role's `*` applies.
+        self.naming: dict[str, frozenset[str]] = {}
+        for name, access in self.access.items():
+            for site in access:
+                self.naming[site] = self.naming.get(site, frozenset()) | {name}
+        # Every user the policy knows, with the roles its own directory gives:
+        # worked out now, so that a user's first request costs no more than later ones.
+        self.everyone_roles = self._sorted(self.everyone)
+        self.directory_roles: dict[str, tuple[str, ...]] = {
+            user: self._roles_of(user, policy.user_groups.get(user, frozenset()))
+            for user in {*policy.user_groups, *self.by_user}
+        }
         self._users: dict[tuple[str, frozenset[str]], tuple[str, ...]] = {}
         self._networks: dict[IPAddress, tuple[str, ...]] = {}
         self._grants: dict[tuple[tuple[str, ...], str], _SiteGrants] = {}
-        self.plans: dict[tuple, _Plan] = {}
+        self._defaults: dict[tuple[str, ...], _SiteGrants] = {}
+        self.hosts: dict[str, _HostInfo] = {}
+        self.rolesets: dict[tuple[tuple[str, ...], bool], _RoleSet] = {}
+        self.forget()
         self.timezone = policy.timezone
         self.last_clock: tuple[int, datetime, date] | None = None
+        self.windows_now: tuple[int | None, dict[int, bool]] = (None, {})
         self._openings: dict[tuple, datetime | None] = {}
+
+    def forget(self) -> None:
+        """Drop every plan (when the caches are full, and in benchmarks).
+
+        Role sets are kept, emptied, unless there are too many; the policy's
+        own users are known again at once, as after `prepare`.
+        """
+        if len(self.rolesets) < _CACHE_SIZE:
+            for roleset in self.rolesets.values():
+                roleset.plans.clear()
+                roleset.sites.clear()
+        else:
+            self.rolesets = {}
+        # (user, groups, address) -> role set
+        self.identities: dict[tuple, _RoleSet] = {}
+        if not self.by_network:  # else roles depend on the address too
+            for user, roles in self.directory_roles.items():
+                self.identities[(user, frozenset(), None)] = self._roleset(roles, False)
+        self.planned = 0  # plans held by all role sets together
+
+    def _roleset(self, roles: tuple[str, ...], anonymous: bool) -> _RoleSet:
+        roleset = self.rolesets.get((roles, anonymous))
+        if roleset is None:
+            roleset = self.rolesets[(roles, anonymous)] = _RoleSet(roles, anonymous)
+            self._defaults.setdefault(roles, self._collect(roles, "*"))
+        return roleset
+
+    def roleset_of(self, identity: Identity, policy: Policy) -> _RoleSet:
+        roles = roles_for(identity, policy)
+        roleset = self._roleset(roles, not roles and identity.user is None)
+        key = (identity.user, identity.groups, identity.client_ip if self.by_network else None)
+        _bounded_put(self.identities, key, roleset)
+        return roleset
+
+    def plan(self, raw: str, roleset: _RoleSet, policy: Policy) -> Decision | _Plan:
+        """Plan what `raw` decides for `roleset`, from what is known of the host and site."""
+        host = self.hosts.get(raw)
+        if host is None:
+            host = _host_info(raw, self, policy)
+            _bounded_put(self.hosts, raw, host)
+        if host.invalid is not None:
+            plan: Decision | _Plan = host.invalid
+        elif host.site is None:
+            plan = _unlisted(host.name, roleset.roles, policy)
+        else:
+            plan = roleset.sites.get(host.site)
+            if plan is None:
+                plan = roleset.sites[host.site] = _site_plan(roleset, host.site, host.name, self)
+            elif plan.host != host.name:
+                plan = _at_host(plan, host.name)
+        if self.planned >= _CACHE_SIZE:
+            self.forget()  # a scan of many hosts cannot grow memory without bound
+        roleset.plans[raw] = plan
+        self.planned += 1
+        return plan
+
+    def window_open(self, grant: Grant, clock: _Clock) -> bool:
+        """Whether `grant`'s windows are open now; worked out once a minute,
+        since window edges fall on whole minutes."""
+        minute, known = self.windows_now
+        if minute != clock.minute:
+            minute, known = self.windows_now = (clock.minute, {})
+        found = known.get(id(grant))  # grants live as long as the policy
+        if found is None:
+            found = known[id(grant)] = in_any_window(grant.windows, clock.local)
+        return found
 
     def opening(self, blocked: list[tuple[str, Grant]], clock: _Clock, policy: Policy) -> datetime | None:
         # The same grants blocked in the same minute open at the same time.
@@ -501,16 +651,25 @@ class _Compiled:
         return self._openings[key]
 
     def user_roles(self, user: str, groups: frozenset[str], policy: Policy) -> tuple[str, ...]:
+        if not groups:
+            return self.directory_roles.get(user, self.everyone_roles)
+        # Groups from an outside directory (LDAP): combined with the policy's own.
         key = (user, groups)
         roles = self._users.get(key)
         if roles is None:
-            matched = set(self.everyone)
-            matched.update(self.by_user.get(user, ()))
-            for group in policy.user_groups.get(user, frozenset()) | groups:
-                matched.update(self.by_group.get(group, ()))
-            roles = tuple(sorted(matched, key=self.order.__getitem__))
+            roles = self._roles_of(user, policy.user_groups.get(user, frozenset()) | groups)
             _bounded_put(self._users, key, roles)
         return roles
+
+    def _roles_of(self, user: str, groups: frozenset[str]) -> tuple[str, ...]:
+        matched = set(self.everyone)
+        matched.update(self.by_user.get(user, ()))
+        for group in groups:
+            matched.update(self.by_group.get(group, ()))
+        return self._sorted(matched)
+
+    def _sorted(self, roles: set[str]) -> tuple[str, ...]:
+        return tuple(sorted(roles, key=self.order.__getitem__))
 
     def network_roles(self, ip: IPAddress) -> tuple[str, ...]:
         roles = self._networks.get(ip)
@@ -522,36 +681,54 @@ class _Compiled:
         return roles
 
     def grants(self, roles: tuple[str, ...], site: str) -> _SiteGrants:
+        naming = self.naming.get(site)
+        if naming is None or naming.isdisjoint(roles):
+            # No role names the site: each role's `*`, the same for every such site.
+            found = self._defaults.get(roles)
+            if found is None:
+                found = self._defaults[roles] = self._collect(roles, "*")
+            return found
         key = (roles, site)
         found = self._grants.get(key)
         if found is None:
-            grants = []
-            best: tuple[str, Grant] | None = None
-            static = True
-            counts_quota = False
-            for name in roles:
-                access = self.access[name]
-                grant = access.get(site)
-                if grant is None:
-                    grant = access.get("*")
-                    if grant is None:
-                        continue
-                grants.append((name, grant))
-                if grant.daily_minutes is not None:
-                    counts_quota = True
-                if static and not grant.is_static:
-                    static = False
-                if best is None or grant.rank > best[1].rank:  # first of equals wins
-                    best = (name, grant)
-            found = _SiteGrants(tuple(grants), best if static else None, counts_quota)
+            found = self._collect(roles, site)
             _bounded_put(self._grants, key, found)
         return found
+
+    def _collect(self, roles: tuple[str, ...], site: str) -> _SiteGrants:
+        grants = []
+        best: tuple[str, Grant] | None = None
+        static = True
+        counts_quota = False
+        for name in roles:
+            access = self.access[name]
+            grant = access.get(site)
+            if grant is None:
+                grant = access.get("*")
+                if grant is None:
+                    continue
+            grants.append((name, grant))
+            if grant.daily_minutes is not None:
+                counts_quota = True
+            if static and not grant.is_static:
+                static = False
+            if best is None or grant.rank > best[1].rank:  # first of equals wins
+                best = (name, grant)
+        return _SiteGrants(tuple(grants), best if static else None, counts_quota)
 
 
 def _bounded_put(cache: dict, key, value) -> None:
     if len(cache) >= _CACHE_SIZE:
         cache.clear()  # a scan of many clients cannot grow memory without bound
     cache[key] = value
+
+
+def prepare(policy: Policy) -> None:
+    """Build `policy`'s lookup tables now rather than at its first decision.
+
+    The proxy calls this before it installs a policy, so no request waits.
+    """
+    _compiled(policy)
 
 
 def _compiled(policy: Policy) -> _Compiled:

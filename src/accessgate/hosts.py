@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
-from functools import lru_cache
+from typing import NamedTuple
 
 import idna
 
@@ -29,8 +28,10 @@ _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?\Z")
 _PORT = re.compile(r"[0-9]{1,64}\Z")
 
 
-@dataclass(frozen=True, slots=True)
-class NormalHost:
+class NormalHost(NamedTuple):
+    """A NamedTuple, not a frozen dataclass: built five times faster, and a
+    proxy builds one for every new host name it sees."""
+
     name: str  # canonical: A-label name, or the address as ipaddress prints it
     ip: IPAddress | None = None
 
@@ -38,7 +39,8 @@ class NormalHost:
 def normalize_host(raw: str) -> NormalHost:
     """Canonical form of a host as written in a URL, Host header, SNI or CONNECT.
 
-    Raises InvalidHost for anything that cannot be a host name.
+    Raises InvalidHost for anything that cannot be a host name.  Not cached:
+    the engine caches what a host decides, per policy.
     """
     if not isinstance(raw, str):
         raise InvalidHost(f"host must be text, not {type(raw).__name__}")
@@ -46,20 +48,35 @@ def normalize_host(raw: str) -> NormalHost:
 
 
 # A whole plain host name, already lower case, optional trailing dot: the
-# common case, checked by one regex instead of label by label.
-_PLAIN_NAME = re.compile(
-    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
-    r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.?\Z"
-)
+# common case.  Labels of 1-63 allowed characters by one simple regex; that no
+# label starts or ends with '-' by substring tests (a regex saying both at
+# once was three times slower).  Whatever fails here takes the full path.
+_PLAIN_NAME = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}\.?\Z")
 
 
-@lru_cache(maxsize=65536)
-def _normalize(raw: str) -> NormalHost:
-    if len(raw) <= MAX_NAME_LENGTH and _PLAIN_NAME.match(raw):
-        host = raw[:-1] if raw.endswith(".") else raw
+def plain_name(raw: str) -> str | None:
+    """The canonical name of `raw` when it is a plain lower-case host name
+    (the common case, and the only one cheap enough to try first); else None,
+    and `normalize_host` decides it.  Never a name `normalize_host` would not give."""
+    if (
+        len(raw) <= MAX_NAME_LENGTH
+        and _PLAIN_NAME.match(raw)
+        and raw[0] != "-"
+        and raw[-1] != "-"
+        and "-." not in raw
+        and ".-" not in raw
+    ):
+        host = raw[:-1] if raw[-1] == "." else raw
         last = host[host.rfind(".") + 1 :]
         if not (last.isdigit() or last.startswith("0x")):
-            return NormalHost(host)
+            return host
+    return None
+
+
+def _normalize(raw: str) -> NormalHost:
+    plain = plain_name(raw)
+    if plain is not None:
+        return NormalHost(plain)
     host = _strip_port(raw)
     if not host:
         raise InvalidHost(f"{raw!r} names no host")

@@ -9,14 +9,15 @@ from types import MappingProxyType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accessgate.engine import Identity, Request, decide
+from accessgate.engine import Identity, Request, _compiled, _host_info, decide, site_for
+from accessgate.errors import InvalidHost
+from accessgate.hosts import normalize_host
 from accessgate.loader import parse_policy
 from accessgate.model import Grant, Level, Role
 from accessgate.quota import MemoryLedger
 from accessgate.windows import parse_window
 
-POLICY = parse_policy(
-    """
+POLICY_TEXT = """
 version: 1
 timezone: Europe/Berlin
 sites:
@@ -36,9 +37,8 @@ roles:
       "*": deny
 unauthenticated: deny
 unlisted: allow
-""",
-    "<properties>",
-)
+"""
+POLICY = parse_policy(POLICY_TEXT, "<properties>")
 
 users = st.sampled_from([None, "alice", "carol", "erin"])
 hosts = st.sampled_from(
@@ -109,3 +109,44 @@ def test_more_names_never_loosen_a_decision(user, first, second, method, now):
     one = decide(Request(method, (first,)), identity, POLICY, now)
     both = decide(Request(method, (first, second)), identity, POLICY, now)
     assert STRICTNESS[both.decision] <= STRICTNESS[one.decision]
+
+
+def _forget_everything(policy) -> None:
+    index = _compiled(policy)
+    index.forget()
+    index.hosts.clear()
+    index.windows_now = (None, {})
+
+
+spellings = st.builds(
+    lambda host, upper, dot, prefix: (prefix + (host.upper() if upper else host) + ("." if dot else "")),
+    hosts, st.booleans(), st.booleans(), st.sampled_from(["", "www.", "api.", "-x.", "x-.", "0x1.", "ｗｗｗ."]),
+)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(users, spellings, methods, paths, times), min_size=1, max_size=30))
+def test_what_the_caches_remember_never_changes_an_answer(requests):
+    # One policy decides a whole sequence with its caches (plans shared by
+    # role set, site plans reused at other hosts, window state per minute,
+    # remembered allows); the answer for each must be what an empty cache gives.
+    warm = parse_policy(POLICY_TEXT, "<warm>")
+    cold = parse_policy(POLICY_TEXT, "<cold>")
+    for user, host, method, path, now in requests:
+        request = Request(method, (host,), path)
+        identity = Identity(user=user)
+        _forget_everything(cold)
+        assert decide(request, identity, warm, now, MemoryLedger()) == decide(
+            request, identity, cold, now, MemoryLedger()
+        )
+
+
+@given(st.text(alphabet="abcxyz019-_.:[]ＡＢ", max_size=30) | spellings)
+def test_the_engines_short_way_to_a_hosts_site_is_the_long_way(raw):
+    info = _host_info(raw, _compiled(POLICY), POLICY)
+    try:
+        host = normalize_host(raw)
+    except InvalidHost:
+        assert info.invalid is not None
+        return
+    assert (info.name, info.site, info.invalid) == (host.name, site_for(host, POLICY), None)
