@@ -47,9 +47,9 @@ from .flowrequest import (
     REACH,
     TUNNEL,
     connect_request,
-    host_headers,
     path_without_query,
     request_of,
+    scan_request,
     tunnel_request,
 )
 from .identity import client_ip, identity_for_connection, identity_for_flow, user_from_proxyauth
@@ -901,12 +901,11 @@ class AccessGate:
         now = datetime.now(timezone.utc)
         policy = self._policy()
         identity = self._identity(flow)
-        _strip_private_headers(flow.request.headers)
-        _unfold(flow.request.headers)
-        if _names_status(flow):
+        _sanitize(flow.request.headers)
+        request, host_values = scan_request(flow, self._tunnels.get(flow.client_conn, ()))
+        if _names_status(flow, host_values):
             self._answer_status(flow, identity, policy, now)
             return
-        request = request_of(flow, self._tunnels.get(flow.client_conn, ()))
         decision = self._decide(request, identity, policy, now)
         enforced = self.enforcing
         st = self._state(flow, decision, identity, now, started, policy, enforced)
@@ -990,19 +989,31 @@ class AccessGate:
 _STRIP_PREFIX_B = _STRIP_PREFIX.encode()
 
 
-def _strip_private_headers(headers: http.Headers) -> None:
-    """Nothing about the user reaches the site: no proxy credentials, no X-Accessgate-*."""
-    # Scan the raw field names: almost no request carries one, and decoding
-    # every name to str cost more than the rest of the check (profiled).
-    # bytes.lower() only folds ASCII, which is all these names contain; no
-    # non-ASCII character lower-cases into them either.
-    doomed = {
-        lowered
-        for name, _ in headers.fields
-        if (lowered := name.lower()) == b"proxy-authorization" or lowered.startswith(_STRIP_PREFIX_B)
-    }
+def _sanitize(headers: http.Headers) -> None:
+    """Before anything reads the headers: strip what is private, unfold what is folded.
+
+    One pass over the raw fields finds both, since almost no request has either.
+    """
+    doomed: set[bytes] = set()
+    folded = False
+    for name, value in headers.fields:
+        # Raw names: decoding every name to str cost more than the rest of
+        # the check (profiled).  bytes.lower() only folds ASCII, which is all
+        # these names contain; no non-ASCII character lower-cases into them.
+        lowered = name.lower()
+        if lowered == b"proxy-authorization" or lowered.startswith(_STRIP_PREFIX_B):
+            doomed.add(lowered)
+        if b"\n" in value:
+            folded = True
     for name in doomed:
-        del headers[name.decode("utf-8", "surrogateescape")]
+        _strip(headers, name)
+    if folded:
+        _unfold(headers)
+
+
+def _strip(headers: http.Headers, name: bytes) -> None:
+    """Nothing about the user reaches the site: no proxy credentials, no X-Accessgate-*."""
+    del headers[name.decode("utf-8", "surrogateescape")]
 
 
 _FOLD = re.compile(rb"\r?\n[ \t]*")
@@ -1015,14 +1026,11 @@ def _unfold(headers: http.Headers) -> None:
     forwards it; a server that reads the continuation as a line of its own
     would see a header, e.g. a second Host, that accessgate never decided.
     """
-    fields = headers.fields
-    if any(b"\n" in value for _, value in fields):
-        headers.fields = tuple((name, _FOLD.sub(b" ", value)) for name, value in fields)
+    headers.fields = tuple((name, _FOLD.sub(b" ", value)) for name, value in headers.fields)
 
 
-def _names_status(flow: http.HTTPFlow) -> bool:
-    rq = flow.request
-    for name in (rq.data.host, *host_headers(rq)):
+def _names_status(flow: http.HTTPFlow, host_values: list[str]) -> bool:
+    for name in (flow.request.data.host, *host_values):
         if name and name.lower().rstrip(".").split(":")[0] == STATUS_HOST:
             return True
     return False

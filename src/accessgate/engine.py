@@ -55,7 +55,8 @@ class Request:
 
     `hosts` holds every name the request gives for its host (CONNECT
     target, SNI, absolute-form authority, `:authority`, each `Host`
-    header), raw as received.  `headers` are (lower-case name, value).
+    header), raw as received.  `headers` are (lower-case name, value); the
+    engine reads only those named in `HEADERS_READ`.
     """
 
     method: str
@@ -454,7 +455,8 @@ def _window_texts(grants: list[tuple[str, Grant]]) -> str:
     return ", ".join(dict.fromkeys(w.text for _, g in grants for w in g.windows))
 
 
-_READ_ONLY_HEADERS = frozenset(("upgrade", *METHOD_OVERRIDE_HEADERS))
+# Every header the engine reads; an adapter may pass only these.
+HEADERS_READ = frozenset(("upgrade", *METHOD_OVERRIDE_HEADERS))
 
 
 def read_only_refusal(request: Request, site: Site) -> str | None:
@@ -462,7 +464,7 @@ def read_only_refusal(request: Request, site: Site) -> str | None:
     method = request.method.upper()
     writes = set() if method in SAFE_METHODS else {method}
     for name, value in request.headers:
-        if name in _READ_ONLY_HEADERS:
+        if name in HEADERS_READ:
             if name == "upgrade":
                 return "connection upgrades such as WebSocket are writes"
             override = value.strip().upper()
