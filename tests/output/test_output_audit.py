@@ -160,6 +160,21 @@ def test_hostile_values_stay_on_one_line_of_valid_json(log_path: Path) -> None:
     assert chain_problems(lines_of(log_path)) == []
 
 
+def test_values_the_fast_encoder_refuses_are_still_written_exactly(log_path: Path) -> None:
+    # orjson writes most records; what it refuses, the json module writes.
+    log = AuditLog(log_path, flush_interval=60)
+    log.write(access(0, bytes_out=2**70))  # beyond 64 bits
+    log.write(access(1, counts={7: "by number"}))  # a non-text key
+    log.write(access(2, at=datetime(2026, 11, 23, 12, 0, 0, 250000, tzinfo=timezone.utc)))
+    log.close()
+    recs = records(log_path)
+    assert [r["request_id"] for r in recs] == ["req-0", "req-1", "req-2"]
+    assert recs[0]["bytes_out"] == 2**70
+    assert recs[1]["counts"] == {"7": "by number"}
+    assert recs[2]["at"] == "2026-11-23T12:00:00.250Z"  # nested datetimes as ts is
+    assert chain_problems(lines_of(log_path)) == []
+
+
 def test_seq_and_chain_continue_when_the_log_is_opened_again(log_path: Path) -> None:
     for run in range(3):
         log = AuditLog(log_path, flush_interval=60)
