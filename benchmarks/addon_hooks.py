@@ -116,6 +116,8 @@ def main() -> int:
     print(f"  total per request: {(statistics.fmean(total) + other_cpu / n) * 1e6:.1f} us")
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        if os.environ.get("CALLEES"):
+            pstats.Stats(profiler).sort_stats("cumulative").print_callees(os.environ["CALLEES"])
     return 0
 
 
