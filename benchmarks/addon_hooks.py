@@ -9,6 +9,10 @@ benchmark's traffic mix and times each hook per request, plus the CPU the
 audit writer thread spends off the hot path.
 
     .venv/bin/python benchmarks/addon_hooks.py [--requests 20000] [--profile]
+
+With --profile, CALLEES=REGEX in the environment also prints what the
+functions matching REGEX call (pstats print_callees), e.g.
+CALLEES='_requestheaders|_decide'.
 """
 
 from __future__ import annotations
