@@ -121,11 +121,17 @@ def decide(
     if not request.hosts:
         return Decision(BLOCK, DENIED, RULE_INVALID_HOST, message="The request names no host.")
     ledger = quota if quota is not None else _NO_QUOTA
+    index = _compiled(policy)
+    roleset = index.identities.get(
+        (identity.user, identity.groups, identity.client_ip if index.by_network else None)
+    )
+    if roleset is None:
+        roleset = index.roleset_of(identity, policy)
     if len(request.hosts) == 1:
-        return _decide_host(request.hosts[0], request, identity, policy, now, ledger)
+        return _decide_host(request.hosts[0], roleset, index, request, identity, policy, now, ledger)
     strictest: Decision | None = None
     for raw in dict.fromkeys(request.hosts):
-        decision = _decide_host(raw, request, identity, policy, now, ledger)
+        decision = _decide_host(raw, roleset, index, request, identity, policy, now, ledger)
         if strictest is None or _strictness(decision) < _strictness(strictest):
             strictest = decision
     assert strictest is not None
@@ -143,20 +149,16 @@ def _strictness(decision: Decision) -> tuple[int, int]:
 
 def _decide_host(
     raw: str,
+    roleset: _RoleSet,
+    index: _Compiled,
     request: Request,
     identity: Identity,
     policy: Policy,
     now: datetime,
     ledger: QuotaLedger,
 ) -> Decision:
-    index = _compiled(policy)
     # Everything that depends only on host and roles is planned once and
     # cached; only the method check and time-dependent grants run per request.
-    roleset = index.identities.get(
-        (identity.user, identity.groups, identity.client_ip if index.by_network else None)
-    )
-    if roleset is None:
-        roleset = index.roleset_of(identity, policy)
     plan = roleset.plans.get(raw)
     if plan is None:
         plan = index.plan(raw, roleset, policy)
