@@ -187,9 +187,10 @@ class AccessGate:
         self._tasks: list[asyncio.Task] = []
         # CONNECT targets of each client connection, for the requests inside.
         self._tunnels: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
-        # Each client connection's address, parsed once: ip_address() on every
-        # request was the largest single cost in the request hook (profiled).
-        self._client_ips: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        # Each client connection's identity, its address parsed once:
+        # ip_address() on every request was the largest single cost in the
+        # request hook (profiled).
+        self._identities: weakref.WeakKeyDictionary[Any, Identity] = weakref.WeakKeyDictionary()
         # (subject, site) -> last UTC minute marked, so a busy minute costs one store write.
         self._marked: dict[tuple[str, str], int] = {}
         self._enforce = True  # accessgate_mode, kept by configure
@@ -596,13 +597,17 @@ class AccessGate:
         return decision
 
     def _identity(self, flow: http.HTTPFlow) -> Identity:
-        """identity_for_flow(flow), with the client's address parsed once per connection."""
+        """identity_for_flow(flow), kept per connection."""
         client = flow.client_conn
-        try:
-            ip = self._client_ips[client]
-        except KeyError:
-            ip = self._client_ips[client] = client_ip(client.peername)
-        return Identity(user=user_from_proxyauth(flow.metadata.get("proxyauth")), client_ip=ip)
+        user = user_from_proxyauth(flow.metadata.get("proxyauth"))
+        known = self._identities.get(client)
+        if known is None or known.user != user:
+            # A connection keeps its user (proxyauth copies a CONNECT's
+            # credentials into the tunnel): one identity per connection,
+            # not one per request.
+            ip = known.client_ip if known is not None else client_ip(client.peername)
+            known = self._identities[client] = Identity(user=user, client_ip=ip)
+        return known
 
     def _policy(self) -> Policy:
         policy = self.policy
@@ -648,7 +653,7 @@ class AccessGate:
             "request_id": st.request_id,
             "user": st.identity.user,
             "roles": list(d.roles),
-            "client_ip": str(st.identity.client_ip) if st.identity.client_ip is not None else None,
+            "client_ip": _ip_text(st.identity.client_ip),
             "method": st.method,
             "scheme": st.scheme,
             "host": st.host,
@@ -656,7 +661,7 @@ class AccessGate:
             "site": d.site,
             "decision": d.decision,
             "reason": d.reason,
-            "level": d.level.value if d.level is not None else None,
+            "level": d.level._value_ if d.level is not None else None,  # .value is a slow property
             "rule": d.rule,
             "role": d.role,
             "status": status,
@@ -940,8 +945,10 @@ class AccessGate:
             headers = flow.response.headers
             # A scan of the raw names: pop() of an absent header raises and
             # catches a KeyError inside mitmproxy, on nearly every response.
-            if any(name.lower() == _ALT_SVC_B for name, _ in headers.fields):
-                del headers[_ALT_SVC]
+            for name, _ in headers.fields:
+                if len(name) == 7 and name.lower() == _ALT_SVC_B:
+                    del headers[_ALT_SVC]
+                    break
             if flow.response.stream is True:
                 st.streamed_out = 0
                 flow.response.stream = _counter(st, "streamed_out", lambda: self._long_lived_activity(flow, st))
@@ -987,6 +994,24 @@ class AccessGate:
 
 
 _STRIP_PREFIX_B = _STRIP_PREFIX.encode()
+
+
+_IP_TEXTS: dict[int, tuple[Any, str]] = {}
+
+
+def _ip_text(ip) -> str | None:
+    """str(ip), remembered: ipaddress rebuilds the text on every str() and
+    hashes slowly, and each connection reuses one address object."""
+    if ip is None:
+        return None
+    entry = _IP_TEXTS.get(id(ip))
+    if entry is not None and entry[0] is ip:  # held here, so its id is not reused
+        return entry[1]
+    if len(_IP_TEXTS) >= 4096:
+        _IP_TEXTS.clear()
+    text = str(ip)
+    _IP_TEXTS[id(ip)] = (ip, text)
+    return text
 
 
 def _sanitize(headers: http.Headers) -> None:

@@ -46,7 +46,8 @@ def _names(flow: http.HTTPFlow, host_values: list[str], extra: Iterable[str]) ->
         names.append(sni)
     names.extend(extra)
     # Keep order for messages, drop exact repeats (the engine would too).
-    return tuple(dict.fromkeys(n for n in names if n is not None))
+    # Every entry is a non-empty str: `extra` holds CONNECT targets, never None.
+    return tuple(dict.fromkeys(names))
 
 
 def path_without_query(path: str) -> str:
