@@ -30,6 +30,7 @@ With --noop, a third proxy runs an addon whose hooks do nothing
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -63,6 +64,8 @@ class Sample:
     p99_ms: float
     cpu: float  # share of one core the proxy used during the sample
     errors: int
+    batch: int = 0  # samples compared with each other share a batch
+
 
     @property
     def per_cpu_second(self) -> float:
@@ -104,12 +107,57 @@ def measure(proxy: pl.Mitmdump, proto: str, args, ca: Path, load_core: int) -> S
     return Sample(proxy.name, proto, rps, p50, p99, cpu, errors)
 
 
+def measure_together(pair: list[pl.Mitmdump], proto: str, args, ca: Path, load_core: int) -> list[Sample]:
+    """Load both proxies of `pair` at once, on their shared core, for the same seconds.
+
+    Whatever else the machine does in those seconds slows both alike, and the
+    kernel gives two busy processes on one core equal CPU time, so the ratio
+    of what each served is the ratio of their costs per request.
+    """
+    cpu0 = [pl.cpu_seconds(p.pid) for p in pair]
+    t0 = time.monotonic()
+    rows = []
+    if proto == "http":
+        specs = [f"{c.method} {c.url} {c.proxy_authorization()}" for c in MIX]
+        runs = [
+            subprocess.Popen(
+                pl.pin(["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds:.0f}s", "--timeout", "10s",
+                        "-s", str(LUA), f"http://127.0.0.1:{p.port}", "--", *specs], load_core),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            for p in pair
+        ]
+        for run in runs:
+            stdout, stderr = run.communicate(timeout=args.seconds + 60)
+            line = next((l for l in stdout.splitlines() if l.startswith("{")), None)
+            if line is None:
+                raise RuntimeError(f"wrk printed no summary:\n{stdout}\n{stderr}")
+            out = json.loads(line)
+            errors = sum(out[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+            rows.append((out["requests"] / (out["duration_us"] / 1e6), out["p50_us"] / 1000, out["p99_us"] / 1000, errors))
+    else:
+        plan = [[pl.Call(c.user, c.method, c.url.replace("http://", "https://"))] for c in MIX]
+        tallies = [pl.Tally() for _ in pair]
+        pl.run_load_together(
+            [(p.port, [plan[i % len(plan)] for i in range(args.connections)], t) for p, t in zip(pair, tallies)],
+            seconds=args.seconds, ca_file=ca, per_connection=args.per_tunnel,
+        )  # fmt: skip
+        for t in tallies:
+            errors = t.errors + len(t.connect_errors) + sum(n for (status, _), n in t.outcomes.items() if status != 200)
+            rows.append((t.rps, t.percentile(0.5), t.percentile(0.99), errors))
+    elapsed = time.monotonic() - t0
+    return [
+        Sample(p.name, proto, rps, p50, p99, (pl.cpu_seconds(p.pid) - c0) / elapsed, errors)
+        for p, c0, (rps, p50, p99, errors) in zip(pair, cpu0, rows)
+    ]
+
+
 def summarize(samples: list[Sample], proto: str, names: list[str]) -> dict:
     """Medians per configuration and, for each one but bare, its ratios to bare per round."""
     by = {name: [s for s in samples if s.proto == proto and s.config == name] for name in names}
     out: dict = {}
     for name in names[1:]:
-        pairs = list(zip(by[name], by["bare"]))
+        pairs = [(a, b) for a in by[name] for b in by["bare"] if a.batch == b.batch]
         suffix = "" if name == "accessgate" else f"_{name}"
         out["ratio" + suffix] = _spread([a.rps / b.rps for a, b in pairs if b.rps])
         out["ratio_per_cpu_second" + suffix] = _spread(
@@ -142,6 +190,9 @@ def main() -> int:
     parser.add_argument("--noop", action="store_true",
                         help="also run mitmdump with an addon whose hooks do nothing (benchmarks/noop_addon.py): "
                              "what mitmproxy spends on calling any addon")
+    parser.add_argument("--together", action="store_true",
+                        help="load bare and accessgate (and bare and noop) at the same time on their shared core "
+                             "instead of in turn: drift on a busy host then slows both alike")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit log)")
     args = parser.parse_args()
@@ -192,10 +243,22 @@ def main() -> int:
         samples: list[Sample] = []
         for r in range(args.rounds):
             for proto in ("http", "https"):
-                # Each round starts with the next configuration, so that
-                # none is always measured first (or right after another).
-                for proxy in proxies[r % len(proxies):] + proxies[: r % len(proxies)]:
-                    s = measure(proxy, proto, args, ca, load_core)
+                if args.together:
+                    # bare with each other configuration, both loaded at once;
+                    # who is started first alternates.
+                    batches = [[bare, other] if r % 2 == 0 else [other, bare] for other in proxies[1:]]
+                    measured = [
+                        dataclasses.replace(s, batch=r * len(batches) + i)
+                        for i, pair in enumerate(batches)
+                        for s in measure_together(pair, proto, args, ca, load_core)
+                    ]
+                else:
+                    # Each round starts with the next configuration, so that
+                    # none is always measured first (or right after another).
+                    order = proxies[r % len(proxies):] + proxies[: r % len(proxies)]
+                    measured = [dataclasses.replace(measure(proxy, proto, args, ca, load_core), batch=r)
+                                for proxy in order]
+                for s in measured:
                     samples.append(s)
                     print(f"  round {r + 1} {proto:5} {s.config:10} {s.rps:8.0f} req/s  p50 {s.p50_ms:6.1f} ms"
                           f"  p99 {s.p99_ms:6.1f} ms  proxy cpu {s.cpu:4.2f}  errors {s.errors}", flush=True)

@@ -409,5 +409,34 @@ def run_load(
     return tally
 
 
+def run_load_together(
+    targets: list[tuple[int, list[list[Call]], Tally]],
+    *,
+    seconds: float,
+    ca_file: Path | None = None,
+    per_connection: int = 0,
+    max_requests: int = 10_000_000,
+) -> None:
+    """`run_load` against several proxies at once, from one event loop: the
+    same client serves all of them in turn, so none is favoured."""
+    ca = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
+
+    async def main() -> None:
+        deadline = time.monotonic() + seconds
+        started = time.perf_counter()
+        budgets = [[max_requests] for _ in targets]  # requests per proxy
+        await asyncio.gather(
+            *(
+                _connection(port, calls, tally, deadline, ca, per_connection, budget)
+                for (port, plan, tally), budget in zip(targets, budgets)
+                for calls in plan
+            )
+        )
+        for _, _, tally in targets:
+            tally.seconds = time.perf_counter() - started
+
+    asyncio.run(main())
+
+
 def tmpdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
