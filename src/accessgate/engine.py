@@ -593,6 +593,7 @@ class _Compiled:
                 roleset.sites.clear()
         else:
             self.rolesets = {}
+            self._defaults = {}
         # (user, groups, address) -> role set
         self.identities: dict[tuple, _RoleSet] = {}
         if not self.by_network:  # else roles depend on the address too

@@ -150,3 +150,28 @@ def test_the_engines_short_way_to_a_hosts_site_is_the_long_way(raw):
         assert info.invalid is not None
         return
     assert (info.name, info.site, info.invalid) == (host.name, site_for(host, POLICY), None)
+
+
+def test_a_scan_of_many_hosts_and_clients_keeps_every_cache_bounded(monkeypatch):
+    # An attacker (or a crawler) can name endless hosts and, with `net:`
+    # roles, come from endless addresses; the caches must stay bounded and
+    # the answers the same.
+    import ipaddress
+
+    from accessgate import engine
+
+    monkeypatch.setattr(engine, "_CACHE_SIZE", 40)
+    text = POLICY_TEXT.replace('members: [all]', 'members: [all, "net:10.0.0.0/8"]')
+    scanned = parse_policy(text, "<scanned>")
+    fresh = parse_policy(text, "<fresh>")
+    now = datetime(2026, 11, 23, 11, 30, tzinfo=timezone.utc)
+    index = _compiled(scanned)
+    for i in range(600):
+        request = Request("GET", (f"h{i}.facebook.com" if i % 3 else f"h{i}.example.org",), "/")
+        identity = Identity(user=None if i % 2 else "erin", client_ip=ipaddress.IPv4Address(0x0A000000 + i))
+        got = decide(request, identity, scanned, now)
+        _forget_everything(fresh)
+        assert got == decide(request, identity, fresh, now)
+        assert index.planned <= 40
+        assert len(index.hosts) <= 40 and len(index.identities) <= 40 + len(index.directory_roles)
+        assert sum(len(r.plans) for r in index.rolesets.values()) <= 40
