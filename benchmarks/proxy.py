@@ -24,7 +24,13 @@ proxy, which a busy shared host disturbs less.  Goal (issue 3): >= 0.97.
 With --noop, a third proxy runs an addon whose hooks do nothing
 (noop_addon.py): what mitmproxy itself spends on calling any addon.
 
-    .venv/bin/python benchmarks/proxy.py [--rounds 3] [--seconds 10] [--state sqlite] [--noop]
+With --together, bare and accessgate (and bare and noop) are loaded at the
+same time instead of in turn, while they share their core: interference
+from the rest of a busy host then slows both alike, and the ratio of what
+each served is the ratio of their costs per request.  On these shared
+machines that is the only way the ratio resolves a few percent.
+
+    .venv/bin/python benchmarks/proxy.py [--rounds 3] [--seconds 10] [--state sqlite] [--noop] [--together]
 """
 
 from __future__ import annotations
