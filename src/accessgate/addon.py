@@ -942,13 +942,7 @@ class AccessGate:
             st = flow.metadata.get(META)
             if not isinstance(st, FlowState) or st.blocked_here:
                 return
-            headers = flow.response.headers
-            # A scan of the raw names: pop() of an absent header raises and
-            # catches a KeyError inside mitmproxy, on nearly every response.
-            for name, _ in headers.fields:
-                if len(name) == 7 and name.lower() == _ALT_SVC_B:
-                    del headers[_ALT_SVC]
-                    break
+            _drop_alt_svc(flow.response.headers)
             if flow.response.stream is True:
                 st.streamed_out = 0
                 flow.response.stream = _counter(st, "streamed_out", lambda: self._long_lived_activity(flow, st))
@@ -994,6 +988,16 @@ class AccessGate:
 
 
 _STRIP_PREFIX_B = _STRIP_PREFIX.encode()
+
+
+def _drop_alt_svc(headers: http.Headers) -> None:
+    """No Alt-Svc: it would invite the browser to HTTP/3 over UDP, past the proxy."""
+    # A scan of the raw names: pop() of an absent header raises and catches
+    # a KeyError inside mitmproxy, on nearly every response.
+    for name, _ in headers.fields:
+        if len(name) == 7 and name.lower() == _ALT_SVC_B:
+            del headers[_ALT_SVC]
+            return
 
 
 _IP_TEXTS: dict[int, tuple[Any, str]] = {}
