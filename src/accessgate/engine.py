@@ -187,13 +187,17 @@ class _RoleSet:
     in a handful of role sets plans each host a handful of times.
     """
 
-    __slots__ = ("roles", "anonymous", "plans", "sites")
+    __slots__ = ("roles", "anonymous", "plans", "sites", "unnamed")
 
-    def __init__(self, roles: tuple[str, ...], anonymous: bool):
+    def __init__(self, roles: tuple[str, ...], anonymous: bool, defaults: _SiteGrants):
         self.roles = roles
         self.anonymous = anonymous  # signed in as nobody, and no role for that
         self.plans: dict[str, Decision | _Plan] = {}  # raw host -> plan
         self.sites: dict[str, Decision | _Plan] = {}  # site -> plan at the host that first asked
+        # What a site that none of these roles names decides (each role's `*`),
+        # as a Decision with "{site}" for the site, when it needs no clock:
+        # most sites of a large catalog, planned without a grants lookup.
+        self.unnamed = _unnamed_template(roles, anonymous, defaults)
 
 
 class _HostInfo(NamedTuple):
@@ -268,6 +272,31 @@ def _site_plan(roleset: _RoleSet, site: str, host: str, index: _Compiled) -> Dec
         return _allowed(best, site, roles, host, site_grants)
     allow = _allowed(best, site, roles, host, site_grants) if best is not None else None
     return _Plan(allow, site_grants, site, roles, host, {})
+
+
+def _unnamed_template(roles: tuple[str, ...], anonymous: bool, defaults: _SiteGrants) -> Decision | None:
+    if anonymous:
+        return None
+    best = defaults.static_best
+    if not defaults.grants:
+        return Decision(
+            BLOCK, DENIED, RULE_NO_GRANT, "{site}", None, None, roles, None,
+            message="No role of yours grants access to {site}.",
+        )
+    if best is not None and best[1].level is Level.DENY:
+        return _denied(best, "{site}", roles, None)
+    if best is not None and best[1].level is Level.FULL:
+        return _allowed(best, "{site}", roles, None, defaults)
+    return None  # read-only or timed: planned the long way
+
+
+def _from_template(template: Decision, site: str, host: str) -> Decision:
+    verdict, reason, rule, _, level, role, roles, _, opens_at, counts_quota, message = template
+    return _new_decision(
+        Decision,
+        (verdict, reason, rule, site, level, role, roles, host, opens_at, counts_quota,
+         message.replace("{site}", site) if message else message),
+    )  # fmt: skip
 
 
 def _at_host(plan: Decision | _Plan, host: str) -> Decision | _Plan:
@@ -604,8 +633,10 @@ class _Compiled:
     def _roleset(self, roles: tuple[str, ...], anonymous: bool) -> _RoleSet:
         roleset = self.rolesets.get((roles, anonymous))
         if roleset is None:
-            roleset = self.rolesets[(roles, anonymous)] = _RoleSet(roles, anonymous)
-            self._defaults.setdefault(roles, self._collect(roles, "*"))
+            defaults = self._defaults.get(roles)
+            if defaults is None:
+                defaults = self._defaults[roles] = self._collect(roles, "*")
+            roleset = self.rolesets[(roles, anonymous)] = _RoleSet(roles, anonymous, defaults)
         return roleset
 
     def roleset_of(self, identity: Identity, policy: Policy) -> _RoleSet:
@@ -626,9 +657,15 @@ class _Compiled:
         elif host.site is None:
             plan = _unlisted(host.name, roleset.roles, policy)
         else:
-            plan = roleset.sites.get(host.site)
+            site = host.site
+            plan = roleset.sites.get(site)
             if plan is None:
-                plan = roleset.sites[host.site] = _site_plan(roleset, host.site, host.name, self)
+                naming = self.naming.get(site)
+                if roleset.unnamed is not None and (naming is None or naming.isdisjoint(roleset.roles)):
+                    plan = _from_template(roleset.unnamed, site, host.name)
+                else:
+                    plan = _site_plan(roleset, site, host.name, self)
+                roleset.sites[site] = plan
             elif plan.host != host.name:
                 plan = _at_host(plan, host.name)
         if self.planned >= _CACHE_SIZE:

@@ -175,3 +175,25 @@ def test_a_scan_of_many_hosts_and_clients_keeps_every_cache_bounded(monkeypatch)
         assert index.planned <= 40
         assert len(index.hosts) <= 40 and len(index.identities) <= 40 + len(index.directory_roles)
         assert sum(len(r.plans) for r in index.rolesets.values()) <= 40
+
+
+def test_a_site_no_role_names_is_planned_the_short_way_as_the_long_way():
+    # Sites none of a client's roles names are planned from a template per
+    # role set; it must give exactly what planning grant by grant gives.
+    from accessgate.engine import _from_template, _site_plan
+    from accessgate.loader import load_policy
+
+    for policy in (POLICY, load_policy("policy/example.yaml")):
+        index = _compiled(policy)
+        users = [None, "nobody-in-particular", *policy.user_groups, *index.by_user]
+        checked = 0
+        for user in users:
+            roleset = index.roleset_of(Identity(user=user), policy)
+            for site in policy.sites:
+                naming = index.naming.get(site)
+                if roleset.unnamed is None or not (naming is None or naming.isdisjoint(roleset.roles)):
+                    continue
+                long_way = _site_plan(roleset, site, f"www.{site}.test", index)
+                assert _from_template(roleset.unnamed, site, f"www.{site}.test") == long_way
+                checked += 1
+        assert checked > 0
