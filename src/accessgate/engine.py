@@ -19,7 +19,7 @@ from datetime import date, datetime, timezone
 from typing import NamedTuple
 
 from .errors import InvalidHost, StateStoreUnavailable
-from .hosts import NormalHost, normalize_host, plain_name
+from .hosts import MAX_NAME_LENGTH, NormalHost, normalize_host, plain_labels, plain_name
 from .model import Fallback, Grant, IPAddress, IPNetwork, Level, MemberKind, Policy, Site
 from .quota import NoQuotaUsed, QuotaLedger
 from .windows import in_any_window, next_window_start, start_of_next_day
@@ -210,18 +210,26 @@ class _HostInfo(NamedTuple):
 
 def _host_info(raw: str, index: _Compiled, policy: Policy) -> _HostInfo:
     # Plain names, most of them, by the short way; the rest by normalize_host.
-    name = plain_name(raw.lower()) if raw.isascii() else None
-    if name is not None:
+    if raw.isascii():
+        lowered = raw.lower()
+        name = lowered[:-1] if lowered[-1:] == "." else lowered
         domains = index.domains
-        suffix = name
-        while True:
-            site = domains.get(suffix)
+        site = domains.get(name)
+        if site is not None:  # a domain of the policy: valid, as the loader checked
+            return _HostInfo(name, site)
+        dot = name.find(".")
+        while dot > 0:
+            site = domains.get(name[dot + 1 :])
             if site is not None:
-                return _HostInfo(name, site)
-            dot = suffix.find(".")
-            if dot < 0:
-                return _HostInfo(name, None)
-            suffix = suffix[dot + 1 :]
+                # Under a domain of the policy: only the labels before it need checking.
+                if len(name) <= MAX_NAME_LENGTH and plain_labels(name[:dot]):
+                    return _HostInfo(name, site)
+                break
+            dot = name.find(".", dot + 1)
+        else:
+            plain = plain_name(lowered)
+            if plain is not None:
+                return _HostInfo(plain, None)
     try:
         host = normalize_host(raw)
     except InvalidHost as exc:

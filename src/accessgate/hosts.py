@@ -73,6 +73,21 @@ def plain_name(raw: str) -> str | None:
     return None
 
 
+_PLAIN_LABELS = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}\Z")
+
+
+def plain_labels(prefix: str) -> bool:
+    """Whether `prefix` (lower case, no trailing dot) is one or more labels a
+    plain host name may have: what comes before a known domain in a name."""
+    return (
+        _PLAIN_LABELS.match(prefix) is not None
+        and prefix[0] != "-"
+        and prefix[-1] != "-"
+        and "-." not in prefix
+        and ".-" not in prefix
+    )
+
+
 def _normalize(raw: str) -> NormalHost:
     plain = plain_name(raw)
     if plain is not None:
