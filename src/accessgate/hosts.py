@@ -79,6 +79,13 @@ _PLAIN_LABELS = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}\Z")
 def plain_labels(prefix: str) -> bool:
     """Whether `prefix` (lower case, no trailing dot) is one or more labels a
     plain host name may have: what comes before a known domain in a name."""
+    if (
+        len(prefix) <= MAX_LABEL_LENGTH
+        and prefix.isascii()
+        and prefix.isalnum()
+        and (prefix.islower() or prefix.isdigit())
+    ):
+        return True  # one label of letters and digits: www, api, static ...
     return (
         _PLAIN_LABELS.match(prefix) is not None
         and prefix[0] != "-"

@@ -82,3 +82,17 @@ def test_any_text_normalizes_or_raises_invalid_host(text):
     assert result.name == result.name.lower()
     assert not result.name.endswith(".")
     assert normalize_host(result.name) == result
+
+
+@pytest.mark.parametrize(
+    "prefix, plain",
+    [
+        ("www", True), ("static", True), ("a1", True), ("api.v2", True), ("a-b", True), ("_dmarc", True),
+        ("-a", False), ("a-", False), ("a.-b", False), ("a..b", False), ("", False), ("é", False),
+        ("a" * 63, True), ("a" * 64, False), ("WWW", False), ("Www", False), ("123", True),
+    ],
+)  # fmt: skip
+def test_plain_labels_before_a_known_domain(prefix, plain):
+    from accessgate.hosts import plain_labels
+
+    assert plain_labels(prefix) is plain
