@@ -641,10 +641,7 @@ class _Compiled:
     def _roleset(self, roles: tuple[str, ...], anonymous: bool) -> _RoleSet:
         roleset = self.rolesets.get((roles, anonymous))
         if roleset is None:
-            defaults = self._defaults.get(roles)
-            if defaults is None:
-                defaults = self._defaults[roles] = self._collect(roles, "*")
-            roleset = self.rolesets[(roles, anonymous)] = _RoleSet(roles, anonymous, defaults)
+            roleset = self.rolesets[(roles, anonymous)] = _RoleSet(roles, anonymous, self._unnamed(roles))
         return roleset
 
     def roleset_of(self, identity: Identity, policy: Policy) -> _RoleSet:
@@ -733,16 +730,19 @@ class _Compiled:
     def grants(self, roles: tuple[str, ...], site: str) -> _SiteGrants:
         naming = self.naming.get(site)
         if naming is None or naming.isdisjoint(roles):
-            # No role names the site: each role's `*`, the same for every such site.
-            found = self._defaults.get(roles)
-            if found is None:
-                found = self._defaults[roles] = self._collect(roles, "*")
-            return found
+            return self._unnamed(roles)
         key = (roles, site)
         found = self._grants.get(key)
         if found is None:
             found = self._collect(roles, site)
             _bounded_put(self._grants, key, found)
+        return found
+
+    def _unnamed(self, roles: tuple[str, ...]) -> _SiteGrants:
+        """The grants for a site none of `roles` names: each role's `*`, the same for every such site."""
+        found = self._defaults.get(roles)
+        if found is None:
+            found = self._defaults[roles] = self._collect(roles, "*")
         return found
 
     def _collect(self, roles: tuple[str, ...], site: str) -> _SiteGrants:
