@@ -1021,7 +1021,9 @@ def _ip_text(ip) -> str | None:
 def _sanitize(headers: http.Headers) -> None:
     """Before anything reads the headers: strip what is private, unfold what is folded.
 
-    One pass over the raw fields finds both, since almost no request has either.
+    Nothing about the user reaches the site: no proxy credentials, no
+    X-Accessgate-*.  One pass over the raw fields finds both kinds, since
+    almost no request has either.
     """
     doomed: set[bytes] = set()
     folded = False
@@ -1035,14 +1037,9 @@ def _sanitize(headers: http.Headers) -> None:
         if b"\n" in value:
             folded = True
     for name in doomed:
-        _strip(headers, name)
+        del headers[name.decode("utf-8", "surrogateescape")]
     if folded:
         _unfold(headers)
-
-
-def _strip(headers: http.Headers, name: bytes) -> None:
-    """Nothing about the user reaches the site: no proxy credentials, no X-Accessgate-*."""
-    del headers[name.decode("utf-8", "surrogateescape")]
 
 
 _FOLD = re.compile(rb"\r?\n[ \t]*")
