@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Decision engine benchmark: a 50,000-domain, 100-role policy on one core.
 
-Prints policy load time, memory the loaded policy holds, decisions per second
-and p50/p99 time per decision -- for accessgate's decide() and, side by side
-in the same run, for the cheapest possible policy hook (one dict lookup of
-the exact host), alternating A B A B so that drift on a shared host hits
-both.  Goals (issue 2): >= 300,000 decisions/s, p99 <= 10 us, load <= 1 s,
-<= 200 MB.
+Prints policy load time (parse, validate, index), memory the loaded policy
+holds, decisions per second and p50/p99 time per decision -- for accessgate's
+decide() and, side by side in the same run, for the cheapest possible policy
+hook (one dict lookup of the exact host), alternating A B A B so that drift
+on a shared host hits both.  Decisions are measured in steady state on
+requests the engine has not seen, in three mixes (see make_requests):
+browsing (Zipf site popularity; the goals are read on it), uniform and cold.
+Goals (issue 2): >= 300,000 decisions/s, p99 <= 10 us, load <= 1 s, <= 200 MB.
 
     .venv/bin/python benchmarks/engine.py [--rounds 3] [--decisions 100000]
 """
