@@ -11,6 +11,7 @@ module only supplies the name and the client's address.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from typing import Any
 
 from .engine import Identity
@@ -26,8 +27,15 @@ def client_ip(peername: Any) -> IPAddress | None:
     if not peername:
         return None
     host = peername[0] if isinstance(peername, (tuple, list)) else peername
+    return _address(str(host))
+
+
+@lru_cache(maxsize=4096)
+def _address(host: str) -> IPAddress | None:
+    # One object per address rather than per connection: parsing is slow,
+    # and the proxy remembers what it derives from an address object.
     try:
-        ip = ipaddress.ip_address(str(host).split("%", 1)[0])
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
