@@ -47,38 +47,31 @@ def normalize_host(raw: str) -> NormalHost:
     return _normalize(raw.lower() if raw.isascii() else raw)
 
 
-# A whole plain host name, already lower case, optional trailing dot: the
-# common case.  Labels of 1-63 allowed characters by one simple regex; that no
-# label starts or ends with '-' by substring tests (a regex saying both at
-# once was three times slower).  Whatever fails here takes the full path.
-_PLAIN_NAME = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}\.?\Z")
-
-
 def plain_name(raw: str) -> str | None:
     """The canonical name of `raw` when it is a plain lower-case host name
     (the common case, and the only one cheap enough to try first); else None,
     and `normalize_host` decides it.  Never a name `normalize_host` would not give."""
-    if (
-        len(raw) <= MAX_NAME_LENGTH
-        and _PLAIN_NAME.match(raw)
-        and raw[0] != "-"
-        and raw[-1] != "-"
-        and "-." not in raw
-        and ".-" not in raw
-    ):
-        host = raw[:-1] if raw[-1] == "." else raw
-        last = host[host.rfind(".") + 1 :]
-        if not (last.isdigit() or last.startswith("0x")):
-            return host
-    return None
+    if len(raw) > MAX_NAME_LENGTH:
+        return None
+    host = raw[:-1] if raw.endswith(".") else raw
+    if not host or not plain_labels(host):
+        return None
+    last = host[host.rfind(".") + 1 :]
+    if last.isdigit() or last.startswith("0x"):
+        return None  # an IPv4 address in one of its spellings
+    return host
 
 
+# Labels of 1-63 allowed characters by one simple regex; that no label starts
+# or ends with '-' by substring tests (a regex saying both at once was three
+# times slower).  Whatever fails here takes the full path.
 _PLAIN_LABELS = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}\Z")
 
 
 def plain_labels(prefix: str) -> bool:
     """Whether `prefix` (lower case, no trailing dot) is one or more labels a
-    plain host name may have: what comes before a known domain in a name."""
+    plain host name may have: a whole name, or what comes before a known
+    domain in one."""
     if (
         len(prefix) <= MAX_LABEL_LENGTH
         and prefix.isascii()
