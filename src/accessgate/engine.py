@@ -122,11 +122,11 @@ def decide(
         return Decision(BLOCK, DENIED, RULE_INVALID_HOST, message="The request names no host.")
     ledger = quota if quota is not None else _NO_QUOTA
     index = _compiled(policy)
-    roleset = index.identities.get(
-        (identity.user, identity.groups, identity.client_ip if index.by_network else None)
-    )
+    # Who the client is, as far as roles go; the address only when `net:` members make it count.
+    key = (identity.user, identity.groups, identity.client_ip if index.by_network else None)
+    roleset = index.identities.get(key)
     if roleset is None:
-        roleset = index.roleset_of(identity, policy)
+        roleset = index.roleset_of(identity, key, policy)
     if len(request.hosts) == 1:
         return _decide_host(request.hosts[0], roleset, index, request, identity, policy, now, ledger)
     strictest: Decision | None = None
@@ -634,7 +634,7 @@ class _Compiled:
         # (user, groups, address) -> role set
         self.identities: dict[tuple, _RoleSet] = {}
         if not self.by_network:  # else roles depend on the address too
-            for user, roles in self.directory_roles.items():
+            for user, roles in self.directory_roles.items():  # keys as `decide` makes them
                 self.identities[(user, frozenset(), None)] = self._roleset(roles, False)
         self.planned = 0  # plans held by all role sets together
 
@@ -644,10 +644,10 @@ class _Compiled:
             roleset = self.rolesets[(roles, anonymous)] = _RoleSet(roles, anonymous, self._unnamed(roles))
         return roleset
 
-    def roleset_of(self, identity: Identity, policy: Policy) -> _RoleSet:
+    def roleset_of(self, identity: Identity, key: tuple, policy: Policy) -> _RoleSet:
+        """The role set of `identity`, remembered under `key` (see `decide`)."""
         roles = roles_for(identity, policy)
         roleset = self._roleset(roles, not roles and identity.user is None)
-        key = (identity.user, identity.groups, identity.client_ip if self.by_network else None)
         _bounded_put(self.identities, key, roleset)
         return roleset
 

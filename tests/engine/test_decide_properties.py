@@ -189,7 +189,7 @@ def test_a_site_no_role_names_is_planned_the_short_way_as_the_long_way():
         users = [None, "nobody-in-particular", *policy.user_groups, *index.by_user]
         checked = 0
         for user in users:
-            roleset = index.roleset_of(Identity(user=user), policy)
+            roleset = index.roleset_of(Identity(user=user), (user, frozenset(), None), policy)
             for site in policy.sites:
                 naming = index.naming.get(site)
                 if roleset.unnamed is None or not (naming is None or naming.isdisjoint(roleset.roles)):
