@@ -78,37 +78,48 @@ class Sample:
         return self.rps / self.cpu if self.cpu else 0.0
 
 
-def wrk(proxy: pl.Mitmdump, seconds: float, connections: int, core: int) -> dict:
+def wrk_args(proxy: pl.Mitmdump, seconds: float, connections: int, core: int) -> list[str]:
     specs = [f"{c.method} {c.url} {c.proxy_authorization()}" for c in MIX]
-    args = pl.pin(
+    return pl.pin(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "10s",
          "-s", str(LUA), f"http://127.0.0.1:{proxy.port}", "--", *specs],
         core,
     )  # fmt: skip
-    done = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("{")), None)
+
+
+def wrk_row(stdout: str, stderr: str) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, errors) from wrk-proxy.lua's JSON summary line."""
+    line = next((l for l in stdout.splitlines() if l.startswith("{")), None)
     if line is None:
-        raise RuntimeError(f"wrk printed no summary:\n{done.stdout}\n{done.stderr}")
-    return json.loads(line)
+        raise RuntimeError(f"wrk printed no summary:\n{stdout}\n{stderr}")
+    out = json.loads(line)
+    errors = sum(out[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+    return out["requests"] / (out["duration_us"] / 1e6), out["p50_us"] / 1000, out["p99_us"] / 1000, errors
+
+
+def https_plan(args) -> list[list[pl.Call]]:
+    plan = [[pl.Call(c.user, c.method, c.url.replace("http://", "https://"))] for c in MIX]
+    return [plan[i % len(plan)] for i in range(args.connections)]
+
+
+def tally_row(tally: pl.Tally) -> tuple[float, float, float, int]:
+    errors = tally.errors + len(tally.connect_errors) + sum(
+        n for (status, _), n in tally.outcomes.items() if status != 200
+    )
+    return tally.rps, tally.percentile(0.5), tally.percentile(0.99), errors
 
 
 def measure(proxy: pl.Mitmdump, proto: str, args, ca: Path, load_core: int) -> Sample:
     cpu0, t0 = pl.cpu_seconds(proxy.pid), time.monotonic()
     if proto == "http":
-        out = wrk(proxy, args.seconds, args.connections, load_core)
-        rps = out["requests"] / (out["duration_us"] / 1e6)
-        p50, p99 = out["p50_us"] / 1000, out["p99_us"] / 1000
-        errors = sum(out[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+        done = subprocess.run(wrk_args(proxy, args.seconds, args.connections, load_core),
+                              capture_output=True, text=True, timeout=args.seconds + 60)
+        rps, p50, p99, errors = wrk_row(done.stdout, done.stderr)
     else:
-        plan = [[pl.Call(c.user, c.method, c.url.replace("http://", "https://"))] for c in MIX]
         tally = pl.run_load(
-            proxy.port, [plan[i % len(plan)] for i in range(args.connections)],
-            seconds=args.seconds, ca_file=ca, per_connection=args.per_tunnel,
+            proxy.port, https_plan(args), seconds=args.seconds, ca_file=ca, per_connection=args.per_tunnel,
         )  # fmt: skip
-        rps, p50, p99 = tally.rps, tally.percentile(0.5), tally.percentile(0.99)
-        errors = tally.errors + len(tally.connect_errors) + sum(
-            n for (status, _), n in tally.outcomes.items() if status != 200
-        )
+        rps, p50, p99, errors = tally_row(tally)
     cpu = (pl.cpu_seconds(proxy.pid) - cpu0) / (time.monotonic() - t0)
     return Sample(proxy.name, proto, rps, p50, p99, cpu, errors)
 
@@ -122,35 +133,20 @@ def measure_together(pair: list[pl.Mitmdump], proto: str, args, ca: Path, load_c
     """
     cpu0 = [pl.cpu_seconds(p.pid) for p in pair]
     t0 = time.monotonic()
-    rows = []
     if proto == "http":
-        specs = [f"{c.method} {c.url} {c.proxy_authorization()}" for c in MIX]
         runs = [
-            subprocess.Popen(
-                pl.pin(["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds:.0f}s", "--timeout", "10s",
-                        "-s", str(LUA), f"http://127.0.0.1:{p.port}", "--", *specs], load_core),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+            subprocess.Popen(wrk_args(p, args.seconds, args.connections, load_core),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for p in pair
-        ]
-        for run in runs:
-            stdout, stderr = run.communicate(timeout=args.seconds + 60)
-            line = next((l for l in stdout.splitlines() if l.startswith("{")), None)
-            if line is None:
-                raise RuntimeError(f"wrk printed no summary:\n{stdout}\n{stderr}")
-            out = json.loads(line)
-            errors = sum(out[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
-            rows.append((out["requests"] / (out["duration_us"] / 1e6), out["p50_us"] / 1000, out["p99_us"] / 1000, errors))
+        ]  # fmt: skip
+        rows = [wrk_row(*run.communicate(timeout=args.seconds + 60)) for run in runs]
     else:
-        plan = [[pl.Call(c.user, c.method, c.url.replace("http://", "https://"))] for c in MIX]
         tallies = [pl.Tally() for _ in pair]
         pl.run_load_together(
-            [(p.port, [plan[i % len(plan)] for i in range(args.connections)], t) for p, t in zip(pair, tallies)],
+            [(p.port, https_plan(args), t) for p, t in zip(pair, tallies)],
             seconds=args.seconds, ca_file=ca, per_connection=args.per_tunnel,
         )  # fmt: skip
-        for t in tallies:
-            errors = t.errors + len(t.connect_errors) + sum(n for (status, _), n in t.outcomes.items() if status != 200)
-            rows.append((t.rps, t.percentile(0.5), t.percentile(0.99), errors))
+        rows = [tally_row(t) for t in tallies]
     elapsed = time.monotonic() - t0
     return [
         Sample(p.name, proto, rps, p50, p99, (pl.cpu_seconds(p.pid) - c0) / elapsed, errors)
