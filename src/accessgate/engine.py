@@ -165,7 +165,7 @@ def _decide_host(
     if type(plan) is Decision:  # nothing else can change it
         return plan
     if plan.site_grants.static_best is not None:  # read-only without windows or quotas
-        return _read_only(plan.allow, request, policy)
+        return _read_only(plan.allow, request, policy, plan.refusals)
     return _decide_grants(plan, request, identity, policy, now, ledger)
 
 
@@ -178,6 +178,7 @@ class _Plan(NamedTuple):
     roles: tuple[str, ...]
     host: str | None
     allows: dict[str, Decision]  # role -> the decision when that role's timed grant allows
+    refusals: dict[tuple[str | None, str], Decision]  # (role, why) -> a read-only block
 
 
 class _RoleSet:
@@ -187,9 +188,9 @@ class _RoleSet:
     in a handful of role sets plans each host a handful of times.
     """
 
-    __slots__ = ("roles", "anonymous", "plans", "sites", "unnamed")
+    __slots__ = ("roles", "anonymous", "plans", "sites", "unnamed", "unlisted")
 
-    def __init__(self, roles: tuple[str, ...], anonymous: bool, defaults: _SiteGrants):
+    def __init__(self, roles: tuple[str, ...], anonymous: bool, defaults: _SiteGrants, unlisted_allowed: bool):
         self.roles = roles
         self.anonymous = anonymous  # signed in as nobody, and no role for that
         self.plans: dict[str, Decision | _Plan] = {}  # raw host -> plan
@@ -198,6 +199,9 @@ class _RoleSet:
         # as a Decision with "{site}" for the site, when it needs no clock:
         # most sites of a large catalog, planned without a grants lookup.
         self.unnamed = _unnamed_template(roles, anonymous, defaults)
+        # What a host in no site decides, but for the host: `unlisted: allow`
+        # needs no message, so every unlisted host copies this one.
+        self.unlisted = _unlisted_allowed(roles, None) if unlisted_allowed else None
 
 
 class _HostInfo(NamedTuple):
@@ -210,26 +214,30 @@ class _HostInfo(NamedTuple):
 
 def _host_info(raw: str, index: _Compiled, policy: Policy) -> _HostInfo:
     # Plain names, most of them, by the short way; the rest by normalize_host.
+    # Built with tuple.__new__: a NamedTuple's own constructor is Python code,
+    # and this runs for every host name the proxy has not seen before.
     if raw.isascii():
-        lowered = raw.lower()
-        name = lowered[:-1] if lowered[-1:] == "." else lowered
+        # Most names come in lower case already: the same object, hashed once.
+        name = raw if raw.islower() else raw.lower()
+        if name[-1:] == ".":
+            name = name[:-1]
         domains = index.domains
         site = domains.get(name)
         if site is not None:  # a domain of the policy: valid, as the loader checked
-            return _HostInfo(name, site)
+            return _new_host_info(_HostInfo, (name, site, None))
         dot = name.find(".")
         while dot > 0:
             site = domains.get(name[dot + 1 :])
             if site is not None:
                 # Under a domain of the policy: only the labels before it need checking.
                 if len(name) <= MAX_NAME_LENGTH and plain_labels(name[:dot]):
-                    return _HostInfo(name, site)
+                    return _new_host_info(_HostInfo, (name, site, None))
                 break
             dot = name.find(".", dot + 1)
         else:
-            plain = plain_name(lowered)
+            plain = plain_name(name)
             if plain is not None:
-                return _HostInfo(plain, None)
+                return _new_host_info(_HostInfo, (plain, None, None))
     try:
         host = normalize_host(raw)
     except InvalidHost as exc:
@@ -241,13 +249,20 @@ def _host_info(raw: str, index: _Compiled, policy: Policy) -> _HostInfo:
     return _HostInfo(host.name, site_for(host, policy))
 
 
+_new_host_info = tuple.__new__
+
+
 def _unlisted(host: str, roles: tuple[str, ...], policy: Policy) -> Decision:
     if policy.unlisted is Fallback.ALLOW:
-        return Decision(ALLOW, UNLISTED, RULE_UNLISTED, None, None, None, roles, host)
+        return _unlisted_allowed(roles, host)
     return Decision(
         BLOCK, DENIED, RULE_UNLISTED, None, None, None, roles, host,
         message=f"{host} is not on the list of allowed sites.",
     )
+
+
+def _unlisted_allowed(roles: tuple[str, ...], host: str | None) -> Decision:
+    return Decision(ALLOW, UNLISTED, RULE_UNLISTED, None, None, None, roles, host)
 
 
 def _site_plan(roleset: _RoleSet, site: str, host: str, index: _Compiled) -> Decision | _Plan:
@@ -279,7 +294,7 @@ def _site_plan(roleset: _RoleSet, site: str, host: str, index: _Compiled) -> Dec
     if best is not None and best[1].level is Level.FULL:
         return _allowed(best, site, roles, host, site_grants)
     allow = _allowed(best, site, roles, host, site_grants) if best is not None else None
-    return _Plan(allow, site_grants, site, roles, host, {})
+    return _Plan(allow, site_grants, site, roles, host, {}, {})
 
 
 def _unnamed_template(roles: tuple[str, ...], anonymous: bool, defaults: _SiteGrants) -> Decision | None:
@@ -313,7 +328,7 @@ def _at_host(plan: Decision | _Plan, host: str) -> Decision | _Plan:
         return _with_host(plan, host)
     allow = plan.allow
     return _Plan(
-        _with_host(allow, host) if allow is not None else None, plan.site_grants, plan.site, plan.roles, host, {}
+        _with_host(allow, host) if allow is not None else None, plan.site_grants, plan.site, plan.roles, host, {}, {}
     )
 
 
@@ -356,16 +371,29 @@ def _denied(best, site, roles, host) -> Decision:
     )
 
 
-def _read_only(allow: Decision, request: Request, policy: Policy) -> Decision:
+def _read_only(
+    allow: Decision, request: Request, policy: Policy, refusals: dict[tuple[str | None, str], Decision]
+) -> Decision:
     refusal = read_only_refusal(request, policy.sites[allow.site])
     if refusal is None:
         return allow
-    return allow._replace(
-        decision=BLOCK,
-        reason=READ_ONLY,
-        counts_quota=False,
-        message=f"{allow.site} is read-only for you: {refusal}.",
-    )
+    # The same refusal at the same host, made once: a page that posts keeps
+    # posting.  Methods are the client's to invent, so only a few are kept.
+    key = (allow.role, refusal)
+    blocked = refusals.get(key)
+    if blocked is None:
+        blocked = allow._replace(
+            decision=BLOCK,
+            reason=READ_ONLY,
+            counts_quota=False,
+            message=f"{allow.site} is read-only for you: {refusal}.",
+        )
+        if len(refusals) < _REFUSALS_KEPT:
+            refusals[key] = blocked
+    return blocked
+
+
+_REFUSALS_KEPT = 8  # per host and role set: POST, PUT, PATCH, DELETE, upgrades ...
 
 
 def _decide_grants(
@@ -438,7 +466,7 @@ def _decide_grants(
     if allow is None:
         allow = plan.allows[best[0]] = _allowed(best, site, roles, host, site_grants)
     if best[1].level is Level.READ_ONLY:
-        return _read_only(allow, request, policy)
+        return _read_only(allow, request, policy, plan.refusals)
     return allow
 
 
@@ -578,6 +606,7 @@ class _Compiled:
 
     def __init__(self, policy: Policy):
         self.order = {name: i for i, name in enumerate(policy.roles)}
+        self.unlisted_allowed = policy.unlisted is Fallback.ALLOW
         self.access = {name: dict(role.access) for name, role in policy.roles.items()}
         self.domains = dict(policy.domain_index)  # a dict: a read-only proxy costs a call per lookup
         self.by_user: dict[str, set[str]] = {}
@@ -641,7 +670,8 @@ class _Compiled:
     def _roleset(self, roles: tuple[str, ...], anonymous: bool) -> _RoleSet:
         roleset = self.rolesets.get((roles, anonymous))
         if roleset is None:
-            roleset = self.rolesets[(roles, anonymous)] = _RoleSet(roles, anonymous, self._unnamed(roles))
+            roleset = _RoleSet(roles, anonymous, self._unnamed(roles), self.unlisted_allowed)
+            self.rolesets[(roles, anonymous)] = roleset
         return roleset
 
     def roleset_of(self, identity: Identity, key: tuple, policy: Policy) -> _RoleSet:
@@ -653,14 +683,18 @@ class _Compiled:
 
     def plan(self, raw: str, roleset: _RoleSet, policy: Policy) -> Decision | _Plan:
         """Plan what `raw` decides for `roleset`, from what is known of the host and site."""
-        host = self.hosts.get(raw)
+        hosts = self.hosts
+        host = hosts.get(raw)
         if host is None:
             host = _host_info(raw, self, policy)
-            _bounded_put(self.hosts, raw, host)
+            if len(hosts) >= _CACHE_SIZE:
+                hosts.clear()  # as _bounded_put, without the call on this path
+            hosts[raw] = host
         if host.invalid is not None:
             plan: Decision | _Plan = host.invalid
         elif host.site is None:
-            plan = _unlisted(host.name, roleset.roles, policy)
+            unlisted = roleset.unlisted
+            plan = _with_host(unlisted, host.name) if unlisted is not None else _unlisted(host.name, roleset.roles, policy)
         else:
             site = host.site
             plan = roleset.sites.get(site)

@@ -198,3 +198,23 @@ def test_a_site_no_role_names_is_planned_the_short_way_as_the_long_way():
                 assert _from_template(roleset.unnamed, site, f"www.{site}.test") == long_way
                 checked += 1
         assert checked > 0
+
+
+def test_refusals_kept_per_host_are_few_whatever_methods_a_client_invents():
+    # Read-only refusals are remembered per host and role set; the method is
+    # the client's to choose, so only a handful may be kept, and the answers
+    # past that handful are the same.
+    from accessgate import engine
+
+    policy = parse_policy(POLICY_TEXT, "<refusals>")
+    fresh = parse_policy(POLICY_TEXT, "<fresh>")
+    now = datetime(2026, 11, 23, 11, 30, tzinfo=timezone.utc)
+    identity = Identity(user="erin")  # everyone: linkedin read-only
+    for i in range(50):
+        request = Request(f"INVENTED{i}", ("linkedin.com",), "/")
+        got = decide(request, identity, policy, now)
+        _forget_everything(fresh)
+        assert got == decide(request, identity, fresh, now)
+        assert got.reason == "read-only" and f"INVENTED{i} requests are writes" in got.message
+    roleset = _compiled(policy).identities[("erin", frozenset(), None)]
+    assert 0 < len(roleset.plans["linkedin.com"].refusals) <= engine._REFUSALS_KEPT
