@@ -138,6 +138,13 @@ def test_ts_is_rfc3339_utc_with_milliseconds(given: object, expected: str) -> No
     assert format_ts(given) == expected
 
 
+@pytest.mark.parametrize("microsecond", [0, 1, 999, 1000, 250_000, 999_999])
+@pytest.mark.parametrize("year", [1, 999, 1000, 2026, 9999])
+def test_the_proxys_own_timestamps_take_the_fast_way_to_the_same_text(year: int, microsecond: int) -> None:
+    when = datetime(year, 2, 28, 23, 59, 59, microsecond, tzinfo=timezone.utc)
+    assert format_ts(when) == when.isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
 def test_a_record_without_ts_gets_the_time_it_was_written(log_path: Path) -> None:
     log = AuditLog(log_path, flush_interval=60)
     before = datetime.now(timezone.utc) - timedelta(milliseconds=1)
