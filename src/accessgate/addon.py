@@ -31,7 +31,6 @@ import signal
 import sys
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -185,12 +184,13 @@ class AccessGate:
         self._pseudonym_key: bytes | None = None
         self._running = False
         self._tasks: list[asyncio.Task] = []
-        # CONNECT targets of each client connection, for the requests inside.
-        self._tunnels: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
-        # Each client connection's identity, its address parsed once:
-        # ip_address() on every request was the largest single cost in the
-        # request hook (profiled).
-        self._identities: weakref.WeakKeyDictionary[Any, Identity] = weakref.WeakKeyDictionary()
+        # Per client connection (by its id; dropped in client_disconnected):
+        # its CONNECT targets, for the requests inside, and its identity, its
+        # address parsed once (ip_address() on every request was the largest
+        # single cost in the request hook, profiled).  Plain dicts: a
+        # WeakKeyDictionary lookup builds a weak reference every time.
+        self._tunnels: dict[str, tuple[str, ...]] = {}
+        self._identities: dict[str, Identity] = {}
         # (subject, site) -> last UTC minute marked, so a busy minute costs one store write.
         self._marked: dict[tuple[str, str], int] = {}
         self._enforce = True  # accessgate_mode, kept by configure
@@ -534,7 +534,7 @@ class AccessGate:
 
     def _track_long_lived(self, flow: http.HTTPFlow, st: FlowState) -> None:
         if st.decision.allowed:
-            request = request_of(flow, self._tunnels.get(flow.client_conn, ()))
+            request = request_of(flow, self._tunnels.get(flow.client_conn.id, ()))
             self._long.track(flow.id, flow, request, st.identity, st.decision.site)
 
     def _long_lived_activity(self, flow: http.HTTPFlow, st: FlowState) -> None:
@@ -593,21 +593,28 @@ class AccessGate:
     def _decide(self, request: engine.Request, identity: Identity, policy: Policy, now: datetime) -> Decision:
         t0 = time.perf_counter()
         decision = engine.decide(request, identity, policy, now, self.ledger)
-        _quietly(lambda: self.metrics.observe_decision(decision, time.perf_counter() - t0))
+        try:  # as _quietly, without a closure per request
+            self.metrics.observe_decision(decision, time.perf_counter() - t0)
+        except Exception:
+            log.exception("ignored_error")
         return decision
 
     def _identity(self, flow: http.HTTPFlow) -> Identity:
         """identity_for_flow(flow), kept per connection."""
         client = flow.client_conn
         user = user_from_proxyauth(flow.metadata.get("proxyauth"))
-        known = self._identities.get(client)
+        known = self._identities.get(client.id)
         if known is None or known.user != user:
             # A connection keeps its user (proxyauth copies a CONNECT's
             # credentials into the tunnel): one identity per connection,
             # not one per request.
             ip = known.client_ip if known is not None else client_ip(client.peername)
-            known = self._identities[client] = Identity(user=user, client_ip=ip)
+            known = self._identities[client.id] = Identity(user=user, client_ip=ip)
         return known
+
+    def client_disconnected(self, client) -> None:
+        self._identities.pop(client.id, None)
+        self._tunnels.pop(client.id, None)
 
     def _policy(self) -> Policy:
         policy = self.policy
@@ -674,12 +681,15 @@ class AccessGate:
         if error is not None:
             record["error"] = error
         if self.audit is not None:
-            self.audit.write(record)
-        site = site_label(d)
-        if bytes_in:
-            _quietly(lambda: self.metrics.count_bytes(site, "in", bytes_in))
-        if bytes_out:
-            _quietly(lambda: self.metrics.count_bytes(site, "out", bytes_out))
+            self.audit.hand_over(record)
+        try:  # as _quietly, without closures per request
+            site = site_label(d)
+            if bytes_in:
+                self.metrics.count_bytes(site, "in", bytes_in)
+            if bytes_out:
+                self.metrics.count_bytes(site, "out", bytes_out)
+        except Exception:
+            log.exception("ignored_error")
 
     def _state(
         self,
@@ -690,21 +700,28 @@ class AccessGate:
         started: float,
         policy: Policy | None,
         enforced: bool,
+        request: engine.Request | None = None,
     ) -> FlowState:
+        """The flow's state; `request`, when given, is the engine's view of
+        the flow (read from it already: mitmproxy decodes on every access)."""
         rq = flow.request
-        path = rq.path if self._log_query else path_without_query(rq.path)
+        if request is not None and not self._log_query:
+            method, scheme, path = request.method, request.scheme, request.path
+        else:
+            method, scheme = rq.method, rq.scheme
+            path = rq.path if self._log_query else path_without_query(rq.path)
         st = FlowState(
-            request_id=new_request_id(),
-            started=started,
-            ts=now,
-            decision=decision,
-            identity=identity,
-            enforced=enforced,
-            policy=policy.short_digest if policy is not None else "",
-            method=rq.method,
-            scheme=rq.scheme,
-            host=decision.host or rq.data.host,
-            path=path,
+            new_request_id(),
+            started,
+            now,
+            decision,
+            identity,
+            enforced,
+            policy.short_digest if policy is not None else "",
+            method,
+            scheme,
+            decision.host or rq.data.host,
+            path,
         )
         flow.metadata[META] = st
         return st
@@ -813,7 +830,8 @@ class AccessGate:
                 self._audit_flow(st, status=status, bytes_in=0, bytes_out=0)
                 return
         # Let it through: the requests inside are decided with this name too.
-        self._tunnels[flow.client_conn] = self._tunnels.get(flow.client_conn, ()) + request.hosts
+        client_id = flow.client_conn.id
+        self._tunnels[client_id] = self._tunnels.get(client_id, ()) + request.hosts
 
     @staticmethod
     def _tunnel_may_be_uninspected() -> bool:
@@ -824,7 +842,7 @@ class AccessGate:
         try:
             if not data.ignore_connection or not self.enforcing:
                 return
-            names = [*self._tunnels.get(data.context.client, ()), *_server_names(data.client_hello)]
+            names = [*self._tunnels.get(data.context.client.id, ()), *_server_names(data.client_hello)]
             decision = self._decide_connection(data.context, names, REACH)
             if not decision.allowed:
                 data.ignore_connection = False  # intercept, so the inside is decided
@@ -856,7 +874,7 @@ class AccessGate:
         if chosen is None or not isinstance(chosen, _UNINSPECTED):
             return
         context = nextlayer.context
-        names = list(self._tunnels.get(context.client, ()))
+        names = list(self._tunnels.get(context.client.id, ()))
         if context.server.address:
             names.append(str(context.server.address[0]))
         if context.client.sni:
@@ -906,14 +924,20 @@ class AccessGate:
         now = datetime.now(timezone.utc)
         policy = self._policy()
         identity = self._identity(flow)
-        _sanitize(flow.request.headers)
-        request, host_values = scan_request(flow, self._tunnels.get(flow.client_conn, ()))
-        if _names_status(flow, host_values):
+        tunnel_names = self._tunnels.get(flow.client_conn.id, ())
+        scan = scan_request(flow, tunnel_names)
+        if scan.private or scan.folded:
+            # Before anything else reads them: see _sanitize.
+            _sanitize(flow.request.headers)
+            if scan.folded:
+                scan = scan_request(flow, tunnel_names)
+        request = scan.request
+        if _names_status(flow, scan.host_values):
             self._answer_status(flow, identity, policy, now)
             return
         decision = self._decide(request, identity, policy, now)
-        enforced = self.enforcing
-        st = self._state(flow, decision, identity, now, started, policy, enforced)
+        enforced = self._enforce
+        st = self._state(flow, decision, identity, now, started, policy, enforced, request)
         if not decision.allowed:
             if enforced:
                 status = self._block_response(flow, st)
@@ -1057,9 +1081,14 @@ def _unfold(headers: http.Headers) -> None:
 
 def _names_status(flow: http.HTTPFlow, host_values: list[str]) -> bool:
     for name in (flow.request.data.host, *host_values):
-        if name and name.lower().rstrip(".").split(":")[0] == STATUS_HOST:
+        # The prefix first: a cheap "no" for nearly every request.
+        if name[:_STATUS_PREFIX_LEN].lower() == _STATUS_PREFIX and name.lower().rstrip(".").split(":")[0] == STATUS_HOST:
             return True
     return False
+
+
+_STATUS_PREFIX = STATUS_HOST.split(".")[0]
+_STATUS_PREFIX_LEN = len(_STATUS_PREFIX)
 
 
 def _counter(st: FlowState, attr: str, on_chunk=None):

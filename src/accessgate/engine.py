@@ -49,14 +49,14 @@ RULE_INVALID_HOST = "invalid-host"
 RULE_NO_GRANT = "no-grant"
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """What the engine needs to know of a request.
 
     `hosts` holds every name the request gives for its host (CONNECT
     target, SNI, absolute-form authority, `:authority`, each `Host`
     header), raw as received.  `headers` are (lower-case name, value); the
-    engine reads only those named in `HEADERS_READ`.
+    engine reads only those named in `HEADERS_READ`.  A NamedTuple, as
+    Decision is: the proxy builds one per request, and this builds fastest.
     """
 
     method: str

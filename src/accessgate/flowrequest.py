@@ -11,11 +11,13 @@ be a host name.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from mitmproxy import http
 
 from .engine import HEADERS_READ, Request
+
+_new_request = tuple.__new__  # Request's own constructor is Python code
 
 # Connection-level checks (a CONNECT, an uninspected tunnel) have no method.
 # "GET" asks "may this client reach the site at all"; "CONNECT" asks "may it
@@ -55,38 +57,56 @@ def path_without_query(path: str) -> str:
 
 
 _HEADERS_READ_B = {name.encode(): name for name in HEADERS_READ}
+# Headers that must not reach the site: the proxy credentials, and anything
+# that claims to come from accessgate.  The addon strips them.
+PRIVATE_HEADER = b"proxy-authorization"
+PRIVATE_PREFIX = b"x-accessgate-"
+
+
+class ScannedRequest(NamedTuple):
+    """What one pass over a request's raw header fields found."""
+
+    request: Request  # the engine's view
+    host_values: list[str]  # every Host header's value
+    private: bool  # a header the site must not see is present
+    folded: bool  # a value continues on another line (obs-fold)
 
 
 def request_of(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> Request:
     """The engine's view of an HTTP request; `tunnel_names` are its connection's CONNECT targets."""
-    return scan_request(flow, tunnel_names)[0]
+    return scan_request(flow, tunnel_names).request
 
 
-def scan_request(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> tuple[Request, list[str]]:
-    """`request_of(flow)` and the Host headers' values, from one pass over the raw fields.
+def scan_request(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> ScannedRequest:
+    """`request_of(flow)`, the Host headers' values, and whether the headers
+    need sanitizing, from one pass over the raw fields.
 
     Only the headers the engine reads are decoded (as mitmproxy's Headers
     would: utf-8, surrogateescape); decoding them all was a tenth of
     accessgate's time per request (profiled).  bytes.lower() folds only
-    ASCII, and no non-ASCII character lower-cases into those names.
+    ASCII, and no non-ASCII character lower-cases into those names.  A
+    request that has private or folded headers is sanitized and scanned
+    again; almost none has.
     """
     rq = flow.request
     host_values: list[str] = []
     headers: list[tuple[str, str]] = []
+    private = folded = False
     for name, value in rq.headers.fields:
         lowered = name.lower()
         if lowered == b"host":
             host_values.append(value.decode("utf-8", "surrogateescape"))
         elif lowered in _HEADERS_READ_B:
             headers.append((_HEADERS_READ_B[lowered], value.decode("utf-8", "surrogateescape")))
-    request = Request(
-        method=rq.method,
-        hosts=_names(flow, host_values, tunnel_names),
-        path=path_without_query(rq.path),
-        scheme=rq.scheme,
-        headers=tuple(headers),
+        elif lowered == PRIVATE_HEADER or lowered.startswith(PRIVATE_PREFIX):
+            private = True
+        if b"\n" in value:
+            folded = True
+    request = _new_request(
+        Request,
+        (rq.method, _names(flow, host_values, tunnel_names), path_without_query(rq.path), rq.scheme, tuple(headers)),
     )
-    return request, host_values
+    return ScannedRequest(request, host_values, private, folded)
 
 
 def connect_request(flow: http.HTTPFlow) -> Request:

@@ -1,0 +1,44 @@
+"""What the addon keeps per client connection lives as long as the connection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mitmproxy import http
+from mitmproxy.test import taddons, tflow
+
+from accessgate.addon import AccessGate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_connections_identity_and_tunnel_names_go_when_it_closes(tmp_path):
+    ag = AccessGate()
+    with taddons.context(ag) as tctx:
+        tctx.configure(
+            ag,
+            accessgate_policy=str(REPO / "policy" / "example.yaml"),
+            accessgate_audit_log=str(tmp_path / "audit.jsonl"),
+            accessgate_state="memory:",
+            accessgate_metrics="",
+        )
+        client = tflow.tclient_conn()
+        connect = tflow.tflow()
+        connect.client_conn = client
+        connect.request = http.Request.make("CONNECT", "http://www.linkedin.com:443/", b"")
+        connect.request.host, connect.request.port = "www.linkedin.com", 443
+        connect.response = None
+        connect.metadata["proxyauth"] = ("zoe", "pw")
+        ag.http_connect(connect)
+        inner = tflow.tflow()
+        inner.client_conn = client
+        inner.request = http.Request.make("GET", "https://www.linkedin.com/feed/", b"", {"Host": "www.linkedin.com"})
+        inner.response = None
+        inner.metadata["proxyauth"] = ("zoe", "pw")
+        ag.requestheaders(inner)
+        assert inner.response is None  # zoe may read LinkedIn
+        assert client.id in ag._identities and ag._tunnels[client.id] == ("www.linkedin.com",)
+
+        ag.client_disconnected(client)
+        assert client.id not in ag._identities and client.id not in ag._tunnels
+        ag.done()
