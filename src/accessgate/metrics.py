@@ -7,16 +7,27 @@ no bound and whose names do not belong in a monitoring system.
 
 Each `Metrics` registers on the registry it is given, so tests and several
 proxies in one process never share counters.
+
+The three metrics updated on every request (requests, decision duration,
+bytes) are plain Python tallies, exported by a collector when scraped: a
+prometheus_client inc()/observe() takes a lock and several calls, which
+cost microseconds per request.
 """
 
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from itertools import accumulate
 from socketserver import ThreadingMixIn
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from .audit import AuditStats
@@ -43,17 +54,19 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.requests = Counter(
+        # Registered where the prometheus_client metrics they replace were,
+        # so the exposition keeps its order.
+        self._requests = _CounterTally(
             "accessgate_requests",
             "Requests decided, by site, deciding role, decision and reason.",
-            ["site", "role", "decision", "reason"],
-            registry=registry,
+            ("site", "role", "decision", "reason"),
+            registry,
         )
-        self.decision_seconds = Histogram(
+        self._decision_seconds = _HistogramTally(
             "accessgate_decision_duration_seconds",
             "Time the policy engine took to decide one request.",
-            buckets=DECISION_BUCKETS,
-            registry=registry,
+            DECISION_BUCKETS,
+            registry,
         )
         self.policy_reloads = Counter(
             "accessgate_policy_reloads",
@@ -85,11 +98,11 @@ class Metrics:
             ["site", "role"],
             registry=registry,
         )
-        self.bytes = Counter(
+        self._bytes = _CounterTally(
             "accessgate_bytes",
             "Bytes through the proxy by site; in = from the client, out = to the client.",
-            ["site", "direction"],
-            registry=registry,
+            ("site", "direction"),
+            registry,
         )
         self.fail_closed = Counter(
             "accessgate_fail_closed",
@@ -130,8 +143,6 @@ class Metrics:
             buckets=STATE_BUCKETS,
             registry=registry,
         )
-        self._request_children: dict[tuple[str, str, str, str], Any] = {}
-        self._bytes_children: dict[tuple[str, str], Any] = {}
         self._policy_hash: str | None = None
         self._audit_seen: AuditStats | None = None
         self._lock = threading.Lock()
@@ -139,24 +150,21 @@ class Metrics:
     def observe_decision(self, decision: Decision, seconds: float | None = None) -> None:
         """Count one decision (and its duration, when timed)."""
         key = (site_label(decision), decision.role or NO_ROLE, decision.decision, decision.reason)
-        child = self._request_children.get(key)
-        if child is None:
-            # labels() costs microseconds per call; the label sets are few
-            # (policy roles x sites x reasons), so their children are kept.
-            child = self._request_children[key] = self.requests.labels(*key)
-        child.inc()
+        counts = self._requests.counts
+        counts[key] = counts.get(key, 0) + 1
         if decision.reason == "quota-exhausted":
             self.quota_exhausted.labels(site_label(decision), decision.role or NO_ROLE).inc()
         if seconds is not None:
-            self.decision_seconds.observe(seconds)
+            # The sum first, then the count: see _HistogramTally.
+            histogram = self._decision_seconds
+            histogram.sum += seconds
+            histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
 
     def count_bytes(self, site: str, direction: str, amount: int) -> None:
         """Add `amount` body bytes for `site` in `direction` (in|out)."""
         key = (site, direction)
-        child = self._bytes_children.get(key)
-        if child is None:
-            child = self._bytes_children[key] = self.bytes.labels(site=site, direction=direction)
-        child.inc(amount)
+        counts = self._bytes.counts
+        counts[key] = counts.get(key, 0) + amount
 
     def set_policy(self, digest: str) -> None:
         """Make `digest` the only hash that accessgate_policy_info shows."""
@@ -195,6 +203,73 @@ class Metrics:
             if delta > 0:
                 counter.inc(delta)
         self.audit_pending.set(stats.pending)
+
+
+class _CounterTally(Collector):
+    """A labelled counter kept as a dict (label values -> count), exported when scraped.
+
+    Only the proxy's event-loop thread adds to `counts` (read-modify-write
+    without a lock: two writers could lose increments).  A scrape runs in
+    the metrics server's thread and copies the dict first: dict(d) is atomic
+    under the GIL, while iterating `counts` itself raises when a request
+    adds a key meanwhile.  Unlike prometheus_client's Counter this exports
+    no `_created` samples; no rule or dashboard reads them.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.counts: dict[tuple[str, ...], int] = {}
+        registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only: the registry refuses a second metric of the same name.
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, count in dict(self.counts).items():
+            family.add_metric(labels, count)
+        yield family
+
+
+class _HistogramTally(Collector):
+    """An unlabelled histogram kept as per-bucket counts and a sum, exported when scraped.
+
+    The writer (Metrics.observe_decision, inlined there: one call less per
+    request) adds a value to `sum`, then 1 to `counts[bisect_left(bounds,
+    value)]` - the bucket of the first bound >= value, or the last one
+    (+Inf) above them all; the scrape makes the buckets cumulative.  One
+    writer thread, as for _CounterTally.  The scrape copies the list (atomic
+    under the GIL, so the buckets agree with each other and with `_count`)
+    and reads the sum after it: the count may be a few requests behind its
+    sum, never ahead - noise on a mean latency.  No `_created` sample.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, bounds: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        if list(bounds) != sorted(set(bounds)):
+            raise ValueError(f"{name}: bucket bounds must increase, not {bounds!r}")
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self._le = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=())
+
+    def collect(self) -> Iterator[Metric]:
+        counts = list(self.counts)
+        total = self.sum  # after the counts, so it holds every observation counted
+        buckets = list(zip(self._le, accumulate(counts), strict=True))  # _count is the +Inf one
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
 
 
 def site_label(decision: Decision) -> str:
