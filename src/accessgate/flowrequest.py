@@ -36,12 +36,12 @@ def host_headers(rq: http.Request) -> list[str]:
 
 
 def _names(flow: http.HTTPFlow, host_values: list[str], extra: Iterable[str]) -> tuple[str, ...]:
-    rq = flow.request
+    data = flow.request.data
     names: list[str] = []
-    if rq.data.host:
-        names.append(rq.data.host)
-    if rq.data.authority:
-        names.append(rq.data.authority.decode("utf-8", "surrogateescape"))
+    if data.host:
+        names.append(data.host)
+    if data.authority:
+        names.append(data.authority.decode("utf-8", "surrogateescape"))
     names.extend(host_values)
     sni = flow.client_conn.sni
     if sni:
@@ -88,11 +88,13 @@ def scan_request(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> Scann
     request that has private or folded headers is sanitized and scanned
     again; almost none has.
     """
-    rq = flow.request
+    # From mitmproxy's raw request data: its str properties (method, path,
+    # scheme, headers) are Python functions that decode on every access.
+    data = flow.request.data
     host_values: list[str] = []
     headers: list[tuple[str, str]] = []
     private = folded = False
-    for name, value in rq.headers.fields:
+    for name, value in data.headers.fields:
         lowered = name.lower()
         if lowered == b"host":
             host_values.append(value.decode("utf-8", "surrogateescape"))
@@ -104,7 +106,13 @@ def scan_request(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> Scann
             folded = True
     request = _new_request(
         Request,
-        (rq.method, _names(flow, host_values, tunnel_names), path_without_query(rq.path), rq.scheme, tuple(headers)),
+        (
+            data.method.decode("utf-8", "surrogateescape").upper(),
+            _names(flow, host_values, tunnel_names),
+            data.path.split(b"?", 1)[0].decode("utf-8", "surrogateescape"),
+            data.scheme.decode("utf-8", "surrogateescape"),
+            tuple(headers),
+        ),
     )
     return ScannedRequest(request, host_values, private, folded)
 

@@ -448,6 +448,42 @@ def test_a_record_that_cannot_be_serialized_is_dropped_and_reported(log_path: Pa
     assert log.stats().dropped == 2 and len(errors) == 1
 
 
+def test_a_deferred_record_is_made_in_the_writer_and_keeps_its_place(log_path: Path) -> None:
+    import threading
+
+    made_in: list[str] = []
+
+    def make(i: int) -> dict:
+        made_in.append(threading.current_thread().name)
+        return access(i)
+
+    log = AuditLog(log_path, flush_interval=60)
+    log.write(access(0))
+    log.defer(make, 1)
+    log.write(access(2))
+    log.defer(make, 3)
+    log.close()
+    assert [r["request_id"] for r in records(log_path)] == ["req-0", "req-1", "req-2", "req-3"]
+    assert chain_problems(lines_of(log_path)) == []
+    assert made_in and all(name.startswith("accessgate-audit") for name in made_in)
+
+
+def test_a_deferred_record_that_cannot_be_made_is_dropped_and_reported(log_path: Path) -> None:
+    errors: list[Exception] = []
+
+    def broken() -> dict:
+        raise KeyError("a field")
+
+    log = AuditLog(log_path, flush_interval=60, on_error=errors.append)
+    log.defer(access, 0)
+    log.defer(broken)
+    log.defer(access, 2)
+    log.close()
+    assert [r["request_id"] for r in records(log_path)] == ["req-0", "req-2"]
+    assert chain_problems(lines_of(log_path)) == []
+    assert log.stats().dropped == 1 and len(errors) == 1
+
+
 def test_retention_deletes_old_rotations_only_and_records_it(log_path: Path) -> None:
     log_path.parent.mkdir(parents=True)
     now = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
