@@ -37,8 +37,34 @@ def test_a_connections_identity_and_tunnel_names_go_when_it_closes(tmp_path):
         inner.metadata["proxyauth"] = ("zoe", "pw")
         ag.requestheaders(inner)
         assert inner.response is None  # zoe may read LinkedIn
-        assert client.id in ag._identities and ag._tunnels[client.id] == ("www.linkedin.com",)
+        assert ag._identities[client.id]["zoe"].user == "zoe" and ag._tunnels[client.id] == ("www.linkedin.com",)
 
         ag.client_disconnected(client)
         assert client.id not in ag._identities and client.id not in ag._tunnels
+        ag.done()
+
+
+def test_each_user_on_a_shared_connection_is_decided_as_themselves(tmp_path):
+    # A parent proxy (or a test client) may carry several users' requests
+    # over one connection: each request is decided for its own user.
+    ag = AccessGate()
+    with taddons.context(ag) as tctx:
+        tctx.configure(
+            ag,
+            accessgate_policy=str(REPO / "policy" / "example.yaml"),
+            accessgate_audit_log=str(tmp_path / "audit.jsonl"),
+            accessgate_state="memory:",
+            accessgate_metrics="",
+        )
+        client = tflow.tclient_conn()
+        outcomes = []
+        for user in ["frank", "zoe", "frank", "zoe"]:  # frank: HR, full LinkedIn; zoe: read-only
+            flow = tflow.tflow()
+            flow.client_conn = client
+            flow.request = http.Request.make("POST", "http://www.linkedin.com/post", b"x", {"Host": "www.linkedin.com"})
+            flow.response = None
+            flow.metadata["proxyauth"] = (user, "pw")
+            ag.requestheaders(flow)
+            outcomes.append((user, flow.response.status_code if flow.response else None))
+        assert outcomes == [("frank", None), ("zoe", 403), ("frank", None), ("zoe", 403)]
         ag.done()

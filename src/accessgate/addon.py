@@ -61,6 +61,7 @@ from .model import Policy
 from .policywatch import PolicyWatch
 
 META = "accessgate"
+_USERS_PER_CONNECTION = 16  # identities kept per client connection
 # A blocked request with a larger body is killed rather than answered: mitmproxy
 # would read the whole body before it could send the 403.  Form posts stay
 # below this and get the readable block page.
@@ -225,7 +226,7 @@ class AccessGate:
         # single cost in the request hook, profiled).  Plain dicts: a
         # WeakKeyDictionary lookup builds a weak reference every time.
         self._tunnels: dict[str, tuple[str, ...]] = {}
-        self._identities: dict[str, Identity] = {}
+        self._identities: dict[str, dict[str | None, Identity]] = {}  # connection -> user -> identity
         # (subject, site) -> last UTC minute marked, so a busy minute costs one store write.
         self._marked: dict[tuple[str, str], int] = {}
         self._enforce = True  # accessgate_mode, kept by configure
@@ -635,17 +636,27 @@ class AccessGate:
         return decision
 
     def _identity(self, flow: http.HTTPFlow) -> Identity:
-        """identity_for_flow(flow), kept per connection."""
+        """identity_for_flow(flow), kept per connection and user.
+
+        A connection usually carries one user (proxyauth copies a CONNECT's
+        credentials into the tunnel), but a parent proxy or a test client
+        may send several users' requests over one; each keeps its identity.
+        """
         client = flow.client_conn
         user = user_from_proxyauth(flow.metadata.get("proxyauth"))
-        known = self._identities.get(client.id)
-        if known is None or known.user != user:
-            # A connection keeps its user (proxyauth copies a CONNECT's
-            # credentials into the tunnel): one identity per connection,
-            # not one per request.
-            ip = known.client_ip if known is not None else client_ip(client.peername)
-            known = self._identities[client.id] = Identity(user=user, client_ip=ip)
-        return known
+        users = self._identities.get(client.id)
+        if users is None:
+            users = self._identities[client.id] = {}
+        identity = users.get(user)
+        if identity is None:
+            if users:
+                ip = next(iter(users.values())).client_ip
+                if len(users) >= _USERS_PER_CONNECTION:
+                    users.clear()
+            else:
+                ip = client_ip(client.peername)
+            identity = users[user] = Identity(user=user, client_ip=ip)
+        return identity
 
     def client_disconnected(self, client) -> None:
         self._identities.pop(client.id, None)
@@ -957,7 +968,8 @@ class AccessGate:
                 self._audit_flow(st, status=status, bytes_in=0, bytes_out=st.streamed_out or 0,
                                  error=None if status else "killed")
                 return
-        self._spend_quota(decision, identity, policy, now)
+        if decision.counts_quota:
+            self._spend_quota(decision, identity, policy, now)
         if flow.request.stream is True:
             st.streamed_in = 0
             flow.request.stream = _counter(st, "streamed_in")
