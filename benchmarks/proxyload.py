@@ -199,6 +199,7 @@ def start_mitmdump(
     core: int,
     accessgate: dict[str, str] | None = None,
     scripts: list[Path] = (),
+    addon: Path = ADDON,
 ) -> Mitmdump:
     """`mitmdump -q` with proxyauth and routing to `origin`; with accessgate when `accessgate` has its options."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +212,7 @@ def start_mitmdump(
         "--set", f"proxyauth=@{htpasswd}",
     ]  # fmt: skip
     if accessgate is not None:
-        args += ["-s", str(ADDON)]
+        args += ["-s", str(addon)]  # accessgate, or a variant of it (benchmarks/parts/)
         for key, value in accessgate.items():
             args += ["--set", f"{key}={value}"]
     for script in scripts:
