@@ -4,6 +4,7 @@ What accessgate's mere presence (its modules, the policy in memory, the
 collector settings) costs mitmproxy; see benchmarks/proxy_parts.py.
 """
 
+import sys
 from pathlib import Path
 
 import accessgate.addon  # noqa: F401  everything the addon imports
@@ -11,29 +12,12 @@ from accessgate import engine
 from accessgate.gcsettle import settle_after_load
 from accessgate.loader import load_policy
 
-POLICY = load_policy(Path(__file__).resolve().parents[2] / "policy" / "example.yaml")
+BENCHMARKS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCHMARKS))
+from noop_addon import Noop  # noqa: E402  the same empty hooks as the noop control
+
+POLICY = load_policy(BENCHMARKS.parent / "policy" / "example.yaml")
 engine.prepare(POLICY)
 settle_after_load()
 
-
-class Idle:
-    def http_connect(self, flow) -> None:
-        pass
-
-    def tls_clienthello(self, data) -> None:
-        pass
-
-    def requestheaders(self, flow) -> None:
-        pass
-
-    def responseheaders(self, flow) -> None:
-        pass
-
-    def response(self, flow) -> None:
-        pass
-
-    def error(self, flow) -> None:
-        pass
-
-
-addons = [Idle()]
+addons = [Noop()]
