@@ -42,6 +42,8 @@ from . import engine
 from .engine import Decision, Identity
 from .errors import PolicyError, StateStoreError
 from .flowrequest import (
+    PRIVATE_HEADER,
+    PRIVATE_PREFIX,
     REACH,
     TUNNEL,
     connect_request,
@@ -72,9 +74,6 @@ LONG_LIVED_REVIEW_SECONDS = 1.0
 MODES = ("enforce", "audit")
 STATUS_HOST = "accessgate.status"
 INTERNAL_ERROR = "internal-error"
-# Headers a client might send to impersonate accessgate towards the site;
-# the site must never see them (nor the proxy credentials).
-_STRIP_PREFIX = "x-accessgate-"
 # Alt-Svc advertises HTTP/3 over UDP, which a browser may then use around the
 # proxy; without it the browser stays on the TCP connection that we decide.
 _ALT_SVC = "alt-svc"
@@ -1036,9 +1035,6 @@ class AccessGate:
 # -- small helpers -------------------------------------------------------------
 
 
-_STRIP_PREFIX_B = _STRIP_PREFIX.encode()
-
-
 def _drop_alt_svc(headers: http.Headers) -> None:
     """No Alt-Svc: it would invite the browser to HTTP/3 over UDP, past the proxy."""
     # A scan of the raw names: pop() of an absent header raises and catches
@@ -1081,7 +1077,7 @@ def _sanitize(headers: http.Headers) -> None:
         # the check (profiled).  bytes.lower() only folds ASCII, which is all
         # these names contain; no non-ASCII character lower-cases into them.
         lowered = name.lower()
-        if lowered == b"proxy-authorization" or lowered.startswith(_STRIP_PREFIX_B):
+        if lowered == PRIVATE_HEADER or lowered.startswith(PRIVATE_PREFIX):
             doomed.add(lowered)
         if b"\n" in value:
             folded = True

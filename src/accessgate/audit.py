@@ -50,6 +50,10 @@ _IN_ORDER = frozenset({FIELD_ORDER, FIELD_ORDER[:-1]})
 _CHAIN_KEYS = frozenset({"seq", "prev"})
 
 DEFAULT_MAX_BACKLOG = 100_000
+_WAKE_AT = 20_000  # queue length that wakes the writer before the interval ends
+_WRITE_CHUNK = 1 << 20  # bytes per os.write()
+_RETRY_ON_CLOSE = 0.05  # seconds between attempts while close() drains
+_ERROR_LOG_EVERY = 60.0  # seconds between operational-log lines while failing
 
 
 class _Deferred(NamedTuple):
@@ -58,10 +62,6 @@ class _Deferred(NamedTuple):
     make: Callable[..., dict]
     args: tuple
 
-_WAKE_AT = 20_000  # queue length that wakes the writer before the interval ends
-_WRITE_CHUNK = 1 << 20  # bytes per os.write()
-_RETRY_ON_CLOSE = 0.05  # seconds between attempts while close() drains
-_ERROR_LOG_EVERY = 60.0  # seconds between operational-log lines while failing
 
 # Rotated siblings as logrotate names them: PATH.1, PATH.2.gz, PATH-20261122,
 # PATH-2026-11-22.gz, PATH-20261122-1700000000 (dateext with dateformat).
