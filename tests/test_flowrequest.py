@@ -20,13 +20,13 @@ def _flow(*fields: tuple[bytes, bytes]):
 @pytest.mark.parametrize(
     "fields, private, folded",
     [
-        pytest.param((), False, False, id="a-plain-request-needs-nothing"),
-        pytest.param(((b"Accept", b"*/*"), (b"X-Forwarded-Host", b"a.test")), False, False, id="ordinary-headers-are-not-private"),
-        pytest.param(((b"Proxy-Authorization", b"Basic eDp5"),), True, False, id="proxy-credentials-are-private"),
-        pytest.param(((b"PROXY-AUTHORIZATION", b"Basic eDp5"),), True, False, id="in-any-case"),
-        pytest.param(((b"X-AccessGate-Decision", b"allow"),), True, False, id="anything-claiming-to-be-accessgate-is-private"),
-        pytest.param(((b"X-Note", b"one\r\n two"),), False, True, id="a-value-on-two-lines-is-folded"),
-        pytest.param(((b"Host", b"x.test\n y"),), False, True, id="a-folded-host-is-folded"),
+        pytest.param((), (), False, id="a-plain-request-needs-nothing"),
+        pytest.param(((b"Accept", b"*/*"), (b"X-Forwarded-Host", b"a.test")), (), False, id="ordinary-headers-are-not-private"),
+        pytest.param(((b"Proxy-Authorization", b"Basic eDp5"),), (b"proxy-authorization",), False, id="proxy-credentials-are-private"),
+        pytest.param(((b"PROXY-AUTHORIZATION", b"Basic eDp5"),), (b"proxy-authorization",), False, id="in-any-case"),
+        pytest.param(((b"X-AccessGate-Decision", b"allow"),), (b"x-accessgate-decision",), False, id="anything-claiming-to-be-accessgate-is-private"),
+        pytest.param(((b"X-Note", b"one\r\n two"),), (), True, id="a-value-on-two-lines-is-folded"),
+        pytest.param(((b"Host", b"x.test\n y"),), (), True, id="a-folded-host-is-folded"),
     ],
 )
 def test_scan_says_what_needs_sanitizing(fields, private, folded):

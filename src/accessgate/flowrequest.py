@@ -68,7 +68,7 @@ class ScannedRequest(NamedTuple):
 
     request: Request  # the engine's view
     host_values: list[str]  # every Host header's value
-    private: bool  # a header the site must not see is present
+    private: tuple[bytes, ...]  # lower-case names of headers the site must not see; almost always none
     folded: bool  # a value continues on another line (obs-fold)
 
 
@@ -93,7 +93,8 @@ def scan_request(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> Scann
     data = flow.request.data
     host_values: list[str] = []
     headers: list[tuple[str, str]] = []
-    private = folded = False
+    private: list[bytes] = []
+    folded = False
     for name, value in data.headers.fields:
         lowered = name.lower()
         if lowered == b"host":
@@ -101,7 +102,7 @@ def scan_request(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> Scann
         elif lowered in _HEADERS_READ_B:
             headers.append((_HEADERS_READ_B[lowered], value.decode("utf-8", "surrogateescape")))
         elif lowered == PRIVATE_HEADER or lowered.startswith(PRIVATE_PREFIX):
-            private = True
+            private.append(lowered)
         if b"\n" in value:
             folded = True
     request = _new_request(
@@ -114,7 +115,7 @@ def scan_request(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> Scann
             tuple(headers),
         ),
     )
-    return ScannedRequest(request, host_values, private, folded)
+    return ScannedRequest(request, host_values, tuple(private), folded)
 
 
 def connect_request(flow: http.HTTPFlow) -> Request:
