@@ -252,17 +252,16 @@ def _host_info(raw: str, index: _Compiled, policy: Policy) -> _HostInfo:
 _new_host_info = tuple.__new__
 
 
-def _unlisted(host: str, roles: tuple[str, ...], policy: Policy) -> Decision:
-    if policy.unlisted is Fallback.ALLOW:
-        return _unlisted_allowed(roles, host)
+def _unlisted_allowed(roles: tuple[str, ...], host: str | None) -> Decision:
+    """`unlisted: allow`: the same for every host but the host (see _RoleSet.unlisted)."""
+    return Decision(ALLOW, UNLISTED, RULE_UNLISTED, None, None, None, roles, host)
+
+
+def _unlisted_denied(roles: tuple[str, ...], host: str) -> Decision:
     return Decision(
         BLOCK, DENIED, RULE_UNLISTED, None, None, None, roles, host,
         message=f"{host} is not on the list of allowed sites.",
     )
-
-
-def _unlisted_allowed(roles: tuple[str, ...], host: str | None) -> Decision:
-    return Decision(ALLOW, UNLISTED, RULE_UNLISTED, None, None, None, roles, host)
 
 
 def _site_plan(roleset: _RoleSet, site: str, host: str, index: _Compiled) -> Decision | _Plan:
@@ -693,8 +692,8 @@ class _Compiled:
         if host.invalid is not None:
             plan: Decision | _Plan = host.invalid
         elif host.site is None:
-            unlisted = roleset.unlisted
-            plan = _with_host(unlisted, host.name) if unlisted is not None else _unlisted(host.name, roleset.roles, policy)
+            unlisted = roleset.unlisted  # None when the policy denies unlisted hosts
+            plan = _with_host(unlisted, host.name) if unlisted is not None else _unlisted_denied(roleset.roles, host.name)
         else:
             site = host.site
             plan = roleset.sites.get(site)
