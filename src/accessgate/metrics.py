@@ -153,7 +153,7 @@ class Metrics:
         counts = self._requests.counts
         counts[key] = counts.get(key, 0) + 1
         if decision.reason == "quota-exhausted":
-            self.quota_exhausted.labels(site_label(decision), decision.role or NO_ROLE).inc()
+            self.quota_exhausted.labels(*key[:2]).inc()  # site, role
         if seconds is not None:
             # The sum first, then the count: see _HistogramTally.
             histogram = self._decision_seconds
