@@ -50,7 +50,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proxyload as pl  # noqa: E402
 
-POLICY = pl.REPO / "policy" / "example.yaml"
 USERS = ["frank", "zoe", "carol"]
 MIX = [
     pl.Call("frank", "GET", "http://www.linkedin.com/feed/"),  # HR: full
@@ -216,15 +215,9 @@ def main() -> int:
         common = dict(workdir=work, confdir=confdir, origin=origin, htpasswd=htpasswd, core=proxy_core)
         bare = pl.start_mitmdump("bare", **{**common, "workdir": work / "bare"})
         started.append(bare)
-        state = "memory:" if args.state == "memory" else f"sqlite:{work / 'accessgate' / 'state.sqlite'}"
         gate = pl.start_mitmdump(
             "accessgate", **{**common, "workdir": work / "accessgate"},
-            accessgate={
-                "accessgate_policy": str(POLICY),
-                "accessgate_audit_log": str(work / "accessgate" / "audit.jsonl"),
-                "accessgate_metrics": "127.0.0.1:0",
-                "accessgate_state": state,
-            },
+            accessgate=pl.accessgate_options(work / "accessgate", args.state),
         )  # fmt: skip
         started.append(gate)
         proxies = [bare, gate]
@@ -237,7 +230,7 @@ def main() -> int:
         load_before = os.getloadavg()
         print(f"proxies on core {proxy_core}, nginx and load on core {load_core}; "
               f"{args.rounds} rounds x {args.seconds:.0f} s, c={args.connections}, "
-              f"accessgate state {state.split(':')[0]}:, load average {load_before[0]:.1f}", flush=True)
+              f"accessgate state {args.state}:, load average {load_before[0]:.1f}", flush=True)
         warm = argparse.Namespace(**{**vars(args), "seconds": 2})
         for proxy in proxies:  # certificates, caches, first imports
             for proto in ("http", "https"):
@@ -271,7 +264,7 @@ def main() -> int:
         result = {
             "http": summarize(samples, "http", names),
             "https": summarize(samples, "https", names),
-            "state": state.split(":")[0],
+            "state": args.state,
             "load_average": [load_before[0], load_after[0]],
             "audit_records": records,
             "samples": [s.__dict__ for s in samples],

@@ -60,6 +60,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     args.connections, args.per_tunnel = 16, 100  # as proxy.py
+    if args.proto == "http" and not shutil.which("wrk"):
+        print("benchmarks/proxy_parts.py needs wrk for HTTP: apt-get install wrk", file=sys.stderr)
+        return 2
 
     proxy_core, load_core = pl.cores()
     os.sched_setaffinity(0, {load_core})
@@ -75,14 +78,7 @@ def main() -> int:
         started.append(bare)
         variants = {}
         for name in names:
-            options = None
-            if name in ACCESSGATE:
-                options = {
-                    "accessgate_policy": str(bench.POLICY),
-                    "accessgate_audit_log": str(work / name / "audit.jsonl"),
-                    "accessgate_metrics": "127.0.0.1:0",
-                    "accessgate_state": f"sqlite:{work / name / 'state.sqlite'}",
-                }
+            options = pl.accessgate_options(work / name) if name in ACCESSGATE else None
             variants[name] = pl.start_mitmdump(name, workdir=work / name, accessgate=options, **VARIANTS[name], **common)
             started.append(variants[name])
         ca = confdir / "mitmproxy-ca-cert.pem"

@@ -33,6 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 ADDON = REPO / "addons" / "accessgate.py"
+POLICY = REPO / "policy" / "example.yaml"
 ROUTE = HERE / "route_to_origin.py"
 NGINX_CONF = HERE / "nginx.conf"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
@@ -187,6 +188,17 @@ class Mitmdump:
 
     def output(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("*.txt")))
+
+
+def accessgate_options(workdir: Path, state: str = "sqlite") -> dict[str, str]:
+    """accessgate as the benchmarks run it: the example policy, an audit log
+    and quota state in `workdir`, the metrics endpoint on a free port."""
+    return {
+        "accessgate_policy": str(POLICY),
+        "accessgate_audit_log": str(workdir / "audit.jsonl"),
+        "accessgate_metrics": "127.0.0.1:0",
+        "accessgate_state": "memory:" if state == "memory" else f"sqlite:{workdir / 'state.sqlite'}",
+    }
 
 
 def start_mitmdump(

@@ -51,7 +51,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proxyload as pl  # noqa: E402
 from proxyload import Call  # noqa: E402
 
-POLICY = pl.REPO / "policy" / "example.yaml"
 EMPLOYEES = [f"emp{i:03d}" for i in range(200)]  # in no group: the `everyone` role
 COMMS, SALES, HR = ["alice", "bob", "mia", "noah"], ["carol", "dave", "erin"], ["frank", "grace"]
 USERS = EMPLOYEES + COMMS + SALES + HR
@@ -196,12 +195,7 @@ def main() -> int:
         proxy = pl.start_mitmdump(
             "accessgate", workdir=work / "proxy", confdir=confdir, origin=origin,
             htpasswd=htpasswd, core=proxy_core,
-            accessgate={
-                "accessgate_policy": str(POLICY),
-                "accessgate_audit_log": str(audit_path),
-                "accessgate_metrics": "127.0.0.1:0",
-                "accessgate_state": f"sqlite:{work / 'proxy' / 'state.sqlite'}",
-            },
+            accessgate=pl.accessgate_options(work / "proxy"),
         )  # fmt: skip
         started.append(proxy)
         print(f"soak: {args.minutes:g} min, {args.connections} connections ({args.https} HTTPS tunnels), "
