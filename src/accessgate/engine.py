@@ -162,10 +162,11 @@ def _decide_host(
     plan = roleset.plans.get(raw)
     if plan is None:
         plan = index.plan(raw, roleset, policy)
-    if type(plan) is Decision:  # nothing else can change it
+    if isinstance(plan, Decision):  # nothing else can change it
         return plan
-    if plan.site_grants.static_best is not None:  # read-only without windows or quotas
-        return _read_only(plan.allow, request, policy, plan.refusals)
+    allow = plan.allow
+    if plan.site_grants.static_best is not None and allow is not None:  # read-only, no windows or quotas
+        return _read_only(allow, request, policy, plan.refusals)
     return _decide_grants(plan, request, identity, policy, now, ledger)
 
 
@@ -323,7 +324,7 @@ def _from_template(template: Decision, site: str, host: str) -> Decision:
 
 def _at_host(plan: Decision | _Plan, host: str) -> Decision | _Plan:
     """A site's plan with the host that decided filled in."""
-    if type(plan) is Decision:
+    if isinstance(plan, Decision):
         return _with_host(plan, host)
     allow = plan.allow
     return _Plan(
@@ -373,6 +374,7 @@ def _denied(best, site, roles, host) -> Decision:
 def _read_only(
     allow: Decision, request: Request, policy: Policy, refusals: dict[tuple[str | None, str], Decision]
 ) -> Decision:
+    assert allow.site is not None  # read-only grants are for a site
     refusal = read_only_refusal(request, policy.sites[allow.site])
     if refusal is None:
         return allow
@@ -474,6 +476,11 @@ class _Clock:
     local time of the current second is computed once and shared."""
 
     __slots__ = ("now", "local", "day", "minute", "second")
+    now: datetime
+    local: datetime
+    day: date
+    minute: int
+    second: int
 
     def __init__(self, now: datetime, index: "_Compiled"):
         second = int(now.timestamp())
@@ -551,14 +558,14 @@ def read_only_refusal(request: Request, site: Site) -> str | None:
 def site_for(host: NormalHost, policy: Policy) -> str | None:
     """The site whose longest domain (or network, for an address) covers `host`."""
     if host.ip is not None:
-        for network, site in policy.network_index:
+        for network, network_site in policy.network_index:
             if host.ip in network:
-                return site
+                return network_site
         return policy.domain_index.get(host.name)
     index = policy.domain_index
     name = host.name
     while True:
-        site = index.get(name)
+        site: str | None = index.get(name)
         if site is not None:
             return site
         dot = name.find(".")
@@ -614,9 +621,9 @@ class _Compiled:
         self.by_network: list[tuple[IPNetwork, str]] = []
         for role in policy.roles.values():
             for member in role.members:
-                if member.kind is MemberKind.USER:
+                if member.kind is MemberKind.USER and member.value is not None:
                     self.by_user.setdefault(member.value, set()).add(role.name)
-                elif member.kind is MemberKind.GROUP:
+                elif member.kind is MemberKind.GROUP and member.value is not None:
                     self.by_group.setdefault(member.value, set()).add(role.name)
                 elif member.kind is MemberKind.ALL:
                     self.everyone.add(role.name)
@@ -696,16 +703,16 @@ class _Compiled:
             plan = _with_host(unlisted, host.name) if unlisted is not None else _unlisted_denied(roleset.roles, host.name)
         else:
             site = host.site
-            plan = roleset.sites.get(site)
-            if plan is None:
+            planned = roleset.sites.get(site)
+            if planned is not None:
+                plan = planned if planned.host == host.name else _at_host(planned, host.name)
+            else:
                 naming = self.naming.get(site)
                 if roleset.unnamed is not None and (naming is None or naming.isdisjoint(roleset.roles)):
                     plan = _from_template(roleset.unnamed, site, host.name)
                 else:
                     plan = _site_plan(roleset, site, host.name, self)
                 roleset.sites[site] = plan
-            elif plan.host != host.name:
-                plan = _at_host(plan, host.name)
         if self.planned >= _CACHE_SIZE:
             self.forget()  # a scan of many hosts cannot grow memory without bound
         roleset.plans[raw] = plan

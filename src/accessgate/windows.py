@@ -34,6 +34,7 @@ def parse_window(text: str) -> Window:
         )
     days = _parse_days(match["days"], text)
     start = _parse_time(match["start"], text, may_be_24=False)
+    assert start is not None  # only an end may be 24:00 (None)
     end = _parse_time(match["end"], text, may_be_24=True)
     if end is not None and end == start:
         raise ValueError(
