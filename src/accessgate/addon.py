@@ -472,7 +472,7 @@ class AccessGate:
         self._audit_event(
             "policy_loaded", policy=policy.short_digest, sources=list(policy.sources)
         )
-        log.info("policy_loaded", policy=policy.short_digest, sources=list(policy.sources))
+        log.info("policy_loaded", policy=policy.short_digest, sources=list(policy.sources), engine=engine.BUILD)
         _quietly(settle_after_load)
 
     def _reject(self, path: str, problems: list[str]) -> None:

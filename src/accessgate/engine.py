@@ -24,6 +24,9 @@ from .model import Fallback, Grant, IPAddress, IPNetwork, Level, MemberKind, Pol
 from .quota import NoQuotaUsed, QuotaLedger
 from .windows import in_any_window, next_window_start, start_of_next_day
 
+# "compiled" when this module was built with mypyc (ACCESSGATE_COMPILE=1).
+BUILD = "python" if __file__.endswith(".py") else "compiled"
+
 ALLOW = "allow"
 BLOCK = "block"
 

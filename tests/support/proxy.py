@@ -181,6 +181,21 @@ def wait_ready(
     )
 
 
+# Set by tests/engine/test_compiled.py when it runs tests on the compiled
+# build: every proxy started must then decide with the compiled engine.
+EXPECT_COMPILED = "ACCESSGATE_EXPECT_COMPILED"
+
+
+def _check_compiled(process: subprocess.Popen, stderr_path: Path) -> None:
+    for line in stderr_path.read_text(errors="replace").splitlines():
+        if '"policy_loaded"' in line:
+            engine = json.loads(line).get("engine")
+            if engine != "compiled":
+                raise ProxyFailed(f"{EXPECT_COMPILED}=1, but this proxy's engine is {engine!r}")
+            return
+    raise ProxyFailed(f"{EXPECT_COMPILED}=1, but the proxy logged no policy_loaded to tell its engine")
+
+
 def mitmdump_args(
     *,
     policy: Path | str | None,
@@ -251,6 +266,8 @@ def start_proxy(
     process, out, err = launch(args, cwd=workdir)
     try:
         port, metrics_port = wait_ready(process, out, err, metrics=metrics)
+        if os.environ.get(EXPECT_COMPILED) == "1" and policy is not None:
+            _check_compiled(process, err)
     except ProxyFailed:
         if process.poll() is None:
             process.kill()

@@ -1,0 +1,91 @@
+"""The compiled build (ACCESSGATE_COMPILE=1, mypyc) decides exactly as the Python source does.
+
+Built once per module by scripts/build-compiled, as a wheel unpacked into a
+directory that goes first on PYTHONPATH; the editable install stays as it
+is.  The engine's table tests, property tests and policy tests, and the
+end-to-end enforcement cases through a real mitmdump, then run again in a
+child pytest on the compiled modules (tests/conftest.py refuses to run
+there on pure Python, and every proxy started must log the compiled engine).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+# What runs again on the compiled build: everything that exercises decide()
+# and host normalization, and the proxy cases that put them on the wire.
+SUITES = [
+    "tests/engine",
+    "tests/test_loader.py",
+    "tests/test_example_policy.py",
+    "tests/test_cli_policy.py",
+    "tests/e2e/test_enforcement.py",
+    "tests/e2e/test_host_names.py",
+]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("compiled")
+    done = subprocess.run(
+        [str(REPO / "scripts" / "build-compiled"), str(target)],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, f"scripts/build-compiled failed:\n{done.stderr[-3000:]}"
+    return target
+
+
+def _env(compiled: Path) -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(compiled), os.environ.get("PYTHONPATH", "")]))
+    return {**os.environ, "PYTHONPATH": path, "ACCESSGATE_EXPECT_COMPILED": "1"}
+
+
+def test_the_engine_and_host_modules_are_compiled_extensions(compiled):
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "from accessgate import engine, hosts; print(engine.BUILD, engine.__file__, hosts.__file__)"],
+        capture_output=True, text=True, timeout=60, env=_env(compiled), cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    build, engine_file, hosts_file = done.stdout.split()
+    assert build == "compiled"
+    assert engine_file.startswith(str(compiled)) and engine_file.endswith(".so")
+    assert hosts_file.startswith(str(compiled)) and hosts_file.endswith(".so")
+
+
+def test_the_source_tree_is_the_python_build():
+    from accessgate import engine
+
+    assert engine.BUILD == "python"
+    assert engine.__file__ == str(REPO / "src" / "accessgate" / "engine.py")
+
+
+def test_the_engine_proxy_and_policy_suites_pass_on_the_compiled_build(compiled):
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUITES,
+         "--ignore", str(Path(__file__).relative_to(REPO))],
+        capture_output=True, text=True, timeout=280, env=_env(compiled), cwd=REPO,
+    )  # fmt: skip
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    assert done.returncode == 0, f"{summary}\n{done.stdout[-6000:]}\n{done.stderr[-2000:]}"
+    assert " passed" in summary and "failed" not in summary, summary
+
+
+def test_an_editable_install_refuses_to_compile(tmp_path):
+    # Compiled modules beside the sources would hide every later edit.
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--dry-run", "-e", str(REPO)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        env={**os.environ, "ACCESSGATE_COMPILE": "1"},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "builds a wheel, not an editable install" in done.stdout + done.stderr
