@@ -10,7 +10,12 @@ requests the engine has not seen, in three mixes (see make_requests):
 browsing (Zipf site popularity; the goals are read on it), uniform and cold.
 Goals (issue 2): >= 300,000 decisions/s, p99 <= 10 us, load <= 1 s, <= 200 MB.
 
+Both builds of the engine run, one after the other, each in a process of its
+own: the Python source as an editable install has it, and the compiled one
+(ACCESSGATE_COMPILE=1, mypyc) that scripts/build-compiled makes for the run.
+
     .venv/bin/python benchmarks/engine.py [--rounds 3] [--decisions 100000] [--by-kind]
+                                          [--build both|python|compiled]
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import ipaddress
 import itertools
 import os
 import random
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +36,7 @@ import tracemalloc
 from datetime import datetime, timezone
 from pathlib import Path
 
-from accessgate.engine import Identity, Request, _compiled, decide, prepare
+from accessgate.engine import BUILD, Identity, Request, _compiled, decide, prepare
 from accessgate.gcsettle import settle_after_load
 from accessgate.loader import load_policy
 from accessgate.quota import MemoryLedger
@@ -156,7 +163,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--by-kind", action="store_true",
                         help="also split the browsing mix's latency by what the engine had to do")
+    parser.add_argument("--build", choices=("both", "python", "compiled"), default="both",
+                        help="which build of the engine to measure (default both, Python first)")
     args = parser.parse_args()
+    if args.build != BUILD:
+        return run_builds(args)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})  # one core
 
@@ -201,6 +212,30 @@ def main() -> int:
     if args.by_kind:
         latency_by_kind(policy, ledger, now, rng, domains, users, args.decisions)
     return 0
+
+
+def run_builds(args) -> int:
+    """Measure each build asked for in a process of its own (a compiled one built first)."""
+    builds = ("python", "compiled") if args.build == "both" else (args.build,)
+    argv = ["--rounds", str(args.rounds), "--decisions", str(args.decisions), "--seed", str(args.seed)]
+    argv += ["--by-kind"] if args.by_kind else []
+    compiled = tempfile.mkdtemp(prefix="accessgate-compiled-")
+    try:
+        if "compiled" in builds:
+            script = Path(__file__).resolve().parents[1] / "scripts" / "build-compiled"
+            print(f"building the compiled engine (scripts/build-compiled {compiled}) ...", flush=True)
+            subprocess.run([str(script), compiled], check=True, stdout=subprocess.DEVNULL)
+        status = 0
+        for build in builds:
+            env = dict(os.environ)
+            if build == "compiled":
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [compiled, env.get("PYTHONPATH")]))
+            print(f"\n== engine build: {build}", flush=True)
+            child = subprocess.run([sys.executable, __file__, *argv, "--build", build], env=env)
+            status = status or child.returncode
+        return status
+    finally:
+        shutil.rmtree(compiled, ignore_errors=True)
 
 
 def latency_by_kind(policy, ledger, now, rng, domains, users, n) -> None:
