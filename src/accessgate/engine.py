@@ -214,6 +214,7 @@ class _HostInfo(NamedTuple):
     name: str
     site: str | None
     invalid: Decision | None = None
+    naming: frozenset[str] = frozenset()  # the roles that name the site (see _Compiled.naming)
 
 
 def _host_info(raw: str, index: _Compiled, policy: Policy) -> _HostInfo:
@@ -226,22 +227,22 @@ def _host_info(raw: str, index: _Compiled, policy: Policy) -> _HostInfo:
         if name[-1:] == ".":
             name = name[:-1]
         domains = index.domains
-        site = domains.get(name)
-        if site is not None:  # a domain of the policy: valid, as the loader checked
-            return _new_host_info(_HostInfo, (name, site, None))
+        found = domains.get(name)
+        if found is not None:  # a domain of the policy: valid, as the loader checked
+            return _new_host_info(_HostInfo, (name, found[0], None, found[1]))
         dot = name.find(".")
         while dot > 0:
-            site = domains.get(name[dot + 1 :])
-            if site is not None:
+            found = domains.get(name[dot + 1 :])
+            if found is not None:
                 # Under a domain of the policy: only the labels before it need checking.
                 if len(name) <= MAX_NAME_LENGTH and plain_labels(name[:dot]):
-                    return _new_host_info(_HostInfo, (name, site, None))
+                    return _new_host_info(_HostInfo, (name, found[0], None, found[1]))
                 break
             dot = name.find(".", dot + 1)
         else:
             plain = plain_name(name)
             if plain is not None:
-                return _new_host_info(_HostInfo, (plain, None, None))
+                return _new_host_info(_HostInfo, (plain, None, None, _NAMED_BY_NONE))
     try:
         host = normalize_host(raw)
     except InvalidHost as exc:
@@ -250,10 +251,12 @@ def _host_info(raw: str, index: _Compiled, policy: Policy) -> _HostInfo:
             None,
             Decision(BLOCK, DENIED, RULE_INVALID_HOST, message=f"The request names an invalid host: {exc}."),
         )
-    return _HostInfo(host.name, site_for(host, policy))
+    site = site_for(host, policy)
+    return _HostInfo(host.name, site, None, index.naming.get(site, _NAMED_BY_NONE) if site else _NAMED_BY_NONE)
 
 
 _new_host_info = tuple.__new__
+_NAMED_BY_NONE: frozenset[str] = frozenset()
 
 
 def _unlisted_allowed(roles: tuple[str, ...], host: str | None) -> Decision:
@@ -617,7 +620,6 @@ class _Compiled:
         self.order = {name: i for i, name in enumerate(policy.roles)}
         self.unlisted_allowed = policy.unlisted is Fallback.ALLOW
         self.access = {name: dict(role.access) for name, role in policy.roles.items()}
-        self.domains = dict(policy.domain_index)  # a dict: a read-only proxy costs a call per lookup
         self.by_user: dict[str, set[str]] = {}
         self.by_group: dict[str, set[str]] = {}
         self.everyone: set[str] = set()
@@ -637,6 +639,9 @@ class _Compiled:
         for name, access in self.access.items():
             for site in access:
                 self.naming[site] = self.naming.get(site, frozenset()) | {name}
+        # domain -> (site, roles naming it): what a new host needs, from one lookup.
+        by_site = {site: (site, self.naming.get(site, _NAMED_BY_NONE)) for site in policy.sites}
+        self.domains = {domain: by_site[site] for domain, site in policy.domain_index.items()}
         # Every user the policy knows, with the roles its own directory gives:
         # worked out now, so that a user's first request costs no more than later ones.
         self.everyone_roles = self._sorted(self.everyone)
@@ -707,15 +712,16 @@ class _Compiled:
         else:
             site = host.site
             planned = roleset.sites.get(site)
-            if planned is not None:
-                plan = planned if planned.host == host.name else _at_host(planned, host.name)
-            else:
-                naming = self.naming.get(site)
-                if roleset.unnamed is not None and (naming is None or naming.isdisjoint(roleset.roles)):
+            if planned is None:
+                if roleset.unnamed is not None and host.naming.isdisjoint(roleset.roles):
                     plan = _from_template(roleset.unnamed, site, host.name)
                 else:
                     plan = _site_plan(roleset, site, host.name, self)
                 roleset.sites[site] = plan
+            elif planned.host == host.name:
+                plan = planned
+            else:
+                plan = _at_host(planned, host.name)
         if self.planned >= _CACHE_SIZE:
             self.forget()  # a scan of many hosts cannot grow memory without bound
         roleset.plans[raw] = plan
