@@ -198,7 +198,8 @@ class _RoleSet:
         self.roles = roles
         self.anonymous = anonymous  # signed in as nobody, and no role for that
         self.plans: dict[str, Decision | _Plan] = {}  # raw host -> plan
-        self.sites: dict[str, Decision | _Plan] = {}  # site -> plan at the host that first asked
+        # site -> plan at the host that first asked, for sites `unnamed` does not cover
+        self.sites: dict[str, Decision | _Plan] = {}
         # What a site that none of these roles names decides (each role's `*`),
         # as a Decision with "{site}" for the site, when it needs no clock:
         # most sites of a large catalog, planned without a grants lookup.
@@ -711,17 +712,20 @@ class _Compiled:
             plan = _with_host(unlisted, host.name) if unlisted is not None else _unlisted_denied(roleset.roles, host.name)
         else:
             site = host.site
-            planned = roleset.sites.get(site)
-            if planned is None:
-                if roleset.unnamed is not None and host.naming.isdisjoint(roleset.roles):
-                    plan = _from_template(roleset.unnamed, site, host.name)
-                else:
-                    plan = _site_plan(roleset, site, host.name, self)
-                roleset.sites[site] = plan
-            elif planned.host == host.name:
-                plan = planned
+            unnamed = roleset.unnamed
+            if unnamed is not None and host.naming.isdisjoint(roleset.roles):
+                # Most sites of a large catalog: no per-site state at all, so
+                # a role set's first request to a rarely visited site touches
+                # nothing but the template.
+                plan = _from_template(unnamed, site, host.name)
             else:
-                plan = _at_host(planned, host.name)
+                planned = roleset.sites.get(site)
+                if planned is None:
+                    plan = roleset.sites[site] = _site_plan(roleset, site, host.name, self)
+                elif planned.host == host.name:
+                    plan = planned
+                else:
+                    plan = _at_host(planned, host.name)
         if self.planned >= _CACHE_SIZE:
             self.forget()  # a scan of many hosts cannot grow memory without bound
         roleset.plans[raw] = plan
