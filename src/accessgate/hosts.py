@@ -51,15 +51,17 @@ def plain_name(raw: str) -> str | None:
     """The canonical name of `raw` when it is a plain lower-case host name
     (the common case, and the only one cheap enough to try first); else None,
     and `normalize_host` decides it.  Never a name `normalize_host` would not give."""
-    if len(raw) > MAX_NAME_LENGTH:
+    if len(raw) > MAX_NAME_LENGTH or _PLAIN_NAME.match(raw) is None:
         return None
-    host = raw[:-1] if raw.endswith(".") else raw
-    if not host or not plain_labels(host):
-        return None
-    last = host[host.rfind(".") + 1 :]
-    if last.isdigit() or last.startswith("0x"):
-        return None  # an IPv4 address in one of its spellings
-    return host
+    return raw[:-1] if raw[-1] == "." else raw
+
+
+# A whole plain name in one match: labels of 1-63 letters, digits, '_' and
+# '-' (not first or last), an optional trailing dot, and a last label that is
+# not a number (WHATWG: then the name is an IPv4 address in one of its
+# spellings, for normalize_host).
+_LABEL_RE = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_PLAIN_NAME = re.compile(rf"(?:{_LABEL_RE}\.)*(?![0-9]+\.?\Z|0x[0-9a-f]*\.?\Z){_LABEL_RE}\.?\Z")
 
 
 # Labels of 1-63 allowed characters by one simple regex; that no label starts
@@ -92,6 +94,15 @@ def _normalize(raw: str) -> NormalHost:
     plain = plain_name(raw)
     if plain is not None:
         return NormalHost(plain)
+    return _normalize_fully(raw)
+
+
+def normalize_host_fully(raw: str) -> NormalHost:
+    """normalize_host without the plain-name shortcut: what the shortcut must agree with."""
+    return _normalize_fully(raw.lower() if raw.isascii() else raw)
+
+
+def _normalize_fully(raw: str) -> NormalHost:
     host = _strip_port(raw)
     if not host:
         raise InvalidHost(f"{raw!r} names no host")

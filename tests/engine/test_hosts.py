@@ -96,3 +96,20 @@ def test_plain_labels_before_a_known_domain(prefix, plain):
     from accessgate.hosts import plain_labels
 
     assert plain_labels(prefix) is plain
+
+
+@given(st.text(alphabet="ab09x-_.F", max_size=24) | st.builds(lambda n, tail: "a" * n + "." + tail,
+                                                              st.integers(55, 70), st.text("ab0.-", max_size=8)))
+def test_the_plain_name_shortcut_gives_what_the_full_path_gives(text):
+    # plain_name answers most names before the full normalization runs; it
+    # may decline (None) anything, but a name it gives must be the full path's.
+    from accessgate import hosts
+
+    shortcut = hosts.plain_name(text)
+    if shortcut is None:
+        return
+    try:
+        full = hosts.normalize_host_fully(text).name
+    except InvalidHost:
+        full = None
+    assert shortcut == full
