@@ -21,12 +21,12 @@ own: the Python source as an editable install has it, and the compiled one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import ipaddress
 import itertools
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +40,9 @@ from accessgate.engine import BUILD, Identity, Request, _compiled, decide, prepa
 from accessgate.gcsettle import settle_after_load
 from accessgate.loader import load_policy
 from accessgate.quota import MemoryLedger
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compiled import compiled_build  # noqa: E402
 
 DOMAINS = 50_000
 ROLES = 100
@@ -219,23 +222,15 @@ def run_builds(args) -> int:
     builds = ("python", "compiled") if args.build == "both" else (args.build,)
     argv = ["--rounds", str(args.rounds), "--decisions", str(args.decisions), "--seed", str(args.seed)]
     argv += ["--by-kind"] if args.by_kind else []
-    compiled = tempfile.mkdtemp(prefix="accessgate-compiled-")
-    try:
-        if "compiled" in builds:
-            script = Path(__file__).resolve().parents[1] / "scripts" / "build-compiled"
-            print(f"building the compiled engine (scripts/build-compiled {compiled}) ...", flush=True)
-            subprocess.run([str(script), compiled], check=True, stdout=subprocess.DEVNULL)
+    with contextlib.ExitStack() as stack:
+        compiled_env = stack.enter_context(compiled_build()) if "compiled" in builds else None
         status = 0
         for build in builds:
-            env = dict(os.environ)
-            if build == "compiled":
-                env["PYTHONPATH"] = os.pathsep.join(filter(None, [compiled, env.get("PYTHONPATH")]))
             print(f"\n== engine build: {build}", flush=True)
+            env = compiled_env if build == "compiled" else None
             child = subprocess.run([sys.executable, __file__, *argv, "--build", build], env=env)
             status = status or child.returncode
         return status
-    finally:
-        shutil.rmtree(compiled, ignore_errors=True)
 
 
 def latency_by_kind(policy, ledger, now, rng, domains, users, n) -> None:

@@ -31,11 +31,16 @@ each served is the ratio of their costs per request.  On these shared
 machines that is the only way the ratio resolves a few percent.
 
     .venv/bin/python benchmarks/proxy.py [--rounds 3] [--seconds 10] [--state sqlite] [--noop] [--together]
+                                         [--build python|compiled]
+
+--build compiled runs accessgate with its compiled engine (ACCESSGATE_COMPILE=1,
+as deploy/ installs it), built for the run by scripts/build-compiled.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -49,6 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proxyload as pl  # noqa: E402
+from compiled import compiled_build  # noqa: E402
 
 USERS = ["frank", "zoe", "carol"]
 MIX = [
@@ -194,6 +200,8 @@ def main() -> int:
     parser.add_argument("--together", action="store_true",
                         help="load bare and accessgate (and bare and noop) at the same time on their shared core "
                              "instead of in turn: drift on a busy host then slows both alike")
+    parser.add_argument("--build", choices=("python", "compiled"), default="python",
+                        help="accessgate's engine as an editable install has it (python) or compiled with mypyc")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit log)")
     args = parser.parse_args()
@@ -207,7 +215,11 @@ def main() -> int:
     os.sched_setaffinity(0, {load_core})  # the Python HTTPS client is load too
     work = pl.tmpdir("accessgate-bench-proxy-")
     started: list = []
+    builds = contextlib.ExitStack()
     try:
+        if args.build == "compiled":
+            # Every mitmdump inherits it; only accessgate's imports change.
+            os.environ["PYTHONPATH"] = builds.enter_context(compiled_build())["PYTHONPATH"]
         origin = pl.start_nginx(work, load_core)
         started.append(origin)
         confdir = pl.make_confdir(work)
@@ -220,6 +232,9 @@ def main() -> int:
             accessgate=pl.accessgate_options(work / "accessgate", args.state),
         )  # fmt: skip
         started.append(gate)
+        engine = _engine_build(gate)
+        if engine != args.build:
+            raise RuntimeError(f"asked for the {args.build} engine, but accessgate runs the {engine!r} one")
         proxies = [bare, gate]
         if args.noop:
             noop = pl.start_mitmdump("noop", **{**common, "workdir": work / "noop"},
@@ -230,7 +245,7 @@ def main() -> int:
         load_before = os.getloadavg()
         print(f"proxies on core {proxy_core}, nginx and load on core {load_core}; "
               f"{args.rounds} rounds x {args.seconds:.0f} s, c={args.connections}, "
-              f"accessgate state {args.state}:, load average {load_before[0]:.1f}", flush=True)
+              f"accessgate state {args.state}:, engine {engine}, load average {load_before[0]:.1f}", flush=True)
         warm = argparse.Namespace(**{**vars(args), "seconds": 2})
         for proxy in proxies:  # certificates, caches, first imports
             for proto in ("http", "https"):
@@ -296,10 +311,22 @@ def main() -> int:
     finally:
         for process in reversed(started):
             process.stop()
+        builds.close()
         if args.keep:
             print(f"work directory kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _engine_build(proxy: pl.Mitmdump, timeout: float = 10.0) -> str | None:
+    """Which engine build the accessgate proxy logged at its policy_loaded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in proxy.output().splitlines():
+            if '"policy_loaded"' in line:
+                return json.loads(line).get("engine")
+        time.sleep(0.1)
+    return None
 
 
 def _count_access_records(path: Path | None) -> int:
