@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,19 @@ def test_an_editable_install_refuses_to_compile(tmp_path):
     )  # fmt: skip
     assert done.returncode != 0
     assert "builds a wheel, not an editable install" in done.stdout + done.stderr
+
+
+def test_without_accessgate_compile_the_wheel_is_pure_python(tmp_path):
+    # What `pip install .` builds by default: no compiler, no mypy needed.
+    env = {key: value for key, value in os.environ.items() if key != "ACCESSGATE_COMPILE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("accessgate-*.whl")
+    assert wheel.name.endswith("-py3-none-any.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert "accessgate/engine.py" in names
+    assert not [name for name in names if name.endswith(".so")]
