@@ -17,7 +17,7 @@ import pytest
 
 from support.clients import write_htpasswd
 from support.origin import Origin
-from support.proxy import make_confdir, start_proxy
+from support.proxy import EXPECT_COMPILED, make_confdir, start_proxy
 
 TEST_USERS = ["alice", "bob", "carol", "zoe", "quinn"]
 
@@ -25,12 +25,12 @@ TEST_USERS = ["alice", "bob", "carol", "zoe", "quinn"]
 def pytest_sessionstart(session):
     # tests/engine/test_compiled.py runs suites on the compiled build; a
     # PYTHONPATH that missed it would pass them on pure Python instead.
-    if os.environ.get("ACCESSGATE_EXPECT_COMPILED") == "1":
+    if os.environ.get(EXPECT_COMPILED) == "1":
         from accessgate import engine, hosts
 
         for module in (engine, hosts):
             if module.__file__.endswith(".py"):
-                raise pytest.UsageError(f"ACCESSGATE_EXPECT_COMPILED=1, but {module.__name__} is {module.__file__}")
+                raise pytest.UsageError(f"{EXPECT_COMPILED}=1, but {module.__name__} is {module.__file__}")
 
 
 @pytest.fixture(scope="session")

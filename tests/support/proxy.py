@@ -186,7 +186,7 @@ def wait_ready(
 EXPECT_COMPILED = "ACCESSGATE_EXPECT_COMPILED"
 
 
-def _check_compiled(process: subprocess.Popen, stderr_path: Path) -> None:
+def _check_compiled(stderr_path: Path) -> None:
     for line in stderr_path.read_text(errors="replace").splitlines():
         if '"policy_loaded"' in line:
             engine = json.loads(line).get("engine")
@@ -267,7 +267,7 @@ def start_proxy(
     try:
         port, metrics_port = wait_ready(process, out, err, metrics=metrics)
         if os.environ.get(EXPECT_COMPILED) == "1" and policy is not None:
-            _check_compiled(process, err)
+            _check_compiled(err)
     except ProxyFailed:
         if process.poll() is None:
             process.kill()
