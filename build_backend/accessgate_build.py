@@ -17,7 +17,9 @@ from contextlib import contextmanager
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F403 - the rest of the backend as setuptools has it
 
-MYPY = "mypy>=1.13,<2"  # mypyc comes with mypy
+# mypyc comes with mypy; one version, the one the compiled build was tested with:
+# another may reject code this one accepts, or compile it differently.
+MYPY = "mypy==1.20.2"
 
 
 def compile_requested() -> bool:
