@@ -24,7 +24,10 @@ MAX_LABEL_LENGTH = 63
 
 # Plain ASCII names skip the (slow) IDNA codec: letters, digits, '-', '_', '.'.
 _ASCII_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
-_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?\Z")
+# One label: letters, digits, '_' and '-', neither first nor last, at most
+# 63 characters (checked on its own first, for its own message).
+_LABEL_RE = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_LABEL = re.compile(rf"{_LABEL_RE}\Z")
 _PORT = re.compile(r"[0-9]{1,64}\Z")
 
 
@@ -56,11 +59,9 @@ def plain_name(raw: str) -> str | None:
     return raw[:-1] if raw[-1] == "." else raw
 
 
-# A whole plain name in one match: labels of 1-63 letters, digits, '_' and
-# '-' (not first or last), an optional trailing dot, and a last label that is
-# not a number (WHATWG: then the name is an IPv4 address in one of its
-# spellings, for normalize_host).
-_LABEL_RE = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+# A whole plain name in one match: labels as _LABEL_RE, an optional trailing
+# dot, and a last label that is not a number (WHATWG: then the name is an
+# IPv4 address in one of its spellings, for normalize_host).
 _PLAIN_NAME = re.compile(rf"(?:{_LABEL_RE}\.)*(?![0-9]+\.?\Z|0x[0-9a-f]*\.?\Z){_LABEL_RE}\.?\Z")
 
 
