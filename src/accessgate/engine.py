@@ -30,6 +30,11 @@ BUILD = "python" if __file__.endswith(".py") else "compiled"
 ALLOW = "allow"
 BLOCK = "block"
 
+# Decisions and host infos are NamedTuples built with this: a
+# NamedTuple's own constructor is Python code, and with keywords it costs
+# twice as much again.
+_new_tuple = tuple.__new__
+
 # Reason codes, one per outcome (contract section 2).
 DENIED = "denied"
 READ_ONLY = "read-only"
@@ -220,8 +225,8 @@ class _HostInfo(NamedTuple):
 
 def _host_info(raw: str, index: _Compiled, policy: Policy) -> _HostInfo:
     # Plain names, most of them, by the short way; the rest by normalize_host.
-    # Built with tuple.__new__: a NamedTuple's own constructor is Python code,
-    # and this runs for every host name the proxy has not seen before.
+    # Built with _new_tuple: this runs for every host name the proxy has not
+    # seen before.
     if raw.isascii():
         # Most names come in lower case already: the same object, hashed once.
         name = raw if raw.islower() else raw.lower()
@@ -230,20 +235,20 @@ def _host_info(raw: str, index: _Compiled, policy: Policy) -> _HostInfo:
         domains = index.domains
         found = domains.get(name)
         if found is not None:  # a domain of the policy: valid, as the loader checked
-            return _new_host_info(_HostInfo, (name, found[0], None, found[1]))
+            return _new_tuple(_HostInfo, (name, found[0], None, found[1]))
         dot = name.find(".")
         while dot > 0:
             found = domains.get(name[dot + 1 :])
             if found is not None:
                 # Under a domain of the policy: only the labels before it need checking.
                 if len(name) <= MAX_NAME_LENGTH and plain_labels(name[:dot]):
-                    return _new_host_info(_HostInfo, (name, found[0], None, found[1]))
+                    return _new_tuple(_HostInfo, (name, found[0], None, found[1]))
                 break
             dot = name.find(".", dot + 1)
         else:
             plain = plain_name(name)
             if plain is not None:
-                return _new_host_info(_HostInfo, (plain, None, None, _NAMED_BY_NONE))
+                return _new_tuple(_HostInfo, (plain, None, None, _NAMED_BY_NONE))
     try:
         host = normalize_host(raw)
     except InvalidHost as exc:
@@ -256,7 +261,6 @@ def _host_info(raw: str, index: _Compiled, policy: Policy) -> _HostInfo:
     return _HostInfo(host.name, site, None, index.naming.get(site, _NAMED_BY_NONE) if site else _NAMED_BY_NONE)
 
 
-_new_host_info = tuple.__new__
 _NAMED_BY_NONE: frozenset[str] = frozenset()
 
 
@@ -322,7 +326,7 @@ def _unnamed_template(roles: tuple[str, ...], anonymous: bool, defaults: _SiteGr
 
 def _from_template(template: Decision, site: str, host: str) -> Decision:
     verdict, reason, rule, _, level, role, roles, _, opens_at, counts_quota, message = template
-    return _new_decision(
+    return _new_tuple(
         Decision,
         (verdict, reason, rule, site, level, role, roles, host, opens_at, counts_quota,
          message.replace("{site}", site) if message else message),
@@ -342,7 +346,7 @@ def _at_host(plan: Decision | _Plan, host: str) -> Decision | _Plan:
 def _with_host(decision: Decision, host: str) -> Decision:
     # Decision._replace builds a dict and a map; this is a third of its cost.
     verdict, reason, rule, site, level, role, roles, _, opens_at, counts_quota, message = decision
-    return _new_decision(Decision, (verdict, reason, rule, site, level, role, roles, host, opens_at, counts_quota, message))
+    return _new_tuple(Decision, (verdict, reason, rule, site, level, role, roles, host, opens_at, counts_quota, message))
 
 
 def _by_grant(
@@ -360,12 +364,11 @@ def _by_grant(
     role, grant = by
     # Built as a tuple: a NamedTuple called with keywords costs twice as much,
     # and a decision is built for every new host.
-    return _new_decision(
+    return _new_tuple(
         Decision, (decision, reason, grant.rule, site, grant.level, role, roles, host, opens_at, counts_quota, message)
     )
 
 
-_new_decision = tuple.__new__
 
 
 def _allowed(best, site, roles, host, site_grants) -> Decision:
