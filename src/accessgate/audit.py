@@ -63,6 +63,9 @@ class _Deferred(NamedTuple):
     args: tuple
 
 
+_new_deferred = tuple.__new__  # a NamedTuple's own constructor is Python code; this runs per request
+
+
 # Rotated siblings as logrotate names them: PATH.1, PATH.2.gz, PATH-20261122,
 # PATH-2026-11-22.gz, PATH-20261122-1700000000 (dateext with dateformat).
 _ROTATED_SUFFIX = re.compile(r"(?:\.\d+|-\d[\d_T:.-]*?)(?:\.(?:gz|bz2|xz|zst|lz4|Z))?")
@@ -164,7 +167,7 @@ class AuditLog:
         if self._closed:
             self._refused += 1
             return
-        self._queue.append(_Deferred(make, args))
+        self._queue.append(_new_deferred(_Deferred, (make, args)))
         if len(self._queue) == _WAKE_AT:
             self._poke()
 
