@@ -721,16 +721,12 @@ class AccessGate:
         started: float,
         policy: Policy | None,
         enforced: bool,
-        request: engine.Request | None = None,
     ) -> FlowState:
-        """The flow's state; `request`, when given, is the engine's view of
-        the flow (read from it already: mitmproxy decodes on every access)."""
+        """The flow's state, read from the flow (the request hook's common
+        path builds it from what its scan decoded already)."""
         rq = flow.request
-        if request is not None and not self._log_query:
-            method, scheme, path = request.method, request.scheme, request.path
-        else:
-            method, scheme = rq.method, rq.scheme
-            path = rq.path if self._log_query else path_without_query(rq.path)
+        method, scheme = rq.method, rq.scheme
+        path = rq.path if self._log_query else path_without_query(rq.path)
         st = FlowState(
             new_request_id(),
             started,
