@@ -721,12 +721,16 @@ class AccessGate:
         started: float,
         policy: Policy | None,
         enforced: bool,
+        request: engine.Request | None = None,
     ) -> FlowState:
-        """The flow's state, read from the flow (the request hook's common
-        path builds it from what its scan decoded already)."""
+        """The flow's state; `request`, when given, is the engine's view of
+        the flow (read from it already: mitmproxy decodes on every access)."""
         rq = flow.request
-        method, scheme = rq.method, rq.scheme
-        path = rq.path if self._log_query else path_without_query(rq.path)
+        if request is not None and not self._log_query:
+            method, scheme, path = request.method, request.scheme, request.path
+        else:
+            method, scheme = rq.method, rq.scheme
+            path = rq.path if self._log_query else path_without_query(rq.path)
         st = FlowState(
             new_request_id(),
             started,
@@ -929,17 +933,12 @@ class AccessGate:
                          error="tunnel refused" if not decision.allowed and self.enforcing else None)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        # One function for the common path, the rare ones in helpers: in the
-        # running proxy every call into a helper costs several times what it
-        # costs in a loop (docs/performance.md), and this runs per request.
         try:
             if flow.response is not None or flow.error is not None:
                 return  # a preset answer (proxyauth's 407) or a killed flow: not ours to decide
             started = time.perf_counter()
             now = datetime.now(timezone.utc)
-            policy = self.policy
-            if policy is None:
-                raise RuntimeError("no policy is loaded")
+            policy = self._policy()
             identity = self._identity(flow)
             tunnel_names = self._tunnels.get(flow.client_conn.id, ())
             scan = scan_request(flow, tunnel_names)
@@ -954,14 +953,7 @@ class AccessGate:
                 return
             decision = self._decide(request, identity, policy, now)
             enforced = self._enforce
-            if self._log_query:
-                st = self._state(flow, decision, identity, now, started, policy, enforced)
-            else:  # _state, with what the scan decoded already
-                st = FlowState(
-                    new_request_id(), started, now, decision, identity, enforced, policy.short_digest,
-                    request.method, request.scheme, decision.host or flow.request.data.host, request.path,
-                )  # fmt: skip
-                flow.metadata[META] = st
+            st = self._state(flow, decision, identity, now, started, policy, enforced, request)
             if not decision.allowed and enforced:
                 status = self._block_response(flow, st)
                 self._audit_flow(st, status, 0, st.streamed_out or 0, None if status else "killed")
@@ -1004,14 +996,14 @@ class AccessGate:
             self._long.untrack(flow.id)
         try:
             st = flow.metadata.get(META)
-            if type(st) is not FlowState or st.logged:
+            if not isinstance(st, FlowState) or st.logged:
                 return
-            bytes_in, bytes_out = st.streamed_in, st.streamed_out
-            if bytes_in is None:
-                bytes_in = len(flow.request.data.content or b"")
-            if bytes_out is None:
-                bytes_out = len(flow.response.data.content or b"")
-            self._audit_flow(st, flow.response.status_code, bytes_in, bytes_out)
+            self._audit_flow(
+                st,
+                flow.response.status_code,
+                _size(flow.request.raw_content, st.streamed_in),
+                _size(flow.response.raw_content, st.streamed_out),
+            )
         except Exception as exc:
             self._fail(flow, "response", exc)
 

@@ -369,8 +369,6 @@ def _by_grant(
     )
 
 
-
-
 def _allowed(best, site, roles, host, site_grants) -> Decision:
     return _by_grant(ALLOW, ALLOWED, best, site, roles, host, counts_quota=site_grants.counts_quota)
 
