@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F403 - the rest of the backend as setuptools has it
@@ -33,6 +34,25 @@ def get_requires_for_build_wheel(config_settings=None):
     # before this answer has it installed: ask as for a pure build.
     with _pure():
         return [*_setuptools.get_requires_for_build_wheel(config_settings), MYPY]
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    if compile_requested():
+        _drop_built_extensions()
+    return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
+
+
+def _drop_built_extensions() -> None:
+    """Extension modules an earlier compiled build left in build/.
+
+    setuptools packs everything in build/lib.<platform>/ into the wheel,
+    including modules compiled from an older list or older source that this
+    build does not make again: stale code that would shadow the .py file.
+    This build makes every extension it ships anew.
+    """
+    for built in Path("build").glob("lib.*/**/*"):
+        if built.suffix in (".so", ".pyd") and built.is_file():
+            built.unlink()
 
 
 def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):

@@ -11,8 +11,10 @@ there on pure Python, and every proxy started must log the compiled engine).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -106,3 +108,34 @@ def test_without_accessgate_compile_the_wheel_is_pure_python(tmp_path):
         names = archive.namelist()
     assert "accessgate/engine.py" in names
     assert not [name for name in names if name.endswith(".so")]
+
+
+def test_a_compiled_build_ships_no_extension_left_in_build_by_an_earlier_one(tmp_path):
+    # setuptools packs everything in build/lib.<platform>/ into the wheel: a
+    # module compiled by an earlier build (an older list of compiled modules,
+    # or older source) would shadow its .py file in the new wheel.
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO, source,
+        ignore=shutil.ignore_patterns(".git", ".venv", "build", "var", "node_modules", "__pycache__",
+                                      "*.egg-info", ".hypothesis", ".pytest_cache"),
+    )  # fmt: skip
+    left = source / "build" / f"lib.{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    (left / "accessgate").mkdir(parents=True)
+    (left / "accessgate" / f"flowrequest{suffix}").write_bytes(b"stale")
+    (left / f"0123456789abcdef0123__mypyc{suffix}").write_bytes(b"stale")
+    wheels = tmp_path / "wheels"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        env={**os.environ, "ACCESSGATE_COMPILE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (wheel,) = wheels.glob("accessgate-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        extensions = sorted(name for name in archive.namelist() if name.endswith(".so"))
+    assert [name.split(".")[0] for name in extensions if name.startswith("accessgate/")] == [
+        "accessgate/engine", "accessgate/hosts",
+    ]
+    assert not [name for name in extensions if "0123456789abcdef0123" in name or "flowrequest" in name]
