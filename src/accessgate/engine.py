@@ -19,7 +19,7 @@ from datetime import date, datetime, timezone
 from typing import NamedTuple
 
 from .errors import InvalidHost, StateStoreUnavailable
-from .hosts import MAX_NAME_LENGTH, NormalHost, normalize_host, plain_labels, plain_name
+from .hosts import MAX_NAME_LENGTH, NormalHost, drop_root, normalize_host, plain_labels, plain_name
 from .model import Fallback, Grant, IPAddress, IPNetwork, Level, MemberKind, Policy, Site
 from .quota import NoQuotaUsed, QuotaLedger
 from .windows import in_any_window, next_window_start, start_of_next_day
@@ -229,9 +229,9 @@ def _host_info(raw: str, index: _Compiled, policy: Policy) -> _HostInfo:
     # seen before.
     if raw.isascii():
         # Most names come in lower case already: the same object, hashed once.
-        name = raw if raw.islower() else raw.lower()
-        if name[-1:] == ".":
-            name = name[:-1]
+        # drop_root removes the one dot normalize_host removes; nothing below
+        # removes another, so `a.test..` is no plain name and fails there.
+        name = drop_root(raw if raw.islower() else raw.lower())
         domains = index.domains
         found = domains.get(name)
         if found is not None:  # a domain of the policy: valid, as the loader checked
