@@ -21,6 +21,7 @@ from typing import NamedTuple
 from .errors import InvalidHost, StateStoreUnavailable
 from .hosts import MAX_NAME_LENGTH, NormalHost, drop_root, normalize_host, plain_labels, plain_name
 from .model import Fallback, Grant, IPAddress, IPNetwork, Level, MemberKind, Policy, Site
+from .paths import readings as path_readings
 from .quota import NoQuotaUsed, QuotaLedger
 from .windows import in_any_window, next_window_start, start_of_next_day
 
@@ -541,7 +542,12 @@ HEADERS_READ = frozenset(("upgrade", *METHOD_OVERRIDE_HEADERS))
 
 
 def read_only_refusal(request: Request, site: Site) -> str | None:
-    """Why a read-only grant refuses `request`, or None when reading allows it."""
+    """Why a read-only grant refuses `request`, or None when reading allows it.
+
+    A write passes only where the site's rules match its path as servers
+    read it (paths.readings: dot segments removed, unreserved escapes
+    decoded); a path servers may read differently matches no rule.
+    """
     method = request.method.upper()
     writes = set() if method in SAFE_METHODS else {method}
     for name, value in request.headers:
@@ -553,13 +559,20 @@ def read_only_refusal(request: Request, site: Site) -> str | None:
                 writes.add(override)
     if not writes:
         return None
-    path = request.path.split("?", 1)[0]
+    rules = site.read_only_allow
+    # Only a write gets here: reads never pay for reading the path.
+    readings = path_readings(request.path.split("?", 1)[0]) if rules else ()
     for method in sorted(writes):
-        if not any(
-            (rule.method is None or rule.method == method) and fnmatch.fnmatchcase(path, rule.path)
-            for rule in site.read_only_allow
-        ):
+        if not readings:
+            if rules:
+                return f"{method} requests are writes, and no exception covers a path servers may read differently"
             return f"{method} requests are writes"
+        for path in readings:  # every way a server may read the path: a rule must match each
+            if not any(
+                (rule.method is None or rule.method == method) and fnmatch.fnmatchcase(path, rule.path)
+                for rule in rules
+            ):
+                return f"{method} requests are writes"
     return None
 
 
