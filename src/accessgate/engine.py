@@ -51,6 +51,13 @@ ALLOW_REASONS = (ALLOWED, UNLISTED)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
 
+# The most names a request may give for its host, counted with repeats:
+# RFC 9112 allows one Host header, and eight leave room for it, the URL or
+# :authority, the SNI and the CONNECT target.  Each name costs a
+# normalization; a request that gives more is blocked before any is
+# decided, so no request costs more than eight.
+MAX_HOST_NAMES = 8
+
 # Rule names for outcomes that no grant decided.
 RULE_UNLISTED = "unlisted"
 RULE_UNAUTHENTICATED = "unauthenticated"
@@ -63,7 +70,7 @@ class Request(NamedTuple):
 
     `hosts` holds every name the request gives for its host (CONNECT
     target, SNI, absolute-form authority, `:authority`, each `Host`
-    header), raw as received.  `headers` are (lower-case name, value); the
+    header), raw as received; more than MAX_HOST_NAMES of them block.  `headers` are (lower-case name, value); the
     engine reads only those named in `HEADERS_READ`.  A NamedTuple, as
     Decision is: the proxy builds one per request, and this builds fastest.
     """
@@ -138,6 +145,8 @@ def decide(
         roleset = index.roleset_of(identity, key, policy)
     if len(request.hosts) == 1:
         return _decide_host(request.hosts[0], roleset, index, request, identity, policy, now, ledger)
+    if len(request.hosts) > MAX_HOST_NAMES:
+        return _TOO_MANY_NAMES
     strictest: Decision | None = None
     for raw in dict.fromkeys(request.hosts):
         decision = _decide_host(raw, roleset, index, request, identity, policy, now, ledger)
@@ -148,6 +157,10 @@ def decide(
 
 
 _NO_QUOTA = NoQuotaUsed()
+_TOO_MANY_NAMES = Decision(
+    BLOCK, DENIED, RULE_INVALID_HOST,
+    message=f"The request names its host more than {MAX_HOST_NAMES} times; send one Host header.",
+)  # fmt: skip
 
 
 def _strictness(decision: Decision) -> tuple[int, int]:
