@@ -70,9 +70,10 @@ class Request(NamedTuple):
 
     `hosts` holds every name the request gives for its host (CONNECT
     target, SNI, absolute-form authority, `:authority`, each `Host`
-    header), raw as received; more than MAX_HOST_NAMES of them block.  `headers` are (lower-case name, value); the
-    engine reads only those named in `HEADERS_READ`.  A NamedTuple, as
-    Decision is: the proxy builds one per request, and this builds fastest.
+    header), raw as received; more than MAX_HOST_NAMES of them block.
+    `headers` are (lower-case name, value); the engine reads only those
+    named in `HEADERS_READ`.  A NamedTuple, as Decision is: the proxy
+    builds one per request, and this builds fastest.
     """
 
     method: str

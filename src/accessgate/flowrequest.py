@@ -6,8 +6,10 @@ absolute-form URL or HTTP/2 `:authority`, and each `Host` header (HTTP/2
 lets a client send two; h2 checks only the last).  The engine decides every
 name and the strictest stands, so this module's one job is to miss none.
 Names are passed raw; the engine normalizes them and blocks one that cannot
-be a host name, and a request that gives more than `MAX_HOST_NAMES` (see
-`_capped`: no request costs more than that many normalizations).
+be a host name.  It also blocks a request that gives more than
+`MAX_HOST_NAMES` names without deciding any, and this module passes it no
+more than one over that (`_capped`), so no request costs more than a few
+normalizations however many Host headers it carries.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ fullwidth `ｆａｃｅｂｏｏｋ.com`, `2130706433` for 127.0.0.1).  The netw
 treats them all as one host, so the policy must too, or a spelling becomes a
 bypass.  IPv4 follows the WHATWG URL host parser (what browsers and
 `inet_aton` accept: decimal, hex, octal, one to four parts); names follow
-IDNA 2008 with UTS-46 mapping and end in A-label form.
+IDNA 2008 with UTS-46 mapping and end in A-label form.  Normalization
+happens once: a name that still differs after it (two root dots, one of
+them a mapped full stop or not) is no host name.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ def _ipv6(host: str, raw: str) -> NormalHost:
 
 def _map_unicode(host: str, raw: str) -> str:
     """UTS-46 mapping and A-labels.  A trailing dot (a mapped full stop too)
-    stays for `drop_root`: removing it here as well let `a.test\u3002.` through."""
+    stays for `drop_root`, which removes one for every kind of name."""
     try:
         mapped = idna.uts46_remap(host, std3_rules=False, transitional=False)
         if _ASCII_NAME.match(mapped):
