@@ -154,8 +154,11 @@ def spellings(draw, name=st.one_of(GOVERNED, NAMES)):
     return base, "".join(out) + draw(st.sampled_from(ENDINGS)) + draw(st.sampled_from(PORTS))
 
 
+IDN_FORMS = st.sampled_from(["xn--90ahmf7anc.test", "www.xn--90ahmf7anc.test", "www.фейсбук.test"])
+
+
 @FUZZ
-@given(spellings(GOVERNED), st.sampled_from(["GET", "POST"]))
+@given(spellings(st.one_of(GOVERNED, IDN_FORMS)), st.sampled_from(["GET", "POST"]))
 def test_no_spelling_of_a_governed_name_decides_as_unlisted(spelled, method):
     name, spelling = spelled
     base = decide(name, method)
