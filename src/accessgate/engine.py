@@ -19,8 +19,9 @@ from datetime import date, datetime, timezone
 from typing import NamedTuple
 
 from .errors import InvalidHost, StateStoreUnavailable
-from .hosts import MAX_NAME_LENGTH, NormalHost, normalize_host, plain_labels, plain_name
+from .hosts import MAX_NAME_LENGTH, NormalHost, drop_root, normalize_host, plain_labels, plain_name
 from .model import Fallback, Grant, IPAddress, IPNetwork, Level, MemberKind, Policy, Site
+from .paths import readings as path_readings
 from .quota import NoQuotaUsed, QuotaLedger
 from .windows import in_any_window, next_window_start, start_of_next_day
 
@@ -50,6 +51,13 @@ ALLOW_REASONS = (ALLOWED, UNLISTED)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
 
+# The most names a request may give for its host, counted with repeats:
+# RFC 9112 allows one Host header, and eight leave room for it, the URL or
+# :authority, the SNI and the CONNECT target.  Each name costs a
+# normalization; a request that gives more is blocked before any is
+# decided, so no request costs more than eight.
+MAX_HOST_NAMES = 8
+
 # Rule names for outcomes that no grant decided.
 RULE_UNLISTED = "unlisted"
 RULE_UNAUTHENTICATED = "unauthenticated"
@@ -62,9 +70,10 @@ class Request(NamedTuple):
 
     `hosts` holds every name the request gives for its host (CONNECT
     target, SNI, absolute-form authority, `:authority`, each `Host`
-    header), raw as received.  `headers` are (lower-case name, value); the
-    engine reads only those named in `HEADERS_READ`.  A NamedTuple, as
-    Decision is: the proxy builds one per request, and this builds fastest.
+    header), raw as received; more than MAX_HOST_NAMES of them block.
+    `headers` are (lower-case name, value); the engine reads only those
+    named in `HEADERS_READ`.  A NamedTuple, as Decision is: the proxy
+    builds one per request, and this builds fastest.
     """
 
     method: str
@@ -137,6 +146,8 @@ def decide(
         roleset = index.roleset_of(identity, key, policy)
     if len(request.hosts) == 1:
         return _decide_host(request.hosts[0], roleset, index, request, identity, policy, now, ledger)
+    if len(request.hosts) > MAX_HOST_NAMES:
+        return _TOO_MANY_NAMES
     strictest: Decision | None = None
     for raw in dict.fromkeys(request.hosts):
         decision = _decide_host(raw, roleset, index, request, identity, policy, now, ledger)
@@ -147,6 +158,10 @@ def decide(
 
 
 _NO_QUOTA = NoQuotaUsed()
+_TOO_MANY_NAMES = Decision(
+    BLOCK, DENIED, RULE_INVALID_HOST,
+    message=f"The request names its host more than {MAX_HOST_NAMES} times; send one Host header.",
+)  # fmt: skip
 
 
 def _strictness(decision: Decision) -> tuple[int, int]:
@@ -229,9 +244,9 @@ def _host_info(raw: str, index: _Compiled, policy: Policy) -> _HostInfo:
     # seen before.
     if raw.isascii():
         # Most names come in lower case already: the same object, hashed once.
-        name = raw if raw.islower() else raw.lower()
-        if name[-1:] == ".":
-            name = name[:-1]
+        # drop_root removes the one dot normalize_host removes; nothing below
+        # removes another, so `a.test..` is no plain name and fails there.
+        name = drop_root(raw if raw.islower() else raw.lower())
         domains = index.domains
         found = domains.get(name)
         if found is not None:  # a domain of the policy: valid, as the loader checked
@@ -541,7 +556,12 @@ HEADERS_READ = frozenset(("upgrade", *METHOD_OVERRIDE_HEADERS))
 
 
 def read_only_refusal(request: Request, site: Site) -> str | None:
-    """Why a read-only grant refuses `request`, or None when reading allows it."""
+    """Why a read-only grant refuses `request`, or None when reading allows it.
+
+    A write passes only where the site's rules match its path as servers
+    read it (paths.readings: dot segments removed, unreserved escapes
+    decoded); a path servers may read differently matches no rule.
+    """
     method = request.method.upper()
     writes = set() if method in SAFE_METHODS else {method}
     for name, value in request.headers:
@@ -553,13 +573,20 @@ def read_only_refusal(request: Request, site: Site) -> str | None:
                 writes.add(override)
     if not writes:
         return None
-    path = request.path.split("?", 1)[0]
+    rules = site.read_only_allow
+    # Only a write gets here: reads never pay for reading the path.
+    readings = path_readings(request.path.split("?", 1)[0]) if rules else ()
     for method in sorted(writes):
-        if not any(
-            (rule.method is None or rule.method == method) and fnmatch.fnmatchcase(path, rule.path)
-            for rule in site.read_only_allow
-        ):
+        if not readings:
+            if rules:
+                return f"{method} requests are writes, and no exception covers a path servers may read differently"
             return f"{method} requests are writes"
+        for path in readings:  # every way a server may read the path: a rule must match each
+            if not any(
+                (rule.method is None or rule.method == method) and fnmatch.fnmatchcase(path, rule.path)
+                for rule in rules
+            ):
+                return f"{method} requests are writes"
     return None
 
 

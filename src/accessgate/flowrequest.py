@@ -6,7 +6,10 @@ absolute-form URL or HTTP/2 `:authority`, and each `Host` header (HTTP/2
 lets a client send two; h2 checks only the last).  The engine decides every
 name and the strictest stands, so this module's one job is to miss none.
 Names are passed raw; the engine normalizes them and blocks one that cannot
-be a host name.
+be a host name.  It also blocks a request that gives more than
+`MAX_HOST_NAMES` names without deciding any, and this module passes it no
+more than one over that (`_capped`), so no request costs more than a few
+normalizations however many Host headers it carries.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Iterable, NamedTuple
 
 from mitmproxy import http
 
-from .engine import HEADERS_READ, Request
+from .engine import HEADERS_READ, MAX_HOST_NAMES, Request
 
 _new_request = tuple.__new__  # Request's own constructor is Python code
 
@@ -26,13 +29,54 @@ REACH = "GET"
 TUNNEL = "CONNECT"
 
 
+# Host headers kept and read: one more than the engine decides, so that it
+# sees a request that gives too many names as one.
+_HOSTS_KEPT = MAX_HOST_NAMES + 1
+
+
 def host_headers(rq: http.Request) -> list[str]:
-    """Every Host header's value, exactly as `rq.headers.get_all("host")` gives them.
+    """The Host headers' values, as `rq.headers.get_all("host")` gives them,
+    but at most `_HOSTS_KEPT` of them (see `drop_surplus_hosts`).
 
     Read from the raw fields: get_all() goes through two layers of key and
     value conversion, and every request asks for these twice (profiled).
     """
-    return [v.decode("utf-8", "surrogateescape") for k, v in rq.headers.fields if k.lower() == b"host"]
+    values = []
+    for k, v in rq.headers.fields:
+        if k.lower() == b"host":
+            if len(values) == _HOSTS_KEPT:
+                break
+            values.append(v.decode("utf-8", "surrogateescape"))
+    return values
+
+
+def drop_surplus_hosts(rq: http.Request) -> None:
+    """Keep the first `_HOSTS_KEPT` Host headers of a request that has more.
+
+    Such a request is blocked for giving too many names, but mitmproxy's own
+    addons still read it after accessgate: they join every Host value into
+    one and IDNA-encode the whole (onboarding and maplocal, in the `request`
+    hook), on the event loop, for as long as the client made the list.
+    """
+    kept = 0
+    fields = []
+    for name, value in rq.headers.fields:
+        if name.lower() == b"host":
+            kept += 1
+            if kept > _HOSTS_KEPT:
+                continue
+        fields.append((name, value))
+    rq.headers.fields = tuple(fields)
+
+
+def _capped(names: list[str]) -> tuple[str, ...]:
+    """`names` without exact repeats, when they are few enough for the engine
+    to decide each; else the first `_HOSTS_KEPT` as they are, which it
+    blocks on their count.  Counted with repeats, as RFC 9112 counts Host
+    headers: a thousand copies of one name cost as much to parse."""
+    if len(names) > MAX_HOST_NAMES:
+        return tuple(names[:_HOSTS_KEPT])
+    return tuple(dict.fromkeys(names))
 
 
 def _names(flow: http.HTTPFlow, host_values: list[str], extra: Iterable[str]) -> tuple[str, ...]:
@@ -49,7 +93,7 @@ def _names(flow: http.HTTPFlow, host_values: list[str], extra: Iterable[str]) ->
     names.extend(extra)
     # Keep order for messages, drop exact repeats (the engine would too).
     # Every entry is a non-empty str: `extra` holds CONNECT targets, never None.
-    return tuple(dict.fromkeys(names))
+    return _capped(names)
 
 
 def path_without_query(path: str) -> str:
@@ -86,7 +130,8 @@ def scan_request(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> Scann
     accessgate's time per request (profiled).  bytes.lower() folds only
     ASCII, and no non-ASCII character lower-cases into those names.  A
     request that has private or folded headers is sanitized and scanned
-    again; almost none has.
+    again; almost none has.  One with more Host headers than the engine
+    decides loses the surplus here (`drop_surplus_hosts`): it is blocked.
     """
     # From mitmproxy's raw request data: its str properties (method, path,
     # scheme, headers) are Python functions that decode on every access.
@@ -95,16 +140,22 @@ def scan_request(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> Scann
     headers: list[tuple[str, str]] = []
     private: list[bytes] = []
     folded = False
+    surplus = False
     for name, value in data.headers.fields:
         lowered = name.lower()
         if lowered == b"host":
-            host_values.append(value.decode("utf-8", "surrogateescape"))
+            if len(host_values) < _HOSTS_KEPT:
+                host_values.append(value.decode("utf-8", "surrogateescape"))
+            else:
+                surplus = True
         elif lowered in _HEADERS_READ_B:
             headers.append((_HEADERS_READ_B[lowered], value.decode("utf-8", "surrogateescape")))
         elif lowered == PRIVATE_HEADER or lowered.startswith(PRIVATE_PREFIX):
             private.append(lowered)
         if b"\n" in value:
             folded = True
+    if surplus:
+        drop_surplus_hosts(flow.request)
     request = _new_request(
         Request,
         (
@@ -122,10 +173,13 @@ def connect_request(flow: http.HTTPFlow) -> Request:
     """A CONNECT, decided as "may reach": the block page comes from the inner request."""
     rq = flow.request
     names = [rq.data.host] if rq.data.host else []
-    names.extend(host_headers(rq))
-    return Request(method=REACH, hosts=tuple(dict.fromkeys(names)), path="/", scheme="https")
+    values = host_headers(rq)
+    if len(values) == _HOSTS_KEPT:
+        drop_surplus_hosts(rq)  # if there are more
+    names.extend(values)
+    return Request(method=REACH, hosts=_capped(names), path="/", scheme="https")
 
 
 def tunnel_request(names: Iterable[str], method: str = TUNNEL) -> Request:
     """A connection whose contents accessgate will not see (passthrough, raw TCP)."""
-    return Request(method=method, hosts=tuple(dict.fromkeys(n for n in names if n)), path="/")
+    return Request(method=method, hosts=_capped([n for n in names if n]), path="/")

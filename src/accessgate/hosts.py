@@ -5,7 +5,9 @@ fullwidth `ｆａｃｅｂｏｏｋ.com`, `2130706433` for 127.0.0.1).  The netw
 treats them all as one host, so the policy must too, or a spelling becomes a
 bypass.  IPv4 follows the WHATWG URL host parser (what browsers and
 `inet_aton` accept: decimal, hex, octal, one to four parts); names follow
-IDNA 2008 with UTS-46 mapping and end in A-label form.
+IDNA 2008 with UTS-46 mapping and end in A-label form.  Normalization
+happens once: a name that still differs after it (two root dots, one of
+them a mapped full stop or not) is no host name.
 """
 
 from __future__ import annotations
@@ -50,19 +52,32 @@ def normalize_host(raw: str) -> NormalHost:
     return _normalize(raw.lower() if raw.isascii() else raw)
 
 
-def plain_name(raw: str) -> str | None:
-    """The canonical name of `raw` when it is a plain lower-case host name
-    (the common case, and the only one cheap enough to try first); else None,
-    and `normalize_host` decides it.  Never a name `normalize_host` would not give."""
-    if len(raw) > MAX_NAME_LENGTH or _PLAIN_NAME.match(raw) is None:
+def drop_root(name: str) -> str:
+    """`name` without its trailing (root) dot, if it has one.
+
+    The only place normalization removes a dot, and it removes one: a name
+    that still ends in a dot after it (`a.test..`) has an empty label and
+    names no host.  Both the full path and the engine's shortcut call this,
+    so they cannot disagree on how many dots a name may end in.
+    """
+    return name[:-1] if name[-1:] == "." else name
+
+
+def plain_name(name: str) -> str | None:
+    """`name` itself when it is a plain host name (the common case, and the
+    only one cheap enough to try first); else None, and `normalize_host`
+    decides it.  `name` is lower case with its root dot already dropped
+    (`drop_root`): one that still ends in a dot is not plain.  Never a name
+    `normalize_host` would not give."""
+    if len(name) > MAX_NAME_LENGTH or _PLAIN_NAME.match(name) is None:
         return None
-    return raw[:-1] if raw[-1] == "." else raw
+    return name
 
 
-# A whole plain name in one match: labels as _LABEL_RE, an optional trailing
-# dot, and a last label that is not a number (WHATWG: then the name is an
-# IPv4 address in one of its spellings, for normalize_host).
-_PLAIN_NAME = re.compile(rf"(?:{_LABEL_RE}\.)*(?![0-9]+\.?\Z|0x[0-9a-f]*\.?\Z){_LABEL_RE}\.?\Z")
+# A whole plain name in one match: labels as _LABEL_RE, no trailing dot, and
+# a last label that is not a number (WHATWG: then the name is an IPv4
+# address in one of its spellings, for normalize_host).
+_PLAIN_NAME = re.compile(rf"(?:{_LABEL_RE}\.)*(?![0-9]+\Z|0x[0-9a-f]*\Z){_LABEL_RE}\Z")
 
 
 # Labels of 1-63 allowed characters by one simple regex; that no label starts
@@ -92,7 +107,7 @@ def plain_labels(prefix: str) -> bool:
 
 
 def _normalize(raw: str) -> NormalHost:
-    plain = plain_name(raw)
+    plain = plain_name(drop_root(raw))
     if plain is not None:
         return NormalHost(plain)
     return _normalize_fully(raw)
@@ -111,9 +126,7 @@ def _normalize_fully(raw: str) -> NormalHost:
         return _ipv6(host, raw)
     if not _ASCII_NAME.match(host):
         host = _map_unicode(host, raw)
-    host = host.lower()
-    if host.endswith("."):
-        host = host[:-1]
+    host = drop_root(host.lower())
     labels = host.split(".")
     if _ends_in_number(labels):
         return NormalHost(*_ipv4(labels, raw))
@@ -157,12 +170,13 @@ def _ipv6(host: str, raw: str) -> NormalHost:
 
 
 def _map_unicode(host: str, raw: str) -> str:
+    """UTS-46 mapping and A-labels.  A trailing dot (a mapped full stop too)
+    stays for `drop_root`, which removes one for every kind of name."""
     try:
         mapped = idna.uts46_remap(host, std3_rules=False, transitional=False)
-        if mapped.endswith("."):
-            mapped = mapped[:-1]
         if _ASCII_NAME.match(mapped):
             return mapped
+        # idna keeps one trailing dot and refuses an empty label before it.
         return idna.encode(mapped, uts46=False).decode("ascii")
     except (idna.IDNAError, UnicodeError, ValueError) as exc:
         raise InvalidHost(f"{raw!r} is not a valid internationalized host name ({exc})") from None

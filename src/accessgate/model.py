@@ -40,7 +40,8 @@ class ReadOnlyRule:
     """A write that read-only access still allows (log in, search).
 
     `method` None matches every method; `path` is a glob (`*` crosses `/`)
-    matched against the path without its query string.
+    that must match the request's path, without its query string, in every
+    way a server may read it (`paths.readings`).
     """
 
     method: str | None

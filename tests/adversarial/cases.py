@@ -97,6 +97,8 @@ WS = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Versi
       ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]  # fmt: skip
 SMUGGLED = b"0\r\n\r\nPOST /feed HTTP/1.1\r\nHost: linkedin.test\r\nContent-Length: 1\r\n\r\nx"
 BIG = b"x" * 5000  # above the streaming proxy's stream_large_bodies=1k
+# 20,000 different Host headers, each with fullwidth dots (UTS-46 maps them): issue 14, hole 7.
+MANY_HOSTS = [("Host", f"h{i}\uff0eexample\uff0etest") for i in range(20_000)]
 
 CASES: list[Case] = [
     # -- host spellings ------------------------------------------------------
@@ -352,4 +354,63 @@ CASES: list[Case] = [
          inside("linkedin.test:443", LI, method="POST", body=BIG), CLOSED),
     Case("streamed-upload-to-unlisted", "a streamed upload to an unlisted site passes whole", "streaming",
          get("http://example.test/echo", method="POST", body=BIG), OK, reaches_origin=True),
+    # -- issue 14, holes 1, 3 and 7 (fix/hosts) ---------------------------------
+    # Hole 1: a name is normalized once; what still differs after it is no host name.
+    Case("host-two-trailing-dots", "two trailing dots make no host name", "plain",
+         get("http://example.test/", host="www.facebook.test.."), BLOCKED, "denied"),
+    Case("host-two-trailing-dots-in-tunnel", "two trailing dots make no host name inside a tunnel", "plain",
+         inside("example.test:443", "www.facebook.test..", sni=FREE), BLOCKED, "denied"),
+    Case("h2-host-two-trailing-dots", "two trailing dots make no HTTP/2 host", "plain",
+         h2req("example.test:443", pseudo("GET", None) + [("host", "www.facebook.test..")]), BLOCKED, "denied"),
+    Case("host-two-trailing-dots-read-only-write", "two trailing dots cannot carry a write past read-only",
+         "plain", get("http://example.test/", host="linkedin.test..", method="POST", body=b"x"), BLOCKED, "denied"),
+    Case("host-ideographic-stop-then-dot", "a dot after a mapped full stop is a second trailing dot", "plain",
+         get("http://example.test/", host="example.test\u3002."), BLOCKED, "denied"),
+    Case("host-fullwidth-stop-then-dot", "a dot after a fullwidth full stop is a second trailing dot", "plain",
+         get("http://example.test/", host="\uff45xample.test\uff0e."), BLOCKED, "denied"),
+    # Hole 3: a read_only_allow rule matches the path as the server resolves it.
+    Case("rule-path-allows-its-write", "a read_only_allow rule lets its own write through", "plain",
+         get("http://linkedin.test/login/submit", method="POST", body=b"x"), OK, reaches_origin=True),
+    Case("rule-path-dot-segment-kept-inside", "a dot segment that stays inside the rule still matches", "plain",
+         get("http://linkedin.test/login/a/../submit", method="POST", body=b"x"), OK, reaches_origin=True),
+    Case("rule-path-dot-segments", "dot segments are removed before a rule matches", "plain",
+         get("http://linkedin.test/login/../feed", method="POST", body=b"x"), BLOCKED, "read-only"),
+    Case("rule-path-encoded-dot-segments", "%2e%2E is a dot segment too", "plain",
+         get("http://linkedin.test/login/%2e%2E/feed", method="POST", body=b"x"), BLOCKED, "read-only"),
+    Case("rule-path-dot-segments-climb-back", "a path that leaves the rule and climbs back in matches no rule",
+         "plain", get("http://linkedin.test/feed/%2e%2e/login/x", method="POST", body=b"x"), BLOCKED, "read-only"),
+    Case("rule-path-encoded-slash", "an encoded slash matches no rule", "plain",
+         get("http://linkedin.test/login/..%2ffeed", method="POST", body=b"x"), BLOCKED, "read-only"),
+    Case("rule-path-backslash", "a backslash (a slash to IIS) matches no rule", "plain",
+         get("http://linkedin.test/login/..\\feed", method="POST", body=b"x"), BLOCKED, "read-only"),
+    Case("rule-path-encoded-backslash", "an encoded backslash matches no rule", "plain",
+         get("http://linkedin.test/login/..%5Cfeed", method="POST", body=b"x"), BLOCKED, "read-only"),
+    Case("rule-path-semicolon", "a ';' path parameter (Tomcat's /..;/) matches no rule", "plain",
+         get("http://linkedin.test/login/..;/feed", method="POST", body=b"x"), BLOCKED, "read-only"),
+    Case("rule-path-double-encoded", "a double-encoded dot matches no rule", "plain",
+         get("http://linkedin.test/login/%252e%252e/feed", method="POST", body=b"x"), BLOCKED, "read-only"),
+    Case("rule-path-nul", "an encoded NUL matches no rule", "plain",
+         get("http://linkedin.test/login/x%00/../../feed", method="POST", body=b"x"), BLOCKED, "read-only"),
+    Case("rule-path-empty-segment", "an empty segment (merged by some servers) matches no rule", "plain",
+         get("http://linkedin.test/login//../feed", method="POST", body=b"x"), BLOCKED, "read-only"),
+    Case("rule-path-fragment", "a fragment in the request target matches no rule", "plain",
+         get("http://linkedin.test/i/api/graphql/abc/CreateTweet#/HomeTimeline", method="POST", body=b"x"),
+         BLOCKED, "read-only"),
+    Case("rule-path-in-tunnel", "dot segments are removed inside a tunnel too", "plain",
+         inside("linkedin.test:443", LI, method="POST", path="/login/../feed", body=b"x"), BLOCKED, "read-only"),
+    Case("h2-rule-path-dot-segments", "an HTTP/2 :path is resolved before a rule matches", "plain",
+         h2req("linkedin.test:443", pseudo("POST", LI, "/login/%2e%2e/feed"), b"x"), BLOCKED, "read-only"),
+    Case("h2-rule-path-not-absolute", "an HTTP/2 :path that does not start with / matches no rule", "plain",
+         h2req("linkedin.test:443", pseudo("POST", LI, "login/x"), b"x"), BLOCKED, "read-only"),
+    # Hole 7: the work per request is bounded, however many names it gives.
+    Case("many-host-headers", "a request may name its host at most 8 times", "plain",
+         get("http://example.test/", host=None, headers=MANY_HOSTS), BLOCKED, "denied"),
+    Case("many-equal-host-headers", "repeating one Host header counts too", "plain",
+         get("http://example.test/", host=None, headers=[("Host", FREE)] * 20_000), BLOCKED, "denied"),
+    Case("nine-host-headers", "nine Host headers are one too many", "plain",
+         get("http://example.test/", host=None, headers=[("Host", FREE)] * 9), BLOCKED, "denied"),
+    Case("many-host-headers-in-tunnel", "the cap holds inside a tunnel", "plain",
+         inside("example.test:443", None, sni=FREE, headers=MANY_HOSTS), BLOCKED, "denied"),
+    Case("h2-many-host-headers", "the cap holds for HTTP/2 host headers", "plain",
+         h2req("example.test:443", pseudo("GET", FREE) + [("host", FREE)] * 50), BLOCKED, "denied"),
 ]  # fmt: skip

@@ -119,8 +119,8 @@ def _forget_everything(policy) -> None:
 
 
 spellings = st.builds(
-    lambda host, upper, dot, prefix: (prefix + (host.upper() if upper else host) + ("." if dot else "")),
-    hosts, st.booleans(), st.booleans(),
+    lambda host, upper, dot, prefix: (prefix + (host.upper() if upper else host) + dot),
+    hosts, st.booleans(), st.sampled_from(["", ".", "..", "\u3002", ".\u3002", "\uff0e.", ":443", "..:443"]),
     st.sampled_from(["", "www.", "api.", "-x.", "x-.", "0x1.", "ｗｗｗ.", ".", "a..", "_x.", "x_.", "a.-.", "1.2.", "a-b.c.", "x" * 64 + "."]),
 )
 

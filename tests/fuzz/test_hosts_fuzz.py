@@ -114,3 +114,88 @@ def test_ipv6_literals_are_canonical(value):
     addr = ipaddress.IPv6Address(value)
     assume(addr.ipv4_mapped is None)
     assert normalize_host(f"[{addr.exploded.upper()}]:443") == normalize_host(f"[{addr.compressed}]")
+
+
+# -- One normalization (issue 14, hole 1) ------------------------------------
+# A name is normalized once: case, one root dot, port, UTS-46 mapping (full
+# stops, fullwidth forms, deleted characters), A-labels.  Whatever still
+# differs after that (two root dots, an empty label) is no host name.  So a
+# spelling of a governed name is either that name or invalid, never unlisted.
+
+DOTS = [".", "\u3002", "\uff0e", "\uff61"]  # a dot, and the full stops UTS-46 maps to one
+ENDINGS = ["", ".", "..", "\u3002", ".\u3002", "\u3002.", "\uff0e.", "\u3002\u3002", ".\u200b.", "\u200b.", "..."]
+PORTS = ["", ":", ":443", ":00080"]
+
+
+def _fullwidth(c: str) -> str:
+    return chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c
+
+
+@st.composite
+def spellings(draw, name=st.one_of(GOVERNED, NAMES)):
+    """A name and one way to write it: case, full stops, fullwidth letters and
+    zero-width characters (each none, all or some), then a root dot (or more),
+    then a port."""
+    base = draw(name)
+    case, stops, wide, zero = (draw(st.sampled_from(["none", "all", "some"])) for _ in range(4))
+
+    def applies(mode: str) -> bool:
+        return mode == "all" or (mode == "some" and draw(st.booleans()))
+
+    out = []
+    for c in base:
+        if c == ".":
+            out.append(draw(st.sampled_from(DOTS[1:])) if applies(stops) else c)
+            continue
+        c = c.upper() if applies(case) else c
+        out.append(_fullwidth(c) if applies(wide) else c)
+        if zero != "none" and applies(zero):
+            out.append("\u200b")
+    return base, "".join(out) + draw(st.sampled_from(ENDINGS)) + draw(st.sampled_from(PORTS))
+
+
+IDN_FORMS = st.sampled_from(["xn--90ahmf7anc.test", "www.xn--90ahmf7anc.test", "www.фейсбук.test"])
+
+
+@FUZZ
+@given(spellings(st.one_of(GOVERNED, IDN_FORMS)), st.sampled_from(["GET", "POST"]))
+def test_no_spelling_of_a_governed_name_decides_as_unlisted(spelled, method):
+    name, spelling = spelled
+    base = decide(name, method)
+    other = decide(spelling, method)
+    if other.rule == engine.RULE_INVALID_HOST:
+        assert not other.allowed
+    else:
+        assert (other.decision, other.reason, other.site) == (base.decision, base.reason, base.site), spelling
+
+
+@FUZZ
+@given(st.one_of(spellings().map(lambda s: s[1]), st.text(max_size=40)))
+def test_what_the_engine_decides_is_normalize_hosts_answer_and_a_fixed_point(raw):
+    decided = decide(raw, "POST")
+    try:
+        host = normalize_host(raw)
+    except InvalidHost:
+        assert decided.rule == engine.RULE_INVALID_HOST and not decided.allowed
+        return
+    assert decided.host == host.name
+    again = decide(host.name, "POST")
+    assert (again.decision, again.reason, again.site, again.host) == (
+        decided.decision, decided.reason, decided.site, decided.host
+    )  # fmt: skip
+
+
+@FUZZ
+@given(spellings())
+def test_a_name_that_ends_in_two_dots_after_mapping_is_no_host(spelled):
+    _, spelling = spelled
+    host_part = spelling.rsplit(":", 1)[0] if spelling.count(":") == 1 else spelling
+    mapped = host_part.replace("\u200b", "")
+    for dot in DOTS[1:]:
+        mapped = mapped.replace(dot, ".")
+    if mapped.endswith(".."):
+        try:
+            normalize_host(spelling)
+        except InvalidHost:
+            return
+        raise AssertionError(f"{spelling!r} ends in two dots and was taken as a host")
