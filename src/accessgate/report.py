@@ -18,7 +18,10 @@ import html
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
-from .auditlog import AuditLog, naive_utc
+import duckdb
+
+from .auditlog import AuditLog, explain_duckdb, naive_utc
+from .errors import AuditLogError
 
 ANONYMOUS = "(anonymous {ip})"
 
@@ -73,6 +76,13 @@ _WHO = "coalesce(\"user\", replace('" + ANONYMOUS + "', '{ip}', coalesce(client_
 
 
 def build_report(log: AuditLog, since: datetime, until: datetime) -> Report:
+    try:
+        return _build_report(log, since, until)
+    except duckdb.Error as exc:
+        raise AuditLogError(explain_duckdb(exc)) from None
+
+
+def _build_report(log: AuditLog, since: datetime, until: datetime) -> Report:
     con = log.con
     log._run(
         lambda: con.execute(

@@ -1,0 +1,111 @@
+"""What hostile values and damaged files do to the auditors' tools.
+
+Every tool reads every record it can, reports what it cannot and goes on;
+nothing from the log reaches a spreadsheet as a formula or a terminal as a
+control sequence; filters mean what they say.  Logs are written by the real
+writer (conftest.write_log); damage is done to the real files, `.gz` too.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .conftest import access, rotate, write_log
+
+# -- a line longer than the tools read (an older writer's policy_rejected) -----------
+
+HEAD, TAIL = b'{"event":"policy_rejected","ts":"2026-11-02T09:00:30.000Z","problems":["', b'"]}'
+LONG = len(HEAD) + (20 << 20) + len(TAIL)  # over the tools' 16 MiB
+
+
+def with_long_line(path: Path, after: int = 1) -> Path:
+    """Put a 20 MB line (an older writer's record: no seq/prev) after line `after` of `path`."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    long_line = HEAD + b"x" * (20 << 20) + TAIL + b"\n"
+    path.write_bytes(b"".join(lines[:after]) + long_line + b"".join(lines[after:]))
+    return path
+
+
+def gzipped(path: Path) -> Path:
+    target = path.with_name(path.name + ".gz")
+    with open(path, "rb") as src, gzip.open(target, "wb", compresslevel=1) as dst:
+        shutil.copyfileobj(src, dst)
+    path.unlink()
+    return target
+
+
+RECORDS = [
+    access("r1", "2026-11-02T09:00:00.000Z", "alice", "facebook"),
+    access("r2", "2026-11-02T09:01:00.000Z", "bob", "facebook", "block"),
+    access("r3", "2026-11-02T09:02:00.000Z", "carol", "linkedin"),
+]
+POLICY = "version: 1\nsites: {facebook: {domains: [facebook.com]}, linkedin: {domains: [linkedin.com]}}\n" \
+         "roles: {everyone: {members: [all], access: {'*': full}}}\nunlisted: allow\n"  # fmt: skip
+
+# tool -> (arguments after the log, what shows that it read r1..r3)
+TOOLS = {
+    "audit query": (("audit", "query", "{log}", "--format", "jsonl"), lambda out: ["r1", "r2", "r3"] == [
+        json.loads(line)["request_id"] for line in out.splitlines()]),
+    "audit sql": (("audit", "sql", "SELECT count(*) AS n FROM audit WHERE event = 'access'", "{log}", "--format", "csv"),
+                  lambda out: out.splitlines() == ["n", "3"]),
+    "audit report": (("audit", "report", "{log}", "--since", "2026-11-01", "--until", "2026-11-03"),
+                     lambda out: out.splitlines()[1].startswith("3 requests: 2 allowed, 1 blocked")),
+    "replay": (("replay", "{policy}", "{log}", "--json"), lambda out: json.loads(out)["records"] == 3),
+    "audit index": (("audit", "index", "{log}"), lambda out: out.startswith("1 of 1 file(s) cached")),
+}  # fmt: skip
+FILES = {"a plain live file": False, "a rotated .gz file": True}
+
+
+@pytest.mark.parametrize("compressed", FILES.values(), ids=FILES.keys())
+@pytest.mark.parametrize("args, read_all", TOOLS.values(), ids=TOOLS.keys())
+def test_a_line_longer_than_the_tools_read_is_reported_and_the_rest_read(cli, tmp_path, args, read_all, compressed):
+    log = with_long_line(write_log(tmp_path / "audit.jsonl", RECORDS))
+    if compressed:
+        log = gzipped(log)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    status, out, err = cli(*(a.format(log=log, policy=policy) for a in args))
+    assert status in (0, 1), err  # replay: 1 = decisions change; never 2 (error)
+    assert read_all(out), out
+    assert f"warning: {log}:2: a line of {LONG:,} bytes is longer than the audit tools read" in err
+
+
+def test_a_long_line_in_one_file_of_a_glob_spoils_none_of_the_others(cli, tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write_log(path, RECORDS[:1])
+    rotate(path)
+    write_log(path, RECORDS[1:2])
+    with_long_line(path, after=1)
+    rotate(path)  # .2.gz holds r1; .1 holds r2 and the long line
+    write_log(path, RECORDS[2:])
+    status, out, err = cli("audit", "query", str(tmp_path / "audit.jsonl*"), "--format", "jsonl")
+    assert status == 0, err
+    assert [json.loads(line)["request_id"] for line in out.splitlines()] == ["r1", "r2", "r3"]
+    assert err.count("is longer than the audit tools read") == 1
+    # The rotated file is cached without the long line: the next query says nothing new and reads all.
+    status, again, err = cli("audit", "query", str(tmp_path / "audit.jsonl*"), "--format", "jsonl")
+    assert (status, again, err) == (0, out, "")
+
+
+# -- file names -----------------------------------------------------------------------
+
+
+def test_a_file_named_with_glob_characters_is_that_file(cli, tmp_path):
+    write_log(tmp_path / "audit1.jsonl", RECORDS[:1])
+    write_log(tmp_path / "audit[1].jsonl", RECORDS[1:2])
+    write_log(tmp_path / "audit*.jsonl", RECORDS[2:])
+    for name, expected in [("audit[1].jsonl", ["r2"]), ("audit*.jsonl", ["r3"])]:
+        for args in (("audit", "query", tmp_path / name, "--format", "jsonl"),
+                     ("audit", "query", tmp_path / name, "--format", "jsonl", "--no-cache")):  # fmt: skip
+            status, out, err = cli(*args)
+            assert (status, [json.loads(x)["request_id"] for x in out.splitlines()]) == (0, expected), (name, err)
+    status, out, _ = cli("audit", "query", str(tmp_path / "audit?.jsonl"), "--format", "jsonl")
+    assert [json.loads(x)["request_id"] for x in out.splitlines()] == ["r1", "r3"]  # a glob is still a glob
