@@ -352,4 +352,9 @@ CASES: list[Case] = [
          inside("linkedin.test:443", LI, method="POST", body=BIG), CLOSED),
     Case("streamed-upload-to-unlisted", "a streamed upload to an unlisted site passes whole", "streaming",
          get("http://example.test/echo", method="POST", body=BIG), OK, reaches_origin=True),
+    # -- audit records every auditors' tool can read (fix/audittools, issue 14.6) --------
+    # test_audit_records.py runs `accessgate audit` on the proxy's log after this case.
+    Case("non-utf8-method-audited", "a method with a byte that is not UTF-8 is a write, audited readably", "plain",
+         raw(b"P\xffST http://linkedin.test/ HTTP/1.1\r\nProxy-Authorization: " + AUTH.encode()
+             + b"\r\nHost: linkedin.test\r\nContent-Length: 0\r\n\r\n"), BLOCKED, "read-only"),
 ]  # fmt: skip

@@ -109,3 +109,21 @@ def test_a_file_named_with_glob_characters_is_that_file(cli, tmp_path):
             assert (status, [json.loads(x)["request_id"] for x in out.splitlines()]) == (0, expected), (name, err)
     status, out, _ = cli("audit", "query", str(tmp_path / "audit?.jsonl"), "--format", "jsonl")
     assert [json.loads(x)["request_id"] for x in out.splitlines()] == ["r1", "r3"]  # a glob is still a glob
+
+
+# -- records with bytes that were not UTF-8 ------------------------------------------
+
+
+def test_records_with_undecodable_bytes_are_seen_by_every_tool(cli, tmp_path):
+    log = write_log(tmp_path / "audit.jsonl", [
+        access("r1", "2026-11-02T09:00:00.000Z", "zoe", "linkedin", "block", method="P\udcffST"),
+        access("r2", "2026-11-02T09:01:00.000Z", "zoe", "linkedin", "block", path="/feed/\udcff\udcfe"),
+        access("r3", "2026-11-02T09:02:00.000Z", "zoe", "linkedin"),
+    ])  # fmt: skip
+    status, out, _ = cli("audit", "query", log, "--decision", "block", "--format", "jsonl")
+    got = [(r["request_id"], r["method"], r["path"], r["escaped"]) for r in map(json.loads, out.splitlines())]
+    assert got == [("r1", "P\\xffST", "/", ["method"]), ("r2", "GET", "/feed/\\xff\\xfe", ["path"])]
+    status, out, _ = cli("audit", "sql", "SELECT count(*) AS n FROM audit", log, "--format", "csv")
+    assert out.splitlines() == ["n", "3"]
+    status, out, _ = cli("audit", "verify", log)
+    assert status == 0 and out.splitlines()[-1] == "OK: 3 records, chain intact (seq 1..3, 1 file(s))"
