@@ -127,3 +127,34 @@ def test_records_with_undecodable_bytes_are_seen_by_every_tool(cli, tmp_path):
     assert out.splitlines() == ["n", "3"]
     status, out, _ = cli("audit", "verify", log)
     assert status == 0 and out.splitlines()[-1] == "OK: 3 records, chain intact (seq 1..3, 1 file(s))"
+
+
+# -- filters mean what they say --------------------------------------------------------
+
+HOSTS = ["www.my_site.test", "www.myxsite.test", "my_site.test", "evil-my_site.test", "a.b_c.test"]
+
+
+@pytest.mark.parametrize(
+    "host, matches",
+    [
+        ("my_site.test", ["www.my_site.test", "my_site.test"]),
+        ("MY_SITE.test.", ["www.my_site.test", "my_site.test"]),
+        ("b_c.test", ["a.b_c.test"]),
+        ("_site.test", []),
+        ("%.test", []),
+    ],
+    ids=[
+        "an underscore is an underscore, not any character",
+        "the host is normalized first",
+        "a subdomain with an underscore",
+        "a host is matched from a label boundary",
+        "a percent sign is no wildcard",
+    ],
+)
+def test_host_filter_matches_the_host_and_its_subdomains_literally(cli, tmp_path, host, matches):
+    log = write_log(tmp_path / "audit.jsonl", [
+        access(h, f"2026-11-02T09:0{i}:00.000Z", "alice", None, host=h) for i, h in enumerate(HOSTS)
+    ])  # fmt: skip
+    status, out, err = cli("audit", "query", log, "--host", host, "--format", "jsonl")
+    assert status == 0, err
+    assert [json.loads(line)["host"] for line in out.splitlines()] == matches

@@ -146,10 +146,11 @@ def build_query(args: argparse.Namespace, key: bytes | None = None) -> tuple[str
             parts.append("(site IS NULL AND event = 'access')")
         where.append("(" + " OR ".join(parts) + ")")
     if args.host:
-        where.append("(" + " OR ".join("(host = ? OR host LIKE ?)" for _ in args.host) + ")")
+        # ends_with, not LIKE: a host name may hold `_`, which LIKE reads as a wildcard.
+        where.append("(" + " OR ".join("(host = ? OR ends_with(host, ?))" for _ in args.host) + ")")
         for host in args.host:
             host = host.lower().rstrip(".")
-            params.extend([host, "%." + host.replace("%", "").replace("_", "\\_")])
+            params.extend([host, "." + host])
     if args.decision:
         where.append("decision = ?")
         params.append(args.decision)
