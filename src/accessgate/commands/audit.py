@@ -66,8 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.set_defaults(_audit=_report)
 
     v = sub.add_parser("verify", help="check the hash chain: nothing edited, deleted, inserted or reordered",
-                       description="Check the hash chain through the given files, oldest first. Exit 1 on any break.")  # fmt: skip
+                       description="Check the hash chain through the given files, oldest first, and that the "
+                       "query tools read every record. Exit 1 on any break or unreadable record.")  # fmt: skip
     v.add_argument("logs", nargs="+", metavar="LOG")
+    v.add_argument("--from-start", action="store_true",
+                   help="the files hold the log from its very first record: a chain that starts "
+                   "anywhere else is a break (without it, a missing start is only reported)")  # fmt: skip
     v.set_defaults(_audit=_verify)
 
     rv = sub.add_parser("reveal", help="map pseudonyms in the log back to names, with the key",
@@ -374,25 +378,58 @@ def _verify(args: argparse.Namespace) -> int:
     total = sum(p.stat().st_size for p in files)
     with progress.counting("verify", total) as step:
         verdict = verify(files, progress=step)
-    for note in verdict.notes:
-        print(f"note: {note}")
-    if verdict.breaks:
-        first = verdict.breaks[0]
-        print(f"BROKEN: {first}")
-        for more in verdict.breaks[1:10]:
-            print(f"  also: {more}")
-        if len(verdict.breaks) > 10:
-            print(f"  … and {len(verdict.breaks) - 10} more breaks")
-        print(f"{len(verdict.breaks)} break(s) in {verdict.records} records across {len(files)} file(s)")
-        return 1
-    if verdict.records == 0:
-        print("FAILED: no chained records found (the files are empty or predate the hash chain)")
-        return 1
-    print(
-        f"OK: {verdict.records} records, chain intact (seq {verdict.first_seq}..{verdict.last_seq}, "
-        f"{len(files)} file(s))"
-    )
-    return 0
+    out = [f"note: {safe_text(note)}" for note in verdict.notes]
+    if verdict.note_count > len(verdict.notes):
+        out.append(f"note: … and {verdict.note_count - len(verdict.notes)} more notes")
+    start_missing = verdict.records > 0 and not verdict.from_origin
+    if start_missing and not args.from_start:
+        out.append(
+            f"not proven: that no records came before seq {verdict.first_seq} "
+            f"({safe_text(verdict.first_at)}): the files given start mid-chain, not at a first record "
+            "(seq 1 after 64 zeros). Older rotated files that were not given, deleted by retention "
+            "(see retention_deleted records) or deleted without a trace all look alike: give every "
+            "rotated file and --from-start to prove the start"
+        )
+    if verdict.records > 0:
+        out.append(
+            f"not proven: that no records came after seq {verdict.last_seq}: deleting the newest "
+            "records leaves an intact chain. Keep the last seq and the sha256 of its line "
+            f"({verdict.last_hash}) where the proxy host cannot write, and check later logs against them"
+        )
+    breaks = list(verdict.breaks)
+    break_count = verdict.break_count
+    if start_missing and args.from_start:
+        breaks.insert(0, f"{safe_text(verdict.first_at)}: the chain starts at seq {verdict.first_seq}, "
+                         "not at a first record (seq 1 after 64 zeros): records before it are missing")  # fmt: skip
+        break_count += 1
+    for label, found, count in (("BROKEN", breaks, break_count),
+                                ("UNREADABLE", verdict.unreadable, verdict.unreadable_count)):  # fmt: skip
+        if not count:
+            continue
+        out.append(f"{label}: {safe_text(found[0])}")
+        out.extend(f"  also: {safe_text(more)}" for more in found[1:10])
+        if count > 10:
+            out.append(f"  … and {count - 10} more")
+    where = f"{len(files)} file(s)"
+    if break_count:
+        unread = ""
+        if verdict.unreadable_count:
+            unread = f"; {verdict.unreadable_count} record(s) the query tools cannot read"
+        out.append(f"{break_count} break(s) in {verdict.records} records across {where}{unread}")
+    elif verdict.unreadable_count:
+        out.append(
+            f"chain intact (seq {verdict.first_seq}..{verdict.last_seq}, {where}), but "
+            f"{verdict.unreadable_count} of {verdict.records} records cannot be read by query, sql, report "
+            "and replay: see UNREADABLE above"
+        )
+    elif verdict.records == 0:
+        out.append("FAILED: no chained records found (the files are empty or predate the hash chain)")
+    else:
+        out.append(
+            f"OK: {verdict.records} records, chain intact (seq {verdict.first_seq}..{verdict.last_seq}, {where})"
+        )
+    print("\n".join(out))
+    return 0 if verdict.records and not break_count and not verdict.unreadable_count else 1
 
 
 # -- reveal -------------------------------------------------------------------------
