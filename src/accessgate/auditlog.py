@@ -296,10 +296,13 @@ class ShortLines:
             self._dir = None
 
 
-def read_json_sql(files: Sequence[Path]) -> str:
-    """DuckDB's read_json over `files` (their lines at most MAX_LINE_BYTES), with COLUMNS."""
+def read_json_sql(files: Sequence[Path], types: dict[str, str] | None = None) -> str:
+    """DuckDB's read_json over `files` (their lines at most MAX_LINE_BYTES), with COLUMNS.
+
+    `types` changes the type of some columns (which changes no line's parse).
+    """
     names = ", ".join(_quote(_glob_literal(str(p))) for p in files)
-    cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in COLUMNS.items())
+    cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in (COLUMNS | (types or {})).items())
     return (
         f"read_json([{names}], format = 'newline_delimited', columns = {{{cols}}}, "
         f"ignore_errors = true, compression = 'auto_detect', maximum_object_size = {MAX_LINE_BYTES})"

@@ -289,3 +289,14 @@ def test_countless_breaks_are_counted_not_kept(cli, tmp_path):
     assert verdict.break_count == 30_000 and len(verdict.breaks) == MAX_KEPT
     status, out, _ = cli("audit", "verify", log)
     assert status == 1 and "  … and 29990 more" in out
+
+
+def test_a_row_the_tools_read_besides_the_chain_hides_no_unreadable_record(cli, tmp_path):
+    # An older, unchained record whose seq is text: DuckDB would cast it to a number
+    # and count it in place of the record it cannot read.
+    older = b'{"event":"access","ts":"2026-11-01T09:00:00.000Z","request_id":"r0","seq":"9","prev":"x"}\n'
+    log = tmp_path / "audit.jsonl"
+    log.write_bytes(older + chained([body("r1"), body("r2", method=b'"P\\udcffST"'), body("r3")]))
+    status, out, _ = cli("audit", "verify", log)
+    assert status == 1
+    assert f"UNREADABLE: {log}:3: record seq 2 cannot be read by the query tools" in out
