@@ -246,8 +246,8 @@ def verify(
                         torn = None
                     verdict.add_break(
                         Break(str(path), first, "not-a-record",
-                              f"lines {first}-{number} ({count} lines, {item[2]:,} bytes) are blank or not "
-                              "JSON: no audit record is; they were edited in, or written by something else")
+                              f"lines {first}-{number} ({count} lines, {item[2]:,} bytes) are blank or no JSON "
+                              "object, so no audit record: edited in, or written by something else")
                     )  # fmt: skip
                     continue
                 else:
