@@ -270,8 +270,12 @@ class ShortLines:
 
     def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
         self.limit = limit
-        self.problems: list[str] = []
+        self.skipped: dict[Path, list[str]] = {}  # per file: a sentence per line left out
         self._dir: str | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        return [line for lines in self.skipped.values() for line in lines]
 
     def source(self, path: Path) -> Path:
         if not has_long_line(path, self.limit):
@@ -282,12 +286,12 @@ class ShortLines:
         # Compressed: the temporary directory may be memory (tmpfs), and this is the rare case.
         with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as dest:
             left_out = copy_short_lines(path, dest, self.limit)
-        for line, length in left_out:
-            self.problems.append(
-                f"{path}:{line}: a line of {length:,} bytes is longer than the audit tools read "
-                f"({self.limit:,} bytes); it was skipped (`accessgate audit verify` checks its place "
-                "in the chain)"
-            )
+        self.skipped[path] = [
+            f"{path}:{line}: a line of {length:,} bytes is longer than the audit tools read "
+            f"({self.limit:,} bytes); it was skipped (`accessgate audit verify` checks its place "
+            "in the chain)"
+            for line, length in left_out
+        ]
         return Path(name)
 
     def close(self) -> None:
@@ -365,10 +369,21 @@ class Cache:
             return entry
         return None
 
-    def build(self, con: duckdb.DuckDBPyConnection, path: Path, source: Path | None = None) -> Path:
-        """Parse `source` (what DuckDB can read of `path`; `path` itself by default) into `path`'s entry."""
+    def build(
+        self, con: duckdb.DuckDBPyConnection, path: Path, source: Path | None = None, skipped: Sequence[str] = ()
+    ) -> Path:
+        """Parse `source` (what DuckDB can read of `path`; `path` itself by default) into `path`'s entry.
+
+        `skipped` names the lines of `path` that `source` leaves out; they are
+        kept beside the entry, so that every query of it says so again.
+        """
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         entry = self.entry(path)
+        notes = entry.with_suffix(".skipped")
+        if skipped:
+            notes.write_text("".join(line + "\n" for line in skipped), encoding="utf-8", errors="surrogateescape")
+        elif notes.exists():
+            notes.unlink()
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         os.close(fd)
         try:
@@ -383,6 +398,14 @@ class Cache:
         self.prune()
         return entry
 
+    def skipped(self, entry: Path) -> list[str]:
+        """The lines left out of the file that `entry` was built from (see build)."""
+        try:
+            text = entry.with_suffix(".skipped").read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            return []
+        return text.splitlines()
+
     def prune(self) -> None:
         cutoff = time.time() - self.keep_days * 86400
         for old in self.directory.glob("*.parquet"):
@@ -391,6 +414,12 @@ class Cache:
                     old.unlink()
             except OSError:
                 pass
+        for notes in self.directory.glob("*.skipped"):
+            if not notes.with_suffix(".parquet").exists():
+                try:
+                    notes.unlink()
+                except OSError:
+                    pass
 
 
 @dataclass(frozen=True)
@@ -442,12 +471,15 @@ class AuditLog:
                 entry = cache.lookup(path) if cache is not None else None
                 if entry is not None:
                     parquet.append(entry)
+                    self.problems += cache.skipped(entry)
                     continue
                 source = self._short.source(path)
+                skipped = self._short.skipped.get(path, [])
+                self.problems += skipped
                 wanted = build_cache == "all" or (build_cache == "rotated" and is_rotated(path))
                 if cache is not None and wanted:
                     try:
-                        entry = self._run(lambda: cache.build(self.con, path, source))
+                        entry = self._run(lambda: cache.build(self.con, path, source, skipped))
                     except (OSError, duckdb.Error):
                         entry = None  # an unwritable cache only costs speed
                 if entry is not None:
@@ -457,7 +489,6 @@ class AuditLog:
         except (OSError, EOFError, zlib.error) as exc:
             self.close()
             raise AuditLogError(f"an audit log file could not be read: {exc}") from None
-        self.problems += self._short.problems
         self.cached = len(parquet)
         sources = []
         if parquet:
