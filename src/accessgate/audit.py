@@ -11,6 +11,13 @@ inserted or edited line shows as a break in the chain.  When the file cannot
 be written, records wait in a bounded backlog and are retried every flush;
 records beyond the bound are dropped, counted, and announced by a
 `records_dropped` record once writing works again, so a gap is never silent.
+
+Every line is valid UTF-8 JSON that every reader (the auditors' DuckDB
+tools, jq, log shippers) reads the same: text that was not UTF-8 (lone
+surrogates from mitmproxy's surrogateescape decoding) is written as visible
+escapes and its field named in `escaped`, and no line is longer than
+`MAX_RECORD_BYTES`: a larger record is written shortened, its cut fields
+named in `truncated` (docs/audit-log.md).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import atexit
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import threading
@@ -50,6 +58,9 @@ _IN_ORDER = frozenset({FIELD_ORDER, FIELD_ORDER[:-1]})
 _CHAIN_KEYS = frozenset({"seq", "prev"})
 
 DEFAULT_MAX_BACKLOG = 100_000
+# The longest line the writer writes; far above any request's record, far
+# below what the auditors' tools read (auditlog.MAX_LINE_BYTES, 16 MiB).
+MAX_RECORD_BYTES = 1 << 20
 _WAKE_AT = 20_000  # queue length that wakes the writer before the interval ends
 _WRITE_CHUNK = 1 << 20  # bytes per os.write()
 _RETRY_ON_CLOSE = 0.05  # seconds between attempts while close() drains
@@ -92,6 +103,7 @@ class AuditLog:
         on_flush: Callable[[AuditStats], None] | None = None,
         max_backlog: int = DEFAULT_MAX_BACKLOG,
         close_timeout: float = 5.0,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         self.path = Path(path)
         self._interval = flush_interval
@@ -100,6 +112,7 @@ class AuditLog:
         self._on_flush = on_flush
         self._max_backlog = max_backlog
         self._close_timeout = close_timeout
+        self._max_record = max_record_bytes
         self._log = get_logger("audit")
 
         # Shared with callers: deque.append/popleft are atomic, no lock needed.
@@ -427,18 +440,22 @@ class AuditLog:
                 for key, value in rec.items():
                     if key not in out and key not in _CHAIN_KEYS:
                         out[key] = value
-        out["ts"] = format_ts(out.get("ts"))
+        given = out.get("ts")
+        out["ts"] = ts = _time_text(given)
+        if ts is None:  # not a time: the tools could not place the record
+            out["ts"] = format_ts(None)
+            out["ts_given"] = _cut(_plain(given, False), 200)[0]
         if self._key is not None and isinstance(out.get("user"), str):
-            out["user"] = pseudonymize(self._key, out["user"])
+            out["user"] = _pseudonym(self._key, out["user"])
         out["seq"] = self._seq + 1
         out["prev"] = self._prev
         try:
             line = orjson.dumps(out, default=_json_default, option=_ORJSON_OPTIONS)
-        except orjson.JSONEncodeError:  # what orjson refuses: the json module, as before
-            try:
-                line = _UTF8_ENCODER.encode(out).encode("utf-8")
-            except UnicodeEncodeError:  # lone surrogates from a hostile request
-                line = _ASCII_ENCODER.encode(out).encode("ascii")
+        except orjson.JSONEncodeError:  # lone surrogates, or what only the json module writes
+            out = _readable(out)
+            line = _dumps(out)
+        if len(line) > self._max_record:
+            line = _shortened(out, len(line), self._max_record)
         self._seq += 1
         self._prev = hashlib.sha256(line).hexdigest()
         return line + b"\n"
@@ -583,6 +600,14 @@ def format_ts(value: object) -> str:
     Accepts aware datetimes (naive ones are taken as UTC), epoch seconds, and
     RFC 3339 / ISO 8601 strings; a string that is none of these stays as given.
     """
+    text = _time_text(value)
+    if text is None:
+        return value if isinstance(value, str) else str(value)
+    return text
+
+
+def _time_text(value: object) -> str | None:
+    """format_ts's text, or None when `value` is no time (None: now)."""
     if type(value) is datetime and value.tzinfo is timezone.utc:  # the proxy's own
         if value.microsecond and value.year >= 1000:
             # orjson writes it five times faster than isoformat(timespec=...);
@@ -593,14 +618,17 @@ def format_ts(value: object) -> str:
     if value is None:
         value = time.time()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = datetime.fromtimestamp(value, timezone.utc)
+        try:
+            value = datetime.fromtimestamp(value, timezone.utc)
+        except (OverflowError, ValueError, OSError):
+            return None
     elif isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            return value
+            return None
     if not isinstance(value, datetime):
-        return str(value)
+        return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     elif value.tzinfo is not timezone.utc:
@@ -620,21 +648,169 @@ def _json_default(obj: object) -> object:
         return str(obj)
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=str)
-    if isinstance(obj, bytes):
-        return obj.decode("utf-8", "backslashreplace")
+    if isinstance(obj, bytes):  # bytes that are not UTF-8 are escaped as in text
+        return obj.decode("utf-8", "surrogateescape")
     return str(obj)
 
 
 # orjson writes a record in a tenth of the json module's time (11 us here,
 # a tenth of accessgate's CPU per request), the same compact JSON; datetimes
 # and dataclasses go through _json_default as with the json module.  It
-# refuses lone surrogates and integers beyond 64 bits; the json module
-# writes those.
+# refuses lone surrogates (see _readable) and integers beyond 64 bits; the
+# json module writes those integers.
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 # Built once: json.dumps() with options builds a new encoder on every call.
-_UTF8_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default)
-_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, default=_json_default)
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default)
+
+
+def _dumps(value: object) -> bytes:
+    """Compact JSON of a value _readable() made: orjson, else the json module (big integers)."""
+    try:
+        return orjson.dumps(value, default=_json_default, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        return _JSON_ENCODER.encode(value).encode("utf-8")
+
+
+# -- text that was not UTF-8, and records over the size bound ---------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_TO_ESCAPE = re.compile(r"[\\" + "\ud800-\udfff]")  # a backslash, or a lone surrogate
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code == 0x5C:  # a backslash
+        return "\\\\"
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
+
+
+def _escape(text: str) -> str:
+    return _TO_ESCAPE.sub(_escape_char, text)
+
+
+def _plain(value: object, escape: bool) -> object:
+    """`value` as JSON types: text (escaped if `escape`), lists, objects with text keys,
+    numbers (NaN and infinities as null, as orjson writes them), true, false, null."""
+    if isinstance(value, str):
+        return _escape(value) if escape else value
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {_plain(k if isinstance(k, str) else str(k), escape): _plain(v, escape) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, escape) for v in value]
+    return _plain(_json_default(value), escape)
+
+
+def _has_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, list):
+        return any(map(_has_surrogate, value))
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    return False
+
+
+def _readable(rec: dict) -> dict:
+    """`rec` as valid UTF-8 JSON means it: lone surrogates (bytes that were not UTF-8)
+    become visible escapes.
+
+    In a field named in `escaped`, every text reads as Python's backslashreplace
+    would show the bytes: a byte that is not UTF-8 as `\\xNN`, any other lone
+    surrogate as `\\uNNNN`, and a backslash as two, so that no text is ambiguous.
+    """
+    out: dict = {}
+    escaped: list[str] = []
+    for key, value in rec.items():
+        if key in _CHAIN_KEYS:
+            continue
+        plain = _plain(value, False)
+        if _has_surrogate(key) or _has_surrogate(plain):
+            key = _escape(key)
+            plain = _plain(value, True)
+            escaped.append(key)
+        out[key] = plain
+    if escaped:
+        out["escaped"] = escaped
+    out["seq"] = rec["seq"]
+    out["prev"] = rec["prev"]
+    return out
+
+
+def _pseudonym(key: bytes, user: str) -> str:
+    try:
+        return pseudonymize(key, user)
+    except UnicodeEncodeError:  # a name with bytes that were not UTF-8
+        return pseudonymize(key, _escape(user))
+
+
+def _cut(value: object, room: int) -> tuple[object, int]:
+    """`value` (JSON types) shortened to about `room` bytes of JSON, and its length before:
+    a list keeps its first items (items), a text its beginning (characters); anything
+    else becomes the beginning of its JSON text (characters)."""
+    if isinstance(value, list):
+        kept: list = []
+        used = 2
+        for item in value:
+            size = len(_dumps(item)) + 1
+            if used + size > room:
+                if isinstance(item, str) and room - used > 16:
+                    kept.append(_cut(item, room - used - 1)[0])
+                break
+            kept.append(item)
+            used += size
+        return kept, len(value)
+    text = value if isinstance(value, str) else _dumps(value).decode("utf-8")
+    n = min(len(text), max(room - 2, 0))
+    while n > 0:
+        size = len(_dumps(text[:n]))
+        if size <= room:
+            break
+        n = min(n - 1, n * room // size)
+    return text[: max(n, 0)], len(text)
+
+
+_MARK_ROOM = 512  # bytes kept free for `truncated` and the chain fields
+
+
+def _shortened(rec: dict, size: int, limit: int) -> bytes:
+    """The line of `rec` cut to at most `limit` bytes, the largest fields first.
+
+    `truncated` maps each shortened field to its length before (see _cut).  If
+    that is not enough (a record of countless small fields), only `event` and
+    `ts` stay, and `truncated` says {"record": its size in bytes}.
+    """
+    body = {k: _plain(v, False) for k, v in rec.items() if k not in _CHAIN_KEYS}
+    sizes = {k: len(_dumps(v)) for k, v in body.items()}
+    over = size - limit + _MARK_ROOM + 32 * len(body)
+    truncated: dict[str, int] = {}
+    for key in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        if over <= 0 or sizes[key] < 64:
+            break
+        if key in ("event", "ts"):
+            continue
+        body[key], truncated[key] = _cut(body[key], max(sizes[key] - over, 0))
+        over -= sizes[key] - len(_dumps(body[key]))
+    body["truncated"] = truncated
+    body["seq"], body["prev"] = rec["seq"], rec["prev"]
+    line = _dumps(body)
+    if len(line) <= limit:
+        return line
+    event = rec.get("event")
+    minimal = {
+        "event": _cut(event, 64)[0] if isinstance(event, str) else "access",
+        "ts": rec["ts"],
+        "truncated": {"record": size},
+        "seq": rec["seq"],
+        "prev": rec["prev"],
+    }
+    return _dumps(minimal)
 
 
 def _epoch(now: datetime | float | None) -> float:

@@ -8,7 +8,12 @@ columns an older writer did not write are NULL, and records without `event`
 
 A line that is not JSON (a write torn by a crash) is skipped; a live file
 whose last line is incomplete is reported in `AuditLog.problems` rather than
-failing the query, because that is what a crash leaves behind.
+failing the query, because that is what a crash leaves behind.  So is a line
+longer than `MAX_LINE_BYTES` (the writer never writes one; an older writer
+or an edit may have): DuckDB would refuse the whole file for it, so such a
+file is read from a private copy without it.  `accessgate audit verify`
+still checks where that line stands in the chain, and reports every record
+that these tools cannot read.
 
 Rotated files never change, so their parsed columns are kept in a Parquet
 cache (see `Cache`): the first query of a rotated file pays for parsing, the
@@ -19,12 +24,15 @@ file, including a live one that has stopped growing.
 from __future__ import annotations
 
 import glob
+import gzip
 import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -59,12 +67,20 @@ COLUMNS: dict[str, str] = {
     "duration_ms": "DOUBLE",
     "policy": "VARCHAR",
     "enforced": "BOOLEAN",
+    "escaped": "VARCHAR[]",  # fields that held bytes that were not UTF-8, written as \\xNN
+    "truncated": "MAP(VARCHAR, BIGINT)",  # fields cut to the record size bound: their length before
     "seq": "BIGINT",
     "prev": "VARCHAR",
 }
 
 # Bumped whenever COLUMNS or the cached layout changes: old entries are ignored.
-CACHE_FORMAT = "1"
+CACHE_FORMAT = "2"
+
+# The longest line the tools read (DuckDB's maximum_object_size).  The writer
+# writes at most audit.MAX_RECORD_BYTES (1 MiB); a longer line is reported,
+# skipped, and never read into memory whole.
+MAX_LINE_BYTES = 16 << 20
+_CHUNK = 4 << 20  # bytes per read while looking for long lines
 
 # Rotated names, as the writer and logrotate make them: NAME.N, NAME.N.gz,
 # NAME-DATE[-SUFFIX][.gz].  Group 1 is the base name.
@@ -123,10 +139,15 @@ def rotation_key(path: Path) -> tuple[str, int, str]:
 
 
 def expand(patterns: Iterable[str]) -> list[Path]:
-    """The files named by `patterns` (paths or globs), each once, in chain order."""
+    """The files named by `patterns` (paths or globs), each once, in chain order.
+
+    A file that exists under the name given is that file, even when its name
+    has glob characters (`audit[1].jsonl`).
+    """
     found: dict[Path, None] = {}
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        literal = not glob.has_magic(pattern) or os.path.isfile(pattern)
+        matches = [pattern] if literal else sorted(glob.glob(pattern))
         if not matches:
             raise AuditLogError(f"no audit log matches {pattern!r}: check the path or quote the glob")
         for match in matches:
@@ -177,13 +198,124 @@ def _count_lines(path: Path) -> int:
     return count
 
 
-def _read_json_sql(files: Sequence[Path]) -> str:
-    names = ", ".join(_quote(str(p)) for p in files)
-    cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in COLUMNS.items())
+def has_long_line(path: Path, limit: int = MAX_LINE_BYTES) -> bool:
+    """Whether a line of `path` (plain or gzip) is longer than `limit` bytes.
+
+    Reads in chunks no longer than `limit`, so a line inside one chunk is
+    short; only the run of bytes across chunks without a newline is counted.
+    """
+    size = min(_CHUNK, limit)
+    buf = bytearray(size)
+    run = 0  # bytes since the last newline
+    with _open_bytes(path) as fh:
+        while n := fh.readinto(buf):
+            first = buf.find(b"\n", 0, n)
+            if first < 0:
+                run += n
+                if run > limit:
+                    return True
+                continue
+            if run + first > limit:
+                return True
+            run = n - buf.rfind(b"\n", 0, n) - 1
+    return run > limit
+
+
+def copy_short_lines(path: Path, dest, limit: int = MAX_LINE_BYTES) -> list[tuple[int, int]]:
+    """Copy the lines of `path` to the binary file `dest`, leaving out lines over `limit` bytes.
+
+    Returns (line number, length) of each line left out.  Holds at most
+    `limit` bytes of a line in memory.
+    """
+    left_out: list[tuple[int, int]] = []
+    lines = 0  # complete lines before the current one
+    pending = bytearray()  # the current line so far, while it may still be short
+    run = 0  # its length so far
+    with _open_bytes(path) as fh:
+        while chunk := fh.read(min(_CHUNK, limit)):
+            first = chunk.find(b"\n")
+            if first < 0:
+                run += len(chunk)
+                if run <= limit:
+                    pending += chunk
+                else:
+                    pending.clear()
+                continue
+            if run + first > limit:
+                left_out.append((lines + 1, run + first))
+            else:
+                dest.write(pending)
+                dest.write(chunk[: first + 1])
+            last = chunk.rfind(b"\n")
+            dest.write(chunk[first + 1 : last + 1])  # whole lines, each shorter than a chunk
+            lines += 1 + chunk.count(b"\n", first + 1, last + 1)
+            pending = bytearray(chunk[last + 1 :])
+            run = len(pending)
+    if run > limit:
+        left_out.append((lines + 1, run))
+    else:
+        dest.write(pending)
+    return left_out
+
+
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb", buffering=0)
+
+
+class ShortLines:
+    """The file DuckDB can read for each log file: itself, or a private copy without its long lines.
+
+    `problems` names each line left out.  `close()` removes the copies.
+    """
+
+    def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
+        self.limit = limit
+        self.skipped: dict[Path, list[str]] = {}  # per file: a sentence per line left out
+        self._dir: str | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        return [line for lines in self.skipped.values() for line in lines]
+
+    def source(self, path: Path) -> Path:
+        if not has_long_line(path, self.limit):
+            return path
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="accessgate-audit-")  # private: 0700
+        fd, name = tempfile.mkstemp(dir=self._dir, suffix=".jsonl.gz")
+        # Compressed: the temporary directory may be memory (tmpfs), and this is the rare case.
+        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as dest:
+            left_out = copy_short_lines(path, dest, self.limit)
+        self.skipped[path] = [
+            f"{path}:{line}: a line of {length:,} bytes is longer than the audit tools read "
+            f"({self.limit:,} bytes); it was skipped (`accessgate audit verify` checks its place "
+            "in the chain)"
+            for line, length in left_out
+        ]
+        return Path(name)
+
+    def close(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def read_json_sql(files: Sequence[Path], types: dict[str, str] | None = None) -> str:
+    """DuckDB's read_json over `files` (their lines at most MAX_LINE_BYTES), with COLUMNS.
+
+    `types` changes the type of some columns (which changes no line's parse).
+    """
+    names = ", ".join(_quote(_glob_literal(str(p))) for p in files)
+    cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in (COLUMNS | (types or {})).items())
     return (
         f"read_json([{names}], format = 'newline_delimited', columns = {{{cols}}}, "
-        "ignore_errors = true, compression = 'auto_detect', maximum_object_size = 16777216)"
+        f"ignore_errors = true, compression = 'auto_detect', maximum_object_size = {MAX_LINE_BYTES})"
     )
+
+
+def _glob_literal(name: str) -> str:
+    """`name` as a DuckDB file pattern that matches only itself (DuckDB globs every name)."""
+    return re.sub(r"[\[*?]", lambda m: "[" + m.group() + "]", name)
 
 
 def _quote(text: str) -> str:
@@ -237,14 +369,26 @@ class Cache:
             return entry
         return None
 
-    def build(self, con: duckdb.DuckDBPyConnection, path: Path) -> Path:
+    def build(
+        self, con: duckdb.DuckDBPyConnection, path: Path, source: Path | None = None, skipped: Sequence[str] = ()
+    ) -> Path:
+        """Parse `source` (what DuckDB can read of `path`; `path` itself by default) into `path`'s entry.
+
+        `skipped` names the lines of `path` that `source` leaves out; they are
+        kept beside the entry, so that every query of it says so again.
+        """
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         entry = self.entry(path)
+        notes = entry.with_suffix(".skipped")
+        if skipped:
+            notes.write_text("".join(line + "\n" for line in skipped), encoding="utf-8", errors="surrogateescape")
+        elif notes.exists():
+            notes.unlink()
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         os.close(fd)
         try:
             con.execute(
-                f"COPY (SELECT * FROM {_read_json_sql([path])}) TO {_quote(tmp)} "
+                f"COPY (SELECT * FROM {read_json_sql([source or path])}) TO {_quote(tmp)} "
                 "(FORMAT parquet, COMPRESSION snappy)"
             )
             os.replace(tmp, entry)
@@ -254,6 +398,14 @@ class Cache:
         self.prune()
         return entry
 
+    def skipped(self, entry: Path) -> list[str]:
+        """The lines left out of the file that `entry` was built from (see build)."""
+        try:
+            text = entry.with_suffix(".skipped").read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            return []
+        return text.splitlines()
+
     def prune(self) -> None:
         cutoff = time.time() - self.keep_days * 86400
         for old in self.directory.glob("*.parquet"):
@@ -262,6 +414,12 @@ class Cache:
                     old.unlink()
             except OSError:
                 pass
+        for notes in self.directory.glob("*.skipped"):
+            if not notes.with_suffix(".parquet").exists():
+                try:
+                    notes.unlink()
+                except OSError:
+                    pass
 
 
 @dataclass(frozen=True)
@@ -302,30 +460,42 @@ class AuditLog:
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         self._progress = progress
+        self._short = ShortLines()
         parquet: list[Path] = []
         raw: list[Path] = []
-        for path in self.files:
-            problem = incomplete_last_line(path)
-            if problem:
-                self.problems.append(problem)
-            entry = cache.lookup(path) if cache is not None else None
-            wanted = build_cache == "all" or (build_cache == "rotated" and is_rotated(path))
-            if entry is None and cache is not None and wanted:
-                try:
-                    entry = self._run(lambda: cache.build(self.con, path))
-                except (OSError, duckdb.Error):
-                    entry = None  # an unwritable cache only costs speed
-            if entry is not None:
-                parquet.append(entry)
-            else:
-                raw.append(path)
+        try:
+            for path in self.files:
+                problem = incomplete_last_line(path)
+                if problem:
+                    self.problems.append(problem)
+                entry = cache.lookup(path) if cache is not None else None
+                if entry is not None:
+                    parquet.append(entry)
+                    self.problems += cache.skipped(entry)
+                    continue
+                source = self._short.source(path)
+                skipped = self._short.skipped.get(path, [])
+                self.problems += skipped
+                wanted = build_cache == "all" or (build_cache == "rotated" and is_rotated(path))
+                if cache is not None and wanted:
+                    try:
+                        entry = self._run(lambda: cache.build(self.con, path, source, skipped))
+                    except (OSError, duckdb.Error):
+                        entry = None  # an unwritable cache only costs speed
+                if entry is not None:
+                    parquet.append(entry)
+                else:
+                    raw.append(source)
+        except (OSError, EOFError, zlib.error) as exc:
+            self.close()
+            raise AuditLogError(f"an audit log file could not be read: {exc}") from None
         self.cached = len(parquet)
         sources = []
         if parquet:
-            names = ", ".join(_quote(str(p)) for p in parquet)
+            names = ", ".join(_quote(_glob_literal(str(p))) for p in parquet)
             sources.append(f"SELECT * FROM read_parquet([{names}])")
         if raw:
-            sources.append(f"SELECT * FROM {_read_json_sql(raw)}")
+            sources.append(f"SELECT * FROM {read_json_sql(raw)}")
         self.con.execute(
             f"CREATE TEMP VIEW audit AS SELECT {_VIEW_SELECT} FROM "
             f"({' UNION ALL '.join(sources)}) WHERE ts IS NOT NULL"
@@ -345,7 +515,7 @@ class AuditLog:
             try:
                 cur = self.con.execute(query, params)
             except duckdb.Error as exc:
-                raise AuditLogError(_explain_duckdb(exc)) from None
+                raise AuditLogError(explain_duckdb(exc)) from None
             if cur.description is None:
                 return Result([], [])
             columns = [d[0] for d in cur.description]
@@ -361,14 +531,17 @@ class AuditLog:
         try:
             cur = self._run(lambda: self.con.execute(query, params))
         except duckdb.Error as exc:
-            raise AuditLogError(_explain_duckdb(exc)) from None
+            raise AuditLogError(explain_duckdb(exc)) from None
         if cur.description is None:
             return [], iter(())
         columns = [d[0] for d in cur.description]
 
         def rows() -> Iterator[tuple]:
-            while chunk := cur.fetchmany(batch):
-                yield from chunk
+            try:
+                while chunk := cur.fetchmany(batch):
+                    yield from chunk
+            except duckdb.Error as exc:
+                raise AuditLogError(explain_duckdb(exc)) from None
 
         return columns, rows()
 
@@ -379,6 +552,7 @@ class AuditLog:
 
     def close(self) -> None:
         self.con.close()
+        self._short.close()
 
     def __enter__(self) -> "AuditLog":
         return self
@@ -387,7 +561,7 @@ class AuditLog:
         self.close()
 
 
-def _explain_duckdb(exc: Exception) -> str:
+def explain_duckdb(exc: Exception) -> str:
     text = str(exc).strip()
     if "Could not read" in text or "gzip" in text.lower() and "error" in text.lower():
         return f"an audit log file could not be read: {text}"

@@ -9,7 +9,9 @@ governed, so they appear only in the totals.
 `build_report` reads the log once into a small table and answers every
 section from it; `render_text` and `render_html` only format.  The HTML is one
 self-contained file: inline CSS and SVG, no scripts, no external references,
-so it can be mailed or archived as evidence.
+so it can be mailed or archived as evidence.  Values from the log (user
+names, sites, reasons) come from clients in the end: both renderings show
+their control characters as visible escapes, and the HTML escapes markup.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import html
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
-from .auditlog import AuditLog, naive_utc
+import duckdb
+
+from .auditlog import AuditLog, explain_duckdb, naive_utc
+from .errors import AuditLogError
 
 ANONYMOUS = "(anonymous {ip})"
 
@@ -73,6 +78,13 @@ _WHO = "coalesce(\"user\", replace('" + ANONYMOUS + "', '{ip}', coalesce(client_
 
 
 def build_report(log: AuditLog, since: datetime, until: datetime) -> Report:
+    try:
+        return _build_report(log, since, until)
+    except duckdb.Error as exc:
+        raise AuditLogError(explain_duckdb(exc)) from None
+
+
+def _build_report(log: AuditLog, since: datetime, until: datetime) -> Report:
     con = log.con
     log._run(
         lambda: con.execute(
@@ -221,7 +233,10 @@ _BLOCK_COLOR = "#d8553b"
 
 
 def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    """HTML text of a value from the log: markup escaped, control characters made visible."""
+    from .commands.audit import safe_text
+
+    return html.escape(safe_text(value), quote=True)
 
 
 def _html_table(columns: tuple[str, ...], rows, numeric: tuple[int, ...]) -> str:

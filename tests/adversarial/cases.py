@@ -413,4 +413,9 @@ CASES: list[Case] = [
          inside("example.test:443", None, sni=FREE, headers=MANY_HOSTS), BLOCKED, "denied"),
     Case("h2-many-host-headers", "the cap holds for HTTP/2 host headers", "plain",
          h2req("example.test:443", pseudo("GET", FREE) + [("host", FREE)] * 50), BLOCKED, "denied"),
+    # -- audit records every auditors' tool can read (fix/audittools, issue 14.6) --------
+    # test_audit_records.py runs `accessgate audit` on the proxy's log after this case.
+    Case("non-utf8-method-audited", "a method with a byte that is not UTF-8 is a write, audited readably", "plain",
+         raw(b"P\xffST http://linkedin.test/ HTTP/1.1\r\nProxy-Authorization: " + AUTH.encode()
+             + b"\r\nHost: linkedin.test\r\nContent-Length: 0\r\n\r\n"), BLOCKED, "read-only"),
 ]  # fmt: skip

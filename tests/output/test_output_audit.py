@@ -164,7 +164,140 @@ def test_hostile_values_stay_on_one_line_of_valid_json(log_path: Path) -> None:
     recs = records(log_path)
     assert [r["request_id"] for r in recs] == ["req-0", "req-1", "req-2"]
     assert recs[0]["path"] == "/a\nb\r\u2028c"
+    assert recs[1]["path"] == "/\\xff-lone-surrogate"
     assert chain_problems(lines_of(log_path)) == []
+
+
+def tools_see(path: Path) -> list[dict]:
+    """The records as the auditors' tools read them (DuckDB, the `audit` view)."""
+    from accessgate.auditlog import AuditLog as Reader
+
+    with Reader([str(path)]) as reader:
+        return reader.sql("SELECT * FROM audit ORDER BY seq").dicts()
+
+
+# Text that held bytes that were not UTF-8 (mitmproxy decodes with surrogateescape):
+# name -> (fields given, fields as written, `escaped`).
+UNDECODABLE = {
+    "a method with byte 0xff": ({"method": "P\udcffST"}, {"method": "P\\xffST"}, ["method"]),
+    "a path: the byte, and a backslash doubled": (
+        {"path": "/a\\b\udcfe"}, {"path": "/a\\\\b\\xfe"}, ["path"]),
+    "a path that spells \\xff and holds 0xff: still two things": (
+        {"path": "/\\xff\udcff"}, {"path": "/\\\\xff\\xff"}, ["path"]),
+    "a backslash alone is written as it is": ({"path": "/a\\b"}, {"path": "/a\\b"}, None),
+    "a host with Latin-1 bytes": ({"host": "faceb\udcf6ok.test"}, {"host": "faceb\\xf6ok.test"}, ["host"]),
+    "a user name": ({"user": "j\udce9r\udcf4me"}, {"user": "j\\xe9r\\xf4me"}, ["user"]),
+    "every text of a list field, once one needs it": (
+        {"problems": ["ok \\ fine", "bad \udcff"]}, {"problems": ["ok \\\\ fine", "bad \\xff"]}, ["problems"]),
+    "bytes that are not UTF-8": ({"note": b"caf\xe9"}, {"note": "caf\\xe9"}, ["note"]),
+    "a lone surrogate that is no byte": ({"path": "/\ud800"}, {"path": "/\\ud800"}, ["path"]),
+    "several fields": (
+        {"method": "G\udc80T", "path": "/\udcc0"}, {"method": "G\\x80T", "path": "/\\xc0"}, ["method", "path"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("given, written, escaped", UNDECODABLE.values(), ids=UNDECODABLE.keys())
+def test_text_that_was_not_utf8_is_written_as_visible_escapes_the_tools_read(log_path, given, written, escaped):
+    log = AuditLog(log_path, flush_interval=60)
+    log.write(access(0))
+    log.write(access(1, **given))
+    log.write(access(2))
+    log.close()
+    lines = lines_of(log_path)
+    for line in lines:
+        # Valid UTF-8, and no text in it is a lone surrogate written as an escape.
+        json.dumps(json.loads(line.decode("utf-8")), ensure_ascii=False).encode("utf-8")
+    rec = json.loads(lines[1])
+    assert {k: rec[k] for k in written} == written
+    assert rec.get("escaped") == escaped
+    assert list(rec)[-2:] == ["seq", "prev"] and chain_problems(lines) == []
+    seen = tools_see(log_path)
+    assert [r["request_id"] for r in seen] == ["req-0", "req-1", "req-2"]
+    assert seen[1]["escaped"] == escaped
+    for key, text in written.items():
+        if key in seen[1]:
+            assert seen[1][key] == text
+
+
+def test_a_pseudonymized_user_with_bytes_that_were_not_utf8_is_still_written(log_path: Path) -> None:
+    key = b"k" * 32
+    log = AuditLog(log_path, flush_interval=60, pseudonymize_key=key)
+    log.write(access(0, user="j\udce9r\udcf4me"))
+    log.close()
+    (rec,) = records(log_path)
+    assert rec["user"] == pseudonymize(key, "j\\xe9r\\xf4me")
+
+
+def test_a_ts_that_is_no_time_is_kept_beside_the_time_of_writing(log_path: Path) -> None:
+    log = AuditLog(log_path, flush_interval=60)
+    before = datetime.now(timezone.utc) - timedelta(milliseconds=1)
+    log.write(access(0, ts="yesterday-ish"))
+    log.write(access(1, ts=1e30))  # beyond any calendar
+    log.close()
+    recs = records(log_path)
+    assert [r["ts_given"] for r in recs] == ["yesterday-ish", "1e+30"]
+    assert all(before <= datetime.fromisoformat(r["ts"]) <= datetime.now(timezone.utc) for r in recs)
+    assert [r["request_id"] for r in tools_see(log_path)] == ["req-0", "req-1"]
+
+
+MAX_RECORD_BYTES = 1 << 20  # the bound docs/audit-log.md states
+
+
+def test_the_writers_bound_is_the_documented_one_below_what_the_tools_read() -> None:
+    from accessgate import audit
+    from accessgate.auditlog import MAX_LINE_BYTES
+
+    assert audit.MAX_RECORD_BYTES == MAX_RECORD_BYTES < MAX_LINE_BYTES
+
+
+PROBLEMS = [f"policy.yaml:{i}:3: unknown key 'x{i}' in role 'r{i}'" for i in range(999_000)]
+
+# name -> (the record, what it must be written as: {field: check(value)}, truncated)
+OVERSIZED = {
+    "a policy_rejected record with 999,000 problems keeps the first ones": (
+        {"event": "policy_rejected", "ts": T0, "file": "policy.yaml", "problems": PROBLEMS, "policy": "ab12"},
+        {"problems": lambda v: 10_000 < len(v) < 999_000 and v == PROBLEMS[: len(v)], "file": "policy.yaml".__eq__},
+        {"problems": 999_000},
+    ),
+    "a 3 MB path keeps its beginning": (
+        access(1, path="/" + "a" * 3_000_000),
+        {"path": lambda v: 900_000 < len(v) < 1 << 20 and set(v[1:]) == {"a"}, "request_id": "req-1".__eq__},
+        {"path": 3_000_001},
+    ),
+    "an object field becomes the beginning of its JSON": (
+        access(2, details={str(i): "v" * 100 for i in range(20_000)}),
+        {"details": lambda v: isinstance(v, str) and v.startswith('{"0":"vvv')},
+        {"details": len(json.dumps({str(i): "v" * 100 for i in range(20_000)}, separators=(",", ":")))},
+    ),
+    "countless small fields: only event and ts stay": (
+        {"event": "custom", "ts": T0, **{f"f{i}": "x" * 40 for i in range(40_000)}},
+        {"event": "custom".__eq__},
+        None,  # {"record": its size}
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("rec, checks, truncated", OVERSIZED.values(), ids=OVERSIZED.keys())
+def test_a_record_over_the_size_bound_is_written_shortened_and_marked(log_path, rec, checks, truncated):
+    log = AuditLog(log_path, flush_interval=60)
+    log.write(access(0))
+    log.write(rec)
+    log.write(access(3))
+    log.close()
+    lines = lines_of(log_path)
+    assert len(lines) == 3 and log.stats().dropped == 0  # shortened, never dropped
+    assert all(len(line) <= MAX_RECORD_BYTES for line in lines)
+    written = json.loads(lines[1])
+    for key, check in checks.items():
+        assert check(written[key]), key
+    if truncated is None:
+        assert set(written) == {"event", "ts", "truncated", "seq", "prev"}
+        assert written["truncated"]["record"] > MAX_RECORD_BYTES
+    else:
+        assert written["truncated"] == truncated
+    assert chain_problems(lines) == []
+    seen = tools_see(log_path)
+    assert len(seen) == 3 and seen[1]["truncated"] == written["truncated"]
 
 
 def test_values_the_fast_encoder_refuses_are_still_written_exactly(log_path: Path) -> None:

@@ -11,7 +11,9 @@ import argparse
 import csv
 import datetime as dt
 import decimal
+import itertools
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -64,8 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.set_defaults(_audit=_report)
 
     v = sub.add_parser("verify", help="check the hash chain: nothing edited, deleted, inserted or reordered",
-                       description="Check the hash chain through the given files, oldest first. Exit 1 on any break.")  # fmt: skip
+                       description="Check the hash chain through the given files, oldest first, and that the "
+                       "query tools read every record. Exit 1 on any break or unreadable record.")  # fmt: skip
     v.add_argument("logs", nargs="+", metavar="LOG")
+    v.add_argument("--from-start", action="store_true",
+                   help="the files hold the log from its very first record: a chain that starts "
+                   "anywhere else is a break (without it, a missing start is only reported)")  # fmt: skip
     v.set_defaults(_audit=_verify)
 
     rv = sub.add_parser("reveal", help="map pseudonyms in the log back to names, with the key",
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return args._audit(args)
     except (AccessgateError, ValueError, OSError) as exc:
-        print(f"accessgate audit {args.audit_command}: {exc}", file=sys.stderr)
+        print(f"accessgate audit {args.audit_command}: {safe_text(exc)}", file=sys.stderr)
         return 2
 
 
@@ -109,7 +115,7 @@ def open_log(args: argparse.Namespace, label: str, build_cache: str = "rotated")
         progress=progress.for_queries(label),
     )
     for problem in log.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        print(f"warning: {safe_text(problem)}", file=sys.stderr)
     return log
 
 
@@ -146,10 +152,11 @@ def build_query(args: argparse.Namespace, key: bytes | None = None) -> tuple[str
             parts.append("(site IS NULL AND event = 'access')")
         where.append("(" + " OR ".join(parts) + ")")
     if args.host:
-        where.append("(" + " OR ".join("(host = ? OR host LIKE ?)" for _ in args.host) + ")")
+        # ends_with, not LIKE: a host name may hold `_`, which LIKE reads as a wildcard.
+        where.append("(" + " OR ".join("(host = ? OR ends_with(host, ?))" for _ in args.host) + ")")
         for host in args.host:
             host = host.lower().rstrip(".")
-            params.extend([host, "%." + host.replace("%", "").replace("_", "\\_")])
+            params.extend([host, "." + host])
     if args.decision:
         where.append("decision = ?")
         params.append(args.decision)
@@ -244,37 +251,85 @@ def text_value(value: Any) -> str:
         return json_value(value)
     if isinstance(value, (list, tuple)):
         return ",".join(text_value(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{text_value(k)}={text_value(v)}" for k, v in value.items())
     if isinstance(value, float):
         return f"{value:g}"
     return str(json_value(value)) if not isinstance(value, str) else value
 
 
+# -- what reaches a spreadsheet or a terminal ------------------------------------------
+#
+# Log values come from clients: a method or path may be a spreadsheet formula
+# or terminal control sequences.  Text output shows such characters as visible
+# escapes; CSV cells that a spreadsheet would run as a formula get a leading
+# `'` (OWASP: cells starting with = + - @ tab CR, and NUL); JSON stays exact.
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\0")
+# C0 and C1 controls and DEL (ESC starts colours, cursor moves, OSC 8 links),
+# line and paragraph separators, bidirectional marks and overrides (they
+# reorder what is shown), and lone surrogates (no character at all).
+_UNSAFE = "\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_UNSAFE_TEXT = re.compile(f"[{_UNSAFE}]")
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _visible(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return _SHORT.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def safe_text(value: object) -> str:
+    """`value` as text that a terminal shows as it is: no control character acts."""
+    return _UNSAFE_TEXT.sub(_visible, str(value))
+
+
+def csv_cell(value: Any) -> str:
+    text = text_value(value)
+    if text.startswith(_FORMULA_START) and not isinstance(value, (int, float, decimal.Decimal)):
+        return "'" + text
+    return text
+
+
+def json_text(data: Any, **options: Any) -> str:
+    """JSON of `data`, with the characters a terminal would act on as \\u escapes (the same JSON)."""
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False, **options))
+
+
 def write(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str, out) -> None:
     """Rows in `fmt`; csv and jsonl consume `rows` lazily, the others need a list."""
     if fmt == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([text_value(v) for v in row])
+        # The csv module quotes a field with CR only when CR ends its lines; a
+        # bare CR would start a new row in a spreadsheet, so such rows are quoted.
+        plain = csv.writer(out, lineterminator="\n")
+        quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        for row in itertools.chain([columns], rows):
+            cells = [csv_cell(v) for v in row]
+            (quoted if any("\r" in c for c in cells) else plain).writerow(cells)
     elif fmt == "json":
-        out.write(json.dumps([dict(zip(columns, map(json_value, row))) for row in rows], ensure_ascii=False, indent=1))
+        out.write(json_text([dict(zip(columns, map(json_value, row))) for row in rows], indent=1))
         out.write("\n")
     elif fmt == "jsonl":
         for row in rows:
-            out.write(json.dumps(dict(zip(columns, map(json_value, row))), ensure_ascii=False) + "\n")
+            out.write(json_text(dict(zip(columns, map(json_value, row)))) + "\n")
     else:
         out.write(table(columns, rows))
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 48) -> str:
-    """Aligned columns for people; long cells are cut with '…'."""
+    """Aligned columns for people; long cells are cut with '…', control characters made visible."""
 
     def cell(value: Any) -> str:
-        text = "-" if value is None else text_value(value).replace("\n", " ")
+        text = "-" if value is None else safe_text(text_value(value))
         return text if len(text) <= max_width else text[: max_width - 1] + "…"
 
     cells = [[cell(v) for v in row] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    heads = [cell(c) for c in columns]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(heads)]
     numeric = [all(isinstance(r[i], (int, float, decimal.Decimal)) and not isinstance(r[i], bool)
                    for r in rows if r[i] is not None) and any(r[i] is not None for r in rows)
                for i in range(len(columns))]  # fmt: skip
@@ -283,7 +338,7 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int 
         parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
         return "  ".join(parts).rstrip() + "\n"
 
-    out = [line(columns), line(["-" * w for w in widths])]
+    out = [line(heads), line(["-" * w for w in widths])]
     out += [line(r) for r in cells]
     if not rows:
         out.append("(no records)\n")
@@ -323,25 +378,58 @@ def _verify(args: argparse.Namespace) -> int:
     total = sum(p.stat().st_size for p in files)
     with progress.counting("verify", total) as step:
         verdict = verify(files, progress=step)
-    for note in verdict.notes:
-        print(f"note: {note}")
-    if verdict.breaks:
-        first = verdict.breaks[0]
-        print(f"BROKEN: {first}")
-        for more in verdict.breaks[1:10]:
-            print(f"  also: {more}")
-        if len(verdict.breaks) > 10:
-            print(f"  … and {len(verdict.breaks) - 10} more breaks")
-        print(f"{len(verdict.breaks)} break(s) in {verdict.records} records across {len(files)} file(s)")
-        return 1
-    if verdict.records == 0:
-        print("FAILED: no chained records found (the files are empty or predate the hash chain)")
-        return 1
-    print(
-        f"OK: {verdict.records} records, chain intact (seq {verdict.first_seq}..{verdict.last_seq}, "
-        f"{len(files)} file(s))"
-    )
-    return 0
+    out = [f"note: {safe_text(note)}" for note in verdict.notes]
+    if verdict.note_count > len(verdict.notes):
+        out.append(f"note: … and {verdict.note_count - len(verdict.notes)} more notes")
+    start_missing = verdict.records > 0 and not verdict.from_origin
+    if start_missing and not args.from_start:
+        out.append(
+            f"not proven: that no records came before seq {verdict.first_seq} "
+            f"({safe_text(verdict.first_at)}): the files given start mid-chain, not at a first record "
+            "(seq 1 after 64 zeros). Older rotated files that were not given, deleted by retention "
+            "(see retention_deleted records) or deleted without a trace all look alike: give every "
+            "rotated file and --from-start to prove the start"
+        )
+    if verdict.records > 0:
+        out.append(
+            f"not proven: that no records came after seq {verdict.last_seq}: deleting the newest "
+            "records leaves an intact chain. Keep the last seq and the sha256 of its line "
+            f"({verdict.last_hash}) where the proxy host cannot write, and check later logs against them"
+        )
+    breaks = list(verdict.breaks)
+    break_count = verdict.break_count
+    if start_missing and args.from_start:
+        breaks.insert(0, f"{safe_text(verdict.first_at)}: the chain starts at seq {verdict.first_seq}, "
+                         "not at a first record (seq 1 after 64 zeros): records before it are missing")  # fmt: skip
+        break_count += 1
+    for label, found, count in (("BROKEN", breaks, break_count),
+                                ("UNREADABLE", verdict.unreadable, verdict.unreadable_count)):  # fmt: skip
+        if not count:
+            continue
+        out.append(f"{label}: {safe_text(found[0])}")
+        out.extend(f"  also: {safe_text(more)}" for more in found[1:10])
+        if count > 10:
+            out.append(f"  … and {count - 10} more")
+    where = f"{len(files)} file(s)"
+    if break_count:
+        unread = ""
+        if verdict.unreadable_count:
+            unread = f"; {verdict.unreadable_count} record(s) the query tools cannot read"
+        out.append(f"{break_count} break(s) in {verdict.records} records across {where}{unread}")
+    elif verdict.unreadable_count:
+        out.append(
+            f"chain intact (seq {verdict.first_seq}..{verdict.last_seq}, {where}), but "
+            f"{verdict.unreadable_count} of {verdict.records} records cannot be read by query, sql, report "
+            "and replay: see UNREADABLE above"
+        )
+    elif verdict.records == 0:
+        out.append("FAILED: no chained records found (the files are empty or predate the hash chain)")
+    else:
+        out.append(
+            f"OK: {verdict.records} records, chain intact (seq {verdict.first_seq}..{verdict.last_seq}, {where})"
+        )
+    print("\n".join(out))
+    return 0 if verdict.records and not break_count and not verdict.unreadable_count else 1
 
 
 # -- reveal -------------------------------------------------------------------------

@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except (AccessgateError, ValueError, OSError) as exc:
-        print(f"accessgate replay: {exc}", file=sys.stderr)
+        from .audit import safe_text
+
+        print(f"accessgate replay: {safe_text(exc)}", file=sys.stderr)
         return 2
 
 
@@ -78,12 +80,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def render(summary, path: str, digest: str) -> str:
     from ..replay import ALLOW_TO_BLOCK, BLOCK_TO_ALLOW
-    from .audit import table
+    from .audit import safe_text, table
 
     span = ""
     if summary.first_ts is not None:
         span = f" from {summary.first_ts:%Y-%m-%d %H:%M} to {summary.last_ts:%Y-%m-%d %H:%M} UTC"
-    out = [f"Replayed {summary.records} access records{span} under {path} (policy {digest})."]
+    out = [f"Replayed {summary.records} access records{span} under {safe_text(path)} (policy {digest})."]
     if summary.skipped:
         out.append(f"{summary.skipped} records lacked a time, host or decision and were skipped.")
     if not summary.changes:
@@ -110,5 +112,5 @@ def render(summary, path: str, digest: str) -> str:
     out.append("")
     out.append("Reasons (logged -> replayed):")
     for (old, new), count in sorted(summary.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
-        out.append(f"  {old} -> {new}: {count}")
+        out.append(f"  {safe_text(old)} -> {safe_text(new)}: {count}")
     return "\n".join(out) + "\n"
