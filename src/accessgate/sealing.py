@@ -112,6 +112,36 @@ def _evolve(key: bytearray) -> None:
     _wipe(new)
 
 
+class _Keyed:
+    """HMAC-SHA256 under one key and domain, with the key's pads hashed once.
+
+    Copying two prepared SHA-256 states costs a third of what copying an
+    hmac object does; the result is the same HMAC (RFC 2104).
+    """
+
+    __slots__ = ("inner", "outer")
+
+    def __init__(self, key: bytes | bytearray, domain: bytes) -> None:
+        pad = bytearray(64)
+        pad[: len(key)] = key
+        for i in range(64):
+            pad[i] ^= 0x36
+        self.inner = hashlib.sha256(pad)
+        self.inner.update(domain)
+        for i in range(64):
+            pad[i] ^= 0x36 ^ 0x5C
+        self.outer = hashlib.sha256(pad)
+        _wipe(pad)
+
+    def tag(self, body: bytes | memoryview) -> bytes:
+        """The MAC of `body` as the hex digits a line carries."""
+        inner = self.inner.copy()
+        inner.update(body)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return binascii.hexlify(outer.digest()[:MAC_BYTES])
+
+
 def key_id(seed: bytes | bytearray) -> str:
     """16 hex digits naming a key pair; they reveal nothing about the seed."""
     digest = hmac.digest(seed, _KEY_ID, "sha256")
@@ -370,8 +400,8 @@ class Sealer:
         self._key = key
         self._epoch: int = fields["epoch"]
         self._stored_epoch = self._epoch  # the epoch whose key is in the file
-        self._record_mac: hmac.HMAC | None = None  # set by resume()
-        self._control_mac: hmac.HMAC | None = None
+        self._record_mac: _Keyed | None = None  # set by resume()
+        self._control_mac: _Keyed | None = None
         self._epoch_suffix = b""
         self._next_epoch_at = 0.0
         self._opened_at = -1  # the chain's seq when the open epoch began with no line in it
@@ -465,11 +495,12 @@ class Sealer:
                 "only a JSON object line can be sealed, and events "
                 + ", ".join(CONTROL_EVENTS) + " are the sealer's own"
             )  # fmt: skip
-        head = memoryview(line)[:-1]
-        m = mac.copy()
-        m.update(head)
-        m.update(self._epoch_suffix)
-        return b"".join((head, self._epoch_suffix, b',"mac":"', binascii.hexlify(m.digest()[:MAC_BYTES]), b'"}'))
+        head = line[:-1] + self._epoch_suffix
+        inner = mac.inner.copy()
+        inner.update(head)
+        outer = mac.outer.copy()
+        outer.update(inner.digest())
+        return head + b',"mac":"' + binascii.hexlify(outer.digest()[:MAC_BYTES]) + b'"}'
 
     def commit(self) -> None:
         """Replace the key file with the current epoch's key, if it moved on.
@@ -523,9 +554,9 @@ class Sealer:
         self._rekey()
 
     def _rekey(self) -> None:
-        # The HMAC objects hold the key's pads; OpenSSL cleanses them when freed.
-        self._record_mac = hmac.new(self._key, _RECORD, "sha256")
-        self._control_mac = hmac.new(self._key, _CONTROL, "sha256")
+        # The hash states hold the key's pads; OpenSSL cleanses them when freed.
+        self._record_mac = _Keyed(self._key, _RECORD)
+        self._control_mac = _Keyed(self._key, _CONTROL)
         self._epoch_suffix = b',"epoch":%d' % self._epoch
         self._next_epoch_at = float(self.t0 + (self._epoch + 1) * self.interval)
 
@@ -533,9 +564,7 @@ class Sealer:
         rec = {"event": event, "ts": _iso(now), "key": self.key_id, **extra, "seq": seq + 1, "prev": prev}
         body = json.dumps(rec, separators=(",", ":"), ensure_ascii=False)[:-1].encode() + self._epoch_suffix
         assert self._control_mac is not None
-        m = self._control_mac.copy()
-        m.update(body)
-        line = body + b',"mac":"' + binascii.hexlify(m.digest()[:MAC_BYTES]) + b'"}'
+        line = body + b',"mac":"' + self._control_mac.tag(body) + b'"}'
         lines.append(line)
         return seq + 1, hashlib.sha256(line).hexdigest()
 
@@ -565,13 +594,11 @@ def _seal_fields(line: bytes) -> _Tail | None:
 
 def _mac_ok(key: bytes | bytearray, line: bytes) -> bool:
     domain = _CONTROL if line.startswith(_CONTROL_PREFIXES) else _RECORD
-    return hmac.compare_digest(_mac_of(hmac.new(key, domain, "sha256"), line), line[-_MAC_TAIL + 8 : -2])
+    return _mac_matches(_Keyed(key, domain), line)
 
 
-def _mac_of(keyed: hmac.HMAC, line: bytes) -> bytes:
-    m = keyed.copy()
-    m.update(memoryview(line)[:-_MAC_TAIL])
-    return binascii.hexlify(m.digest()[:MAC_BYTES])
+def _mac_matches(keyed: _Keyed, line: bytes) -> bool:
+    return hmac.compare_digest(keyed.tag(memoryview(line)[:-_MAC_TAIL]), line[-_MAC_TAIL + 8 : -2])
 
 
 def _parse(line: bytes) -> dict:
@@ -642,9 +669,9 @@ class _KeyRing:
         self._saved: dict[int, bytes] = {0: seed}
         self._epoch = 0
         self._key = bytearray(seed)
-        self._macs = (hmac.new(self._key, _RECORD, "sha256"), hmac.new(self._key, _CONTROL, "sha256"))
+        self._macs = (_Keyed(self._key, _RECORD), _Keyed(self._key, _CONTROL))
 
-    def macs(self, epoch: int) -> tuple[hmac.HMAC, hmac.HMAC]:
+    def macs(self, epoch: int) -> tuple[_Keyed, _Keyed]:
         if epoch != self._epoch:
             if epoch < self._epoch:
                 base = max(e for e in self._saved if e <= epoch)
@@ -654,7 +681,7 @@ class _KeyRing:
                 self._epoch += 1
                 if self._epoch % _CHECKPOINT_EVERY == 0:
                     self._saved[self._epoch] = bytes(self._key)
-            self._macs = (hmac.new(self._key, _RECORD, "sha256"), hmac.new(self._key, _CONTROL, "sha256"))
+            self._macs = (_Keyed(self._key, _RECORD), _Keyed(self._key, _CONTROL))
         return self._macs
 
 
@@ -784,8 +811,7 @@ class _Verifier:
         ok = False
         if epoch is not None and epoch <= self.future:
             record_mac, control_mac = self.ring.macs(epoch)
-            ok = hmac.compare_digest(_mac_of(control_mac if control else record_mac, line.data),
-                                     line.data[-_MAC_TAIL + 8 : -2])  # fmt: skip
+            ok = _mac_matches(control_mac if control else record_mac, line.data)
         if not self.sealing:
             if not ok:
                 self.before += 1

@@ -160,7 +160,8 @@ def strip_seal(line: bytes) -> bytes:
 def reseal(line: bytes, key: bytes, epoch: int) -> bytes:
     """Seal `line` as the docs define it: HMAC-SHA256(K_E, domain + line up to the MAC)[:16]."""
     body = strip_seal(line)[:-1] + b',"epoch":%d' % epoch
-    control = line.startswith(tuple(b'{"event":"%s",' % e for e in (b"sealed", b"epochs_skipped", b"sealing_started")))
+    control = line.startswith(tuple(b'{"event":"%s",' % e for e in (b"sealed", b"epochs_skipped", b"sealing_started",
+                                                                     b"sealing_resumed")))
     domain = b"accessgate seal control\x00" if control else b"accessgate seal record\x00"
     mac = hmac.new(key, domain + body, "sha256").hexdigest()[:32]
     return body + b',"mac":"%s"}' % mac.encode()
@@ -234,6 +235,18 @@ def test_a_log_sealed_across_epochs_and_a_restart_verifies(tmp_path):
     events = [json.loads(line)["event"] for line in lines_of(log)]
     assert events.count(SEALED) == 4 and events.count(EPOCHS_SKIPPED) == 1
     assert verdict.head_hash == sha(lines_of(log)[-1])
+
+
+def test_every_line_carries_the_mac_the_docs_define(tmp_path):
+    """An auditor can check a log without accessgate: HMAC-SHA256 with the epoch's key, 16 bytes."""
+    log, _, verify_key = sealed_log(tmp_path)
+    key = bytes.fromhex(json.loads(verify_key.read_text())["seed"])
+    keys = [key]
+    for _ in range(6):
+        keys.append(hmac.digest(keys[-1], b"accessgate seal evolve", "sha256"))
+    for line in lines_of(log):
+        epoch = json.loads(line)["epoch"]
+        assert reseal(line, keys[epoch], epoch) == line
 
 
 def test_the_unkeyed_verifier_still_reads_a_sealed_log(tmp_path):
