@@ -37,6 +37,7 @@ import gzip
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import stat
@@ -403,7 +404,7 @@ class Sealer:
         self._record_mac: _Keyed | None = None  # set by resume()
         self._control_mac: _Keyed | None = None
         self._epoch_suffix = b""
-        self._next_epoch_at = 0.0
+        self._next_epoch_at = math.inf  # tick() does nothing before resume()
         self._opened_at = -1  # the chain's seq when the open epoch began with no line in it
 
     @classmethod
@@ -522,6 +523,7 @@ class Sealer:
         """Erase the key from memory.  The open epoch is closed at the next start."""
         _wipe(self._key)
         self._record_mac = self._control_mac = None
+        self._next_epoch_at = math.inf
 
     # -- inside ---------------------------------------------------------------------------
 
@@ -749,7 +751,9 @@ class _Verifier:
                         torn = line
                 continue
             seq, prev, epoch = found
-            if torn is not None:
+            # The sealer's own records may come between a torn line and the
+            # writer's log_resumed: a restart closes epochs before anything is sealed.
+            if torn is not None and not line.data.startswith(_CONTROL_PREFIXES):
                 rec = _parse(line.data)
                 if rec.get("event") == "log_resumed" and rec.get("truncated_bytes") == len(torn.data):
                     v.notes.append(f"{torn.file}:{torn.number}: torn line of {len(torn.data)} bytes from a crash, "

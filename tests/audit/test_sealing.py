@@ -377,19 +377,31 @@ def test_records_lost_in_a_crash_leave_no_false_alarm(tmp_path):
     assert b"lost" not in log.read_bytes()
 
 
-def test_a_torn_line_accounted_for_by_log_resumed_is_a_note(tmp_path):
+@pytest.mark.parametrize("restart", [T0 + 205, T0 + 400], ids=["in the same epoch", "epochs later"])
+def test_a_torn_line_accounted_for_by_log_resumed_is_a_note(tmp_path, restart):
     log, seal, verify = running_log(tmp_path)
     with open(log, "ab") as fh:  # killed in the middle of a write
         fh.write(b'{"event":"access","ts":"2026-11-18T11:09:')
-    writer = SealedWriter(log, seal, T0 + 205)
-    writer.write("next", T0 + 206)
+    writer = SealedWriter(log, seal, restart)  # epochs later, the sealer closes them before log_resumed
+    writer.write("next", restart + 1)
     writer.close()
     verdict = check(log, verify)
     assert verdict.breaks == []
     assert any("torn line of 41 bytes" in note for note in verdict.notes), verdict.notes
     lines = lines_of(log)
-    put(log, lines[:-4] + [b'{"event":"access","ts":"2026-11-18T11:08:'] + lines[-3:])  # a record made "torn"
-    assert check(log, verify).breaks[0].kind == "not-a-record"
+    at = lines.index(b'{"event":"access","ts":"2026-11-18T11:09:')
+    put(log, lines[: at - 1] + [lines[at - 1][:40]] + lines[at:])  # a record cut, as if torn
+    found = check(log, verify).breaks[0]
+    assert (found.line, found.kind) == (at, "not-a-record")
+
+
+def test_tick_before_resume_and_after_close_does_nothing(tmp_path):
+    seal, _ = make_keys(tmp_path)
+    sealer = Sealer.open(seal)
+    assert sealer.tick(T0 + 600, 5, ZERO_HASH) == ((), 5, ZERO_HASH)
+    sealer.resume(None, 0, ZERO_HASH, T0 + 1)
+    sealer.close()
+    assert sealer.tick(T0 + 600, 1, ZERO_HASH) == ((), 1, ZERO_HASH)
 
 
 def test_a_long_stop_is_one_epochs_skipped_record(tmp_path):
