@@ -581,3 +581,19 @@ def test_seal_refuses_the_sealers_own_events_and_runs_only_after_resume(tmp_path
     for line in (b'{"event":"sealed","ts":"x","seq":2,"prev":"0"}', b'{"event":"access"'):
         with pytest.raises(ValueError, match="sealer's own"):
             sealer.seal(line)
+
+
+def test_a_key_file_that_cannot_be_replaced_is_reported_and_replaced_later(tmp_path):
+    seal, verify = make_keys(tmp_path)
+    log = tmp_path / "audit.jsonl"
+    writer = SealedWriter(log, seal, T0 + 5)
+    writer.write("a", T0 + 70)  # epoch 1 in memory
+    (tmp_path / "seal.key.new").mkdir()  # something in the way of the new key file
+    with pytest.raises(SealingKeyError, match="cannot write the key file") as caught:
+        writer.flush()
+    assert json.loads(seal.read_text())["key"] not in str(caught.value)
+    assert stolen_key(seal)[0] == 0
+    (tmp_path / "seal.key.new").rmdir()
+    writer.close()
+    assert stolen_key(seal)[0] == 1
+    assert check(log, verify).breaks == []
