@@ -756,8 +756,10 @@ class _Verifier:
             if torn is not None and not line.data.startswith(_CONTROL_PREFIXES):
                 rec = _parse(line.data)
                 if rec.get("event") == "log_resumed" and rec.get("truncated_bytes") == len(torn.data):
-                    v.notes.append(f"{torn.file}:{torn.number}: torn line of {len(torn.data)} bytes from a crash, "
-                                   f"accounted for by the log_resumed record at {line.file}:{line.number}")  # fmt: skip
+                    v.notes.append(
+                        f"{torn.file}:{torn.number}: torn line of {len(torn.data)} bytes from a crash, "
+                        f"accounted for by the log_resumed record at {line.file}:{line.number}"
+                    )
                 else:
                     self.brk(torn, None, "not-a-record", _NOT_A_RECORD % len(torn.data))
                 torn = None
@@ -765,8 +767,10 @@ class _Verifier:
             if prev_hash is None:
                 v.first_seq, self.first_line = seq, line
                 if not (seq == 1 and prev == ZERO_HASH):
-                    v.notes.append(f"the chain starts at seq {seq} ({line.file}:{line.number}): records before it "
-                                   "are not in these files (deleted by retention, or files not given)")  # fmt: skip
+                    v.notes.append(
+                        f"the chain starts at seq {seq} ({line.file}:{line.number}): records before it "
+                        "are not in these files (deleted by retention, or files not given)"
+                    )
             else:
                 self.link(line, seq, prev, prev_hash)
             self.seal(line, seq, epoch)
@@ -776,8 +780,10 @@ class _Verifier:
             if torn.complete:
                 self.brk(torn, None, "not-a-record", _NOT_A_RECORD % len(torn.data))
             else:
-                v.notes.append(f"{torn.file}:{torn.number}: incomplete last line ({len(torn.data)} bytes, most "
-                               "likely cut off by a crash while writing); not part of the chain")  # fmt: skip
+                v.notes.append(
+                    f"{torn.file}:{torn.number}: incomplete last line ({len(torn.data)} bytes, most "
+                    "likely cut off by a crash while writing); not part of the chain"
+                )
         v.head_hash = prev_hash
         self.finish()
         return v
@@ -792,21 +798,32 @@ class _Verifier:
         if prev == prev_hash:
             self.brk(line, seq, "edited", f"seq expected {expected}, found {seq} although prev matches: seq was edited")
         elif prev == ZERO_HASH and seq == 1:
-            self.brk(line, seq, "restarted", f"the chain starts again here (seq 1) after seq {expected - 1}: the log "
-                                             "was started afresh, so whatever came between cannot be checked")  # fmt: skip
+            self.brk(
+                line, seq, "restarted",
+                f"the chain starts again here (seq 1) after seq {expected - 1}: the log was started "
+                "afresh, so whatever came between cannot be checked",
+            )  # fmt: skip
         elif seq > expected:
-            self.brk(line, seq, "missing", f"seq expected {expected}, found {seq}: {seq - expected} record(s) "
-                                           f"missing (deleted, or moved elsewhere) after {before}")  # fmt: skip
+            self.brk(
+                line, seq, "missing",
+                f"seq expected {expected}, found {seq}: {seq - expected} record(s) missing "
+                f"(deleted, or moved elsewhere) after {before}",
+            )  # fmt: skip
         elif seq < expected:
-            self.brk(line, seq, "reordered", f"seq expected {expected}, found {seq}: the record repeats an earlier "
-                                             f"seq or is out of order (inserted, duplicated or moved) after {before}")  # fmt: skip
-        elif not (self.v.breaks and self.v.breaks[-1].line == last.number and self.v.breaks[-1].file == last.file):
+            self.brk(
+                line, seq, "reordered",
+                f"seq expected {expected}, found {seq}: the record repeats an earlier seq or is out of "
+                f"order (inserted, duplicated or moved) after {before}",
+            )  # fmt: skip
+        elif not (self.v.breaks and (self.v.breaks[-1].file, self.v.breaks[-1].line) == (last.file, last.number)):
             # seq is right but the line before does not hash to prev: that line changed.
-            self.brk(last, seq - 1, "edited", f"record seq {seq - 1} was changed after it was written: its hash no "
-                                              f"longer matches prev of the next record ({line.file}:{line.number})")  # fmt: skip
+            self.brk(
+                last, seq - 1, "edited",
+                f"record seq {seq - 1} was changed after it was written: its hash no longer matches "
+                f"prev of the next record ({line.file}:{line.number})",
+            )  # fmt: skip
 
     def seal(self, line: LogLine, seq: int, epoch: int | None) -> None:
-        v = self.v
         control = line.data.startswith(_CONTROL_PREFIXES)
         if control:
             other = _parse(line.data).get("key")
@@ -824,60 +841,69 @@ class _Verifier:
                 return
             self.start(line, seq, epoch)
         elif epoch is None:
-            self.brk(line, seq, "unsealed", f"record seq {seq} has no seal, but sealing began before it: "
-                                            "its seal was stripped, or it was inserted")  # fmt: skip
+            self.brk(
+                line, seq, "unsealed",
+                f"record seq {seq} has no seal, but sealing began before it: its seal was stripped, "
+                "or it was inserted",
+            )  # fmt: skip
             return
         elif epoch > self.future:
-            self.brk(line, seq, "future", f"record seq {seq} claims epoch {epoch}, which has not begun yet: "
-                                          "it was not sealed by the proxy")  # fmt: skip
+            self.brk(
+                line, seq, "future",
+                f"record seq {seq} claims epoch {epoch}, which has not begun yet: it was not sealed by the proxy",
+            )  # fmt: skip
             return
         elif not ok:
-            self.brk(line, seq, "edited", f"record seq {seq} does not match its seal (epoch {epoch}): it was changed "
-                                          "after it was sealed, or sealed by someone without that epoch's key")  # fmt: skip
+            self.brk(line, seq, "edited", _MAC_FAILS.format(seq=seq, epoch=epoch))
             return
         assert epoch is not None
-        v.sealed += 1
+        self.v.sealed += 1
         self.structure(line, seq, epoch, control)
         if not control:
             self.check_time(line, seq, epoch)
 
     def start(self, line: LogLine, seq: int, epoch: int | None) -> None:
+        """The first record sealed with this key: where sealing began, or where these files begin."""
         assert epoch is not None
         self.sealing = True
         self.v.first_epoch = self.expect = epoch
         self.fresh = False
         if line.data.startswith(_CONTROL_PREFIXES[0]):  # sealing_started
             if self.before:
-                self.v.notes.append(f"{self.before} record(s) before sealing began (seq {seq}) are covered by the "
-                                    "hash that the first sealed record carries: they are as they were then")  # fmt: skip
-            return
-        if self.before == 0:
-            start = _iso(self.key.epoch_start(epoch))
-            self.v.notes.append(f"sealing began before these files: the first record here (seq {seq}) is sealed in "
-                                f"epoch {epoch} (from {start})")  # fmt: skip
+                self.v.notes.append(
+                    f"{self.before} record(s) before sealing began (seq {seq}) are covered by the hash "
+                    "that the first sealed record carries: they are as they were then"
+                )
+        elif self.before == 0:
+            self.v.notes.append(
+                f"sealing began before these files: the first record here (seq {seq}) is sealed in "
+                f"epoch {epoch} (from {_iso(self.key.epoch_start(epoch))})"
+            )
         elif self.unverified is not None:
             bad, bad_seq, bad_epoch = self.unverified
-            self.brk(bad, bad_seq, "edited", f"record seq {bad_seq} does not match its seal (epoch {bad_epoch}): it was "
-                                             "changed after it was sealed, or sealed with another key")  # fmt: skip
+            self.brk(bad, bad_seq, "edited", _MAC_FAILS.format(seq=bad_seq, epoch=bad_epoch))
         else:
-            self.brk(line, seq, "false-start", f"record seq {seq} is sealed in epoch {epoch}, but no record started "
-                                               "sealing: the records sealed before it were removed")  # fmt: skip
+            self.brk(
+                line, seq, "false-start",
+                f"record seq {seq} is sealed in epoch {epoch}, but no record started sealing: "
+                "the records sealed before it were removed",
+            )  # fmt: skip
 
     def structure(self, line: LogLine, seq: int, epoch: int, control: bool) -> None:
-        v = self.v
-        if epoch > self.expect:
-            if self.fresh:
-                gap = f"epoch {self.expect}" if epoch == self.expect + 1 else f"epochs {self.expect}..{epoch - 1}"
-                self.brk(line, seq, "epoch-missing", f"record seq {seq} is sealed in epoch {epoch}, but {gap} "
-                                                     "left no record: their records and seals were removed")  # fmt: skip
-            else:
-                self.brk(line, seq, "epoch-missing", f"record seq {seq} is sealed in epoch {epoch}, but epoch "
-                                                     f"{self.expect} was never closed: its newest records and its "
-                                                     "sealed record were removed")  # fmt: skip
+        """Epochs follow each other, each closed by its sealed record (or skipped)."""
+        where = f"record seq {seq} is sealed in epoch {epoch}"
+        if epoch > self.expect and self.fresh:
+            gap = f"epoch {self.expect}" if epoch == self.expect + 1 else f"epochs {self.expect}..{epoch - 1}"
+            self.brk(line, seq, "epoch-missing", f"{where}, but {gap} left no record: their records were removed")
+        elif epoch > self.expect:
+            self.brk(
+                line, seq, "epoch-missing",
+                f"{where}, but epoch {self.expect} was never closed: its newest records and its sealed "
+                "record were removed",
+            )  # fmt: skip
         elif epoch < self.expect:
-            self.brk(line, seq, "epoch-order", f"record seq {seq} is sealed in epoch {epoch}, after epoch "
-                                               f"{self.expect} began: it was moved, or copied from earlier")  # fmt: skip
-        self.expect, closes = epoch, None
+            self.brk(line, seq, "epoch-order", f"{where}, after epoch {self.expect} began: it was moved, or copied")
+        closes = None
         if control:
             rec = _parse(line.data)
             event = rec.get("event")
@@ -887,15 +913,11 @@ class _Verifier:
                 through = rec.get("through")
                 closes = through if type(through) is int and through >= epoch else epoch
             elif event == SEALING_STARTED and epoch != 0:
-                self.brk(line, seq, "false-start", f"sealing_started record seq {seq} is sealed in epoch {epoch}; "
-                                                   "a real start is sealed in epoch 0 with the key keygen made")  # fmt: skip
+                self.brk(line, seq, "false-start", f"{where}; a real sealing_started is sealed in epoch 0")
             elif event == SEALING_RESUMED:
-                v.notes.append(f"{line.file}:{line.number}: the sealer resumed (seq {seq}): {rec.get('note')}")
-        if closes is not None:
-            self.expect, self.fresh = closes + 1, True
-        else:
-            self.fresh = False
-        v.last_epoch, v.last_epoch_closed = epoch if closes is None else closes, closes is not None
+                self.v.notes.append(f"{line.file}:{line.number}: the sealer resumed (seq {seq}): {rec.get('note')}")
+        self.expect, self.fresh = (epoch, False) if closes is None else (closes + 1, True)
+        self.v.last_epoch, self.v.last_epoch_closed = (epoch, False) if closes is None else (closes, True)
 
     def check_time(self, line: LogLine, seq: int, epoch: int) -> None:
         found = _TS.search(line.data, 0, 80)
@@ -903,39 +925,53 @@ class _Verifier:
             return
         ts = datetime.fromisoformat(found.group(1).decode()).timestamp()
         if ts < self.key.epoch_start(epoch - 1):
-            self.backdated.append(f"{line.file}:{line.number} (seq {seq}, ts {found.group(1).decode()}, "
-                                  f"sealed in epoch {epoch} from {_iso(self.key.epoch_start(epoch))})")  # fmt: skip
+            self.backdated.append(
+                f"{line.file}:{line.number} (seq {seq}, ts {found.group(1).decode()}, sealed in epoch "
+                f"{epoch} from {_iso(self.key.epoch_start(epoch))})"
+            )
 
     def finish(self) -> None:
         v = self.v
         if v.records and not self.sealing:
             if self.other_keys:
-                why = (f"it was sealed with key {', '.join(sorted(self.other_keys))}; the verification key given is "
-                       f"{self.key.key_id}")  # fmt: skip
                 kind = "wrong-key"
+                why = (
+                    f"it was sealed with key {', '.join(sorted(self.other_keys))}; the verification key "
+                    f"given is {self.key.key_id}"
+                )
             else:
-                why = "no record is sealed with this key: the seals were stripped, or the log was never sealed"
                 kind = "unsealed"
+                why = "no record is sealed with this key: the seals were stripped, or the log was never sealed"
             first = self.first_line
             assert first is not None
-            self.v.breaks.insert(0, SealBreak(first.file, first.number, v.first_seq, kind, why))
+            v.breaks.insert(0, SealBreak(first.file, first.number, v.first_seq, kind, why))
             return
         if self.backdated:
-            v.notes.append(f"{len(self.backdated)} record(s) claim a time more than an epoch before they were sealed "
-                           f"(first: {self.backdated[0]}): written late by the proxy, or back-dated by someone "
-                           "who held a later key")  # fmt: skip
-        if v.last_epoch is not None:
-            if v.last_epoch_closed:
-                until = _iso(self.key.epoch_start(v.last_epoch + 1))
-                v.notes.append(f"sealed through epoch {v.last_epoch} (until {until}); the log ends at seq "
-                               f"{v.last_seq}: records removed from the end show only against a witness")  # fmt: skip
-            else:
-                start = _iso(self.key.epoch_start(v.last_epoch))
-                v.notes.append(f"the newest records, from epoch {v.last_epoch} (began {start}), are sealed with a key "
-                               "the proxy still held: who takes the proxy over before it closes can change them; "
-                               f"the log ends at seq {v.last_seq}, and only a witness shows records removed from the end")  # fmt: skip
+            v.notes.append(
+                f"{len(self.backdated)} record(s) claim a time more than an epoch before they were sealed "
+                f"(first: {self.backdated[0]}): written late by the proxy, or back-dated by someone "
+                "who held a later key"
+            )
+        if v.last_epoch is None:
+            return
+        if v.last_epoch_closed:
+            v.notes.append(
+                f"sealed through epoch {v.last_epoch} (until {_iso(self.key.epoch_start(v.last_epoch + 1))}); "
+                f"the log ends at seq {v.last_seq}: records removed from the end show only against a witness"
+            )
+        else:
+            v.notes.append(
+                f"the newest records, from epoch {v.last_epoch} (began {_iso(self.key.epoch_start(v.last_epoch))}), "
+                "are sealed with a key the proxy still held: who takes the proxy over before it closes can "
+                f"change them; the log ends at seq {v.last_seq}, and only a witness shows records removed "
+                "from the end"
+            )
 
 
+_MAC_FAILS = (
+    "record seq {seq} does not match its seal (epoch {epoch}): it was changed after it was sealed, "
+    "or sealed by someone without that epoch's key"
+)
 _NOT_A_RECORD = (
     "line is not a JSON audit record (%d bytes) and no log_resumed record accounts for it: "
     "it was edited, or written by something else"

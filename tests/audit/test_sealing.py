@@ -327,18 +327,25 @@ def test_a_later_key_cannot_reseal_an_earlier_record(tmp_path, attack, first):
     assert (found.line, found.kind, found.seq) == first, verdict.breaks
 
 
-def test_cutting_sealed_records_and_sealing_on_with_the_later_key_shows(tmp_path):
-    """The attacker removes epochs 1-3 and keeps the proxy running from its key file."""
+CUTS = {
+    "in the middle of epoch 1": (5, "epoch 1 was never closed"),
+    "right after epoch 1 was sealed": (8, "epoch 2 left no record"),
+}
+
+
+@pytest.mark.parametrize("keep, why", CUTS.values(), ids=CUTS.keys())
+def test_cutting_sealed_records_and_sealing_on_with_the_later_key_shows(tmp_path, keep, why):
+    """The attacker cuts the log and keeps the proxy running from its key file (epoch 3)."""
     log, seal, verify_key = running_log(tmp_path)
-    put(log, lines_of(log)[:5])  # up to u2, the first record of epoch 1
+    put(log, lines_of(log)[:keep])
     writer = SealedWriter(log, seal, T0 + 200)
     writer.write("after", T0 + 210)
     writer.close()
     verdict = check(log, verify_key)
     found = verdict.breaks[0]
-    assert (found.line, found.kind, found.seq) == (6, "epoch-missing", 6), verdict.breaks
-    assert "epoch 1 was never closed" in found.message
-    assert any("the sealer resumed (seq 6)" in note for note in verdict.notes)
+    assert (found.line, found.kind, found.seq) == (keep + 1, "epoch-missing", keep + 1), verdict.breaks
+    assert why in found.message
+    assert any(f"the sealer resumed (seq {keep + 1})" in note for note in verdict.notes)
 
 
 # -- restarts and crashes are not tampering ---------------------------------------------------
