@@ -349,7 +349,8 @@ def compare_with_witness(log: Iterable[Head], points: Iterable[WitnessPoint]) ->
             "records were removed from the middle",
         ))  # fmt: skip
     if before:
-        verdict.notes.append(f"{before} witness point(s) are older than the first record given (seq {first}): not compared")
+        verdict.notes.append(f"{before} witness point(s) are older than the first record given (seq {first}): "
+                             "not compared")  # fmt: skip
     if verdict.points == 0:
         verdict.notes.append("the witness holds no point for this period: nothing to compare")
     elif verdict.newest is not None:

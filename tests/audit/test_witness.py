@@ -12,7 +12,6 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -257,11 +256,13 @@ def test_a_real_prometheus_witness_shows_truncation_and_a_rewritten_head(tmp_pat
             writer.write(f"u{i}", T0 + 10 + 25 * i)  # crosses an epoch: a sealed record too
             writer.flush()
             proxy.head = log_heads(log)[-1]
-            wait_for(lambda: prometheus.seq(proxy.target) == proxy.head.seq, f"Prometheus scraping seq {proxy.head.seq}")
+            seq = proxy.head.seq
+            wait_for(lambda: prometheus.seq(proxy.target) == seq, f"Prometheus scraping seq {seq}")
         writer.close()
         with pytest.raises(WitnessError, match=f'several proxies.*instance="{other.target}"'):
             read_prometheus(prometheus.url, start=started, end=time.time() + 1)
-        points = read_prometheus(prometheus.url, start=started, end=time.time() + 1, selector=f'instance="{proxy.target}"')
+        selector = f'instance="{proxy.target}"'
+        points = read_prometheus(prometheus.url, start=started, end=time.time() + 1, selector=selector)
         assert {p.seq for p in points} >= {2, 3, 5, 6}  # every head it was shown (seq 4 came with 5)
         assert compare_with_witness(log_heads(log), points).ok
 
