@@ -82,7 +82,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
             while True:
-                size = int(self.rfile.readline().split(b";")[0], 16)
+                line = self.rfile.readline()
+                if not line:  # the body never ended: no request to record
+                    raise ConnectionResetError("the client went away in the middle of a chunked body")
+                size = int(line.split(b";")[0], 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
@@ -155,6 +158,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Connection", "Upgrade")
         self.end_headers()
         self.wfile.flush()
+        self.connection.settimeout(300)  # longer than any test keeps a relay open
         try:
             while True:
                 data = self.rfile.read1(65536)  # bytes sent with the request head are buffered there
