@@ -311,6 +311,9 @@ class AccessGate:
         self._long: LongLivedFlows[http.HTTPFlow | RawTunnel] = LongLivedFlows()
         # Allowed raw relays by client connection id, until the connection ends.
         self._raw: dict[str, RawTunnel] = {}
+        # stream_large_bodies may switch a body of unknown length to streaming
+        # after the headers hooks (kept by configure; see requestheaders).
+        self._late_streaming = False
         self._init_metrics()
 
     # -- options -------------------------------------------------------------
@@ -438,6 +441,10 @@ class AccessGate:
         # configure runs on every change (and again on a rollback), so these follow.
         self._enforce = o.accessgate_mode == "enforce"
         self._log_query = bool(o.accessgate_log_query)
+        # mitmproxy's own options; absent only where its proxy server is not loaded (unit tests).
+        self._late_streaming = _streams_late(
+            getattr(o, "stream_large_bodies", None), getattr(o, "body_size_limit", None)
+        )
         if "accessgate_audit_retention_days" in updated and o.accessgate_audit_retention_days < 0:
             raise exceptions.OptionsError(
                 "accessgate_audit_retention_days must be 0 (keep forever) or a number of days"
@@ -1262,8 +1269,10 @@ class AccessGate:
                 return
             if decision.counts_quota:
                 self._spend_quota(decision, identity, policy, now)
-            if flow.request.stream is True:
-                # A body mitmproxy streams: counted and kept under review.
+            if flow.request.stream is True or (self._late_streaming and _request_length_unknown(flow.request)):
+                # A body mitmproxy streams, or may start to stream once it grows
+                # past stream_large_bodies (with no hook then): counted and kept
+                # under review from its first byte.
                 flow.request.stream = self._stream_counter(flow, st, "streamed_in", request)
         except Exception as exc:
             self._fail(flow, "requestheaders", exc)
@@ -1286,7 +1295,7 @@ class AccessGate:
             if not isinstance(st, FlowState) or st.blocked_here:
                 return
             _drop_alt_svc(flow.response.headers)
-            if flow.response.stream is True:
+            if flow.response.stream is True or (self._late_streaming and _response_length_unknown(flow)):
                 request = request_of(flow, self._tunnels.get(flow.client_conn.id, ()))
                 flow.response.stream = self._stream_counter(flow, st, "streamed_out", request)
         except Exception as exc:
@@ -1481,6 +1490,40 @@ def _unreadable(decision: Decision) -> Decision:
         message="This connection is neither TLS nor HTTP that the proxy can read, so what it carries "
         "cannot be checked; it is refused. Ask IT to list its host in tcp_hosts if it must pass.",
     )
+
+
+def _streams_late(stream_large_bodies: str | None, body_size_limit: str | None) -> bool:
+    """mitmproxy may switch a body of unknown length to streaming once it grows past the limit."""
+    from mitmproxy.utils.human import parse_size
+
+    try:
+        stream, limit = parse_size(stream_large_bodies), parse_size(body_size_limit)
+    except ValueError:
+        return bool(stream_large_bodies)
+    # With a smaller body_size_limit mitmproxy refuses such a body before it would stream it.
+    return stream is not None and (limit is None or limit > stream)
+
+
+def _request_length_unknown(request: http.Request) -> bool:
+    """A request body that may grow past stream_large_bodies after the headers were decided."""
+    headers = request.headers
+    if "transfer-encoding" in headers:
+        return True
+    # HTTP/2 and 3 frame a body without Content-Length; mitmproxy then reads it as it comes.
+    return request.data.http_version not in _HTTP1 and "content-length" not in headers
+
+
+_HTTP1 = (b"HTTP/1.1", b"HTTP/1.0")
+
+
+def _response_length_unknown(flow: http.HTTPFlow) -> bool:
+    from mitmproxy.net.http.http1 import expected_http_body_size
+
+    try:
+        size = expected_http_body_size(flow.request, flow.response)
+    except ValueError:
+        return True
+    return size is None or size < 0
 
 
 def _size(content: bytes | None, streamed: int | None) -> int:

@@ -255,3 +255,104 @@ def test_a_101_the_site_sends_unasked_on_a_read_only_site_is_killed(start, origi
     assert answer == b"", f"the client got {answer[:80]!r}"
     [record] = proxy.wait_audit(lambda rs: rs)
     assert (record["decision"], record["reason"], record["error"]) == ("block", "read-only", "killed")
+
+
+# -- bodies that mitmproxy starts to stream after their headers ------------------------
+
+
+def _read_some(sock: socket.socket, until: int, timeout: float = 10) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while len(data) < until and time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_a_download_that_streams_late_is_closed_when_revoked_and_counted(start, origin):
+    proxy, policy = start(options={"stream_large_bodies": "1k"})
+    sock = _proxy_socket(proxy)
+    sock.sendall(f"GET http://chat.test/chunked/400000 HTTP/1.1\r\nHost: chat.test\r\n"
+                 f"Proxy-Authorization: {basic()}\r\n\r\n".encode())
+    got = _read_some(sock, 16 * 1024)
+    assert got.startswith(b"HTTP/1.1 200"), got[:100]
+    policy.write_text(POLICY.format(access="deny"))
+    revoked = time.monotonic()
+    sock.settimeout(REVOKED_WITHIN + 5)
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    except OSError:
+        pass
+    waited = time.monotonic() - revoked
+
+    assert waited < REVOKED_WITHIN, f"the download ran on for {waited:.1f} s after its site was revoked"
+    assert len(got) < 400_000
+    [record] = proxy.wait_audit(lambda rs: rs)
+    body = len(got) - len(got.split(b"\r\n\r\n", 1)[0]) - 4
+    assert 16 * 1024 - 1024 < record["bytes_out"] <= body, (record, body)
+    assert origin.sent >= record["bytes_out"]
+
+
+def test_an_upload_that_streams_late_is_closed_when_revoked_and_counted(start, origin):
+    proxy, policy = start(options={"stream_large_bodies": "1k"})
+    sock = _proxy_socket(proxy)
+    sock.sendall(f"POST http://chat.test/echo HTTP/1.1\r\nHost: chat.test\r\nTransfer-Encoding: chunked\r\n"
+                 f"Proxy-Authorization: {basic()}\r\n\r\n".encode())
+    chunk = b"200\r\n" + b"u" * 512 + b"\r\n"
+    sent, revoked, closed_after = 0, None, None
+    started = time.monotonic()
+    while time.monotonic() - started < 20:
+        if revoked is None and time.monotonic() - started > 1.0:
+            policy.write_text(POLICY.format(access="deny"))
+            revoked = time.monotonic()
+        try:
+            if select.select([sock], [], [], 0)[0] and sock.recv(65536) == b"":
+                raise ConnectionError("closed by the proxy")
+            sock.sendall(chunk)
+            sent += 512
+        except OSError:
+            closed_after = time.monotonic() - revoked if revoked else 0.0
+            break
+        time.sleep(0.1)
+
+    assert closed_after is not None, "the upload went on for 20 s after its site was revoked"
+    assert closed_after < REVOKED_WITHIN, f"closed only {closed_after:.1f} s after the reload"
+    [record] = proxy.wait_audit(lambda rs: rs)
+    assert 1024 < record["bytes_in"] <= sent, (record, sent)
+    assert origin.requests == []  # the body never ended, so the site never took it as a request
+
+
+@pytest.mark.parametrize("size", [100, 3000])
+def test_a_small_chunked_download_still_arrives_whole_and_counted(start, origin, size):
+    proxy, _ = start(options={"stream_large_bodies": "1k"})
+    sock = _proxy_socket(proxy)
+    sock.sendall(f"GET http://chat.test/chunked/{size} HTTP/1.1\r\nHost: chat.test\r\n"
+                 f"Proxy-Authorization: {basic()}\r\nConnection: close\r\n\r\n".encode())
+    raw = _read_some(sock, 10**6)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    data, rest = b"", body
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        n = int(size_line, 16)
+        if n == 0:
+            break
+        data, rest = data + rest[:n], rest[n + 2 :]
+    assert head.startswith(b"HTTP/1.1 200") and data == payload(size)
+    [record] = proxy.wait_audit(lambda rs: rs)
+    assert record["bytes_out"] == size
+
+
+def test_a_small_chunked_upload_still_arrives_whole_and_counted(start, origin):
+    proxy, _ = start(options={"stream_large_bodies": "1k"})
+    sock = _proxy_socket(proxy)
+    sock.sendall(f"POST http://chat.test/echo HTTP/1.1\r\nHost: chat.test\r\nTransfer-Encoding: chunked\r\n"
+                 f"Proxy-Authorization: {basic()}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n".encode())
+    raw = _read_some(sock, 10**6)
+    assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"hello"), raw
+    [seen] = origin.requests
+    assert seen.body_length == 5
+    [record] = proxy.wait_audit(lambda rs: rs)
+    assert record["bytes_in"] == 5
