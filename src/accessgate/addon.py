@@ -1006,10 +1006,16 @@ class AccessGate:
             )
         headers = {**dict(headers), **headers_base}
         st.blocked_here = True
-        if flow.request.method != "CONNECT" and (flow.request.stream or _declares_large_body(flow.request)):
-            # mitmproxy cannot answer a request whose body it streams, and it
-            # answers any other request only after reading its whole body into
-            # memory.  Killing keeps the body from the site and off the proxy.
+        if flow.request.method != "CONNECT" and (
+            flow.request.stream
+            or _declares_large_body(flow.request)
+            or (self._late_streaming and _request_length_unknown(flow.request))
+        ):
+            # mitmproxy cannot answer a request whose body it streams, nor one
+            # whose body it may switch to streaming while reading it (it raises
+            # then), and it answers any other request only after reading its
+            # whole body into memory.  Killing keeps the body from the site
+            # and off the proxy.
             flow.kill()
             return None
         flow.response = http.Response.make(status, body, headers)

@@ -25,7 +25,7 @@ import pytest
 
 from accessgate.state import open_store
 from support.origin import payload
-from wire import BioTLS, basic, request
+from wire import BioTLS, basic, h2, request
 
 PASSTHROUGH = Path(__file__).resolve().parents[1] / "support" / "passthrough_sni.py"
 
@@ -323,6 +323,19 @@ def test_an_upload_that_streams_late_is_closed_when_revoked_and_counted(start, o
     [record] = proxy.wait_audit(lambda rs: rs)
     assert 1024 < record["bytes_in"] <= sent, (record, sent)
     assert origin.requests == []  # the body never ended, so the site never took it as a request
+
+
+def test_a_blocked_http2_upload_of_unknown_length_is_killed_not_half_answered(start, origin):
+    """mitmproxy would switch its body to streaming under a 403 and raise; the record said 403."""
+    proxy, _ = start(access="read-only", options={"stream_large_bodies": "1k"})
+    reply = h2(proxy, "chat.test:443", [(":method", "POST"), (":scheme", "https"), (":authority", "chat.test"),
+                                        (":path", "/echo")], b"x" * 5000)
+    assert reply.status == 0
+    [record] = proxy.wait_audit(lambda rs: rs)
+    assert (record["decision"], record["reason"], record["status"], record["error"]) == \
+        ("block", "read-only", None, "killed")
+    assert origin.requests == []
+    assert "NotImplementedError" not in proxy.output()
 
 
 @pytest.mark.parametrize("size", [100, 3000])
