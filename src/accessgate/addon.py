@@ -6,15 +6,26 @@ Where a request is decided (see docs/running.md for why each one matters):
   site at all".  It is refused here only when the tunnel may go through
   uninspected (`ignore_hosts`, `allow_hosts`, `tcp_hosts` are set); otherwise
   it is let through so that the request inside gets a real block page.
-- `tls_clienthello`: the SNI.  A blocked name that another addon wants to
-  pass through uninspected is intercepted instead, so the inside is decided.
-- `next_layer`: a tunnel that will not be inspected (ignored host, raw TCP,
-  non-HTTP TLS) is decided on every name it has, as a write; blocked, it is
-  closed before a byte reaches the server.
+- `tls_clienthello` (through `_LastWord`, after every other addon): a
+  passthrough that another addon asks for, decided as a write on every
+  name; blocked, it is intercepted instead, so that each request inside is
+  decided.
+- `next_layer` (through `_LastWord`, after mitmproxy's own choice): a tunnel
+  whose first bytes could still become TLS or HTTP waits for more; one that
+  is neither where every tunnel is meant to be read is refused; one that
+  will be relayed unread (ignore_hosts, allow_hosts, tcp_hosts) is decided
+  on every name it has, as a write, and closed before a byte reaches the
+  server when blocked.
 - `requestheaders`: every HTTP request, on every name it gives for its host
   plus its connection's CONNECT target and SNI; the strictest decision
   stands.  A block is answered before the request body is forwarded; a body
   that mitmproxy already streams cannot be answered, so the flow is killed.
+- `response`: an upgrade answered with 101 that mitmproxy will relay raw
+  (any but a version-13 WebSocket) is decided again, as a write.
+
+What stays open stays decided: WebSockets, streamed bodies and allowed raw
+relays are decided again every second, charged for each minute they carry
+traffic and closed when the policy no longer allows them.
 
 Every hook fails closed: an exception blocks (reason `denied`, rule
 `internal-error`), is logged with its traceback, counted in
@@ -36,9 +47,9 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http, tls
-from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy import commands, events, layer, layers, mode_specs
 
-from . import engine
+from . import engine, firstbytes
 from .engine import Decision, Identity
 from .errors import PolicyError, StateStoreError
 from .flowrequest import (
@@ -202,7 +213,75 @@ class _Refuse(layer.Layer):
             yield from ()
 
 
+@dataclass(slots=True, eq=False)
+class RawTunnel:
+    """A connection that mitmproxy relays without reading it, allowed by accessgate.
+
+    Decided as a write on every name it has, then kept like a WebSocket:
+    re-decided every second, charged a quota minute for each minute in
+    which it carries traffic, closed when the policy stops allowing it, and
+    audited once, when it ends, with the bytes it carried.  Mutable: the
+    counters move as bytes pass.
+    """
+
+    key: tuple[str, str]  # ("tcp", client connection id): one relay per client connection
+    client: Any  # mitmproxy's Client connection, to close it
+    st: FlowState  # the audit record to be: the tunnel's own, or the upgraded request's
+    status: int | None = None  # 101 for a request upgraded to a raw connection
+    counted_by_hooks: bool = False  # bytes come from tcp_message (mitmproxy made the relay itself)
+    unseen: bool = False  # its bytes pass where accessgate cannot count them: every open minute is charged
+    bytes_in: int = 0  # from the client
+    bytes_out: int = 0  # to the client
+    minute: int = -1  # the last UTC minute it carried traffic
+    closed: str | None = None  # why accessgate closed it
+
+
+class _Relay(layers.TCPLayer):
+    """mitmproxy's raw relay, telling accessgate what passes so that it can charge and audit it."""
+
+    def __init__(self, context, ignore: bool, tunnel: RawTunnel, on_data) -> None:
+        super().__init__(context, ignore=ignore)
+        self.tunnel = tunnel
+        self._on_data = on_data
+
+    def relay_messages(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.DataReceived):
+            if not self._on_data(self.tunnel, event.connection is self.context.client, len(event.data)):
+                return  # closed by accessgate: these bytes go nowhere
+        yield from super().relay_messages(event)
+
+
+class _LastWord:
+    """accessgate's say on what other addons chose for a connection, after all of them.
+
+    Script addons run before mitmproxy's own NextLayer addon, and before any
+    script loaded after accessgate, but accessgate must see what they chose
+    (a raw relay, a TLS passthrough) and be able to make mitmproxy wait for
+    more bytes, which only works once no later addon will choose instead.
+    So this small addon sits at the end of mitmproxy's chain and hands the
+    choice to accessgate.
+    """
+
+    name = "accessgate_next_layer"
+
+    def __init__(self, gate: "AccessGate") -> None:
+        self.gate: AccessGate | None = gate
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        if self.gate is not None:
+            self.gate.next_layer_chosen(nextlayer)
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        if self.gate is not None:
+            self.gate.passthrough_asked(data)
+
+
 _UNINSPECTED = (layers.TCPLayer, layers.UDPLayer)
+_EXPLICIT_PROXY = (mode_specs.RegularMode, mode_specs.UpstreamMode)
+# A tunnel that is neither TLS nor HTTP where the operator expects every
+# tunnel to be read (no ignore_hosts/allow_hosts/tcp_hosts match): refused,
+# as Squid's on_unsupported_protocol does by default.
+UNREADABLE = "unreadable-tunnel"
 
 
 class AccessGate:
@@ -228,8 +307,13 @@ class AccessGate:
         self._marked: dict[tuple[str, str], int] = {}
         self._enforce = True  # accessgate_mode, kept by configure
         self._log_query = False  # accessgate_log_query, kept by configure
-        # Open WebSockets and streamed responses, re-decided every second.
-        self._long: LongLivedFlows[http.HTTPFlow] = LongLivedFlows()
+        # Open WebSockets, streams and raw relays, re-decided every second.
+        self._long: LongLivedFlows[http.HTTPFlow | RawTunnel] = LongLivedFlows()
+        # Allowed raw relays by client connection id, until the connection ends.
+        self._raw: dict[str, RawTunnel] = {}
+        # stream_large_bodies may switch a body of unknown length to streaming
+        # after the headers hooks (kept by configure; see requestheaders).
+        self._late_streaming = False
         self._init_metrics()
 
     # -- options -------------------------------------------------------------
@@ -322,6 +406,18 @@ class AccessGate:
             start and hourly).  0 keeps them forever.
             """,
         )
+        self._claim_next_layer()
+
+    def _claim_next_layer(self) -> None:
+        """Put _LastWord at the end of mitmproxy's addon chain (once; a reloaded script takes it over)."""
+        addons = ctx.master.addons if ctx.master is not None else None
+        if addons is None:
+            return
+        last = addons.get(_LastWord.name)
+        if last is None:
+            addons.add(_LastWord(self))
+        else:
+            last.gate = self
 
     def configure(self, updated: set[str]) -> None:
         try:
@@ -345,6 +441,10 @@ class AccessGate:
         # configure runs on every change (and again on a rollback), so these follow.
         self._enforce = o.accessgate_mode == "enforce"
         self._log_query = bool(o.accessgate_log_query)
+        # mitmproxy's own options; absent only where its proxy server is not loaded (unit tests).
+        self._late_streaming = _streams_late(
+            getattr(o, "stream_large_bodies", None), getattr(o, "body_size_limit", None)
+        )
         if "accessgate_audit_retention_days" in updated and o.accessgate_audit_retention_days < 0:
             raise exceptions.OptionsError(
                 "accessgate_audit_retention_days must be 0 (keep forever) or a number of days"
@@ -539,6 +639,7 @@ class AccessGate:
         while True:
             await asyncio.sleep(LONG_LIVED_REVIEW_SECONDS)
             try:
+                self._charge_unseen_tunnels()
                 self._close_expired_flows()
             except Exception as exc:  # the review must go on; the error is counted
                 log.error("fail_closed", stage="long-lived-review", error=repr(exc), exc_info=exc)
@@ -550,37 +651,138 @@ class AccessGate:
             return
         now = datetime.now(timezone.utc)
         for key, entry, decision in self._long.to_close(self.policy, now, self.ledger):
-            self._long.untrack(key)
-            flow = entry.flow
-            st = flow.metadata.get(META)
-            self._audit_event(
-                "flow_closed",
-                request_id=st.request_id if isinstance(st, FlowState) else None,
-                user=entry.identity.user,
-                site=decision.site,
-                reason=decision.reason,
-                rule=decision.rule,
-                policy=self.policy.short_digest,
-            )
-            log.info("flow_closed", site=decision.site, reason=decision.reason)
-            _close_client(flow)
+            self._close_long_lived(key, entry, decision)
 
-    def _track_long_lived(self, flow: http.HTTPFlow, st: FlowState) -> None:
+    def _close_long_lived(self, key, entry, decision: Decision) -> None:
+        self._long.untrack(key)
+        flow = entry.flow
+        if isinstance(flow, RawTunnel):
+            st = flow.st
+            flow.closed = f"closed: {decision.reason}"
+        else:
+            st = flow.metadata.get(META)
+        self._audit_event(
+            "flow_closed",
+            request_id=st.request_id if isinstance(st, FlowState) else None,
+            user=entry.identity.user,
+            site=decision.site,
+            reason=decision.reason,
+            rule=decision.rule,
+            policy=self.policy.short_digest if self.policy is not None else None,
+        )
+        log.info("flow_closed", site=decision.site, reason=decision.reason)
+        _close_client(flow)
+
+    def _track_long_lived(self, flow: http.HTTPFlow, st: FlowState, request: engine.Request | None = None) -> None:
         if st.decision.allowed:
-            request = request_of(flow, self._tunnels.get(flow.client_conn.id, ()))
+            if request is None:
+                request = request_of(flow, self._tunnels.get(flow.client_conn.id, ()))
             self._long.track(flow.id, flow, request, st.identity, st.decision.site)
 
-    def _long_lived_activity(self, flow: http.HTTPFlow, st: FlowState) -> None:
-        """A flow carried traffic: its first traffic in a minute spends a quota minute."""
+    def _active(self, key) -> bool:
+        """An open flow carried traffic.  Its first traffic in a minute is decided
+        again and, allowed, spends that minute; blocked, the flow is closed and
+        False returned (the traffic is dropped where it can be).
+
+        Deciding first matters: a quota minute spent on traffic alone would let
+        a flow that sends at the turn of the minute run on past its quota.
+        """
         now = datetime.now(timezone.utc)
-        if self._long.activity(flow.id, now) is not None and self.policy is not None:
-            self._spend_quota(st.decision, st.identity, self.policy, now)
+        entry = self._long.activity(key, now)
+        policy = self.policy
+        if entry is None or policy is None:
+            return True
+        decision = self._decide(entry.request, entry.identity, policy, now)
+        if decision.allowed:
+            self._spend_quota(decision, entry.identity, policy, now)
+            return True
+        if not self.enforcing:
+            return True
+        self._close_long_lived(key, entry, decision)
+        return False
+
+    def _stream_counter(self, flow: http.HTTPFlow, st: FlowState, attr: str, request: engine.Request):
+        """mitmproxy's stream callable for one body: counts its bytes, and from its
+        first byte keeps the flow open to review and charges its minutes."""
+        setattr(st, attr, 0)
+        tracked = False
+
+        def count(chunk: bytes) -> bytes | list[bytes]:
+            nonlocal tracked
+            if chunk:
+                setattr(st, attr, getattr(st, attr) + len(chunk))
+                try:
+                    if not tracked:
+                        tracked = True
+                        self._track_long_lived(flow, st, request)
+                    if not self._active(flow.id):
+                        return []  # closed: nothing more is sent (b"" would end a chunked body)
+                except Exception as exc:
+                    self._fail_long_lived(flow, "stream", exc)
+                    return []
+            return chunk
+
+        return count
+
+    # -- raw relays ------------------------------------------------------------
+
+    def _open_tunnel(self, tunnel: RawTunnel, request: engine.Request) -> None:
+        """Keep an allowed raw relay: reviewed, charged from now on, audited when it ends."""
+        old = self._raw.get(tunnel.client.id)
+        if old is not None:  # one relay per connection; an earlier one ended without its record
+            self._end_tunnel(old)
+        self._raw[tunnel.client.id] = tunnel
+        st = tunnel.st
+        self._long.track(tunnel.key, tunnel, request, st.identity, st.decision.site)
+        self._tunnel_activity(tunnel)
+
+    def _relayed(self, tunnel: RawTunnel, from_client: bool, size: int) -> bool:
+        """Bytes passed a raw relay: count them.  False: the relay is closed, drop them."""
+        if from_client:
+            tunnel.bytes_in += size
+        else:
+            tunnel.bytes_out += size
+        if tunnel.closed is not None:
+            return False
+        if int(time.time()) // 60 == tunnel.minute:
+            return True
+        try:
+            return self._tunnel_activity(tunnel)
+        except Exception as exc:
+            log.error("fail_closed", stage="tcp_message", error=repr(exc), exc_info=exc)
+            _quietly(lambda: self.metrics.fail_closed.labels(stage="tcp_message").inc())
+            self._long.untrack(tunnel.key)
+            tunnel.closed = "failed closed"
+            _quietly(lambda: _close_client(tunnel))
+            return False
+
+    def _tunnel_activity(self, tunnel: RawTunnel) -> bool:
+        tunnel.minute = int(time.time()) // 60
+        return self._active(tunnel.key)
+
+    def _charge_unseen_tunnels(self) -> None:
+        """Relays whose bytes accessgate cannot see are charged every minute they are open."""
+        for tunnel in list(self._raw.values()):
+            if tunnel.unseen and tunnel.closed is None and int(time.time()) // 60 != tunnel.minute:
+                self._tunnel_activity(tunnel)
+
+    def _end_tunnel(self, tunnel: RawTunnel) -> None:
+        """Its connection ended: the one audit record of the relay, with the bytes it carried."""
+        if self._raw.get(tunnel.client.id) is tunnel:
+            del self._raw[tunnel.client.id]
+        self._long.untrack(tunnel.key)
+        if not tunnel.st.logged:
+            self._audit_flow(tunnel.st, tunnel.status, tunnel.bytes_in, tunnel.bytes_out, tunnel.closed)
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         self._on_long_lived(flow, "websocket_start", self._track_long_lived)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
-        self._on_long_lived(flow, "websocket_message", self._long_lived_activity)
+        self._on_long_lived(flow, "websocket_message", self._websocket_activity)
+
+    def _websocket_activity(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        if not self._active(flow.id) and flow.websocket is not None and flow.websocket.messages:
+            flow.websocket.messages[-1].drop()  # the flow is closed: this message goes nowhere
 
     def _on_long_lived(self, flow: http.HTTPFlow, stage: str, action) -> None:
         try:
@@ -592,6 +794,23 @@ class AccessGate:
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._long.untrack(flow.id)
+
+    def tcp_start(self, flow) -> None:
+        """A raw relay starts: one accessgate allowed already, or one mitmproxy made itself."""
+        try:
+            if flow.client_conn.id not in self._raw:
+                self._undecided_relay(flow)
+        except Exception as exc:
+            log.error("fail_closed", stage="tcp_start", error=repr(exc), exc_info=exc)
+            _quietly(lambda: self.metrics.fail_closed.labels(stage="tcp_start").inc())
+            _quietly(lambda: _close_connection(flow.client_conn))
+
+    def tcp_message(self, flow) -> None:
+        tunnel = self._raw.get(flow.client_conn.id)
+        if tunnel is not None and tunnel.counted_by_hooks and flow.messages:
+            message = flow.messages[-1]
+            if not self._relayed(tunnel, message.from_client, len(message.content)):
+                message.content = b""  # the relay is closed: these bytes go nowhere
 
     def _fail_long_lived(self, flow: http.HTTPFlow, stage: str, exc: BaseException) -> None:
         """Fail closed on an open connection: count it, log it, close it."""
@@ -610,6 +829,11 @@ class AccessGate:
         for task in self._tasks:
             task.cancel()
         self._tasks.clear()
+        for tunnel in list(self._raw.values()):  # still open: their records go out now
+            _quietly(lambda: self._end_tunnel(tunnel))
+        last = ctx.master.addons.get(_LastWord.name) if ctx.master is not None else None
+        if last is not None and last.gate is self:
+            last.gate = None
         if self.audit is not None:
             _quietly(self.audit.close)  # drains: no record is lost on a clean stop
         if self.ledger is not None:
@@ -658,6 +882,12 @@ class AccessGate:
     def client_disconnected(self, client) -> None:
         self._identities.pop(client.id, None)
         self._tunnels.pop(client.id, None)
+        tunnel = self._raw.get(client.id)
+        if tunnel is not None:
+            try:
+                self._end_tunnel(tunnel)
+            except Exception:
+                log.exception("ignored_error")
 
     def _policy(self) -> Policy:
         policy = self.policy
@@ -776,10 +1006,16 @@ class AccessGate:
             )
         headers = {**dict(headers), **headers_base}
         st.blocked_here = True
-        if flow.request.method != "CONNECT" and (flow.request.stream or _declares_large_body(flow.request)):
-            # mitmproxy cannot answer a request whose body it streams, and it
-            # answers any other request only after reading its whole body into
-            # memory.  Killing keeps the body from the site and off the proxy.
+        if flow.request.method != "CONNECT" and (
+            flow.request.stream
+            or _declares_large_body(flow.request)
+            or (self._late_streaming and _request_length_unknown(flow.request))
+        ):
+            # mitmproxy cannot answer a request whose body it streams, nor one
+            # whose body it may switch to streaming while reading it (it raises
+            # then), and it answers any other request only after reading its
+            # whole body into memory.  Killing keeps the body from the site
+            # and off the proxy.
             flow.kill()
             return None
         flow.response = http.Response.make(status, body, headers)
@@ -859,78 +1095,157 @@ class AccessGate:
         o = ctx.options
         return bool(o.ignore_hosts or o.allow_hosts or o.tcp_hosts)
 
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+    def passthrough_asked(self, data: tls.ClientHelloData) -> None:
+        """Every addon has seen the ClientHello (called by _LastWord, after them)."""
         try:
-            if not data.ignore_connection or not self.enforcing:
+            if not data.ignore_connection:
                 return
-            names = [*self._tunnels.get(data.context.client.id, ()), *_server_names(data.client_hello)]
-            decision = self._decide_connection(data.context, names, REACH)
-            if not decision.allowed:
-                data.ignore_connection = False  # intercept, so the inside is decided
+            # Another addon wants this connection relayed unread: a tunnel
+            # like any other, decided as a write on every name it has.
+            client = data.context.client
+            names = [*self._tunnel_names(data.context), *_server_names(data.client_hello)]
+            decision = self._decide_connection(client, names, TUNNEL)
+            if not decision.allowed and self.enforcing:
+                data.ignore_connection = False  # intercept, so that each request inside is decided
+                return
+            # mitmproxy relays it from inside its TLS layer, where no byte can be
+            # counted: every minute it is open is charged.
+            tunnel = RawTunnel(("tcp", client.id), client, self._tunnel_state(client, decision, names), unseen=True)
+            self._open_tunnel(tunnel, tunnel_request(names, TUNNEL))
         except Exception as exc:
             self._fail(None, "tls_clienthello", exc)
             data.ignore_connection = False
 
-    def _decide_connection(self, context, names: list[str], method: str) -> Decision:
+    def _decide_connection(self, client, names: list[str], method: str) -> Decision:
+        return self._decide(tunnel_request(names, method), self._connection_identity(client), self._policy(),
+                            datetime.now(timezone.utc))
+
+    @staticmethod
+    def _connection_identity(client) -> Identity:
         proxyauth = ctx.master.addons.get("proxyauth")
-        identity = identity_for_connection(context.client, getattr(proxyauth, "authenticated", None))
-        return self._decide(tunnel_request(names, method), identity, self._policy(), datetime.now(timezone.utc))
+        return identity_for_connection(client, getattr(proxyauth, "authenticated", None))
 
-    def next_layer(self, nextlayer: layer.NextLayer) -> None:
-        try:
-            self._next_layer(nextlayer)
-        except Exception as exc:
-            self._fail(None, "next_layer", exc)
-            if self.enforcing:
-                nextlayer.layer = _Refuse(nextlayer.context)
-
-    def _next_layer(self, nextlayer: layer.NextLayer) -> None:
-        if nextlayer.layer is None:
-            # Script addons run before mitmproxy's own NextLayer addon; let it
-            # choose first, so that we see whether the tunnel is inspected.
-            builtin = ctx.master.addons.get("nextlayer")
-            if builtin is not None:
-                builtin.next_layer(nextlayer)
-        chosen = nextlayer.layer
-        if chosen is None or not isinstance(chosen, _UNINSPECTED):
-            return
-        context = nextlayer.context
+    def _tunnel_names(self, context) -> list[str]:
+        """The names a connection has before its bytes are read: CONNECT targets, server address, SNI."""
         names = list(self._tunnels.get(context.client.id, ()))
         if context.server.address:
             names.append(str(context.server.address[0]))
         if context.client.sni:
             names.append(context.client.sni)
-        names.extend(_snis_of(nextlayer.data_client()))
-        if not names:
-            return  # not a proxied tunnel (e.g. a transparent-mode flow with no target)
-        decision = self._decide_connection(context, names, TUNNEL)
-        if not decision.allowed and self.enforcing:
-            nextlayer.layer = _Refuse(context)
-        log.info(
-            "tunnel_uninspected",
-            decision=decision.decision,
-            reason=decision.reason,
-            site=decision.site,
-            enforced=self.enforcing,
-        )
+        return names
+
+    def _tunnel_state(self, client, decision: Decision, names: list[str]) -> FlowState:
         policy = self.policy
-        st = FlowState(
+        return FlowState(
             request_id=new_request_id(),
             started=time.perf_counter(),
             ts=datetime.now(timezone.utc),
             decision=decision,
-            identity=identity_for_connection(
-                context.client, getattr(ctx.master.addons.get("proxyauth"), "authenticated", None)
-            ),
+            identity=self._connection_identity(client),
             enforced=self.enforcing,
             policy=policy.short_digest if policy else "",
             method="CONNECT",
             scheme="tcp",
-            host=decision.host or names[0],
+            host=decision.host or (names[0] if names else ""),
             path="",
         )
-        self._audit_flow(st, status=None, bytes_in=0, bytes_out=0,
-                         error="tunnel refused" if not decision.allowed and self.enforcing else None)
+
+    def next_layer_chosen(self, nextlayer: layer.NextLayer) -> None:
+        """mitmproxy has chosen the next layer of a connection (called by _LastWord, after it)."""
+        try:
+            self._next_layer(nextlayer)
+        except Exception as exc:
+            self._fail(None, "next_layer", exc)
+            if self.enforcing:
+                _replace_layer(nextlayer, _Refuse(nextlayer.context))
+
+    def _next_layer(self, nextlayer: layer.NextLayer) -> None:
+        chosen = nextlayer.layer
+        if not isinstance(chosen, _UNINSPECTED) or isinstance(chosen, _Relay):
+            return  # read by mitmproxy (TLS, HTTP, ...), or undecided yet, or ours
+        context = nextlayer.context
+        names = self._tunnel_names(context)
+        if not names:
+            return  # not a proxied tunnel (e.g. a transparent-mode flow with no target)
+        tcp = isinstance(chosen, layers.TCPLayer)
+        data = nextlayer.data_client()
+        # Bytes from the server first: no TLS or HTTP server speaks first.
+        may_wait = (tcp and not nextlayer.data_server() and len(data) < firstbytes.WAIT_LIMIT
+                    and len(nextlayer.events) < firstbytes.WAIT_PIECES)
+        hello = firstbytes.read_hello(data) if tcp else firstbytes.HelloRead(firstbytes.Hello.NONE)
+        if may_wait and hello.state is firstbytes.Hello.PARTIAL:
+            # A ClientHello still coming (its first bytes alone, say): wait for
+            # all of it, to intercept it or decide every name it carries.
+            _replace_layer(nextlayer, None)
+            return
+        passed = not tcp or self._operator_passes(context, data, nextlayer.data_server())
+        if not passed and may_wait and firstbytes.could_become_http(data):
+            _replace_layer(nextlayer, None)  # a request line still coming: mitmproxy will read it
+            return
+        names.extend(hello.names)
+        if passed and data[:3].isalpha():
+            names.extend(firstbytes.http_hosts(data))
+        decision = self._decide_connection(context.client, names, TUNNEL)
+        if decision.allowed and (not passed or hello.state in (firstbytes.Hello.PARTIAL, firstbytes.Hello.INVALID)):
+            # Neither TLS nor HTTP where every tunnel is meant to be read, or a
+            # ClientHello nobody can read: what it carries cannot be decided.
+            decision = _unreadable(decision)
+        refused = not decision.allowed and self.enforcing
+        log.info(
+            "tunnel_uninspected",
+            decision=decision.decision,
+            reason=decision.reason,
+            rule=decision.rule,
+            site=decision.site,
+            enforced=self.enforcing,
+        )
+        st = self._tunnel_state(context.client, decision, names)
+        if refused:
+            _replace_layer(nextlayer, _Refuse(context))
+            self._audit_flow(st, status=None, bytes_in=0, bytes_out=0, error="tunnel refused")
+            return
+        if not tcp:
+            self._audit_flow(st, status=None, bytes_in=0, bytes_out=0)
+            return
+        tunnel = RawTunnel(("tcp", context.client.id), context.client, st)
+        _replace_layer(nextlayer, _Relay(context, chosen.flow is None, tunnel, self._relayed))
+        self._open_tunnel(tunnel, tunnel_request(names, TUNNEL))
+
+    @staticmethod
+    def _operator_passes(context, data_client: bytes, data_server: bytes) -> bool:
+        """The operator asked for this tunnel to be relayed (ignore_hosts, allow_hosts, tcp_hosts match)."""
+        if not isinstance(context.client.proxy_mode, _EXPLICIT_PROXY):
+            return True  # transparent and reverse modes relay what they do not know; decided on names
+        o = ctx.options
+        if not (o.ignore_hosts or o.allow_hosts or o.tcp_hosts):
+            return False  # no such option: mitmproxy chose a raw relay on its own
+        builtin = ctx.master.addons.get("nextlayer")
+        if builtin is None:
+            return True  # another addon chose the relay: that is the operator's configuration
+        try:
+            if builtin._ignore_connection(context, data_client, data_server):
+                return True
+        except Exception:
+            pass  # it wants more bytes: then it did not choose on these names
+        return bool(builtin._is_destination_in_hosts(context, builtin.tcp_hosts))
+
+    def _undecided_relay(self, flow) -> None:
+        """A raw relay accessgate did not decide (an upgrade answered with 101 without a request
+        hook to catch it, or one made by another addon): decided now, as a write."""
+        client = flow.client_conn
+        names = list(self._tunnels.get(client.id, ()))
+        if flow.server_conn.address:
+            names.append(str(flow.server_conn.address[0]))
+        if client.sni:
+            names.append(client.sni)
+        decision = self._decide_connection(client, names, TUNNEL) if names else _internal_error("no name")
+        st = self._tunnel_state(client, decision, names)
+        if not decision.allowed and self.enforcing:
+            self._audit_flow(st, status=None, bytes_in=0, bytes_out=0, error="tunnel refused")
+            _close_connection(client)
+            return
+        self._open_tunnel(RawTunnel(("tcp", client.id), client, st, counted_by_hooks=True),
+                          tunnel_request(names, TUNNEL))
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         try:
@@ -960,9 +1275,11 @@ class AccessGate:
                 return
             if decision.counts_quota:
                 self._spend_quota(decision, identity, policy, now)
-            if flow.request.stream is True:
-                st.streamed_in = 0
-                flow.request.stream = _counter(st, "streamed_in")
+            if flow.request.stream is True or (self._late_streaming and _request_length_unknown(flow.request)):
+                # A body mitmproxy streams, or may start to stream once it grows
+                # past stream_large_bodies (with no hook then): counted and kept
+                # under review from its first byte.
+                flow.request.stream = self._stream_counter(flow, st, "streamed_in", request)
         except Exception as exc:
             self._fail(flow, "requestheaders", exc)
 
@@ -984,10 +1301,9 @@ class AccessGate:
             if not isinstance(st, FlowState) or st.blocked_here:
                 return
             _drop_alt_svc(flow.response.headers)
-            if flow.response.stream is True:
-                st.streamed_out = 0
-                flow.response.stream = _counter(st, "streamed_out", lambda: self._long_lived_activity(flow, st))
-                self._track_long_lived(flow, st)
+            if flow.response.stream is True or (self._late_streaming and _response_length_unknown(flow)):
+                request = request_of(flow, self._tunnels.get(flow.client_conn.id, ()))
+                flow.response.stream = self._stream_counter(flow, st, "streamed_out", request)
         except Exception as exc:
             self._fail(flow, "responseheaders", exc)
 
@@ -998,6 +1314,9 @@ class AccessGate:
             st = flow.metadata.get(META)
             if not isinstance(st, FlowState) or st.logged:
                 return
+            if flow.response.status_code == 101 and flow.websocket is None:
+                self._upgraded_to_raw(flow, st)
+                return
             self._audit_flow(
                 st,
                 flow.response.status_code,
@@ -1006,6 +1325,28 @@ class AccessGate:
             )
         except Exception as exc:
             self._fail(flow, "response", exc)
+
+    def _upgraded_to_raw(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        """The site answered 101 to a protocol mitmproxy does not read (a WebSocket of another
+        version than 13, any other Upgrade): the connection becomes a raw relay next.
+
+        Decided again as a write on every name the request gave, whatever its
+        method; allowed, it is kept like a WebSocket and its record waits for
+        its end, with the bytes it carried.
+        """
+        request = request_of(flow, self._tunnels.get(flow.client_conn.id, ()))
+        decision = self._decide(tunnel_request(request.hosts, TUNNEL), st.identity, self._policy(),
+                                datetime.now(timezone.utc))
+        if not decision.allowed:
+            st.decision = decision
+            if st.enforced:
+                flow.kill()  # before the 101 reaches the client
+                st.blocked_here = True
+                self._audit_flow(st, status=None, bytes_in=0, bytes_out=0, error="killed")
+                return
+        client = flow.client_conn
+        tunnel = RawTunnel(("tcp", client.id), client, st, status=101, counted_by_hooks=True)
+        self._open_tunnel(tunnel, tunnel_request(request.hosts, TUNNEL))
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._long.untrack(flow.id)
@@ -1095,16 +1436,6 @@ _STATUS_PREFIX = STATUS_HOST.split(".")[0]
 _STATUS_PREFIX_LEN = len(_STATUS_PREFIX)
 
 
-def _counter(st: FlowState, attr: str, on_chunk=None):
-    def count(chunk: bytes) -> bytes:
-        setattr(st, attr, getattr(st, attr) + len(chunk))
-        if on_chunk is not None:
-            on_chunk()
-        return chunk
-
-    return count
-
-
 def _declares_large_body(request: http.Request) -> bool:
     """A body too large to read just to refuse it (or of unknown size)."""
     if "chunked" in request.headers.get("transfer-encoding", "").lower():
@@ -1115,42 +1446,96 @@ def _declares_large_body(request: http.Request) -> bool:
         return True  # a malformed length: nothing worth reading
 
 
-def _close_client(flow: http.HTTPFlow) -> None:
+def _close_client(flow: http.HTTPFlow | RawTunnel) -> None:
     """Close the client's connection, as if the client had hung up.
 
     `flow.kill()` does not stop a flow in transit (mitmproxy issue 4711), so
-    the client transport is closed instead; mitmproxy then ends the WebSocket
-    or stream on both sides and runs its usual end hooks.  On an HTTP/2
+    the client transport is closed instead; mitmproxy then ends the WebSocket,
+    stream or relay on both sides and runs its usual end hooks.  On an HTTP/2
     connection this ends the client's other streams too; the browser
     reconnects and every new request is decided afresh.
     """
+    if isinstance(flow, RawTunnel):
+        _close_connection(flow.client)
+    elif not _close_connection(flow.client_conn) and flow.killable:
+        flow.kill()
+
+
+def _close_connection(client) -> bool:
+    """Close a client connection's transport; False if it is gone already."""
     proxyserver = ctx.master.addons.get("proxyserver")
-    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
-    io = handler.transports.get(flow.client_conn) if handler is not None else None
+    handler = proxyserver.connections.get(client.id) if proxyserver else None
+    io = handler.transports.get(client) if handler is not None else None
     if io is not None and io.writer is not None:
         io.writer.close()
-    elif flow.killable:
-        flow.kill()
+        return True
+    return False
+
+
+def _replace_layer(nextlayer: layer.NextLayer, new: layer.Layer | None) -> None:
+    """Put `new` where mitmproxy chose its layer (None: decide later, when more bytes came).
+
+    A layer adds itself to its context's stack when it is made; the one
+    mitmproxy made and we drop must leave it, or the layers above would
+    find it as their parent.
+    """
+    old = nextlayer.layer
+    if old is not None and old is not new and old in nextlayer.context.layers:
+        nextlayer.context.layers.remove(old)
+    nextlayer.layer = new
+
+
+def _unreadable(decision: Decision) -> Decision:
+    return Decision(
+        engine.BLOCK,
+        engine.DENIED,
+        UNREADABLE,
+        site=decision.site,
+        roles=decision.roles,
+        host=decision.host,
+        message="This connection is neither TLS nor HTTP that the proxy can read, so what it carries "
+        "cannot be checked; it is refused. Ask IT to list its host in tcp_hosts if it must pass.",
+    )
+
+
+def _streams_late(stream_large_bodies: str | None, body_size_limit: str | None) -> bool:
+    """mitmproxy may switch a body of unknown length to streaming once it grows past the limit."""
+    from mitmproxy.utils.human import parse_size
+
+    try:
+        stream, limit = parse_size(stream_large_bodies), parse_size(body_size_limit)
+    except ValueError:
+        return bool(stream_large_bodies)
+    # With a smaller body_size_limit mitmproxy refuses such a body before it would stream it.
+    return stream is not None and (limit is None or limit > stream)
+
+
+def _request_length_unknown(request: http.Request) -> bool:
+    """A request body that may grow past stream_large_bodies after the headers were decided."""
+    headers = request.headers
+    if "transfer-encoding" in headers:
+        return True
+    # HTTP/2 and 3 frame a body without Content-Length; mitmproxy then reads it as it comes.
+    return request.data.http_version not in _HTTP1 and "content-length" not in headers
+
+
+_HTTP1 = (b"HTTP/1.1", b"HTTP/1.0")
+
+
+def _response_length_unknown(flow: http.HTTPFlow) -> bool:
+    from mitmproxy.net.http.http1 import expected_http_body_size
+
+    try:
+        size = expected_http_body_size(flow.request, flow.response)
+    except ValueError:
+        return True
+    return size is None or size < 0
 
 
 def _size(content: bytes | None, streamed: int | None) -> int:
     if streamed is not None:
         return streamed
     return len(content) if content else 0
-
-
-def _snis_of(data: bytes) -> list[str]:
-    """Every SNI name of a TLS ClientHello at the start of `data`."""
-    if not data or data[0] != 0x16:
-        return []
-    try:
-        from mitmproxy.tls import ClientHello
-        from mitmproxy.proxy.layers.tls import parse_client_hello
-
-        hello: ClientHello | None = parse_client_hello(data)
-    except Exception:
-        return []  # not a complete ClientHello: the server address still decides
-    return _server_names(hello) if hello is not None else []
 
 
 def _server_names(hello) -> list[str]:

@@ -419,3 +419,78 @@ CASES: list[Case] = [
          raw(b"P\xffST http://linkedin.test/ HTTP/1.1\r\nProxy-Authorization: " + AUTH.encode()
              + b"\r\nHost: linkedin.test\r\nContent-Length: 0\r\n\r\n"), BLOCKED, "read-only"),
 ]  # fmt: skip
+
+
+# -- tunnels mitmproxy would relay unread (issue 14: holes 2 and 5) ---------------------
+# mitmproxy picks what a tunnel carries from the first bytes it has: a
+# ClientHello whose first bytes come alone, an odd record version or a cut
+# request line made it relay the tunnel as raw TCP, decided on the CONNECT
+# target alone.  Every tunnel here goes to example.test (unlisted, allowed);
+# what it carries names a denied, a read-only or a used-up (video) site.
+# The proxies route an unread relay to the origin too, which speaks TLS.
+
+from wire import split_tunnel  # noqa: E402
+
+VIDEO = "video.test"  # one minute a day, already spent (conftest.py)
+ODD_VERSION = b"\x03\x04"  # a record version no TLS stack writes, which servers ignore
+
+
+def split_hello(host: str, *, sni: str | None = None, split: int = 1, method: str = "GET", body: bytes = b"",
+                record_version: bytes | None = None, split_data: int | None = None):
+    """CONNECT example.test:443, a ClientHello cut after `split` bytes, then one request for `host`."""
+    data = request(method, "/", [("Host", host)], body)
+    return lambda p: split_tunnel(p, "example.test:443", data, tls=True, sni=sni or host, split=split,
+                                  record_version=record_version, split_data=split_data)
+
+
+def split_http(host: str, *, split: int = 1, method: str = "GET", body: bytes = b"", lead: bytes = b""):
+    """CONNECT example.test:80, then one plain request for `host`, cut after `split` bytes."""
+    data = lead + request(method, "/", [("Host", host)], body)
+    return lambda p: split_tunnel(p, "example.test:80", data, tls=False, split=split)
+
+
+CASES += [
+    Case("split-hello-denied", "a ClientHello whose first byte comes alone is intercepted all the same", "plain",
+         split_hello(FB), BLOCKED, "denied"),
+    Case("split-hello-two-bytes-denied", "so is one whose first two bytes come alone", "plain",
+         split_hello(FB, split=2), BLOCKED, "denied"),
+    Case("split-hello-read-only", "a write inside a split-hello tunnel is a write", "plain",
+         split_hello(LI, method="POST", body=b"x"), BLOCKED, "read-only"),
+    Case("split-hello-quota", "a request inside a split-hello tunnel spends quota", "plain",
+         split_hello(VIDEO), BLOCKED, "quota-exhausted"),
+    Case("split-hello-harmless", "a split ClientHello to an allowed site still works", "plain",
+         split_hello(FREE), OK, reaches_origin=True),
+    Case("split-request-in-tls-denied", "a request cut after its first byte inside TLS is still read", "plain",
+         split_hello(FB, sni=FREE, split=0, split_data=1), BLOCKED, "denied"),
+    Case("split-http-denied", "a plain request whose first byte comes alone is read all the same", "plain",
+         split_http(FB), BLOCKED, "denied"),
+    Case("split-http-request-line-denied", "a request line that comes without its line end is waited for",
+         "plain", split_http(FB, split=len("GET / HTTP/1.1")), BLOCKED, "denied"),
+    Case("split-http-read-only", "a write cut after its first byte is a write", "plain",
+         split_http(LI, method="POST", body=b"x"), BLOCKED, "read-only"),
+    Case("split-http-quota", "a request cut after its first byte spends quota", "plain",
+         split_http(VIDEO), BLOCKED, "quota-exhausted"),
+    Case("split-http-harmless", "a split request to an allowed site still works", "plain",
+         split_http(FREE), OK, reaches_origin=True),
+    Case("tls-record-version-0304-denied", "a ClientHello the proxy cannot read is refused", "plain",
+         split_hello(FB, split=0, record_version=ODD_VERSION), CLOSED, tunnel="block"),
+    Case("tls-record-version-0304-read-only", "an unreadable hello to a read-only site is refused", "plain",
+         split_hello(LI, split=0, record_version=ODD_VERSION, method="POST", body=b"x"), CLOSED, tunnel="block"),
+    Case("tls-record-version-0304-quota", "an unreadable hello to a used-up site is refused", "plain",
+         split_hello(VIDEO, split=0, record_version=ODD_VERSION), CLOSED, tunnel="block"),
+    Case("tls-record-version-0304-harmless", "an unreadable hello is refused whatever it names", "plain",
+         split_hello(FREE, split=0, record_version=ODD_VERSION), CLOSED, tunnel="block"),
+    Case("crlf-before-request-in-tunnel", "bytes that are neither TLS nor HTTP are refused in a tunnel", "plain",
+         split_http(FB, split=0, lead=b"\r\n"), CLOSED, tunnel="block"),
+    Case("binary-in-tunnel-to-unlisted", "a tunnel that is neither TLS nor HTTP is refused, even to "
+         "an allowed site", "plain", inside("example.test:443", None, tls=False, method="\x00\x01", path="x"),
+         CLOSED, tunnel="block"),
+    Case("passthrough-split-hello-denied-sni", "an uninspected tunnel waits for the whole ClientHello and "
+         "decides its SNI", "passthrough",
+         lambda p: split_tunnel(p, "bank.test:443", request("GET", "/", [("Host", FB)]), tls=True, sni=FB),
+         CLOSED, tunnel="block"),
+    Case("passthrough-odd-version-denied-sni", "an uninspected tunnel decides the SNI of an odd-version hello",
+         "passthrough",
+         lambda p: split_tunnel(p, "bank.test:443", request("GET", "/", [("Host", FB)]), tls=True, sni=FB,
+                                split=0, record_version=ODD_VERSION), CLOSED, tunnel="block"),
+]  # fmt: skip

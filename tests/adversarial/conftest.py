@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from accessgate.state import open_store
 from support.proxy import start_proxy
 
 POLICY = Path(__file__).with_name("policy.yaml")
@@ -18,18 +20,37 @@ KINDS = {
 }
 
 
+def quota_used_up(path: Path) -> str:
+    """A state store in which zoe's one daily minute on video is spent, today and tomorrow (UTC)."""
+    spec = f"sqlite:{path}"
+    store = open_store(spec)
+    try:
+        today = datetime.now(timezone.utc).date()
+        for day in (today, today + timedelta(days=1)):
+            store.mark("user:zoe", "video", day, 0)  # a minute long gone: never the current one
+    finally:
+        store.close()
+    return spec
+
+
 @pytest.fixture(scope="module")
 def proxies(mitm_confdir, session_origin, htpasswd, tmp_path_factory):
     started = {}
 
     def get(kind: str):
         if kind not in started:
+            workdir = tmp_path_factory.mktemp(f"adversarial-{kind}")
             started[kind] = start_proxy(
                 policy=POLICY,
                 confdir=mitm_confdir,
                 origin=session_origin,
-                workdir=tmp_path_factory.mktemp(f"adversarial-{kind}"),
-                options={"proxyauth": f"@{htpasswd}", **KINDS[kind]},
+                workdir=workdir,
+                state=quota_used_up(workdir / "state.sqlite"),
+                # A tunnel relayed unread goes to the origin as well (whose
+                # certificate is its own): whatever it carries is then on the
+                # origin's record.
+                options={"proxyauth": f"@{htpasswd}", "route_raw_to_origin": True, "ssl_insecure": True,
+                         **KINDS[kind]},
             )
         return started[kind]
 

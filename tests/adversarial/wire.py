@@ -13,6 +13,7 @@ import os
 import socket
 import ssl
 import struct
+import time
 from dataclasses import dataclass
 
 from support.clients import PASSWORD
@@ -200,6 +201,120 @@ def tunnel(
         try:
             early = _send_like_a_client(conn, data)
         except OSError:
+            return Reply(b"", connect_status=status)
+        return Reply(_read_response(conn, timeout, early), connect_status=status)
+
+
+PAUSE = 0.3  # between the pieces of a split first write: long enough to arrive as a segment of its own
+
+
+class BioTLS:
+    """A TLS client over a plain socket that sends its ClientHello as an attacker chooses.
+
+    `split`: send only the first `split` bytes of the first record, pause,
+    then the rest (a hello whose first bytes arrive in their own segment).
+    `record_version`: the two bytes written over the first record's version
+    (e.g. b"\\x03\\x04"), which servers ignore.  The server's certificate is
+    not checked: the point is what the proxy lets through, not whom we reach.
+    Offers sendall/recv/settimeout like a socket, for the helpers here.
+    """
+
+    def __init__(self, sock: socket.socket, sni: str | None, *, split: int | None = None,
+                 record_version: bytes | None = None, alpn: list[str] | None = None) -> None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        if alpn:
+            context.set_alpn_protocols(alpn)
+        self.sock = sock
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._in, self._out, server_hostname=sni)
+        first = True
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                data = self._out.read()
+                if first and data:
+                    first = False
+                    if record_version is not None:
+                        data = data[:1] + record_version + data[3:]
+                    if split:
+                        sock.sendall(data[:split])
+                        time.sleep(PAUSE)
+                        data = data[split:]
+                if data:
+                    sock.sendall(data)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("the proxy closed the connection during the handshake")
+                self._in.write(chunk)
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self._out.read()
+        if data:
+            self.sock.sendall(data)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    def sendall(self, data: bytes) -> None:
+        self._tls.write(data)
+        self._flush()
+
+    def recv(self, size: int) -> bytes:
+        while True:
+            try:
+                return self._tls.read(size)
+            except ssl.SSLWantReadError:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return b""
+                self._in.write(chunk)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+
+
+def split_tunnel(
+    proxy,
+    target: str,
+    data: bytes,
+    *,
+    tls: bool,
+    sni: str | None = None,
+    split: int | None = 1,
+    record_version: bytes | None = None,
+    split_data: int | None = None,
+    timeout: float = 10.0,
+) -> Reply:
+    """CONNECT `target`, then send `data` with its first bytes cut off into a segment of their own.
+
+    With `tls`, it is the ClientHello that is cut after `split` bytes (or
+    its record version rewritten), and `data` follows inside TLS, cut after
+    `split_data` bytes if given; without `tls`, `data` itself is cut after
+    `split` bytes.  mitmproxy chooses what a tunnel carries from the first
+    bytes it has; what it cannot classify from them it may relay unread.
+    """
+    sock, status, answer = _connect(proxy, target, basic(), timeout)
+    with sock:
+        if status != 200:
+            return Reply(answer, connect_status=status)
+        conn = sock
+        try:
+            if tls:
+                conn = BioTLS(sock, sni, split=split, record_version=record_version)
+                if split_data:
+                    conn.sendall(data[:split_data])
+                    time.sleep(PAUSE)
+                    data = data[split_data:]
+            elif split:
+                sock.sendall(data[:split])
+                time.sleep(PAUSE)
+                data = data[split:]
+            early = _send_like_a_client(conn, data)
+        except (OSError, ssl.SSLError):
             return Reply(b"", connect_status=status)
         return Reply(_read_response(conn, timeout, early), connect_status=status)
 

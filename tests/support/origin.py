@@ -6,18 +6,33 @@ known shape (so that "allowed bodies pass unchanged" compares hashes).
 
 Paths it serves:
     /bytes/N        N deterministic bytes (see `payload(N)`)
+    /chunked/N      N deterministic bytes, chunked (no Content-Length), 4 KiB
+                    a chunk, one chunk every 0.2 s: a download that stays open
     /echo           the request body back
     /alt-svc        a small body with `Alt-Svc: h3=":443"; ma=86400`
+    /upgrade        `101 Switching Protocols` to whatever the request's
+                    `Upgrade` names, then every byte back as it comes
+                    (recorded in `relayed`): a raw connection after an upgrade
     anything else   `ok METHOD PATH`
+
+It speaks TLS as well as plain HTTP on the same port (a connection that
+starts with a TLS handshake byte gets a self-signed certificate), so that a
+tunnel the proxy relays without reading still reaches it: what arrives
+through such a relay is recorded like any other request.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.server
+import socket
+import ssl
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def payload(size: int) -> bytes:
@@ -50,11 +65,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep pytest output clean
         pass
 
+    def setup(self) -> None:
+        # A client whose first byte is a TLS handshake gets TLS; the first
+        # byte may arrive alone, which is what some of the tests send.
+        try:
+            self.request.settimeout(10)
+            first = self.request.recv(1, socket.MSG_PEEK)
+        except OSError:
+            first = b""
+        if first == b"\x16":
+            # A failed handshake raises here and ends the connection (quietly: _Server.handle_error).
+            self.request = self.server.tls().wrap_socket(self.request, server_side=True)
+        super().setup()
+
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
             while True:
-                size = int(self.rfile.readline().split(b";")[0], 16)
+                line = self.rfile.readline()
+                if not line:  # the body never ended: no request to record
+                    raise ConnectionResetError("the client went away in the middle of a chunked body")
+                size = int(line.split(b";")[0], 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
@@ -66,6 +97,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _handle(self) -> None:
+        if self.path.startswith("/upgrade"):
+            return self._upgrade()
         body = self._body()
         self.server.record(
             Seen(
@@ -77,6 +110,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
         )
         extra: dict[str, str] = {}
+        if self.path.startswith("/chunked/"):
+            return self._chunked(int(self.path.split("/")[2].split("?")[0]))
         if self.path.startswith("/bytes/"):
             out = payload(int(self.path.split("/")[2].split("?")[0]))
         elif self.path.startswith("/echo"):
@@ -95,6 +130,46 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(out)
 
+    def _chunked(self, size: int) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        data, sent = payload(size), 0
+        try:
+            while sent < size:
+                chunk = data[sent : sent + 4096]
+                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                sent += len(chunk)
+                self.server.record_sent(len(chunk))
+                time.sleep(0.2)
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the proxy closed the download
+        self.close_connection = True
+
+    def _upgrade(self) -> None:
+        self.server.record(
+            Seen(self.command, self.path, tuple((k.lower(), v) for k, v in self.headers.items()),
+                 hashlib.sha256(b"").hexdigest(), 0)
+        )
+        self.send_response(101)
+        self.send_header("Upgrade", self.headers.get("Upgrade", "x"))
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        self.wfile.flush()
+        self.connection.settimeout(300)  # longer than any test keeps a relay open
+        try:
+            while True:
+                data = self.rfile.read1(65536)  # bytes sent with the request head are buffered there
+                if not data:
+                    break
+                self.server.record_relayed(data)
+                self.wfile.write(data)
+        except OSError:
+            pass
+        self.close_connection = True
+
     def __getattr__(self, name: str):
         # Every method, including made-up and lower-case ones, is recorded.
         if name.startswith("do_"):
@@ -109,12 +184,34 @@ class _Server(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.seen: list[Seen] = []
+        self.relayed: list[tuple[float, bytes]] = []  # (monotonic time, bytes) after an upgrade
+        self.sent = 0  # body bytes of /chunked/ downloads written so far
         self.lock = threading.Condition()
+        self._tls: ssl.SSLContext | None = None
 
     def record(self, seen: Seen) -> None:
         with self.lock:
             self.seen.append(seen)
             self.lock.notify_all()
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):  # ssl.SSLError is one: a peer that gave up
+            super().handle_error(request, client_address)
+
+    def record_relayed(self, data: bytes) -> None:
+        with self.lock:
+            self.relayed.append((time.monotonic(), data))
+            self.lock.notify_all()
+
+    def record_sent(self, size: int) -> None:
+        with self.lock:
+            self.sent += size
+
+    def tls(self) -> ssl.SSLContext:
+        with self.lock:
+            if self._tls is None:
+                self._tls = _self_signed_context()
+            return self._tls
 
 
 class Origin:
@@ -137,9 +234,23 @@ class Origin:
         with self._server.lock:
             return list(self._server.seen)
 
+    @property
+    def relayed(self) -> list[tuple[float, bytes]]:
+        """Bytes received after an /upgrade, with when they arrived (time.monotonic())."""
+        with self._server.lock:
+            return list(self._server.relayed)
+
+    @property
+    def sent(self) -> int:
+        """Body bytes of /chunked/ downloads written to the proxy so far."""
+        with self._server.lock:
+            return self._server.sent
+
     def clear(self) -> None:
         with self._server.lock:
             self._server.seen.clear()
+            self._server.relayed.clear()
+            self._server.sent = 0
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list[Seen]:
         """The requests once at least `count` have arrived (or after `timeout`)."""
@@ -161,3 +272,33 @@ class Origin:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _self_signed_context() -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate (clients here do not verify it)."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "origin.test")])
+    now = datetime.now(timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="origin-tls-") as tmp:
+        pem = Path(tmp) / "origin.pem"
+        pem.write_bytes(
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+            + cert.public_bytes(serialization.Encoding.PEM)
+        )  # fmt: skip
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pem)
+    return context
