@@ -268,3 +268,45 @@ def test_a_wrong_service_password_is_unavailable_and_says_what_to_check(director
     with pytest.raises(DirectoryUnavailable, match="check bind_dn and bind_password_file"):
         directory.groups_of("alice")
     assert directory.authenticate("alice", PW["alice"].encode()).outcome == UNAVAILABLE
+
+
+# ---- settings from the policy -------------------------------------------------------------------
+
+def test_settings_from_policy_with_active_directory_defaults(tmp_path):
+    (tmp_path / "pw").write_text("s3cret\n")
+    settings = LdapSettings.from_policy({"url": "ldaps://dc1.corp.example", "kind": "ad",
+                                         "base_dn": "DC=corp,DC=example", "bind_dn": "CN=svc,DC=corp,DC=example",
+                                         "bind_password_file": "pw", "cache_seconds": 60,
+                                         "group_map": {"CN=PR,OU=Groups,DC=corp,DC=example": "pr"}},
+                                        base_dir=tmp_path)
+    assert (settings.user_attribute, settings.group_search, settings.group_filter) == (
+        "sAMAccountName", "in_chain", "(objectClass=group)")
+    assert (settings.port, settings.ldaps, settings.cache_seconds) == (636, True, 60.0)
+    assert settings.bind_password == "s3cret" and "s3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        pytest.param({"base_dn": "dc=x"}, "needs 'url'", id="no-url"),
+        pytest.param({"url": "http://x", "base_dn": "dc=x"}, "not an LDAP URL", id="http-url"),
+        pytest.param({"url": "ldap://x", "base_dn": "dc=x", "kind": "novell"}, "use 'ad'", id="unknown-kind"),
+        pytest.param({"url": "ldap://x", "base_dn": "dc=x", "bind_dn": "cn=a"}, "set bind_password_file",
+                     id="bind-dn-without-password"),
+        pytest.param({"url": "ldap://x", "base_dn": "dc=x", "bind_password_file": "/nonexistent/pw"},
+                     "cannot be read", id="unreadable-password-file"),
+        pytest.param({"url": "ldaps://x", "base_dn": "dc=x", "start_tls": True}, "ldaps:// URL is TLS already",
+                     id="starttls-on-ldaps"),
+        pytest.param({"url": "ldap://x", "base_dn": "dc=x", "user_attribute": "uid)(x"}, "not an attribute name",
+                     id="attribute-injection"),
+        pytest.param({"url": "ldap://x", "base_dn": "dc=x", "user_filter": "objectClass=*"}, "in parentheses",
+                     id="filter-without-parentheses"),
+        pytest.param({"url": "ldap://x", "base_dn": "dc=x", "group_map": {"CN=A": "not a name"}},
+                     "not a policy group name", id="map-to-invalid-name"),
+        pytest.param({"url": "ldap://x", "base_dn": "dc=x", "on_outage": "open"}, "use 'closed'", id="outage-rule"),
+        pytest.param({"url": "ldap://x", "base_dn": "dc=x", "serverr": "x"}, "unknown key 'serverr'", id="unknown-key"),
+    ],
+)
+def test_bad_settings_say_what_to_fix(values, message):
+    with pytest.raises(ValueError, match=message):
+        LdapSettings.from_policy(values)
