@@ -1,0 +1,346 @@
+"""A real OpenLDAP `slapd` (Debian package) for tests: its own config, loopback, free ports.
+
+    from support.slapd import slapd   # the pytest fixture
+
+    def test_x(slapd):
+        slapd.add_user("alice", "pw")                     # uid=alice,ou=people,dc=example,dc=test
+        slapd.add_group("pr", [slapd.user_dn("alice")])   # cn=pr,ou=groups,...
+        slapd.url, slapd.ldaps_url, slapd.ca_file
+        slapd.stop(); slapd.start()                      # an outage; the data stays
+        slapd.pause(); slapd.resume()                    # a hung server (SIGSTOP)
+
+The server is started by the test with `slapd -f` and a config in a temp
+dir (never the system's /etc/ldap, never as a service), listens on
+127.0.0.1 only (LDAP with StartTLS, and LDAPS), and is stopped by its PID.
+Its TLS certificate comes from a throwaway CA made here with `cryptography`;
+`wrong_name_cert()` swaps in one for another host name.  The stats log
+(`log_text()`) shows every search filter and bind the server received.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+SLAPD = shutil.which("slapd") or "/usr/sbin/slapd"
+SCHEMA = Path("/etc/ldap/schema")
+MODULES = Path("/usr/lib/ldap")
+SUFFIX = "dc=example,dc=test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class TestCA:
+    """A throwaway CA (its key stays in memory) and the server certificate it issued."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    _ca_key: object = field(repr=False, default=None)
+    _ca_cert: object = field(repr=False, default=None)
+
+    def issue(self, directory: Path, names: tuple[str, ...], addresses: tuple[str, ...], prefix: str) -> tuple[Path, Path]:
+        """Another server certificate from the same CA: (cert, key) files."""
+        return _issue(self._ca_key, self._ca_cert, directory, names, addresses, prefix)
+
+
+def _issue(ca_key, ca_cert, directory: Path, names, addresses, prefix) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_file = directory / f"{prefix}.pem"
+    key_file = directory / f"{prefix}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    return cert_file, key_file
+
+
+def make_ca(directory: Path, names: tuple[str, ...] = ("localhost",),
+            addresses: tuple[str, ...] = ("127.0.0.1",), prefix: str = "server") -> TestCA:
+    """A CA and one server certificate it signed, for `names` and `addresses`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "accessgate test CA")])
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                            content_commitment=False, key_encipherment=False,
+                                            data_encipherment=False, key_agreement=False,
+                                            encipher_only=False, decipher_only=False), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+    ca_file = directory / f"{prefix}-ca.pem"
+    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_file, key_file = _issue(ca_key, ca_cert, directory, names, addresses, prefix)
+    return TestCA(ca_file, cert_file, key_file, ca_key, ca_cert)
+
+
+@dataclass
+class Slapd:
+    dir: Path
+    port: int = field(default_factory=free_port)
+    ldaps_port: int = field(default_factory=free_port)
+    suffix: str = SUFFIX
+    admin_password: str = "admin-secret"
+    reader_password: str = "reader-secret"
+    process: subprocess.Popen | None = None
+    tls: TestCA | None = None
+
+    @property
+    def admin_dn(self) -> str:
+        return f"cn=admin,{self.suffix}"
+
+    @property
+    def reader_dn(self) -> str:
+        return f"cn=reader,ou=services,{self.suffix}"
+
+    @property
+    def url(self) -> str:
+        return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ldaps_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.ldaps_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        assert self.tls is not None
+        return self.tls.ca_file
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def user_dn(self, uid: str, ou: str = "people") -> str:
+        return f"uid={uid},ou={ou},{self.suffix}"
+
+    def group_dn(self, cn: str) -> str:
+        return f"cn={cn},ou=groups,{self.suffix}"
+
+    # ---- lifecycle ----------------------------------------------------------------
+
+    def configure(self) -> None:
+        (self.dir / "db").mkdir(parents=True, exist_ok=True)
+        if self.tls is None:
+            self.tls = make_ca(self.dir)
+        conf = f"""
+include {SCHEMA}/core.schema
+include {SCHEMA}/cosine.schema
+include {SCHEMA}/inetorgperson.schema
+include {SCHEMA}/nis.schema
+modulepath {MODULES}
+moduleload back_mdb
+moduleload memberof
+pidfile {self.dir}/slapd.pid
+argsfile {self.dir}/slapd.args
+TLSCACertificateFile {self.tls.ca_file}
+TLSCertificateFile {self.dir}/active.pem
+TLSCertificateKeyFile {self.dir}/active.key
+sizelimit 500
+
+database mdb
+maxsize 67108864
+suffix "{self.suffix}"
+rootdn "{self.admin_dn}"
+rootpw {self.admin_password}
+directory {self.dir}/db
+index objectClass eq
+index uid,cn,member eq
+overlay memberof
+access to attrs=userPassword by anonymous auth by * none
+access to * by users read by * none
+"""
+        (self.dir / "slapd.conf").write_text(conf)
+        self.use_certificate(self.tls.cert_file, self.tls.key_file)
+
+    def use_certificate(self, cert: Path, key: Path) -> None:
+        """The certificate the server presents from its next start."""
+        shutil.copyfile(cert, self.dir / "active.pem")
+        shutil.copyfile(key, self.dir / "active.key")
+        (self.dir / "active.key").chmod(0o600)
+
+    def wrong_name_cert(self) -> None:
+        """From the next start, present a certificate from the same CA for another host name."""
+        assert self.tls is not None
+        cert, key = self.tls.issue(self.dir, ("ldap.elsewhere.test",), ("192.0.2.1",), "wrong-name")
+        self.use_certificate(cert, key)
+
+    def start(self, timeout: float = 15.0) -> None:
+        assert self.process is None, "already running"
+        if not (self.dir / "slapd.conf").exists():
+            self.configure()
+        log = open(self.dir / "slapd.log", "ab")
+        try:
+            self.process = subprocess.Popen(
+                [SLAPD, "-f", str(self.dir / "slapd.conf"),
+                 "-h", f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.ldaps_port}/",
+                 "-d", "stats"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                self.process = None
+                raise RuntimeError(f"slapd exited with {code}:\n{self.log_text()[-3000:]}")
+            if self.answers():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"slapd did not answer on port {self.port} within {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                # An anonymous "Who am I?" extended operation would need a client; a bind does.
+                s.sendall(bytes.fromhex("300c020101600702010304008000"))
+                s.settimeout(1.0)
+                return s.recv(64)[:1] == b"\x30"
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)  # in case it is paused
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def pause(self) -> None:
+        """Hang: connections are accepted by the kernel but never answered."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def log_text(self) -> str:
+        path = self.dir / "slapd.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # ---- data ----------------------------------------------------------------------
+
+    def admin(self):
+        import ldap3
+
+        conn = ldap3.Connection(ldap3.Server("127.0.0.1", port=self.port, get_info=ldap3.NONE),
+                                user=self.admin_dn, password=self.admin_password, auto_bind=True,
+                                receive_timeout=10)
+        return conn
+
+    def _add(self, dn: str, classes: list[str], attributes: dict) -> None:
+        conn = self.admin()
+        try:
+            if not conn.add(dn, classes, attributes):
+                raise RuntimeError(f"cannot add {dn}: {conn.result}")
+        finally:
+            conn.unbind()
+
+    def seed(self) -> None:
+        """The base entries: the suffix, ou=people, ou=groups, ou=services and the reader account."""
+        dc = self.suffix.split(",")[0].split("=")[1]
+        self._add(self.suffix, ["dcObject", "organization"], {"dc": dc, "o": "Example"})
+        for ou in ("people", "groups", "services", "contractors"):
+            self._add(f"ou={ou},{self.suffix}", ["organizationalUnit"], {"ou": ou})
+        self._add(self.reader_dn, ["organizationalRole", "simpleSecurityObject"],
+                  {"cn": "reader", "userPassword": self.reader_password})
+
+    def add_user(self, uid: str, password: str, ou: str = "people", aliases: tuple[str, ...] = (), **extra) -> str:
+        """uid=UID,ou=OU; `aliases` are further uid values (the RDN stays UID)."""
+        dn = self.user_dn(uid, ou)
+        attributes = {"uid": [uid, *aliases], "cn": uid, "sn": uid, "userPassword": password, **extra}
+        self._add(dn, ["inetOrgPerson"], attributes)
+        return dn
+
+    def add_group(self, cn: str, members: list[str]) -> str:
+        dn = self.group_dn(cn)
+        # groupOfNames needs at least one member; an empty group names the suffix.
+        self._add(dn, ["groupOfNames"], {"cn": cn, "member": members or [self.suffix]})
+        return dn
+
+    def set_members(self, cn: str, members: list[str]) -> None:
+        import ldap3
+
+        conn = self.admin()
+        try:
+            if not conn.modify(self.group_dn(cn), {"member": [(ldap3.MODIFY_REPLACE, members or [self.suffix])]}):
+                raise RuntimeError(f"cannot change {cn}: {conn.result}")
+        finally:
+            conn.unbind()
+
+    def set_password(self, dn: str, password: str) -> None:
+        import ldap3
+
+        conn = self.admin()
+        try:
+            conn.modify(dn, {"userPassword": [(ldap3.MODIFY_REPLACE, [password])]})
+        finally:
+            conn.unbind()
+
+
+@contextmanager
+def running_slapd(directory: Path) -> Iterator[Slapd]:
+    if not os.path.exists(SLAPD):
+        pytest.skip("slapd is not installed (apt-get install slapd ldap-utils)")
+    server = Slapd(directory)
+    server.configure()
+    server.start()
+    try:
+        server.seed()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    with running_slapd(tmp_path_factory.mktemp("slapd")) as server:
+        yield server
