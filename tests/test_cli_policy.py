@@ -369,3 +369,13 @@ def test_check_never_prints_what_an_include_holds_unless_it_is_policy(tmp_path, 
     for secret in ("root:x", "s3cr3t", "/bin/bash", "API_TOKEN", "$6$"):
         assert secret not in output, output
 
+
+def test_explain_reads_a_login_in_any_case_as_the_policy_does(capsys):
+    outs = []
+    for user in ("alice", "ALICE", "Alice"):
+        status, out, _ = run(capsys, "explain", EXAMPLE, "--user", user, "--url", "https://www.facebook.com/",
+                             "--method", "POST", "--at", "2026-11-23T09:00", "--json")
+        assert status == 0
+        outs.append(json.loads(out))
+    assert outs[0]["decision"] == "allow" and outs[0]["role"] == "communications"
+    assert all(o["decision"] == outs[0]["decision"] and o["role"] == outs[0]["role"] for o in outs)

@@ -732,7 +732,7 @@ class _Builder:
                         continue
                     users = [self.text(n, f"a user of group '{name}'")
                              for n in self.seq(group.value, f"group '{name}'")]
-                    groups[name] = frozenset(u for u in users if u is not None)
+                    groups[name] = frozenset(model.fold_user(u) for u in users if u is not None)
         return groups, ldap
 
     def _ldap(self, node: yaml.Node) -> dict[str, object]:
@@ -817,7 +817,7 @@ class _Builder:
                                f"write it like '{kind}:{'10.0.0.0/8' if kind == 'net' else 'NAME'}'")
             return None
         if kind == "user":
-            return model.Member(model.MemberKind.USER, value=rest)
+            return model.Member(model.MemberKind.USER, value=model.fold_user(rest))
         if kind == "net":
             net = self.network(node, f"in member {_q(value)} of {where}", rest)
             return model.Member(model.MemberKind.NET, network=net) if net else None
@@ -951,7 +951,7 @@ class _Builder:
         if self.raised > before:
             return None
         return model.PolicyTest(
-            url=values["url"], expect=expect, user=values.get("user"),
+            url=values["url"], expect=expect, user=_folded(values.get("user")),
             method=values.get("method") or "GET", at=values.get("at"), reason=values.get("reason"),
             client_ip=values.get("client_ip"), headers=tuple(headers), name=values.get("name"),
             quota_used=values.get("quota_used"), source=f"{mark.name}:{mark.line + 1}",
@@ -1035,6 +1035,10 @@ def _zone_names() -> list[str]:
     if not _ZONE_NAMES:
         _ZONE_NAMES.extend(sorted(available_timezones()))
     return _ZONE_NAMES
+
+
+def _folded(user: object) -> str | None:
+    return model.fold_user(user) if isinstance(user, str) else None
 
 
 def _text_of(node: yaml.Node) -> str:

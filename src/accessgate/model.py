@@ -20,6 +20,16 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def fold_user(name: str) -> str:
+    """A login name as accessgate compares, counts and records it: case-folded.
+
+    Directories (Active Directory, most LDAP schemas) match login names
+    case-insensitively, so `ALICE` and `alice` sign in as one person and
+    must be one person for roles, quotas and the audit log.
+    """
+    return name.casefold()
+
+
 class Level(str, Enum):
     """How far a grant opens a site.  Ordered: DENY < READ_ONLY < FULL."""
 
