@@ -370,6 +370,23 @@ def test_check_never_prints_what_an_include_holds_unless_it_is_policy(tmp_path, 
         assert secret not in output, output
 
 
+def test_check_warns_about_a_role_only_one_person_has(tmp_path):
+    text = SMALL.replace('''  everyone:
+    members: [all]''', '''  ceo:
+    members: ["user:Zoe"]
+    access: {facebook: full}
+  everyone:
+    members: [all]''')
+    done = cli("check", write(tmp_path, text))
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("OK: ")
+    # pr has one person too (group pr is [alice]); everyone is all.
+    assert [re.sub(r"^.*?:(\d+):\d+: warning: (role '\w+').*$", r"\1 \2", l) for l in lines[1:]] == [
+        "14 role 'pr'", "18 role 'ceo'"]
+    assert "has one member ('zoe')" in lines[2]
+
+
 def test_explain_reads_a_login_in_any_case_as_the_policy_does(capsys):
     outs = []
     for user in ("alice", "ALICE", "Alice"):

@@ -485,6 +485,8 @@ class AccessGate:
             "policy_loaded", policy=policy.short_digest, sources=list(policy.sources)
         )
         log.info("policy_loaded", policy=policy.short_digest, sources=list(policy.sources), engine=engine.BUILD)
+        for warning in policy.warnings:
+            log.warning("policy_warning", policy=policy.short_digest, warning=warning)
         _quietly(settle_after_load)
 
     def _reject(self, path: str, problems: list[str]) -> None:

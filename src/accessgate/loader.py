@@ -167,6 +167,7 @@ class _Builder:
     count: int = 0
     raised: int = 0  # every call, repeats included: "did this part add a problem?"
     _seen_problems: set[PolicyProblem] = field(default_factory=set)
+    warnings: list[tuple[tuple[int, int, int], str]] = field(default_factory=list)
     suggestions_left: int = LIMITS.suggestions
     read_bytes: int = 0
     alias_nodes: int = 0
@@ -217,6 +218,11 @@ class _Builder:
             heapq.heappush(self.problems, item)
         elif item > self.problems[0]:
             heapq.heapreplace(self.problems, item)
+
+    def warn(self, node: yaml.Node, message: str) -> None:
+        mark = node.start_mark
+        order = (self._file_order(mark.name), mark.line + 1, mark.column + 1)
+        self.warnings.append((order, f"{mark.name}:{mark.line + 1}:{mark.column + 1}: warning: {message}"))
 
     def _file_order(self, path: str) -> int:
         for i, source in enumerate(self.sources):
@@ -549,6 +555,7 @@ class _Builder:
         tests = self._tests(sections["tests"])
         if self.count or main is None:
             return None
+        self._warn_single_person_roles(roles, groups, ldap is not None)
 
         digest = hashlib.sha256()
         base = os.path.dirname(main.path)
@@ -567,7 +574,27 @@ class _Builder:
             digest=digest.hexdigest(),
             sources=tuple(s.path for s in self.sources),
             ldap=MappingProxyType(ldap) if ldap is not None else None,
+            warnings=tuple(text for _, text in sorted(self.warnings)),
         )
+
+    def _warn_single_person_roles(self, roles: dict[str, model.Role], groups: dict[str, frozenset[str]],
+                                  has_ldap: bool) -> None:
+        """A role that only one person can have makes its metrics that person's timeline."""
+        for name, role in roles.items():
+            people: set[str] = set()
+            for member in role.members:
+                if member.kind is model.MemberKind.USER and member.value is not None:
+                    people.add(member.value)
+                elif member.kind is model.MemberKind.GROUP and member.value in groups:
+                    people.update(groups[member.value])
+                else:  # all, a network, a directory server's group: not a known few
+                    people.update(("", "-"))
+            if len(people) == 1:
+                (person,) = people
+                self.warn(self.role_names[name],
+                          f"role {_q(name)} has one member ({_q(person)}), so its metrics "
+                          "(accessgate_requests_total{role=...}) show what one person does, minute by "
+                          "minute; give the grant to a role with more members (docs/policy-language.md, Roles)")
 
     def _timezone(self, entries: list[_Entry]) -> ZoneInfo:
         for entry in entries:

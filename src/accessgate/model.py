@@ -158,6 +158,8 @@ class Policy:
     digest: str = ""  # sha256 hex of the source files, in load order
     sources: tuple[str, ...] = ()  # files the policy was read from
     ldap: Mapping[str, object] | None = None  # directory.ldap settings, if any
+    # "file:line:col: warning: ..." lines: valid, but worth a second look (`check` prints them).
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     # Derived lookup tables, built once.
     domain_index: Mapping[str, str] = field(init=False, repr=False, compare=False)

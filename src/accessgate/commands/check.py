@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
             print(dump_policy(policy), end="")
         else:
             print(f"OK: {path} ({summary(policy)})")
+            for warning in policy.warnings:
+                print(warning)
     return status
 
 
