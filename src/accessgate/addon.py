@@ -360,7 +360,7 @@ class AccessGate:
             policy = None
         if "accessgate_pseudonymize_key" in updated:
             self._pseudonym_key = self._read_key(o.accessgate_pseudonymize_key)
-        if "accessgate_state" in updated:
+        if updated & {"accessgate_state", "accessgate_pseudonymize_key"}:
             self._open_state(o.accessgate_state)
         if updated & {"accessgate_audit_log", "accessgate_pseudonymize_key"}:
             self._open_audit(o.accessgate_audit_log)
@@ -400,7 +400,7 @@ class AccessGate:
         from .pseudonym import read_key
 
         try:
-            return read_key(path)
+            return read_key(path, private=True)
         except (OSError, ValueError) as exc:
             raise exceptions.OptionsError(f"accessgate_pseudonymize_key: {exc}") from None
 
@@ -409,7 +409,8 @@ class AccessGate:
 
         _ensure_parent(spec[len("sqlite:") :] if spec.startswith("sqlite:") else "")
         try:
-            store = open_store(spec, on_error=self._state_error)
+            # Quota subjects follow the audit log: pseudonyms when it has them.
+            store = open_store(spec, on_error=self._state_error, pseudonymize_key=self._pseudonym_key)
         except (ValueError, OSError) as exc:
             raise exceptions.OptionsError(str(exc)) from None
         except Exception as exc:  # StateStoreError and whatever the backend raises
