@@ -316,3 +316,83 @@ def test_the_installed_script_runs_the_example_policys_tests():
     assert re.fullmatch(r"(\d+) passed, 0 failed", lines[-1])
     assert all(re.match(r"policy/example\.yaml:\d+: ok ", line) for line in lines[:-1])
     assert len(lines) - 1 == int(lines[-1].split()[0])
+
+
+# ---- the real CLI on files an insider may write ------------------------------------
+
+
+def cli(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("accessgate")
+    return subprocess.run([str(script), *argv], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+COMMANDS = {
+    "check": [],
+    "test": [],
+    "explain": ["--url", "https://www.facebook.com/", "--user", "alice"],
+}
+ZONES = ["Europe", "Europe/", "America/Argentina", "zone.tab", "../../../etc/passwd", "/etc/localtime"]
+
+
+@pytest.mark.parametrize("zone", ZONES)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_time_zone_that_is_no_zone_is_a_located_problem_in_every_command(tmp_path, command, zone):
+    path = write(tmp_path, SMALL.replace("timezone: Europe/Berlin", f'timezone: "{zone}"'))
+    done = cli(command, path, *COMMANDS[command])
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Traceback" not in output
+    assert re.search(rf"^{re.escape(path)}:2:11: unknown timezone '{re.escape(zone)}'", output, re.M), output
+
+
+SECRETS = "root:x:0:0:root:/root:/bin/bash\nalice:$6$s3cr3tSALT$s3cr3tHASH:19000:0:99999:7:::\n"
+
+
+@pytest.mark.parametrize("include, prepare", [
+    ("/etc/passwd", lambda folder: None),
+    ("../secrets/shadow", lambda folder: (folder.parent / "secrets").mkdir() or
+     (folder.parent / "secrets" / "shadow").write_text(SECRETS)),
+    ("shadow.yaml", lambda folder: (folder / "shadow.yaml").write_text(SECRETS)),
+    ("link.yaml", lambda folder: (folder.parent / "s").write_text(SECRETS) or
+     (folder / "link.yaml").symlink_to(folder.parent / "s")),
+    ("env.yaml", lambda folder: (folder / "env.yaml").write_text("API_TOKEN: s3cr3t-token\nroot: x:0:0\n")),
+], ids=["absolute-system-file", "relative-path-out-of-the-folder", "password-file-in-the-folder",
+        "link-out-of-the-folder", "secrets-as-yaml-keys"])
+def test_check_never_prints_what_an_include_holds_unless_it_is_policy(tmp_path, include, prepare):
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    prepare(folder)
+    path = write(folder, SMALL.replace("unlisted: allow", f'unlisted: allow\ninclude: ["{include}"]'))
+    done = cli("check", path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    for secret in ("root:x", "s3cr3t", "/bin/bash", "API_TOKEN", "$6$"):
+        assert secret not in output, output
+
+
+def test_check_warns_about_a_role_only_one_person_has(tmp_path):
+    text = SMALL.replace('''  everyone:
+    members: [all]''', '''  ceo:
+    members: ["user:Zoe"]
+    access: {facebook: full}
+  everyone:
+    members: [all]''')
+    done = cli("check", write(tmp_path, text))
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("OK: ")
+    # pr has one person too (group pr is [alice]); everyone is all.
+    assert [re.sub(r"^.*?:(\d+):\d+: warning: (role '\w+').*$", r"\1 \2", l) for l in lines[1:]] == [
+        "14 role 'pr'", "18 role 'ceo'"]
+    assert "has one member ('zoe')" in lines[2]
+
+
+def test_explain_reads_a_login_in_any_case_as_the_policy_does(capsys):
+    outs = []
+    for user in ("alice", "ALICE", "Alice"):
+        status, out, _ = run(capsys, "explain", EXAMPLE, "--user", user, "--url", "https://www.facebook.com/",
+                             "--method", "POST", "--at", "2026-11-23T09:00", "--json")
+        assert status == 0
+        outs.append(json.loads(out))
+    assert outs[0]["decision"] == "allow" and outs[0]["role"] == "communications"
+    assert all(o["decision"] == outs[0]["decision"] and o["role"] == outs[0]["role"] for o in outs)

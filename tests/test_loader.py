@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,155 @@ def test_dump_then_parse_gives_the_same_policy(data: dict) -> None:
     assert [_no_source(t) for t in again.tests] == [_no_source(t) for t in policy.tests]
     # The dump is a fixed point: dumping the reloaded policy changes nothing below the header.
     assert dump_policy(again).split("\n", 1)[1] == dump_policy(policy).split("\n", 1)[1]
+
+
+# ---- limits: what one policy may cost to load ---------------------------------------
+#
+# Whoever writes the policy folder can hand the proxy and `check` any file;
+# the loader bounds the work (LIMITS), and docs/policy-errors.md states the
+# same numbers.
+
+from accessgate.loader import LIMITS  # noqa: E402
+
+
+def _timed_error(load) -> tuple[PolicyError, float]:
+    start = time.perf_counter()
+    with pytest.raises(PolicyError) as caught:
+        load()
+    return caught.value, time.perf_counter() - start
+
+
+def _alias_bomb(sites: int, domains: int) -> str:
+    lines = ["version: 1", "sites:", f"  s0: {{domains: &d [{', '.join(f'd{i}.test' for i in range(domains))}]}}"]
+    lines += [f"  s{i}: {{domains: *d}}" for i in range(1, sites)]
+    return "\n".join(lines) + "\n"
+
+
+def _billion_laughs(levels: int = 9) -> str:
+    lines = ["version: 1", "x0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels):
+        lines.append(f"x{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]")
+    lines.append(f"sites: {{a: {{domains: *l{levels - 1}}}}}")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_limits_in_the_docs_are_the_limits_in_the_code() -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "policy-errors.md").read_text()
+    table = dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", doc, re.M))
+    stated = {name: int(re.sub(r"[^\d]", "", text.split("(")[0])) * (1024 * 1024 if "MiB" in text else 1)
+              for name, text in table.items()}
+    assert stated == {f: getattr(LIMITS, f) for f in LIMITS.__dataclass_fields__}
+
+
+@pytest.mark.parametrize("text, where", [
+    pytest.param(_alias_bomb(1_000, 1_000), "4:", id="a-million-domains-from-28-kb"),
+    pytest.param(_billion_laughs(), "", id="billion-laughs"),
+])
+def test_aliases_that_expand_beyond_the_limit_are_one_quick_problem(text: str, where: str) -> None:
+    error, took = _timed_error(lambda: parse_policy(text, path="p.yaml"))
+    assert took < 1.0, f"{took:.2f} s"
+    (problem,) = error.problems
+    assert f"aliases expand the policy by more than {LIMITS.alias_nodes:,} values" in problem.message
+
+
+def test_aliases_within_the_limit_still_load() -> None:
+    sites = "\n".join(f"  s{i}: {{domains: [s{i}.test]}}" for i in range(50))
+    grant = "{" + ", ".join(f"s{i}: full" for i in range(50)) + "}"
+    roles = "\n".join(f"  r{i}: {{members: [all], access: *all}}" for i in range(1, 200))
+    text = f"version: 1\nsites:\n{sites}\nroles:\n  r0: {{members: [all], access: &all {grant}}}\n{roles}\n"
+    assert len(parse_policy(text).roles) == 200  # 200 x 50 grants through one alias
+
+
+def test_problems_are_listed_up_to_the_limit_and_the_rest_counted() -> None:
+    access = ", ".join(f"nosite{i}: full" for i in range(500))
+    error, took = _timed_error(lambda: parse_policy(
+        f"version: 1\nsites: {{a: {{domains: [a.test]}}}}\nroles: {{r: {{members: [all], access: {{{access}}}}}}}\n",
+        path="p.yaml"))
+    assert (len(error.problems), error.total, error.hidden) == (LIMITS.problems, 500, 400)
+    assert [p.message.split("'")[1] for p in error.problems] == [f"nosite{i}" for i in range(100)], \
+        "the first problems in file order are listed"
+    assert error.lines()[-1] == "... and 400 more problems not listed; fix these first"
+
+
+def test_did_you_mean_work_is_bounded() -> None:
+    # 45,000 unknown names, each against 2,000 sites: 659 s on 7d7f787.
+    sites = "\n".join(f"  site{i}: {{domains: [x{i}.com]}}" for i in range(2000))
+    access = "{" + ", ".join(f"site{i}x: full" for i in range(300)) + "}"
+    roles = "\n".join(f"  r{i}: {{members: [all], access: *acc}}" for i in range(1, 150))
+    text = f"version: 1\nsites:\n{sites}\nroles:\n  r0: {{members: [all], access: &acc {access}}}\n{roles}\n"
+    error, took = _timed_error(lambda: parse_policy(text, path="p.yaml"))
+    assert error.total == 45_000
+    assert took < 3.0, f"{took:.2f} s"
+    assert "did you mean 'site0'?" in error.problems[0].message  # the first ones still get their hint
+    assert error.problems[-1].message.endswith("check the spelling")
+
+
+def test_no_message_is_longer_than_the_limit() -> None:
+    long_key = "k" * 5000
+    error, _ = _timed_error(lambda: parse_policy(
+        f"version: 1\nsites: {{a: {{domains: [a.test], {long_key}: 1}}}}\ntimezone: {'Z' * 5000}\n", path="p.yaml"))
+    assert all(len(p.message) <= LIMITS.message_chars for p in error.problems)
+    assert all("k" * 100 not in p.message and "Z" * 100 not in p.message for p in error.problems)
+
+
+def test_a_file_over_the_size_limit_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    with open(path, "wb") as f:
+        f.write(b"version: 1\n")
+        f.truncate(LIMITS.file_bytes + 1)  # sparse: a huge file costs nothing to make
+    error, took = _timed_error(lambda: load_policy(path))
+    (problem,) = error.problems
+    assert "holds more than 8 MiB" in problem.message and took < 0.5
+
+
+def test_includes_together_are_bounded_too(tmp_path: Path) -> None:
+    chunk = "# " + "x" * 1000 + "\n"
+    body = "sites: {}\n" + chunk * (5 * 1024)  # about 5 MiB each: three exceed 16 MiB
+    files = {f"f{i}.yaml": body for i in range(4)}
+    main = _write(tmp_path, {"main.yaml": "version: 1\ninclude: [f0.yaml, f1.yaml, f2.yaml, f3.yaml]\n", **files})
+    error, _ = _timed_error(lambda: load_policy(main))
+    assert [p.line for p in error.problems] == [2] and "all files together 16 MiB" in error.problems[0].message
+
+
+def test_a_fifo_include_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.yaml")
+    main = _write(tmp_path, {"main.yaml": "version: 1\ninclude: [fifo.yaml]\n"})
+    error, took = _timed_error(lambda: load_policy(main))
+    assert "it is a named pipe (FIFO), not a regular file" in error.problems[0].message and took < 1.0
+
+
+def test_load_policy_reports_every_file_it_read_with_its_stamp(tmp_path: Path) -> None:
+    main = _write(tmp_path, {"main.yaml": MAIN.replace("[sites/a.yaml]", "[sites/a.yaml, sites/gone.yaml]"),
+                             "sites/a.yaml": FRAGMENT})
+    files: list = []
+    with pytest.raises(PolicyError):
+        load_policy(main, files=files)
+    assert [(os.path.relpath(p, tmp_path), s is not None) for p, s in files] == [
+        ("main.yaml", True), ("sites/a.yaml", True), ("sites/gone.yaml", False)]
+    st = os.stat(main)
+    assert files[0][1] == (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+# ---- time zones: every way a name can be bad is a located problem ---------------------
+
+BAD_ZONES = [
+    pytest.param("Europe", id="a-folder-of-zones"),
+    pytest.param("Europe/", id="trailing-slash"),
+    pytest.param("zone.tab", id="a-file-that-is-not-a-zone"),
+    pytest.param("tzdata.zi", id="another-file-that-is-not-a-zone"),
+    pytest.param("../../../etc/passwd", id="path-out-of-the-database"),
+    pytest.param("/etc/localtime", id="absolute-path"),
+    pytest.param("Europe/Berlin/x", id="below-a-zone"),
+    pytest.param("Europe/" + "x" * 300, id="longer-than-a-file-name"),
+    pytest.param('"Europe/Berlin\\0"', id="nul-byte"),
+    pytest.param('" Europe/Berlin"', id="leading-space"),
+    pytest.param("Mars/Olympus", id="no-such-zone"),
+]
+
+
+@pytest.mark.parametrize("name", BAD_ZONES)
+def test_a_time_zone_that_is_not_a_zone_is_a_located_problem(name: str) -> None:
+    error, _ = _timed_error(lambda: parse_policy(f"version: 1\ntimezone: {name}\n", path="p.yaml"))
+    (problem,) = error.problems
+    assert (problem.line, problem.column) == (2, 11)
+    assert problem.message.startswith("unknown timezone ")

@@ -69,7 +69,7 @@ from .longlived import LongLivedFlows
 from .timedledger import TimedLedger
 from .metrics import site_label
 from .model import Policy
-from .policywatch import PolicyWatch
+from .policywatch import Fingerprint, PolicyWatch, fingerprint, settled
 
 META = "accessgate"
 _USERS_PER_CONNECTION = 16  # identities kept per client connection
@@ -293,6 +293,11 @@ class AccessGate:
         self.metrics_server: Any = None
         self.metrics_port: int | None = None
         self.watch: PolicyWatch | None = None
+        # Bumped by every install: a reload that began before one is stale.
+        self._generation = 0
+        # The files the policy option's last load read, and when (for the watcher).
+        self._files: Fingerprint = ()
+        self._files_read_at = 0
         self._pseudonym_key: bytes | None = None
         self._running = False
         self._tasks: list[asyncio.Task] = []
@@ -450,12 +455,12 @@ class AccessGate:
                 "accessgate_audit_retention_days must be 0 (keep forever) or a number of days"
             )
         if "accessgate_policy" in updated:
-            policy = self._load_policy_option(o.accessgate_policy)
+            policy, files, read_at = self._load_policy_option(o.accessgate_policy)
         else:
             policy = None
         if "accessgate_pseudonymize_key" in updated:
             self._pseudonym_key = self._read_key(o.accessgate_pseudonymize_key)
-        if "accessgate_state" in updated:
+        if updated & {"accessgate_state", "accessgate_pseudonymize_key"}:
             self._open_state(o.accessgate_state)
         if updated & {"accessgate_audit_log", "accessgate_pseudonymize_key"}:
             self._open_audit(o.accessgate_audit_log)
@@ -463,24 +468,30 @@ class AccessGate:
             self._start_metrics(o.accessgate_metrics)
         if policy is not None:
             self._install(policy)
+            self._files, self._files_read_at = files, read_at
             if self.watch is not None:
-                self.watch.rebase()
+                self.watch.rebase(files, read_at)
 
-    def _load_policy_option(self, path: str) -> Policy:
+    def _load_policy_option(self, path: str) -> tuple[Policy, Fingerprint, int]:
+        """The policy at `path`, the files it was read from and when: at start, or when the option changes."""
         if not path:
             raise exceptions.OptionsError(
                 "no policy: set accessgate_policy=PATH (e.g. --set accessgate_policy=policy/example.yaml)"
             )
+        read_at = time.time_ns()
+        files: list = []
         try:
-            return load_policy(path)
+            policy = load_policy(path, files=files)
         except PolicyError as exc:
             self._count_reload("failure")
             raise exceptions.OptionsError(str(exc)) from None
-        except OSError as exc:
+        except Exception as exc:  # MemoryError and the like: still a policy that cannot be used
             self._count_reload("failure")
             raise exceptions.OptionsError(
-                f"cannot read policy {path}: {exc.strerror or exc}; check accessgate_policy"
+                f"policy {path} could not be loaded ({type(exc).__name__}: {str(exc)[:200]}); "
+                "run `accessgate check` on it"
             ) from None
+        return policy, tuple(dict(files).items()), read_at
 
     @staticmethod
     def _read_key(path: str) -> bytes | None:
@@ -489,7 +500,7 @@ class AccessGate:
         from .pseudonym import read_key
 
         try:
-            return read_key(path)
+            return read_key(path, private=True)
         except (OSError, ValueError) as exc:
             raise exceptions.OptionsError(f"accessgate_pseudonymize_key: {exc}") from None
 
@@ -498,7 +509,8 @@ class AccessGate:
 
         _ensure_parent(spec[len("sqlite:") :] if spec.startswith("sqlite:") else "")
         try:
-            store = open_store(spec, on_error=self._state_error)
+            # Quota subjects follow the audit log: pseudonyms when it has them.
+            store = open_store(spec, on_error=self._state_error, pseudonymize_key=self._pseudonym_key)
         except (ValueError, OSError) as exc:
             raise exceptions.OptionsError(str(exc)) from None
         except Exception as exc:  # StateStoreError and whatever the backend raises
@@ -567,12 +579,15 @@ class AccessGate:
         """Swap in a valid policy: one reference assignment, so every request sees one whole policy."""
         _quietly(lambda: engine.prepare(policy))
         self.policy = policy
+        self._generation += 1
         self._count_reload("success")
         _quietly(lambda: self.metrics.set_policy(policy.short_digest))
         self._audit_event(
             "policy_loaded", policy=policy.short_digest, sources=list(policy.sources)
         )
         log.info("policy_loaded", policy=policy.short_digest, sources=list(policy.sources), engine=engine.BUILD)
+        for warning in policy.warnings:
+            log.warning("policy_warning", policy=policy.short_digest, warning=warning)
         _quietly(settle_after_load)
 
     def _reject(self, path: str, problems: list[str]) -> None:
@@ -584,32 +599,52 @@ class AccessGate:
     def _count_reload(self, result: str) -> None:
         _quietly(lambda: self.metrics.observe_reload(result == "success", time.time()))
 
-    def _watched_paths(self) -> list[str]:
-        paths = [ctx.options.accessgate_policy]
-        if self.policy is not None:
-            paths.extend(self.policy.sources)
-        return paths
+    async def _reload(self) -> Fingerprint | None:
+        """Load the policy file again; the watcher runs this, one call at a time.
 
-    async def _reload(self) -> None:
+        Returns the files as this load read them, or None when the attempt
+        does not count and must be repeated: a file was still being written
+        (not settled when read, or changed since), or the policy option was
+        set meanwhile (its load is newer than this one).
+        """
         path = ctx.options.accessgate_policy
+        generation = self._generation
+        started = time.time_ns()
+        files: list = []
+        policy = error = None
         try:
-            policy = await asyncio.to_thread(load_policy, path)
+            policy = await asyncio.to_thread(load_policy, path, files)
         except PolicyError as exc:
-            self._reject(path, [str(p) for p in exc.problems])
-            return
-        except OSError as exc:
-            self._reject(path, [f"{path}: cannot read: {exc.strerror or exc}"])
-            return
-        if self.policy is not None and policy.digest == self.policy.digest:
-            return  # touched, not changed
-        self._install(policy)
-        self.watch.rebase() if self.watch is not None else None
+            error = exc
+        except Exception as exc:  # MemoryError, RecursionError ...: a rejection like any other
+            log.exception("policy_load_failed", file=path)
+            error = exc
+        read = tuple(dict(files).items()) or fingerprint([path])  # a missing include named twice: once
+        if self._generation != generation or ctx.options.accessgate_policy != path:
+            return None
+        if not settled(read, started) or fingerprint(p for p, _ in read) != read:
+            return None
+        if isinstance(error, PolicyError):
+            self._reject(path, error.lines())
+        elif error is not None:
+            self._reject(path, [f"{path}: the policy could not be loaded ({type(error).__name__}: "
+                                f"{str(error)[:200]}); run `accessgate check {path}`"])
+        elif self.policy is None or policy.digest != self.policy.digest:
+            self._install(policy)
+        return read
+
+    def _reload_crashed(self, exc: BaseException) -> None:
+        self._count_reload("failure")
+        log.error("policy_reload_crashed", error=f"{type(exc).__name__}: {exc}"[:500], exc_info=exc)
 
     # -- life cycle ----------------------------------------------------------
 
     def running(self) -> None:
         self._running = True
-        self.watch = PolicyWatch(self._watched_paths, self._reload)
+        self.watch = PolicyWatch(
+            lambda: ctx.options.accessgate_policy, self._reload, on_crash=self._reload_crashed
+        )
+        self.watch.rebase(self._files, self._files_read_at)
         self.watch.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._housekeeping()))
@@ -626,7 +661,8 @@ class AccessGate:
         if self.audit is not None:
             _quietly(self.audit.reopen)
         log.info("sighup", audit_log=str(self.audit.path) if self.audit is not None else None)
-        self._tasks.append(asyncio.get_running_loop().create_task(self._reload()))
+        if self.watch is not None:
+            self.watch.request()  # the watcher's task runs it: reloads never overlap
 
     async def _housekeeping(self) -> None:
         while True:

@@ -33,13 +33,37 @@ class PolicyProblem:
 
 
 class PolicyError(AccessgateError):
-    """A policy is not valid.  `problems` lists every problem found, in file order."""
+    """A policy is not valid.
 
-    def __init__(self, problems: list[PolicyProblem] | tuple[PolicyProblem, ...]):
+    `problems` lists the problems found, in file order, at most the loader's
+    limit of them; `total` counts every problem found, shown or not.
+    """
+
+    def __init__(self, problems: list[PolicyProblem] | tuple[PolicyProblem, ...], total: int | None = None):
         self.problems = tuple(problems)
-        count = len(self.problems)
-        head = f"policy is not valid ({count} problem{'s' if count != 1 else ''}):"
-        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+        self.total = max(total or 0, len(self.problems))
+        head = f"policy is not valid ({_count(self.total)}):"
+        lines = [head, *(f"  {p}" for p in self.problems)]
+        if self.hidden:
+            lines.append(f"  ... and {self.hidden} more; fix these first")
+        super().__init__("\n".join(lines))
+
+    @property
+    def hidden(self) -> int:
+        """How many problems were found but not listed."""
+        return self.total - len(self.problems)
+
+    def lines(self) -> list[str]:
+        """Every listed problem as `file:line:col: message`, and a last line for the rest."""
+        out = [str(p) for p in self.problems]
+        if self.hidden:
+            out.append(f"... and {self.hidden} more problem{'s' if self.hidden != 1 else ''} "
+                       "not listed; fix these first")
+        return out
+
+
+def _count(n: int) -> str:
+    return f"{n} problem{'s' if n != 1 else ''}"
 
 
 class InvalidHost(AccessgateError, ValueError):

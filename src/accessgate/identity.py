@@ -6,6 +6,10 @@ a CONNECT tunnel it copies the CONNECT's credentials there, so a second
 Proxy-Authorization sent inside the tunnel never changes who the user is.
 Groups from the policy's local directory are the engine's business; this
 module only supplies the name and the client's address.
+
+The name is case-folded here, once (`model.fold_user`): a directory that
+signs in `ALICE` with alice's password means alice, and roles, quotas and
+the audit record must all say so.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 from .engine import Identity
-from .model import IPAddress
+from .model import IPAddress, fold_user
 
 
 def client_ip(peername: Any) -> IPAddress | None:
@@ -44,9 +48,9 @@ def _address(host: str) -> IPAddress | None:
 
 
 def user_from_proxyauth(value: Any) -> str | None:
-    """The user name from mitmproxy's `proxyauth` metadata, never the password."""
+    """The user name from mitmproxy's `proxyauth` metadata, case-folded; never the password."""
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], str) and value[0]:
-        return value[0]
+        return fold_user(value[0])
     return None
 
 

@@ -20,6 +20,16 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def fold_user(name: str) -> str:
+    """A login name as accessgate compares, counts and records it: case-folded.
+
+    Directories (Active Directory, most LDAP schemas) match login names
+    case-insensitively, so `ALICE` and `alice` sign in as one person and
+    must be one person for roles, quotas and the audit log.
+    """
+    return name.casefold()
+
+
 class Level(str, Enum):
     """How far a grant opens a site.  Ordered: DENY < READ_ONLY < FULL."""
 
@@ -149,6 +159,8 @@ class Policy:
     digest: str = ""  # sha256 hex of the source files, in load order
     sources: tuple[str, ...] = ()  # files the policy was read from
     ldap: Mapping[str, object] | None = None  # directory.ldap settings, if any
+    # "file:line:col: warning: ..." lines: valid, but worth a second look (`check` prints them).
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     # Derived lookup tables, built once.
     domain_index: Mapping[str, str] = field(init=False, repr=False, compare=False)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import stat
+import sys
 from pathlib import Path
 
 PREFIX = "u-"
@@ -24,12 +27,28 @@ def is_pseudonym(value: str) -> bool:
     return value.startswith(PREFIX) and len(value) == len(PREFIX) + 24
 
 
-def read_key(path: str | Path) -> bytes:
-    """Read a key file; refuse short keys, which a guesser could brute-force."""
+def read_key(path: str | Path, *, private: bool = False) -> bytes:
+    """Read a key file; refuse short keys, which a guesser could brute-force.
+
+    Whoever can read the key can re-identify every user, so the file must be
+    private to its owner (and at most readable by a group, such as the
+    proxy's).  With `private` (the proxy) a looser file is refused; the
+    auditors' tools only warn, loudly, on stderr.
+    """
+    mode = os.stat(path).st_mode
+    if mode & (stat.S_IRWXO | stat.S_IWGRP):
+        message = (
+            f"pseudonymization key {path} can be read or changed by other users of this machine "
+            f"(mode {stat.S_IMODE(mode):04o}), and whoever reads it can re-identify every user; "
+            f"make it private: chmod 600 {path} (or 640 owned by root and the proxy's group)"
+        )
+        if private:
+            raise ValueError(message)
+        print(f"accessgate: WARNING: {message}", file=sys.stderr, flush=True)
     key = Path(path).read_bytes().strip()
     if len(key) < 16:
         raise ValueError(
             f"pseudonymization key in {path} is {len(key)} bytes; use at least 16 "
-            "random bytes (e.g. `head -c 32 /dev/urandom | base64 > KEYFILE`)"
+            "random bytes (e.g. `(umask 077; head -c 32 /dev/urandom | base64 > KEYFILE)`)"
         )
     return key

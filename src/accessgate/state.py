@@ -169,8 +169,13 @@ class QuotaStore(QuotaLedger, Protocol):
     def stats(self) -> StoreStats: ...
 
 
-def open_store(spec: str | StateSpec, on_error: ErrorCallback | None = None) -> QuotaStore:
+def open_store(
+    spec: str | StateSpec, on_error: ErrorCallback | None = None, pseudonymize_key: bytes | None = None
+) -> QuotaStore:
     """Open the store that `spec` names.
+
+    With `pseudonymize_key`, user subjects are stored as the audit log's
+    pseudonyms (`PseudonymousSubjects`), so the store names no one either.
 
     `on_error` is called (from the calling thread) with the StateStoreError
     of every failed attempt to reach the backing store (for Redis at most
@@ -181,11 +186,59 @@ def open_store(spec: str | StateSpec, on_error: ErrorCallback | None = None) -> 
     opened.  Opening a Redis store never fails: Redis may come later.
     """
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    store: QuotaStore
     if parsed.kind == "memory":
-        return MemoryStore(parsed)
-    if parsed.kind == "sqlite":
-        return SqliteStore(parsed, on_error)
-    return RedisStore(parsed, on_error)
+        store = MemoryStore(parsed)
+    elif parsed.kind == "sqlite":
+        store = SqliteStore(parsed, on_error)
+    else:
+        store = RedisStore(parsed, on_error)
+    return PseudonymousSubjects(store, pseudonymize_key) if pseudonymize_key else store
+
+
+class PseudonymousSubjects:
+    """A store that keeps `user:NAME` subjects as `user:<pseudonym of NAME>`.
+
+    The audit log holds keyed pseudonyms when a key is set; a quota store
+    holding the names for the same minutes would undo that by a join.  The
+    same HMAC as the log (`pseudonym.pseudonymize`), so auditors with the key
+    can still tell whose minutes a row holds.  Client addresses (`ip:...`)
+    stay, as in the log.
+    """
+
+    _CACHE = 50_000  # names kept pseudonymized; one HMAC per user, not per request
+
+    def __init__(self, store: QuotaStore, key: bytes) -> None:
+        self.store = store
+        self.spec = store.spec
+        self._key = key
+        self._subjects: dict[str, str] = {}
+
+    def subject(self, subject: str) -> str:
+        stored = self._subjects.get(subject)
+        if stored is None:
+            from .pseudonym import pseudonymize
+
+            stored = "user:" + pseudonymize(self._key, subject[5:]) if subject.startswith("user:") else subject
+            if len(self._subjects) >= self._CACHE:
+                self._subjects.clear()
+            self._subjects[subject] = stored
+        return stored
+
+    def usage(self, subject: str, site: str, day: date, minute: int) -> QuotaUsage:
+        return self.store.usage(self.subject(subject), site, day, minute)
+
+    def mark(self, subject: str, site: str, day: date, minute: int) -> int:
+        return self.store.mark(self.subject(subject), site, day, minute)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def stats(self) -> StoreStats:
+        return self.store.stats()
+
+    def __getattr__(self, name: str):  # prune(), the Redis store's own helpers ...
+        return getattr(self.store, name)
 
 
 class _Counters:

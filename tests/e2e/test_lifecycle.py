@@ -197,6 +197,7 @@ def test_query_strings_and_pseudonyms_when_configured(tmp_path, proxy_factory, o
     policy.write_text(policy_text())
     key = tmp_path / "key"
     key.write_bytes(b"0123456789abcdef0123456789abcdef")
+    key.chmod(0o600)  # the proxy refuses a key others can read
     proxy = proxy_factory(
         policy=policy,
         options={**auth, "accessgate_log_query": True, "accessgate_pseudonymize_key": str(key)},

@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
             print(dump_policy(policy), end="")
         else:
             print(f"OK: {path} ({summary(policy)})")
+            for warning in policy.warnings:
+                print(warning)
     return status
 
 
@@ -41,15 +43,15 @@ def load_or_report(path: str, out: TextIO) -> Policy | None:
     """The policy at `path`, or None after writing every problem to `out`.
 
     Shared by every command that reads a policy, so that all of them report
-    an invalid one the same way: `file:line:col: message`, one a line.
+    an invalid one the same way: `file:line:col: message`, one a line (at
+    most the loader's limit of them, then how many more there are).
     """
     try:
         return load_policy(path)
     except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem, file=out)
-        count = len(exc.problems)
-        print(f"{path}: not valid ({_plural(count, 'problem')})", file=out)
+        for line in exc.lines():
+            print(line, file=out)
+        print(f"{path}: not valid ({_plural(exc.total, 'problem')})", file=out)
         return None
 
 

@@ -8,6 +8,7 @@ import sys
 
 from .. import explain
 from ..engine import decide
+from ..model import fold_user
 from .check import load_or_report
 
 HELP = "show how a policy decides one request: decision, reason, site, level, role, rule"
@@ -16,7 +17,7 @@ HELP = "show how a policy decides one request: decision, reason, site, level, ro
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("policy", metavar="FILE", help="policy file")
     parser.add_argument("--url", required=True, help="the URL requested, like https://www.facebook.com/")
-    parser.add_argument("--user", help="the user signed in at the proxy (default: anonymous)")
+    parser.add_argument("--user", help="the user signed in at the proxy, in any case (default: anonymous)")
     parser.add_argument("--method", default="GET", help="HTTP method (default: GET)")
     parser.add_argument(
         "--at",
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         headers = tuple(explain.parse_header(h) for h in args.header)
         request = explain.request_from_url(args.url, args.method, headers)
-        who = explain.identity(args.user, args.client_ip)
+        who = explain.identity(fold_user(args.user) if args.user else None, args.client_ip)
         at = explain.parse_time(args.at, policy.timezone)
         if args.quota_used < 0:
             raise ValueError("--quota-used is a number of minutes, 0 or more")
