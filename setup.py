@@ -6,7 +6,7 @@ from setuptools import setup
 
 # The modules every decision runs through; they are written to type-check
 # under mypy, which mypyc needs.  See build_backend/accessgate_build.py.
-COMPILED = ["src/accessgate/hosts.py", "src/accessgate/engine.py"]
+COMPILED = ["src/accessgate/policy/hosts.py", "src/accessgate/decision/engine.py"]
 
 
 def ext_modules() -> list:

@@ -30,7 +30,7 @@ from pathlib import Path
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
-from accessgate.addon import AccessGate
+from accessgate.proxy.addon import AccessGate
 
 REPO = Path(__file__).resolve().parents[1]
 MIX = [  # (user, host, path): the proxy benchmark's requests, all allowed

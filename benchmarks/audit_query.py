@@ -103,7 +103,7 @@ QUERY = """
 
 def time_accessgate(path: Path, cache) -> tuple[float, list]:
     """The query through accessgate's reader; `cache` None parses the JSON every time."""
-    from accessgate.auditlog import AuditLog
+    from accessgate.audit.reader import AuditLog
 
     start = time.perf_counter()
     with AuditLog([str(path)], cache=cache, build_cache="none") as log:
@@ -154,7 +154,7 @@ def main() -> int:
             f"in {time.perf_counter() - start:.1f} s"
         )
         print(f"query: blocked attempts per user on {SITE!r}, {MONTH[0][:10]} .. {MONTH[1][:10]}")
-        from accessgate.auditlog import AuditLog, Cache
+        from accessgate.audit.reader import AuditLog, Cache
 
         cache = Cache(tmp / "cache")
         start = time.perf_counter()

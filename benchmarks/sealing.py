@@ -8,7 +8,7 @@ Times, per record, for a realistic access record (about 420 bytes):
 alternating A B A B for a few rounds, and prints the median of the paired
 differences (the cost of sealing) and of the ratios B/A, with min and max.
 Then it writes a sealed log of N records and times verify_sealed() on it
-and the unkeyed chain verifier (accessgate.chain.verify) on the same file.
+and the unkeyed chain verifier (accessgate.audit.chain.verify) on the same file.
 
     .venv/bin/python benchmarks/sealing.py                    # 200,000 records, 5 rounds
     .venv/bin/python benchmarks/sealing.py --records 50000 --rounds 3
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import orjson
 
-from accessgate.chain import verify as verify_unkeyed
-from accessgate.sealing import Sealer, keygen, load_verification_key, read_lines, verify_sealed
+from accessgate.audit.chain import verify as verify_unkeyed
+from accessgate.audit.sealing import Sealer, keygen, load_verification_key, read_lines, verify_sealed
 
 RECORD = {
     "event": "access", "ts": "2026-11-23T11:30:02.125Z", "request_id": "01JDB3Y6N2V8K7",

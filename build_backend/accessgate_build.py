@@ -1,7 +1,7 @@
 """setuptools' PEP 517 backend, plus mypyc when ACCESSGATE_COMPILE=1.
 
 `ACCESSGATE_COMPILE=1 pip install .` builds the decision engine
-(`accessgate.engine`, `accessgate.hosts`) as C extensions with mypyc, as
+(`accessgate.decision.engine`, `accessgate.policy.hosts`) as C extensions with mypyc, as
 black ships its compiled wheels: the same source, about 1.4 times as many
 decisions per second.  Only then is mypy a build requirement, and only wheels are
 compiled: an editable install keeps the sources it points at, so a

@@ -23,10 +23,11 @@ TEST_USERS = ["alice", "bob", "carol", "zoe", "quinn"]
 
 
 def pytest_sessionstart(session):
-    # tests/engine/test_compiled.py runs suites on the compiled build; a
+    # tests/decision/test_compiled.py runs suites on the compiled build; a
     # PYTHONPATH that missed it would pass them on pure Python instead.
     if os.environ.get(EXPECT_COMPILED) == "1":
-        from accessgate import engine, hosts
+        from accessgate.decision import engine
+        from accessgate.policy import hosts
 
         for module in (engine, hosts):
             if module.__file__.endswith(".py"):

@@ -7,10 +7,10 @@ collector settings) costs mitmproxy; see benchmarks/proxy_parts.py.
 import sys
 from pathlib import Path
 
-import accessgate.addon  # noqa: F401  everything the addon imports
-from accessgate import engine
-from accessgate.gcsettle import settle_after_load
-from accessgate.loader import load_policy
+import accessgate.proxy.addon  # noqa: F401  everything the addon imports
+from accessgate.decision import engine
+from accessgate.proxy.gctuning import settle_after_load
+from accessgate.policy.loader import load_policy
 
 BENCHMARKS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCHMARKS))

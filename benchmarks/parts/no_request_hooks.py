@@ -4,7 +4,7 @@ Its threads (audit writer, metrics endpoint), tasks (policy watch, reviews)
 and connection hooks still run; see benchmarks/proxy_parts.py.
 """
 
-from accessgate.addon import AccessGate
+from accessgate.proxy.addon import AccessGate
 
 
 class NoRequestHooks(AccessGate):

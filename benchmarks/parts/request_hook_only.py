@@ -3,7 +3,7 @@
 See benchmarks/proxy_parts.py.
 """
 
-from accessgate.addon import AccessGate
+from accessgate.proxy.addon import AccessGate
 
 
 class RequestHookOnly(AccessGate):

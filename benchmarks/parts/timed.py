@@ -9,7 +9,7 @@ other proxy on the core takes is not counted.
 import json
 import time
 
-from accessgate.addon import AccessGate
+from accessgate.proxy.addon import AccessGate
 
 HOOKS = ("requestheaders", "responseheaders", "response")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from wire import Reply, basic, client_hello, h2, hello_then_read, pipelined, plain, request, tunnel
+from support.wire import Reply, basic, client_hello, h2, hello_then_read, pipelined, plain, request, tunnel
 
 AUTH = basic()
 FB, LI, FREE = "facebook.test", "linkedin.test", "example.test"
@@ -429,7 +429,7 @@ CASES: list[Case] = [
 # what it carries names a denied, a read-only or a used-up (video) site.
 # The proxies route an unread relay to the origin too, which speaks TLS.
 
-from wire import split_tunnel  # noqa: E402
+from support.wire import split_tunnel  # noqa: E402
 
 VIDEO = "video.test"  # one minute a day, already spent (conftest.py)
 ODD_VERSION = b"\x03\x04"  # a record version no TLS stack writes, which servers ignore

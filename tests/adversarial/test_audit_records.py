@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from cases import CASES, LI
-from wire import h2
+from support.wire import h2
 
 pytestmark = pytest.mark.e2e
 

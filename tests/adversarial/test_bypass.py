@@ -7,7 +7,7 @@ import time
 import pytest
 
 from cases import BLOCKED, CASES, FREE, Case
-from wire import basic, h2, plain, request, tunnel
+from support.wire import basic, h2, plain, request, tunnel
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from cases import AUTH, FREE
-from wire import plain, request
+from support.wire import plain, request
 
 pytestmark = pytest.mark.e2e
 

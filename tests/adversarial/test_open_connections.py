@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from accessgate.state import open_store
+from accessgate.stores.state import open_store
 from support.origin import payload
-from wire import BioTLS, basic, h2, request
+from support.wire import BioTLS, basic, h2, request
 
 PASSTHROUGH = Path(__file__).resolve().parents[1] / "support" / "passthrough_sni.py"
 

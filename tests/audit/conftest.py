@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from accessgate.audit import AuditLog as Writer
+from accessgate.audit.writer import AuditLog as Writer
 from accessgate.cli import main
 
 BASE = {

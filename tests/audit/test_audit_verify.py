@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from accessgate.auditlog import expand
-from accessgate.chain import verify
+from accessgate.audit.reader import expand
+from accessgate.audit.chain import verify
 
 from .conftest import access, rotate, write_log
 
@@ -283,7 +283,7 @@ def test_one_line_of_400_megabytes_in_gzip_is_verified_and_skipped_in_bounded_me
 def test_countless_breaks_are_counted_not_kept(cli, tmp_path):
     log = tmp_path / "audit.jsonl"
     log.write_bytes(b"".join(b'{"not":"a record %d"}\n' % i for i in range(30_000)))
-    from accessgate.chain import MAX_KEPT, verify
+    from accessgate.audit.chain import MAX_KEPT, verify
 
     verdict = verify([log], readable=False)
     assert verdict.break_count == 30_000 and len(verdict.breaks) == MAX_KEPT

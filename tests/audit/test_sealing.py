@@ -24,9 +24,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from accessgate.audit import AuditLog
-from accessgate.chain import verify as verify_unkeyed
-from accessgate.sealing import (
+from accessgate.audit.writer import AuditLog
+from accessgate.audit.chain import verify as verify_unkeyed
+from accessgate.audit.sealing import (
     EPOCHS_SKIPPED,
     SEALED,
     ZERO_HASH,

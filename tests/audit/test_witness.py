@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from accessgate.sealing import read_lines
-from accessgate.witness import (
+from accessgate.audit.sealing import read_lines
+from accessgate.audit.witness import (
     HEAD_SEQ,
     Head,
     HeadCollector,

@@ -15,8 +15,18 @@ import time
 import pytest
 
 from accessgate.auth.directory import Directory, LdapSettings
-from accessgate.auth.groups import (EXPIRED, FRESH, PENDING, STALE, UNAVAILABLE, UNKNOWN, DirectoryGroups,
-                                    GroupResolver, GroupSource, sources_of)
+from accessgate.auth.groups import (
+    EXPIRED,
+    FRESH,
+    PENDING,
+    STALE,
+    UNAVAILABLE,
+    UNKNOWN,
+    DirectoryGroups,
+    GroupResolver,
+    GroupSource,
+    sources_of,
+)
 from support.slapd import slapd  # noqa: F401  (the fixture)
 
 

@@ -16,9 +16,8 @@ import pytest
 
 from accessgate.auth.authenticator import Authenticator
 from accessgate.auth.base import OK, REFUSED, UNAVAILABLE, UNKNOWN_USER
-from accessgate.auth.directory import (Directory, LdapMethod, LdapSettings, escape_filter_value,
-                                       normalize_dn)
-from authfiles import basic_header
+from accessgate.auth.directory import Directory, LdapMethod, LdapSettings, escape_filter_value, normalize_dn
+from support.authfiles import basic_header
 from support.slapd import slapd  # noqa: F401  (the fixture)
 
 PW = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw", "müller": "mü-pw", "dup": "dup-pw",

@@ -20,8 +20,7 @@ gssapi = pytest.importorskip("gssapi")
 from accessgate.auth.authenticator import Authenticator  # noqa: E402
 from accessgate.auth.base import OK, REFUSED  # noqa: E402
 from accessgate.auth.credentials import Negotiate  # noqa: E402
-from accessgate.auth.negotiate import (NegotiateMethod, ReplayCache, authenticator_tag,  # noqa: E402
-                                       split_principal)
+from accessgate.auth.negotiate import NegotiateMethod, ReplayCache, authenticator_tag, split_principal
 
 SKEW = 2
 

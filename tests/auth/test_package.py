@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from accessgate.auth import build_methods, parse_auth_option
-from authfiles import write_entry
+from support.authfiles import write_entry
 from support.clients import curl
 
 ROOT = Path(__file__).resolve().parents[2]

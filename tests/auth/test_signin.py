@@ -15,12 +15,21 @@ import time
 import pytest
 import structlog
 
-from accessgate.auth.authenticator import (ACCEPTED, ANONYMOUS, BUSY, LIMITED, MALFORMED, REFUSED_,
-                                           UNAVAILABLE_, UNSUPPORTED, Authenticator)
+from accessgate.auth.authenticator import (
+    ACCEPTED,
+    ANONYMOUS,
+    BUSY,
+    LIMITED,
+    MALFORMED,
+    REFUSED_,
+    UNAVAILABLE_,
+    UNSUPPORTED,
+    Authenticator,
+)
 from accessgate.auth.base import Verdict
 from accessgate.auth.credentials import MAX_HEADER, Basic, Negotiate, parse
 from accessgate.auth.limits import FailureLimiter
-from authfiles import CountingHtpasswd, basic_header, write_entry
+from support.authfiles import CountingHtpasswd, basic_header, write_entry
 
 PASSWORD = "Tr0ub4dor&3"
 

@@ -191,7 +191,7 @@ def test_sighup_reopens_a_rotated_audit_log(tmp_path, proxy_factory, origin, aut
 
 
 def test_query_strings_and_pseudonyms_when_configured(tmp_path, proxy_factory, origin, auth):
-    from accessgate.pseudonym import pseudonymize
+    from accessgate.audit.pseudonym import pseudonymize
 
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from accessgate.cli import build_parser
-from accessgate.commands.run import mitmdump_args
+from accessgate.cli.run import mitmdump_args
 
 
 def _args(*argv: str) -> list[str]:
@@ -38,5 +38,5 @@ def test_flags_become_mitmdump_options(argv, expected):
 def test_listen_address_script_and_passthrough():
     args = _args("--listen-host", "0.0.0.0", "--listen-port", "3128", "-s", "x.py", "--", "--ssl-insecure")
     assert args[:4] == ["--listen-host", "0.0.0.0", "--listen-port", "3128"]
-    assert args[4] == "-s" and args[5].endswith("accessgate/script.py")
+    assert args[4] == "-s" and args[5].endswith("accessgate/proxy/script.py")
     assert args[-3:] == ["-s", "x.py", "--ssl-insecure"]

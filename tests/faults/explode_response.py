@@ -5,13 +5,13 @@ for one that raises, so the failure happens inside accessgate's own hook,
 where its fail-closed handling must catch it.
 """
 
-import accessgate.addon as addon
+import accessgate.proxy.addon as addon
 
 
 def _raises(headers) -> None:
     raise RuntimeError("fault injected by tests/faults/explode_response.py")
 
 
-assert hasattr(addon, "_drop_alt_svc"), "accessgate.addon changed: update this fault script"
+assert hasattr(addon, "_drop_alt_svc"), "accessgate.proxy.addon changed: update this fault script"
 addon._drop_alt_svc = _raises
 addons: list = []

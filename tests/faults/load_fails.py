@@ -1,13 +1,13 @@
 """A mitmproxy test script: loading a policy whose text asks for it raises that error.
 
 A policy file with a line `# load_fails: MemoryError` (or RecursionError)
-makes `accessgate.addon.load_policy` raise it, as a load that exhausted
+makes `accessgate.proxy.addon.load_policy` raise it, as a load that exhausted
 memory or the stack would.  Loaded after accessgate with a second `-s`.
 """
 
 from pathlib import Path
 
-import accessgate.addon as addon
+import accessgate.proxy.addon as addon
 
 _load = addon.load_policy
 _ERRORS = {"MemoryError": MemoryError, "RecursionError": RecursionError}

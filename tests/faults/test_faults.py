@@ -22,8 +22,8 @@ import pytest
 
 from support.clients import curl
 from support.redis_server import free_port
-from support_load import access_records, metric, run_load, target, wait_until
-from adversarial.wire import client_hello, hello_then_read
+from support.load import access_records, metric, run_load, target, wait_until
+from support.wire import client_hello, hello_then_read
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from support.clients import curl
-from support_load import metric, wait_until
+from support.load import metric, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

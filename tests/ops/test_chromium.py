@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from accessgate import pac
+from accessgate.policy import pac
 from support.proxy import make_confdir, start_proxy
 
 from .conftest import ARTIFACTS

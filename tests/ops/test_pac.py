@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from accessgate import model, pac
+from accessgate.policy import model, pac
 
 HERE = Path(__file__).parent
 NODE = shutil.which("node")
@@ -180,7 +180,6 @@ unlisted: {unlisted}
 
 
 def _cli(tmp_path: Path, unlisted: str, *extra: str) -> subprocess.CompletedProcess:
-    pytest.importorskip("accessgate.loader", reason="accessgate.loader is not there yet")
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY_YAML.format(unlisted=unlisted))
     return subprocess.run(
@@ -220,7 +219,6 @@ def test_cli_rejects_a_bad_proxy_address(tmp_path):
 
 
 def test_cli_names_an_unreadable_policy(tmp_path):
-    pytest.importorskip("accessgate.loader", reason="accessgate.loader is not there yet")
     done = subprocess.run(
         [sys.executable, "-m", "accessgate", "pac", "--policy", str(tmp_path / "missing.yaml")],
         capture_output=True,

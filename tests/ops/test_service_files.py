@@ -53,7 +53,7 @@ def set_options(argv: list[str] | None = None) -> dict[str, str]:
     """
     import argparse
 
-    from accessgate.commands import run
+    from accessgate.cli import run
 
     if argv is None:
         argv = shlex.split(one("ExecStart"))

@@ -181,7 +181,7 @@ def wait_ready(
     )
 
 
-# Set by tests/engine/test_compiled.py when it runs tests on the compiled
+# Set by tests/decision/test_compiled.py when it runs tests on the compiled
 # build: every proxy started must then decide with the compiled engine.
 EXPECT_COMPILED = "ACCESSGATE_EXPECT_COMPILED"
 

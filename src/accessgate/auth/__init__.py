@@ -20,16 +20,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .authenticator import (ACCEPTED, ANONYMOUS, BUSY, LIMITED, MALFORMED, UNSUPPORTED, Authenticator,
-                            SignIn)
-from .base import Method, Verdict
-from .counters import Counters, Sample
-from .credentials import Basic, Malformed, Negotiate, parse
-from .directory import Directory, DirectoryUnavailable, LdapMethod, LdapSettings, escape_filter_value
-from .groups import DirectoryGroups, GroupResolver, GroupSource, sources_of
-from .htpasswd import HtpasswdMethod
-from .limits import FailureLimiter
-from .options import MethodSpec, parse_auth_option
+from accessgate.auth.authenticator import (
+    ACCEPTED,
+    ANONYMOUS,
+    BUSY,
+    LIMITED,
+    MALFORMED,
+    UNSUPPORTED,
+    Authenticator,
+    SignIn,
+)
+from accessgate.auth.base import Method, Verdict
+from accessgate.auth.counters import Counters, Sample
+from accessgate.auth.credentials import Basic, Malformed, Negotiate, parse
+from accessgate.auth.directory import (
+    Directory,
+    DirectoryUnavailable,
+    LdapMethod,
+    LdapSettings,
+    escape_filter_value,
+)
+from accessgate.auth.groups import DirectoryGroups, GroupResolver, GroupSource, sources_of
+from accessgate.auth.htpasswd import HtpasswdMethod
+from accessgate.auth.limits import FailureLimiter
+from accessgate.auth.options import MethodSpec, parse_auth_option
 
 __all__ = [
     "ACCEPTED", "ANONYMOUS", "BUSY", "LIMITED", "MALFORMED", "UNSUPPORTED",
@@ -54,7 +68,7 @@ def build_methods(specs: Sequence[MethodSpec], *, directory: Directory | None = 
                                  "add directory.ldap (url, base_dn, bind_dn, bind_password_file) to the policy")
             methods.append(LdapMethod(directory, realm=realm))
         elif spec.kind == "negotiate":
-            from .negotiate import NegotiateMethod
+            from accessgate.auth.negotiate import NegotiateMethod
 
             methods.append(NegotiateMethod(spec.argument or None, realms=negotiate_realms,
                                            strip_realm=strip_realm))

@@ -30,12 +30,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..logging import get_logger
-from .base import OK, REFUSED, UNAVAILABLE, UNKNOWN_USER, Method, Verdict
-from .cache import CredentialCache
-from .counters import Counters, Sample
-from .credentials import Basic, Malformed, Negotiate, describe_user, parse
-from .limits import FailureLimiter
+from accessgate.oplog import get_logger
+from accessgate.auth.base import OK, REFUSED, UNAVAILABLE, UNKNOWN_USER, Method, Verdict
+from accessgate.auth.cache import CredentialCache
+from accessgate.auth.counters import Counters, Sample
+from accessgate.auth.credentials import Basic, Malformed, Negotiate, describe_user, parse
+from accessgate.auth.limits import FailureLimiter
 
 # SignIn outcomes.
 ACCEPTED = "accepted"        # user is set

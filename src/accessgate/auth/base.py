@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
-from .credentials import Basic, Negotiate
+from accessgate.auth.credentials import Basic, Negotiate
 
 # Verdict outcomes.
 OK = "ok"                    # signed in as `user`

@@ -45,8 +45,8 @@ import ldap3
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.dn import parse_dn
 
-from .base import OK, REFUSED, UNAVAILABLE, UNKNOWN_USER, Verdict
-from .credentials import Basic, Negotiate
+from accessgate.auth.base import OK, REFUSED, UNAVAILABLE, UNKNOWN_USER, Verdict
+from accessgate.auth.credentials import Basic, Negotiate
 
 IN_CHAIN = "1.2.840.113556.1.4.1941"  # LDAP_MATCHING_RULE_IN_CHAIN (Active Directory)
 GROUP_SEARCHES = ("in_chain", "walk", "member_of")

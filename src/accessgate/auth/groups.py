@@ -32,9 +32,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..logging import get_logger
-from .counters import Counters, Sample
-from .directory import DirectoryUnavailable
+from accessgate.oplog import get_logger
+from accessgate.auth.counters import Counters, Sample
+from accessgate.auth.directory import DirectoryUnavailable
 
 # DirectoryGroups states.
 FRESH = "fresh"          # looked up less than ttl seconds ago

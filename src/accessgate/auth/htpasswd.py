@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ..logging import get_logger
-from . import hashes
-from .base import OK, REFUSED, UNAVAILABLE, UNKNOWN_USER, Verdict
-from .credentials import Basic, Negotiate
+from accessgate.oplog import get_logger
+from accessgate.auth import hashes
+from accessgate.auth.base import OK, REFUSED, UNAVAILABLE, UNKNOWN_USER, Verdict
+from accessgate.auth.credentials import Basic, Negotiate
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,8 +35,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import ClassVar
 
-from .base import OK, REFUSED, UNAVAILABLE, UNKNOWN_USER, Verdict
-from .credentials import Basic, Negotiate
+from accessgate.auth.base import OK, REFUSED, UNAVAILABLE, UNKNOWN_USER, Verdict
+from accessgate.auth.credentials import Basic, Negotiate
 
 SPNEGO_OID = "1.3.6.1.5.5.2"
 _KRB5_OIDS = {"1.2.840.113554.1.2.2", "1.2.840.48018.1.2.2", "1.3.5.1.5.2", "1.3.6.1.5.2.5"}

@@ -1,0 +1,1 @@
+"""The auditors' tools over the audit log: query, report, replay."""

@@ -1,0 +1,491 @@
+"""`accessgate audit`: query, report on, verify and re-identify the audit log.
+
+Subcommands: query, sql, report, verify, reveal, index.  Every one takes
+LOG arguments that are files or globs (rotated and .gz files included) and
+exits 0 on success, 1 when `verify` finds a break, 2 on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import decimal
+import itertools
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+HELP = "query, report on, verify and re-identify the audit log"
+
+FORMATS = ("table", "csv", "json", "jsonl")
+# What a person reading `query --format table` needs first; tools get every column.
+TABLE_COLUMNS = ("ts", "user", "client_ip", "method", "host", "path", "site", "decision", "reason")
+TABLE_DEFAULT_LIMIT = 100
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+
+    def logs(p: argparse.ArgumentParser) -> None:
+        p.add_argument("logs", nargs="+", metavar="LOG", help="audit log files or globs (x.jsonl*, rotated .N and .N.gz too)")
+        p.add_argument("--no-cache", action="store_true", help="neither read nor write the Parquet cache of rotated files")
+
+    q = sub.add_parser("query", help="list audit records that match filters", description="List audit records that match every filter given.")
+    logs(q)
+    q.add_argument("--user", action="append", help="user name (repeatable); with --key-file, a real name is pseudonymized first")
+    q.add_argument("--role", action="append", help="a role the client had (repeatable)")
+    q.add_argument("--site", action="append", help="site name (repeatable); 'unlisted' means no site")
+    q.add_argument("--host", action="append", help="host or any subdomain of it (repeatable)")
+    q.add_argument("--decision", choices=("allow", "block"))
+    q.add_argument("--reason", action="append", help="reason code (repeatable), e.g. denied, quota-exhausted")
+    q.add_argument("--event", action="append", help="record kind (repeatable): access, policy_loaded, policy_rejected, ...")
+    q.add_argument("--since", help="from this time on: ISO date/time (UTC unless an offset is given) or an age: 30m, 12h, 7d")
+    q.add_argument("--until", help="before this time (same forms as --since)")
+    q.add_argument("--key-file", help="pseudonymization key, to filter --user by real name")
+    q.add_argument("--format", choices=FORMATS, default="table")
+    q.add_argument("--limit", type=int, help=f"at most N records (table default: {TABLE_DEFAULT_LIMIT})")
+    q.set_defaults(_audit=_query)
+
+    s = sub.add_parser("sql", help="run SQL over the log, exposed as the view `audit`",
+                       description="Run one SQL statement (DuckDB dialect) over the log, exposed as the view `audit`.")  # fmt: skip
+    s.add_argument("query", metavar="SQL")
+    logs(s)
+    s.add_argument("--format", choices=FORMATS, default="table")
+    s.set_defaults(_audit=_sql)
+
+    r = sub.add_parser("report", help="usage report: active minutes, blocks, top sites, per day",
+                       description="Usage per user and site, blocked attempts, top sites per role and usage per day.")  # fmt: skip
+    logs(r)
+    r.add_argument("--since", required=True, help="ISO date/time or an age (7d)")
+    r.add_argument("--until", help="end, exclusive (default: now)")
+    r.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with charts")
+    r.add_argument("--top", type=int, default=20, help="rows per table in the text summary (default 20)")
+    r.set_defaults(_audit=_report)
+
+    v = sub.add_parser("verify", help="check the hash chain: nothing edited, deleted, inserted or reordered",
+                       description="Check the hash chain through the given files, oldest first, and that the "
+                       "query tools read every record. Exit 1 on any break or unreadable record.")  # fmt: skip
+    v.add_argument("logs", nargs="+", metavar="LOG")
+    v.add_argument("--from-start", action="store_true",
+                   help="the files hold the log from its very first record: a chain that starts "
+                   "anywhere else is a break (without it, a missing start is only reported)")  # fmt: skip
+    v.set_defaults(_audit=_verify)
+
+    rv = sub.add_parser("reveal", help="map pseudonyms in the log back to names, with the key",
+                        description="Map the pseudonyms seen in the log back to names among candidates, using the pseudonymization key.")  # fmt: skip
+    logs(rv)
+    rv.add_argument("--key-file", required=True)
+    who = rv.add_mutually_exclusive_group(required=True)
+    who.add_argument("--candidates", metavar="FILE", help="candidate names, one per line ('#' comments)")
+    who.add_argument("--policy", metavar="POLICY", help="take candidates from the policy's directory and user: members")
+    rv.add_argument("--format", choices=FORMATS, default="table")
+    rv.set_defaults(_audit=_reveal)
+
+    ix = sub.add_parser("index", help="parse log files into the query cache now (e.g. after rotation)",
+                        description="Parse log files into the Parquet cache so later queries of them are fast. "
+                        "A file that changes afterwards is simply read again.")  # fmt: skip
+    ix.add_argument("logs", nargs="+", metavar="LOG")
+    ix.set_defaults(_audit=_index, no_cache=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from accessgate.errors import AccessgateError
+
+    try:
+        return args._audit(args)
+    except (AccessgateError, ValueError, OSError) as exc:
+        print(f"accessgate audit {args.audit_command}: {safe_text(exc)}", file=sys.stderr)
+        return 2
+
+
+# -- opening the log ----------------------------------------------------------------
+
+
+def open_log(args: argparse.Namespace, label: str, build_cache: str = "rotated"):
+    from accessgate.audit.tools import progress
+    from accessgate.audit.reader import AuditLog, Cache
+
+    log = AuditLog(
+        args.logs,
+        cache=None if getattr(args, "no_cache", False) else Cache(),
+        build_cache=build_cache,
+        progress=progress.for_queries(label),
+    )
+    for problem in log.problems:
+        print(f"warning: {safe_text(problem)}", file=sys.stderr)
+    return log
+
+
+# -- query ----------------------------------------------------------------------------
+
+
+def build_query(args: argparse.Namespace, key: bytes | None = None) -> tuple[str, list[Any]]:
+    """SELECT for `audit query` filters; values always go in as parameters."""
+    from accessgate.audit.reader import parse_time
+    from accessgate.audit.pseudonym import is_pseudonym, pseudonymize
+
+    where: list[str] = []
+    params: list[Any] = []
+
+    def any_of(column: str, values: Sequence[str] | None) -> None:
+        if values:
+            where.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            params.extend(values)
+
+    users = args.user
+    if users and key is not None:
+        users = [u if is_pseudonym(u) else pseudonymize(key, u) for u in users]
+    any_of('"user"', users)
+    if args.role:
+        where.append("(" + " OR ".join("list_contains(roles, ?)" for _ in args.role) + ")")
+        params.extend(args.role)
+    if args.site:
+        named = [s for s in args.site if s != "unlisted"]
+        parts = []
+        if named:
+            parts.append(f"site IN ({', '.join('?' for _ in named)})")
+            params.extend(named)
+        if len(named) < len(args.site):
+            parts.append("(site IS NULL AND event = 'access')")
+        where.append("(" + " OR ".join(parts) + ")")
+    if args.host:
+        # ends_with, not LIKE: a host name may hold `_`, which LIKE reads as a wildcard.
+        where.append("(" + " OR ".join("(host = ? OR ends_with(host, ?))" for _ in args.host) + ")")
+        for host in args.host:
+            host = host.lower().rstrip(".")
+            params.extend([host, "." + host])
+    if args.decision:
+        where.append("decision = ?")
+        params.append(args.decision)
+    any_of("reason", args.reason)
+    any_of("event", args.event)
+    now = dt.datetime.now(dt.timezone.utc)
+    if args.since:
+        where.append("ts >= ?")
+        params.append(parse_time(args.since, now))
+    if args.until:
+        where.append("ts < ?")
+        params.append(parse_time(args.until, now))
+    sql = "SELECT * FROM audit"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY ts, seq"
+    return sql, params
+
+
+def _query(args: argparse.Namespace) -> int:
+    from accessgate.audit.pseudonym import read_key
+
+    key = read_key(args.key_file) if args.key_file else None
+    sql, params = build_query(args, key)
+    limit = args.limit
+    if limit is None and args.format == "table":
+        limit = TABLE_DEFAULT_LIMIT
+    streamed = args.format in ("csv", "jsonl")  # a month of records need not fit in memory
+    if limit is not None:
+        if limit < 0:
+            raise ValueError("--limit must be 0 or more")
+        # For people, one more row tells whether some were left out.
+        sql += f" LIMIT {int(limit) + (0 if streamed else 1)}"
+    with open_log(args, "query") as log:
+        columns, rows = log.stream(sql, params)
+        if streamed:
+            write(columns, rows, args.format, sys.stdout)
+            return 0
+        rows = list(rows)
+    more = limit is not None and len(rows) > limit
+    rows = rows[:limit] if limit is not None else rows
+    if args.format == "table":
+        keep = [columns.index(c) for c in TABLE_COLUMNS]
+        columns = list(TABLE_COLUMNS)
+        rows = [tuple(row[i] for i in keep) for row in rows]
+    write(columns, rows, args.format, sys.stdout)
+    if more:
+        print(
+            f"(more records match than the {limit} shown: use --limit N, or --format csv/json for all)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _sql(args: argparse.Namespace) -> int:
+    with open_log(args, "sql") as log:
+        columns, rows = log.stream(args.query)
+        write(columns, rows if args.format in ("csv", "jsonl") else list(rows), args.format, sys.stdout)
+    return 0
+
+
+# -- output -------------------------------------------------------------------------
+
+
+def json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.astimezone(dt.timezone.utc)
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def text_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.datetime):
+        return json_value(value)
+    if isinstance(value, (list, tuple)):
+        return ",".join(text_value(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{text_value(k)}={text_value(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(json_value(value)) if not isinstance(value, str) else value
+
+
+# -- what reaches a spreadsheet or a terminal ------------------------------------------
+#
+# Log values come from clients: a method or path may be a spreadsheet formula
+# or terminal control sequences.  Text output shows such characters as visible
+# escapes; CSV cells that a spreadsheet would run as a formula get a leading
+# `'` (OWASP: cells starting with = + - @ tab CR, and NUL); JSON stays exact.
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\0")
+# C0 and C1 controls and DEL (ESC starts colours, cursor moves, OSC 8 links),
+# line and paragraph separators, bidirectional marks and overrides (they
+# reorder what is shown), and lone surrogates (no character at all).
+_UNSAFE = "\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_UNSAFE_TEXT = re.compile(f"[{_UNSAFE}]")
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _visible(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return _SHORT.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def safe_text(value: object) -> str:
+    """`value` as text that a terminal shows as it is: no control character acts."""
+    return _UNSAFE_TEXT.sub(_visible, str(value))
+
+
+def csv_cell(value: Any) -> str:
+    text = text_value(value)
+    if text.startswith(_FORMULA_START) and not isinstance(value, (int, float, decimal.Decimal)):
+        return "'" + text
+    return text
+
+
+def json_text(data: Any, **options: Any) -> str:
+    """JSON of `data`, with the characters a terminal would act on as \\u escapes (the same JSON)."""
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False, **options))
+
+
+def write(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str, out) -> None:
+    """Rows in `fmt`; csv and jsonl consume `rows` lazily, the others need a list."""
+    if fmt == "csv":
+        # The csv module quotes a field with CR only when CR ends its lines; a
+        # bare CR would start a new row in a spreadsheet, so such rows are quoted.
+        plain = csv.writer(out, lineterminator="\n")
+        quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        for row in itertools.chain([columns], rows):
+            cells = [csv_cell(v) for v in row]
+            (quoted if any("\r" in c for c in cells) else plain).writerow(cells)
+    elif fmt == "json":
+        out.write(json_text([dict(zip(columns, map(json_value, row))) for row in rows], indent=1))
+        out.write("\n")
+    elif fmt == "jsonl":
+        for row in rows:
+            out.write(json_text(dict(zip(columns, map(json_value, row)))) + "\n")
+    else:
+        out.write(table(columns, rows))
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 48) -> str:
+    """Aligned columns for people; long cells are cut with '…', control characters made visible."""
+
+    def cell(value: Any) -> str:
+        text = "-" if value is None else safe_text(text_value(value))
+        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+    cells = [[cell(v) for v in row] for row in rows]
+    heads = [cell(c) for c in columns]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(heads)]
+    numeric = [all(isinstance(r[i], (int, float, decimal.Decimal)) and not isinstance(r[i], bool)
+                   for r in rows if r[i] is not None) and any(r[i] is not None for r in rows)
+               for i in range(len(columns))]  # fmt: skip
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        return "  ".join(parts).rstrip() + "\n"
+
+    out = [line(heads), line(["-" * w for w in widths])]
+    out += [line(r) for r in cells]
+    if not rows:
+        out.append("(no records)\n")
+    return "".join(out)
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def _report(args: argparse.Namespace) -> int:
+    from accessgate.audit.reader import parse_time
+    from accessgate.audit.tools.report import build_report, render_html, render_text
+
+    now = dt.datetime.now(dt.timezone.utc)
+    since = parse_time(args.since, now)
+    until = parse_time(args.until, now) if args.until else now
+    if until <= since:
+        raise ValueError(f"--until ({until:%Y-%m-%d %H:%M}) must be after --since ({since:%Y-%m-%d %H:%M})")
+    with open_log(args, "report") as log:
+        data = build_report(log, since, until)
+    sys.stdout.write(render_text(data, top=args.top))
+    if args.html:
+        Path(args.html).write_text(render_html(data), encoding="utf-8")
+        print(f"HTML report written to {args.html}", file=sys.stderr)
+    return 0
+
+
+# -- verify -------------------------------------------------------------------------
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from accessgate.audit.tools import progress
+    from accessgate.audit.reader import expand
+    from accessgate.audit.chain import verify
+
+    files = expand(args.logs)
+    total = sum(p.stat().st_size for p in files)
+    with progress.counting("verify", total) as step:
+        verdict = verify(files, progress=step)
+    out = [f"note: {safe_text(note)}" for note in verdict.notes]
+    if verdict.note_count > len(verdict.notes):
+        out.append(f"note: … and {verdict.note_count - len(verdict.notes)} more notes")
+    start_missing = verdict.records > 0 and not verdict.from_origin
+    if start_missing and not args.from_start:
+        out.append(
+            f"not proven: that no records came before seq {verdict.first_seq} "
+            f"({safe_text(verdict.first_at)}): the files given start mid-chain, not at a first record "
+            "(seq 1 after 64 zeros). Older rotated files that were not given, deleted by retention "
+            "(see retention_deleted records) or deleted without a trace all look alike: give every "
+            "rotated file and --from-start to prove the start"
+        )
+    if verdict.records > 0:
+        out.append(
+            f"not proven: that no records came after seq {verdict.last_seq}: deleting the newest "
+            "records leaves an intact chain. Keep the last seq and the sha256 of its line "
+            f"({verdict.last_hash}) where the proxy host cannot write, and check later logs against them"
+        )
+    breaks = list(verdict.breaks)
+    break_count = verdict.break_count
+    if start_missing and args.from_start:
+        breaks.insert(0, f"{safe_text(verdict.first_at)}: the chain starts at seq {verdict.first_seq}, "
+                         "not at a first record (seq 1 after 64 zeros): records before it are missing")  # fmt: skip
+        break_count += 1
+    for label, found, count in (("BROKEN", breaks, break_count),
+                                ("UNREADABLE", verdict.unreadable, verdict.unreadable_count)):  # fmt: skip
+        if not count:
+            continue
+        out.append(f"{label}: {safe_text(found[0])}")
+        out.extend(f"  also: {safe_text(more)}" for more in found[1:10])
+        if count > 10:
+            out.append(f"  … and {count - 10} more")
+    where = f"{len(files)} file(s)"
+    if break_count:
+        unread = ""
+        if verdict.unreadable_count:
+            unread = f"; {verdict.unreadable_count} record(s) the query tools cannot read"
+        out.append(f"{break_count} break(s) in {verdict.records} records across {where}{unread}")
+    elif verdict.unreadable_count:
+        out.append(
+            f"chain intact (seq {verdict.first_seq}..{verdict.last_seq}, {where}), but "
+            f"{verdict.unreadable_count} of {verdict.records} records cannot be read by query, sql, report "
+            "and replay: see UNREADABLE above"
+        )
+    elif verdict.records == 0:
+        out.append("FAILED: no chained records found (the files are empty or predate the hash chain)")
+    else:
+        out.append(
+            f"OK: {verdict.records} records, chain intact (seq {verdict.first_seq}..{verdict.last_seq}, {where})"
+        )
+    print("\n".join(out))
+    return 0 if verdict.records and not break_count and not verdict.unreadable_count else 1
+
+
+# -- reveal -------------------------------------------------------------------------
+
+
+def candidates_from_policy(path: str) -> list[str]:
+    from accessgate.policy.loader import load_policy
+    from accessgate.audit.tools.replay import policy_users
+
+    policy = load_policy(path)
+    return sorted(policy_users(policy) | {t.user for t in policy.tests if t.user})
+
+
+def candidates_from_file(path: str) -> list[str]:
+    names = []
+    for raw in Path(path).read_text(encoding="utf-8").splitlines():
+        name = raw.split("#", 1)[0].strip()
+        if name:
+            names.append(name)
+    return names
+
+
+def _reveal(args: argparse.Namespace) -> int:
+    from accessgate.audit.pseudonym import is_pseudonym, pseudonymize, read_key
+
+    key = read_key(args.key_file)
+    names = candidates_from_policy(args.policy) if args.policy else candidates_from_file(args.candidates)
+    table_of = {pseudonymize(key, name): name for name in names}
+    with open_log(args, "reveal") as log:
+        seen = log.sql(
+            'SELECT "user", count(*), min(ts), max(ts) FROM audit WHERE "user" IS NOT NULL '
+            'GROUP BY "user" ORDER BY "user"'
+        ).rows
+    rows = []
+    for user, count, first, last in seen:
+        if not is_pseudonym(user):
+            continue
+        rows.append((user, table_of.get(user), count, first, last))
+    rows.sort(key=lambda r: (r[1] is None, r[1] or "", r[0]))
+    write(("pseudonym", "name", "records", "first_seen", "last_seen"), rows, args.format, sys.stdout)
+    unknown = sum(1 for r in rows if r[1] is None)
+    if unknown:
+        print(f"{unknown} pseudonym(s) match no candidate (a name not listed, or another key)", file=sys.stderr)
+    return 0
+
+
+# -- index --------------------------------------------------------------------------
+
+
+def _index(args: argparse.Namespace) -> int:
+    with open_log(args, "index", build_cache="all") as log:
+        print(f"{log.cached} of {len(log.files)} file(s) cached in {_cache_dir()}")
+    return 0
+
+
+def _cache_dir() -> Path:
+    from accessgate.audit.reader import default_cache_dir
+
+    return default_cache_dir()

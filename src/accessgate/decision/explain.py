@@ -1,0 +1,177 @@
+"""Ask the engine a question written by a person, and report its answer.
+
+`accessgate explain`, `accessgate test` (and anything else that decides a
+request typed by hand) turn a URL, a method, headers, a user, a client
+address and a time into the engine's `Request`, `Identity` and `now`, and
+a `Decision` back into a report: a JSON-ready dict and its text form.
+Pure: no I/O, no clock unless the caller passes none.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.parse
+from dataclasses import dataclass
+from datetime import date, datetime, timezone, tzinfo
+from zoneinfo import ZoneInfo
+
+from accessgate.decision.engine import Decision, Identity, Request
+from accessgate.policy.model import Policy
+from accessgate.decision.quota import QuotaUsage
+
+
+def request_from_url(
+    url: str, method: str = "GET", headers: tuple[tuple[str, str], ...] = ()
+) -> Request:
+    """The request a client sends for `url`, as the engine sees it.
+
+    Its hosts are the URL's host (with its port, without userinfo), as the
+    proxy sees it in the absolute-form target, plus every `Host` header
+    given: the engine decides each and the strictest stands.  Header names
+    are lower-cased, as the engine expects.
+    """
+    text = url.strip()
+    if "://" not in text:
+        # `www.facebook.com/path` is what people type; read it as a browser would.
+        text = "http://" + text
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # raises on a malformed port
+    except ValueError as exc:
+        raise ValueError(f"'{url}' is not a valid URL ({exc}); write it like https://www.example.com/") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"'{url}' is not an http:// or https:// URL")
+    authority = parts.netloc.rpartition("@")[2]
+    lowered = tuple((name.strip().lower(), value.strip()) for name, value in headers)
+    hosts = tuple(h for h in (authority, *(v for k, v in lowered if k == "host")) if h)
+    if not hosts:
+        raise ValueError(f"'{url}' names no host; write it like https://www.example.com/")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Request(
+        method=method.strip().upper() or "GET",
+        hosts=hosts,
+        path=path,
+        scheme=parts.scheme,
+        headers=lowered,
+    )
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """`'Name: value'` -> (name, value)."""
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
+        raise ValueError(f"header '{text}' is not 'Name: value'; write it like 'Host: www.example.com'")
+    return name.strip(), value.strip()
+
+
+def identity(user: str | None, client_ip: str | None) -> Identity:
+    """Who asks.  Groups stay empty: the engine reads local groups from the policy."""
+    ip = None
+    if client_ip:
+        try:
+            ip = ipaddress.ip_address(client_ip.strip())
+        except ValueError:
+            raise ValueError(f"'{client_ip}' is not an IP address; write one like 10.1.2.3 or 2001:db8::1") from None
+    return Identity(user=user or None, client_ip=ip)
+
+
+def parse_time(text: str | None, tz: tzinfo, now: datetime | None = None) -> datetime:
+    """An aware time from ISO `text`; without an offset it is read in `tz`.
+
+    No `text` means `now` (or the clock, if `now` is None too).
+    """
+    if not text:
+        return now if now is not None else datetime.now(timezone.utc)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"'{text}' is not an ISO time; write it like 2026-11-23T12:30:00 "
+            "(read in the policy's time zone) or 2026-11-23T12:30:00+01:00"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=tz)
+
+
+@dataclass(frozen=True, slots=True)
+class UsedMinutes:
+    """A quota ledger in which `minutes` are already used today, everywhere.
+
+    For "what if" questions: `explain --quota-used 20` shows the decision
+    after 20 minutes on each site today.
+    """
+
+    minutes: int
+
+    def usage(self, subject: str, site: str, day: date, minute: int) -> QuotaUsage:
+        return QuotaUsage(self.minutes, False)
+
+    def mark(self, subject: str, site: str, day: date, minute: int) -> int:
+        return self.minutes
+
+
+def report(
+    decision: Decision,
+    policy: Policy,
+    *,
+    request: Request,
+    who: Identity,
+    at: datetime,
+    url: str | None = None,
+) -> dict[str, object]:
+    """The decision and what it was decided about, ready for `json.dumps`."""
+    tz = policy.timezone
+    return {
+        "decision": decision.decision,
+        "reason": decision.reason,
+        "site": decision.site,
+        "level": decision.level.value if decision.level is not None else None,
+        "rule": decision.rule,
+        "role": decision.role,
+        "roles": list(decision.roles),
+        "host": decision.host,
+        "opens_at": decision.opens_at.astimezone(tz).isoformat() if decision.opens_at else None,
+        "message": decision.message,
+        "user": who.user,
+        "client_ip": str(who.client_ip) if who.client_ip is not None else None,
+        "method": request.method,
+        "url": url,
+        "hosts": list(request.hosts),
+        "at": at.astimezone(tz).isoformat(),
+        "timezone": str(tz),
+        "policy": policy.digest,
+    }
+
+
+def render(data: dict[str, object]) -> str:
+    """The text form of `report(...)`: one `label  value` line each."""
+    dash = "-"
+    lines = [
+        ("decision", data["decision"]),
+        ("reason", data["reason"]),
+    ]
+    if data.get("message"):
+        lines.append(("", data["message"]))
+    lines += [
+        ("site", data["site"] or "(none: the host is in no site)"),
+        ("level", data["level"] or dash),
+        ("role", data["role"] or dash),
+        ("rule", data["rule"] or dash),
+        ("roles", ", ".join(data["roles"]) or "(none)"),  # type: ignore[arg-type]
+        ("user", data["user"] or "(anonymous)"),
+        ("client", data["client_ip"] or dash),
+        ("host", data["host"] or dash),
+        ("at", _when(str(data["at"]), str(data["timezone"]))),
+    ]
+    if data.get("opens_at"):
+        lines.append(("opens at", _when(str(data["opens_at"]), str(data["timezone"]))))
+    elif data["reason"] in ("outside-window", "quota-exhausted"):
+        lines.append(("opens at", "(never: no window of this grant opens again)"))
+    lines.append(("policy", str(data["policy"])[:12]))
+    return "\n".join(f"{label:<10}{value}".rstrip() for label, value in lines)
+
+
+def _when(iso: str, zone: str) -> str:
+    moment = datetime.fromisoformat(iso).astimezone(ZoneInfo(zone))
+    return f"{moment:%a %Y-%m-%d %H:%M:%S %Z} ({zone})"

@@ -1,0 +1,196 @@
+"""The policy as the engine sees it: frozen, validated, ready to decide with.
+
+The loader (`accessgate.policy.loader`) builds these from YAML and is the only place
+that checks them; everything here assumes a valid policy.  Lookup tables
+that make `decide` fast are built once in `Policy.__post_init__`, so a policy
+object is cheap to query and expensive only to create.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from datetime import time
+from enum import Enum
+from types import MappingProxyType
+from typing import Mapping
+from zoneinfo import ZoneInfo
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def fold_user(name: str) -> str:
+    """A login name as accessgate compares, counts and records it: case-folded.
+
+    Directories (Active Directory, most LDAP schemas) match login names
+    case-insensitively, so `ALICE` and `alice` sign in as one person and
+    must be one person for roles, quotas and the audit log.
+    """
+    return name.casefold()
+
+
+class Level(str, Enum):
+    """How far a grant opens a site.  Ordered: DENY < READ_ONLY < FULL."""
+
+    DENY = "deny"
+    READ_ONLY = "read-only"
+    FULL = "full"
+
+    @property
+    def rank(self) -> int:
+        return _LEVEL_RANK[self]
+
+
+_LEVEL_RANK = {Level.DENY: 0, Level.READ_ONLY: 1, Level.FULL: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOnlyRule:
+    """A write that read-only access still allows (log in, search).
+
+    `method` None matches every method; `path` is a glob (`*` crosses `/`)
+    that must match the request's path, without its query string, in every
+    way a server may read it (`paths.readings`).
+    """
+
+    method: str | None
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    name: str
+    domains: tuple[str, ...]  # normalized A-label form, no trailing dot
+    networks: tuple[IPNetwork, ...] = ()
+    read_only_allow: tuple[ReadOnlyRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """`DAYS HH:MM-HH:MM` in the policy's time zone, half-open [start, end).
+
+    `days` are ISO weekdays of the *starting* day (0 = Monday).  `end` is
+    None for `24:00`.  A window whose end is before its start crosses
+    midnight and belongs to its starting day.
+    """
+
+    days: frozenset[int]
+    start: time
+    end: time | None
+    text: str  # as written, for messages and the status page
+
+    @property
+    def crosses_midnight(self) -> bool:
+        return self.end is not None and self.end <= self.start
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One role's access to one site (or to `*`)."""
+
+    level: Level
+    windows: tuple[Window, ...] = ()
+    daily_minutes: int | None = None
+    rule: str = ""  # e.g. "roles.everyone.access.facebook", names it in decisions
+    # Derived once: an Enum hashes in Python, too slow for every decision.
+    rank: int = field(init=False, repr=False, compare=False, default=0)
+    is_static: bool = field(init=False, repr=False, compare=False, default=True)  # no windows, no quota
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rank", _LEVEL_RANK[self.level])
+        object.__setattr__(self, "is_static", not self.windows and self.daily_minutes is None)
+
+
+class MemberKind(str, Enum):
+    USER = "user"
+    GROUP = "group"
+    NET = "net"
+    ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    kind: MemberKind
+    value: str | None = None  # user or group name; None for `all`
+    network: IPNetwork | None = None  # for `net:`
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    name: str
+    members: tuple[Member, ...]
+    access: Mapping[str, Grant]  # site name or "*" -> grant
+
+
+class Fallback(str, Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyTest:
+    """One case of the policy's `tests:` list."""
+
+    url: str
+    expect: str  # "allow" | "block"
+    user: str | None = None
+    method: str = "GET"
+    at: str | None = None  # ISO time; without offset, in the policy's zone
+    reason: str | None = None
+    client_ip: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    name: str | None = None
+    quota_used: int | None = None  # minutes already used today on the tested site
+    source: str = ""  # "file:line" for failure messages
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A whole, valid policy.  Built by the loader; never mutated."""
+
+    timezone: ZoneInfo
+    sites: Mapping[str, Site]
+    roles: Mapping[str, Role]
+    groups: Mapping[str, frozenset[str]]  # local directory: group -> users
+    unauthenticated: str  # "deny" or a role name
+    unlisted: Fallback
+    tests: tuple[PolicyTest, ...] = ()
+    digest: str = ""  # sha256 hex of the source files, in load order
+    sources: tuple[str, ...] = ()  # files the policy was read from
+    ldap: Mapping[str, object] | None = None  # directory.ldap settings, if any
+    # "file:line:col: warning: ..." lines: valid, but worth a second look (`check` prints them).
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    # Derived lookup tables, built once.
+    domain_index: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    network_index: tuple[tuple[IPNetwork, str], ...] = field(
+        init=False, repr=False, compare=False
+    )
+    user_groups: Mapping[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        domains: dict[str, str] = {}
+        networks: list[tuple[IPNetwork, str]] = []
+        for site in self.sites.values():
+            for domain in site.domains:
+                domains[domain] = site.name
+            for net in site.networks:
+                networks.append((net, site.name))
+        # Longest prefix first, so the first containing network is the best.
+        networks.sort(key=lambda pair: pair[0].prefixlen, reverse=True)
+        user_groups: dict[str, set[str]] = {}
+        for group, users in self.groups.items():
+            for user in users:
+                user_groups.setdefault(user, set()).add(group)
+        object.__setattr__(self, "domain_index", MappingProxyType(domains))
+        object.__setattr__(self, "network_index", tuple(networks))
+        object.__setattr__(
+            self,
+            "user_groups",
+            MappingProxyType({u: frozenset(g) for u, g in user_groups.items()}),
+        )
+
+    @property
+    def short_digest(self) -> str:
+        return self.digest[:12]

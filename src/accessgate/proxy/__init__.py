@@ -1,0 +1,1 @@
+"""The mitmproxy adapter: the addon and what it needs to turn flows into decisions and decisions into answers."""

@@ -1,0 +1,73 @@
+"""Who is asking: turn what mitmproxy knows about a client into `engine.Identity`.
+
+The user is the one mitmproxy's own `proxyauth` addon authenticated: it puts
+`(user, password)` into `flow.metadata["proxyauth"]`, and for requests inside
+a CONNECT tunnel it copies the CONNECT's credentials there, so a second
+Proxy-Authorization sent inside the tunnel never changes who the user is.
+Groups from the policy's local directory are the engine's business; this
+module only supplies the name and the client's address.
+
+The name is case-folded here, once (`model.fold_user`): a directory that
+signs in `ALICE` with alice's password means alice, and roles, quotas and
+the audit record must all say so.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import Any
+
+from accessgate.decision.engine import Identity
+from accessgate.policy.model import IPAddress, fold_user
+
+
+def client_ip(peername: Any) -> IPAddress | None:
+    """The client's address from a socket peername; IPv4-mapped IPv6 is IPv4.
+
+    A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; policies
+    write `net:10.0.0.0/8`, so the mapped form must not hide the address.
+    """
+    if not peername:
+        return None
+    host = peername[0] if isinstance(peername, (tuple, list)) else peername
+    return _address(str(host))
+
+
+@lru_cache(maxsize=4096)
+def _address(host: str) -> IPAddress | None:
+    # One object per address rather than per connection: parsing is slow,
+    # and the proxy remembers what it derives from an address object.
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def user_from_proxyauth(value: Any) -> str | None:
+    """The user name from mitmproxy's `proxyauth` metadata, case-folded; never the password."""
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], str) and value[0]:
+        return fold_user(value[0])
+    return None
+
+
+def identity_of(proxyauth: Any, peername: Any) -> Identity:
+    return Identity(user=user_from_proxyauth(proxyauth), client_ip=client_ip(peername))
+
+
+def identity_for_flow(flow) -> Identity:
+    """The identity behind an HTTP flow (a request, or a CONNECT)."""
+    return identity_of(flow.metadata.get("proxyauth"), flow.client_conn.peername)
+
+
+def identity_for_connection(client, authenticated: Any = None) -> Identity:
+    """The identity behind a client connection, outside any HTTP flow.
+
+    `authenticated` is the proxyauth addon's map of connections that
+    authenticated with a CONNECT; without proxyauth everyone is anonymous.
+    """
+    creds = authenticated.get(client) if authenticated is not None else None
+    return identity_of(creds, client.peername)

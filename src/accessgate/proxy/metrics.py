@@ -1,0 +1,369 @@
+"""Prometheus metrics of the proxy, and the HTTP endpoint that serves them.
+
+Labels come only from the policy (role and site names, plus `none` and
+`unlisted`) and from fixed vocabularies (decision, reason, result, stage,
+direction, store, operation) - never from users or hosts, whose number has
+no bound and whose names do not belong in a monitoring system.
+
+Each `Metrics` registers on the registry it is given, so tests and several
+proxies in one process never share counters.
+
+The three metrics updated on every request (requests, decision duration,
+bytes) are plain Python tallies, exported by a collector when scraped: a
+prometheus_client inc()/observe() takes a lock and several calls, which
+cost microseconds per request.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from itertools import accumulate
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+if TYPE_CHECKING:
+    from accessgate.audit.writer import AuditStats
+    from accessgate.decision.engine import Decision
+
+# A decision costs microseconds; a slow one (a huge policy, a slow store
+# behind the quota) shows in the upper buckets.  1 µs .. 10 ms.
+DECISION_BUCKETS = (
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+)  # fmt: skip
+# SQLite on local disk answers in tens of µs, Redis over a LAN in ~0.5 ms;
+# a store about to time out shows at the top.  50 µs .. 1 s.
+STATE_BUCKETS = (
+    5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+
+NO_ROLE = "none"
+NO_SITE = "none"  # the request named no usable host
+UNLISTED_SITE = "unlisted"  # a host in no site of the policy
+
+
+class Metrics:
+    """Every accessgate metric, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        # Registered where the prometheus_client metrics they replace were,
+        # so the exposition keeps its order.
+        self._requests = _CounterTally(
+            "accessgate_requests",
+            "Requests decided, by site, deciding role, decision and reason.",
+            ("site", "role", "decision", "reason"),
+            registry,
+        )
+        self._decision_seconds = _HistogramTally(
+            "accessgate_decision_duration_seconds",
+            "Time the policy engine took to decide one request.",
+            DECISION_BUCKETS,
+            registry,
+        )
+        self.policy_reloads = Counter(
+            "accessgate_policy_reloads",
+            "Attempts to load a changed policy file, by result (success or failure).",
+            ["result"],
+            registry=registry,
+        )
+        self.policy_info = Gauge(
+            "accessgate_policy_info",
+            "1 for the hash of the policy in force; no other hash is exported.",
+            ["hash"],
+            registry=registry,
+        )
+        self.last_reload = Gauge(
+            "accessgate_policy_last_reload_timestamp_seconds",
+            "Unix time of the last policy load attempt, by result.",
+            ["result"],
+            registry=registry,
+        )
+        self.quota_exhausted = Counter(
+            "accessgate_quota_exhausted",
+            "Requests blocked because the daily quota for the site was used up.",
+            ["site", "role"],
+            registry=registry,
+        )
+        self.quota_minutes = Counter(
+            "accessgate_quota_minutes",
+            "Minutes counted against daily quotas.",
+            ["site", "role"],
+            registry=registry,
+        )
+        self._bytes = _CounterTally(
+            "accessgate_bytes",
+            "Bytes through the proxy by site; in = from the client, out = to the client.",
+            ("site", "direction"),
+            registry,
+        )
+        self.fail_closed = Counter(
+            "accessgate_fail_closed",
+            "Requests blocked because accessgate failed while deciding, by stage.",
+            ["stage"],
+            registry=registry,
+        )
+        self.audit_records = Counter(
+            "accessgate_audit_records",
+            "Audit records written to the audit log file.",
+            registry=registry,
+        )
+        self.audit_errors = Counter(
+            "accessgate_audit_write_errors",
+            "Failed attempts to write the audit log (each is retried).",
+            registry=registry,
+        )
+        self.audit_pending = Gauge(
+            "accessgate_audit_pending_records",
+            "Audit records waiting to be written (queued or held while the file is unwritable).",
+            registry=registry,
+        )
+        self.audit_dropped = Counter(
+            "accessgate_audit_dropped_records",
+            "Audit records lost: backlog full, unserializable, or unwritable at shutdown.",
+            registry=registry,
+        )
+        self.state_errors = Counter(
+            "accessgate_state_store_errors",
+            "Failed calls to the quota state store, by store (sqlite, redis, memory).",
+            ["store"],
+            registry=registry,
+        )
+        self.state_seconds = Histogram(
+            "accessgate_state_store_duration_seconds",
+            "Time calls to the quota state store took, by store and operation.",
+            ["store", "operation"],
+            buckets=STATE_BUCKETS,
+            registry=registry,
+        )
+        self._policy_hash: str | None = None
+        self._audit_seen: AuditStats | None = None
+        self._lock = threading.Lock()
+
+    def observe_decision(self, decision: Decision, seconds: float | None = None) -> None:
+        """Count one decision (and its duration, when timed)."""
+        key = (site_label(decision), decision.role or NO_ROLE, decision.decision, decision.reason)
+        counts = self._requests.counts
+        counts[key] = counts.get(key, 0) + 1
+        if decision.reason == "quota-exhausted":
+            self.quota_exhausted.labels(*key[:2]).inc()  # site, role
+        if seconds is not None:
+            # The sum first, then the count: see _HistogramTally.
+            histogram = self._decision_seconds
+            histogram.sum += seconds
+            histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
+
+    def count_bytes(self, site: str, direction: str, amount: int) -> None:
+        """Add `amount` body bytes for `site` in `direction` (in|out)."""
+        key = (site, direction)
+        counts = self._bytes.counts
+        counts[key] = counts.get(key, 0) + amount
+
+    def set_policy(self, digest: str) -> None:
+        """Make `digest` the only hash that accessgate_policy_info shows."""
+        with self._lock:
+            if self._policy_hash == digest:
+                return
+            if self._policy_hash is not None:
+                try:
+                    self.policy_info.remove(self._policy_hash)
+                except KeyError:
+                    pass
+            self.policy_info.labels(digest).set(1)
+            self._policy_hash = digest
+
+    def observe_reload(self, ok: bool, when: float) -> None:
+        """Count a policy load attempt at Unix time `when`."""
+        result = "success" if ok else "failure"
+        self.policy_reloads.labels(result).inc()
+        self.last_reload.labels(result).set(when)
+
+    def observe_audit(self, stats: AuditStats) -> None:
+        """Bring the audit metrics up to `stats` (pass as `AuditLog(on_flush=...)`).
+
+        Counters grow by the difference from the last stats seen; a smaller
+        figure means a new AuditLog (the path option changed) and counts from 0.
+        """
+        with self._lock:
+            seen = self._audit_seen
+            self._audit_seen = stats
+        for counter, now, before in (
+            (self.audit_records, stats.written, seen.written if seen else 0),
+            (self.audit_errors, stats.errors, seen.errors if seen else 0),
+            (self.audit_dropped, stats.dropped, seen.dropped if seen else 0),
+        ):
+            delta = now - before if now >= before else now
+            if delta > 0:
+                counter.inc(delta)
+        self.audit_pending.set(stats.pending)
+
+
+class _CounterTally(Collector):
+    """A labelled counter kept as a dict (label values -> count), exported when scraped.
+
+    Only the proxy's event-loop thread adds to `counts` (read-modify-write
+    without a lock: two writers could lose increments).  A scrape runs in
+    the metrics server's thread and copies the dict first: dict(d) is atomic
+    under the GIL, while iterating `counts` itself raises when a request
+    adds a key meanwhile.  Unlike prometheus_client's Counter this exports
+    no `_created` samples; no rule or dashboard reads them.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.counts: dict[tuple[str, ...], int] = {}
+        registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only: the registry refuses a second metric of the same name.
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, count in dict(self.counts).items():
+            family.add_metric(labels, count)
+        yield family
+
+
+class _HistogramTally(Collector):
+    """An unlabelled histogram kept as per-bucket counts and a sum, exported when scraped.
+
+    The writer (Metrics.observe_decision, inlined there: one call less per
+    request) adds a value to `sum`, then 1 to `counts[bisect_left(bounds,
+    value)]` - the bucket of the first bound >= value, or the last one
+    (+Inf) above them all; the scrape makes the buckets cumulative.  One
+    writer thread, as for _CounterTally.  The scrape copies the list (atomic
+    under the GIL, so the buckets agree with each other and with `_count`)
+    and reads the sum after it: the count may be a few requests behind its
+    sum, never ahead - noise on a mean latency.  No `_created` sample.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, bounds: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        if list(bounds) != sorted(set(bounds)):
+            raise ValueError(f"{name}: bucket bounds must increase, not {bounds!r}")
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self._le = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=())
+
+    def collect(self) -> Iterator[Metric]:
+        counts = list(self.counts)
+        total = self.sum  # after the counts, so it holds every observation counted
+        buckets = list(zip(self._le, accumulate(counts), strict=True))  # _count is the +Inf one
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+
+def site_label(decision: Decision) -> str:
+    """The `site` label: the policy's site, `unlisted` for hosts in none, `none` without a host."""
+    if decision.site is not None:
+        return decision.site
+    return UNLISTED_SITE if decision.host else NO_SITE
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    # stop() joins the threads of scrapes in progress (bounded by the
+    # handler's timeout), so no thread or socket outlives it.
+    daemon_threads = False
+    block_on_close = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = 5  # seconds a silent scraper may hold a connection (and stop())
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass  # a scrape every 15 s is not news
+
+
+class MetricsServer:
+    """Serves `registry` over HTTP at http://HOST:PORT/metrics (any path works).
+
+    `start()` returns the bound port (give port 0 for a free one); `stop()`
+    closes the socket and joins the thread, after which `start()` may be
+    called again - on a new address when the option changed.
+    """
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self.registry = registry
+        self.host = host
+        self.port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        if self._server is not None:
+            return self._server.server_address[1]
+        server_class = type("_Server", (_Server,), {"address_family": _family(self.host)})
+        server = make_server(
+            self.host,
+            self.port,
+            make_wsgi_app(self.registry),
+            server_class=server_class,
+            handler_class=_QuietHandler,
+        )
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name=f"accessgate-metrics:{self.host}:{server.server_address[1]}",
+            daemon=True,
+        )
+        thread.start()
+        self._server, self._thread = server, thread
+        return server.server_address[1]
+
+    @property
+    def bound_port(self) -> int | None:
+        return self._server.server_address[1] if self._server is not None else None
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(5)
+
+
+def _family(host: str) -> int:
+    import socket
+
+    if ":" in host:
+        return socket.AF_INET6
+    try:
+        return socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM)[0][0]
+    except OSError:
+        return socket.AF_INET
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 as `[::1]:9464`) of the `accessgate_metrics` option."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+        raise ValueError(
+            f"accessgate_metrics must be HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:9464), "
+            f"not {value!r}; leave it empty to turn metrics off"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)

@@ -1,0 +1,1 @@
+"""Quota state: where the minutes that daily quotas count are kept (memory, SQLite, Redis)."""

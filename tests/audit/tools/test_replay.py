@@ -1,0 +1,192 @@
+"""`accessgate replay`: exactly the decisions a candidate policy would change."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from accessgate.decision.engine import Identity, Request, decide, local_day, minute_of
+from accessgate.policy.loader import parse_policy
+from accessgate.decision.quota import MemoryLedger
+
+from ..conftest import write_log
+
+CURRENT = """
+version: 1
+timezone: UTC
+sites:
+  facebook: {domains: [facebook.com]}
+  linkedin: {domains: [linkedin.com]}
+  x: {domains: [x.com]}
+directory:
+  groups:
+    pr: [alice]
+    sales: [carol]
+roles:
+  pr:
+    members: ["group:pr"]
+    access: {"*": full}
+  sales:
+    members: ["group:sales"]
+    access: {linkedin: full, x: full}
+  everyone:
+    members: [all]
+    access:
+      linkedin: read-only
+      facebook: {level: full, windows: ["mon-fri 12:00-13:00"], daily_minutes: 2}
+      "*": deny
+unauthenticated: deny
+unlisted: allow
+"""
+
+# Sales loses X; the lunch quota shrinks to one minute.
+STRICTER = CURRENT.replace("access: {linkedin: full, x: full}", "access: {linkedin: full}").replace(
+    "daily_minutes: 2", "daily_minutes: 1"
+)
+# Facebook all day without a quota; anonymous visitors may read LinkedIn.
+LOOSER = (
+    CURRENT.replace('facebook: {level: full, windows: ["mon-fri 12:00-13:00"], daily_minutes: 2}', "facebook: full")
+    .replace("unauthenticated: deny", "unauthenticated: guest")
+    .replace("roles:\n", "roles:\n  guest:\n    members: []\n    access: {linkedin: read-only}\n", 1)
+)
+
+# 2026-11-02 is a Monday.  (id, time, user, method, host) and what CURRENT decides.
+TRAFFIC = [
+    ("r01", "09:00:00", "alice", "GET", "www.facebook.com", "allow", "allowed"),
+    ("r02", "09:01:00", "alice", "POST", "x.com", "allow", "allowed"),
+    ("r03", "09:02:00", "bob", "GET", "www.linkedin.com", "allow", "allowed"),
+    ("r04", "09:03:00", "bob", "POST", "www.linkedin.com", "block", "read-only"),
+    ("r05", "09:04:00", "bob", "GET", "www.facebook.com", "block", "outside-window"),
+    ("r06", "12:00:00", "bob", "GET", "www.facebook.com", "allow", "allowed"),
+    ("r07", "12:00:30", "bob", "GET", "www.facebook.com", "allow", "allowed"),
+    ("r08", "12:01:10", "bob", "GET", "www.facebook.com", "allow", "allowed"),
+    ("r09", "12:02:00", "bob", "GET", "www.facebook.com", "block", "quota-exhausted"),
+    ("r10", "12:03:00", "carol", "POST", "x.com", "allow", "allowed"),
+    ("r11", "12:04:00", None, "GET", "www.linkedin.com", "block", "unauthenticated"),
+    ("r12", "12:05:00", "dave", "GET", "intranet.example.org", "allow", "unlisted"),
+]
+
+
+def logged_traffic() -> list[dict]:
+    """TRAFFIC as the proxy would have logged it under CURRENT (quota included)."""
+    policy = parse_policy(CURRENT)
+    ledger = MemoryLedger()
+    records = []
+    for rid, clock, user, method, host, *_ in TRAFFIC:
+        now = datetime.fromisoformat(f"2026-11-02T{clock}+00:00")
+        identity = Identity(user=user, client_ip=ipaddress.ip_address("10.0.0.7"))
+        d = decide(Request(method=method, hosts=(host,), path="/", scheme="https"), identity, policy, now, ledger)
+        if d.allowed and d.counts_quota:
+            ledger.mark(identity.subject, d.site, local_day(now, policy), minute_of(now))
+        records.append({
+            "event": "access", "ts": now, "request_id": rid, "user": user, "roles": list(d.roles),
+            "client_ip": "10.0.0.7", "method": method, "scheme": "https", "host": host, "path": "/",
+            "site": d.site, "decision": d.decision, "reason": d.reason, "level": d.level,
+            "rule": d.rule, "status": 200 if d.allowed else 403, "policy": policy.short_digest,
+        })  # fmt: skip
+    return records
+
+
+@pytest.fixture
+def log(tmp_path) -> Path:
+    return write_log(tmp_path / "audit.jsonl", logged_traffic())
+
+
+@pytest.fixture
+def policies(tmp_path):
+    def write(text: str) -> Path:
+        path = tmp_path / f"candidate{len(list(tmp_path.glob('candidate*')))}.yaml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def test_the_log_holds_what_current_decided():
+    assert [(r["request_id"], r["decision"], r["reason"]) for r in logged_traffic()] == [
+        (rid, decision, reason) for rid, *_, decision, reason in TRAFFIC
+    ]
+
+
+def test_same_policy_changes_nothing(cli, log, policies):
+    status, out, _ = cli("replay", policies(CURRENT), log)
+    assert status == 0
+    assert "Replayed 12 access records" in out and "No decision would change." in out
+
+
+def test_stricter_policy_reports_exactly_what_it_blocks(cli, log, policies):
+    status, out, _ = cli("replay", policies(STRICTER), log, "--json")
+    report = json.loads(out)
+    assert status == 1
+    assert (report["changes"], report["allow_to_block"], report["block_to_allow"]) == (2, 2, 0)
+    assert report["by_site"] == {
+        "facebook": {"allow_to_block": 1, "block_to_allow": 0, "examples": ["r08"]},
+        "x": {"allow_to_block": 1, "block_to_allow": 0, "examples": ["r10"]},
+    }
+    assert report["by_user"] == {
+        "bob": {"allow_to_block": 1, "block_to_allow": 0, "examples": ["r08"]},
+        "carol": {"allow_to_block": 1, "block_to_allow": 0, "examples": ["r10"]},
+    }
+    assert report["by_role"] == {
+        "everyone": {"allow_to_block": 2, "block_to_allow": 0, "examples": ["r08", "r10"]},
+        "sales": {"allow_to_block": 1, "block_to_allow": 0, "examples": ["r10"]},
+    }
+    assert report["reasons"] == [
+        {"from": "allowed", "to": "denied", "count": 1},
+        {"from": "allowed", "to": "quota-exhausted", "count": 1},
+    ]
+
+
+def test_looser_policy_reports_exactly_what_it_opens(cli, log, policies):
+    status, out, _ = cli("replay", policies(LOOSER), log, "--json")
+    report = json.loads(out)
+    assert status == 1
+    assert (report["changes"], report["allow_to_block"], report["block_to_allow"]) == (3, 0, 3)
+    assert report["by_site"] == {
+        "facebook": {"allow_to_block": 0, "block_to_allow": 2, "examples": ["r05", "r09"]},
+        "linkedin": {"allow_to_block": 0, "block_to_allow": 1, "examples": ["r11"]},
+    }
+    assert list(report["by_user"]) == ["bob", "(anonymous 10.0.0.7)"]
+    assert report["by_role"]["guest"]["examples"] == ["r11"]
+
+
+def test_text_report_names_groups_and_examples(cli, log, policies):
+    status, out, _ = cli("replay", policies(STRICTER), log)
+    assert status == 1
+    assert "2 decisions would change: 2 allow -> block, 0 block -> allow." in out
+    assert "By role:" in out and "By site:" in out and "By user:" in out
+    assert any(line.split()[:4] == ["carol", "1", "0", "r10"] for line in out.splitlines())
+
+
+def test_pseudonymized_log_replays_with_the_key(cli, tmp_path, policies):
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"0123456789abcdef0123456789abcdef")
+    log = write_log(tmp_path / "audit.jsonl", logged_traffic(), key=key_file.read_bytes())
+    assert "alice" not in log.read_text()
+    status, out, _ = cli("replay", policies(CURRENT), log, "--key-file", key_file)
+    assert (status, "No decision would change." in out) == (0, True)
+    # Without the key nobody is in a group: alice's PR access is gone.
+    status, out, _ = cli("replay", policies(CURRENT), log, "--json")
+    assert status == 1 and json.loads(out)["allow_to_block"] >= 2
+
+
+def test_since_limits_the_replay(cli, log, policies):
+    status, out, _ = cli("replay", policies(STRICTER), log, "--since", "2026-11-02T12:02", "--json")
+    report = json.loads(out)
+    assert (status, report["records"]) == (1, 4)
+    # r10 loses X; r09 is allowed because quota counting starts at --since.
+    assert report["by_user"] == {
+        "bob": {"allow_to_block": 0, "block_to_allow": 1, "examples": ["r09"]},
+        "carol": {"allow_to_block": 1, "block_to_allow": 0, "examples": ["r10"]},
+    }
+
+
+def test_errors_exit_2(cli, log, policies, tmp_path):
+    status, _, err = cli("replay", policies("version: 1\nroles: {x: {members: [nobody]}}\n"), log)
+    assert status == 2 and "not valid" in err
+    status, _, err = cli("replay", policies(CURRENT), tmp_path / "missing.jsonl")
+    assert status == 2 and "no such audit log" in err

@@ -1,0 +1,121 @@
+"""`accessgate audit report`: numbers match a hand-counted log; the HTML stands alone."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timezone
+
+import pytest
+
+from accessgate.audit.reader import AuditLog
+from accessgate.audit.tools.report import Day, RoleSite, UserSite, build_report, render_html
+
+from ..conftest import access, write_log
+
+ALICE = {"roles": ["communications", "everyone"]}
+KIOSK = {"roles": ["kiosk"], "client_ip": "10.20.30.4"}
+SALES = {"roles": ["everyone", "sales"]}
+RECORDS = [
+    {"event": "policy_loaded", "ts": "2026-11-01T08:00:00.000Z", "policy": "abc123abc123"},
+    access("old", "2026-11-01T23:59:59.999Z", "alice", "facebook", **ALICE),  # before --since
+    access("a1", "2026-11-02T09:00:05.000Z", "alice", "facebook", **ALICE),
+    access("a2", "2026-11-02T09:00:50.000Z", "alice", "facebook", **ALICE),  # same minute as a1
+    access("a3", "2026-11-02T09:01:00.000Z", "alice", "facebook", **ALICE),
+    access("a4", "2026-11-02T09:01:30.000Z", "alice", "linkedin", **ALICE),
+    access("a5", "2026-11-02T09:02:00.000Z", "bob", "facebook", "block", reason="outside-window"),
+    access("a6", "2026-11-02T09:03:00.000Z", "bob", "facebook", "block", reason="outside-window"),
+    access("a7", "2026-11-02T09:04:00.000Z", "bob", "linkedin", "block", reason="read-only", method="POST"),
+    access("a8", "2026-11-02T09:04:30.000Z", "bob", "linkedin"),
+    access("a9", "2026-11-02T10:00:00.000Z", None, "youtube", **KIOSK),
+    access("a10", "2026-11-02T10:00:59.999Z", None, "youtube", **KIOSK),  # same minute as a9
+    access("a11", "2026-11-02T10:05:00.000Z", "dave", None),  # unlisted: totals only
+    access("b1", "2026-11-03T12:00:00.000Z", "alice", "facebook", **ALICE),
+    access("b2", "2026-11-03T12:00:10.000Z", "bob", "facebook"),
+    access("b3", "2026-11-03T12:01:10.000Z", "bob", "facebook"),
+    access("b4", "2026-11-03T12:02:00.000Z", "bob", "facebook", "block", reason="quota-exhausted"),
+    access("b5", "2026-11-03T12:03:00.000Z", "carol", "x", "block", **SALES),
+    access("late", "2026-11-04T00:00:00.000Z", "alice", "facebook", **ALICE),  # at --until: excluded
+]
+SINCE = datetime(2026, 11, 2, tzinfo=timezone.utc)
+UNTIL = datetime(2026, 11, 4, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def log(tmp_path):
+    return write_log(tmp_path / "audit.jsonl", RECORDS)
+
+
+@pytest.fixture
+def report(log):
+    with AuditLog([str(log)]) as audit:
+        return build_report(audit, SINCE, UNTIL)
+
+
+def test_totals(report):
+    assert (report.requests, report.allowed, report.blocked, report.unlisted, report.users) == (16, 11, 5, 1, 5)
+
+
+def test_active_minutes_and_requests_per_user_and_site(report):
+    assert report.user_sites == [
+        UserSite("alice", "facebook", minutes=3, allowed=4, blocked=0),
+        UserSite("bob", "facebook", minutes=2, allowed=2, blocked=3),
+        UserSite("(anonymous 10.20.30.4)", "youtube", minutes=1, allowed=2, blocked=0),
+        UserSite("bob", "linkedin", minutes=1, allowed=1, blocked=1),
+        UserSite("alice", "linkedin", minutes=1, allowed=1, blocked=0),
+        UserSite("carol", "x", minutes=0, allowed=0, blocked=1),
+    ]
+
+
+def test_blocked_attempts_by_reason(report):
+    assert report.blocked_by_reason == [("outside-window", 2), ("denied", 1), ("quota-exhausted", 1), ("read-only", 1)]
+
+
+def test_top_sites_per_role(report):
+    assert report.top_sites_per_role == [
+        RoleSite("communications", "facebook", minutes=3, allowed=4, users=1),
+        RoleSite("communications", "linkedin", minutes=1, allowed=1, users=1),
+        RoleSite("everyone", "facebook", minutes=5, allowed=6, users=2),
+        RoleSite("everyone", "linkedin", minutes=2, allowed=2, users=2),
+        RoleSite("kiosk", "youtube", minutes=1, allowed=2, users=1),
+    ]
+
+
+def test_per_day(report):
+    assert report.days == [
+        Day(date(2026, 11, 2), minutes=5, allowed=8, blocked=3, users=4),
+        Day(date(2026, 11, 3), minutes=3, allowed=3, blocked=2, users=3),
+    ]
+
+
+def test_html_is_self_contained_and_carries_the_numbers(report):
+    page = render_html(report)
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count("<svg") == 2  # per-day chart, blocks by reason
+    for outside in ("http://", "https://", "<script", " src=", "url(", "<link", "@import"):
+        assert outside not in page, outside
+    row = '<tr><td class="">alice</td><td class="">facebook</td><td class="n">3</td><td class="n">4</td><td class="n">0</td></tr>'
+    assert row in page
+    assert re.search(r"<div><b>8</b>active minutes</div>", page)
+
+
+def test_html_escapes_what_the_log_says(tmp_path):
+    log = write_log(tmp_path / "a.jsonl", [access("e1", "2026-11-02T09:00:00.000Z", "<img onerror=x>", "face<book>")])
+    with AuditLog([str(log)]) as audit:
+        page = render_html(build_report(audit, SINCE, UNTIL))
+    assert "<img" not in page and "&lt;img onerror=x&gt;" in page and "face&lt;book&gt;" in page
+
+
+def test_cli_prints_summary_and_writes_html(cli, log, tmp_path):
+    html = tmp_path / "report.html"
+    status, out, err = cli("audit", "report", log, "--since", "2026-11-02", "--until", "2026-11-04", "--html", html)
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[1] == "16 requests: 11 allowed, 5 blocked; 1 to unlisted hosts; 5 users"
+    assert ["alice", "facebook", "3", "4", "0"] in [line.split() for line in lines]
+    assert ["2026-11-03", "3", "3", "2", "3"] in [line.split() for line in lines]
+    assert html.read_text().count("<svg") == 2 and f"written to {html}" in err
+
+
+def test_cli_rejects_an_empty_period(cli, log):
+    status, _, err = cli("audit", "report", log, "--since", "2026-11-04", "--until", "2026-11-02")
+    assert status == 2 and "must be after --since" in err
