@@ -17,14 +17,12 @@ from accessgate.proxy.pages import (
     INVALID_HOST,
     UNKNOWN_REASON,
     UNLISTED_DENIED,
-    SiteStanding,
     block_response,
     prefers_html,
     reason_sentence,
     relative,
-    standing,
-    status_response,
 )
+from accessgate.proxy.status import SiteStanding, standing, status_response
 from accessgate.decision.quota import MemoryLedger
 
 BERLIN = ZoneInfo("Europe/Berlin")

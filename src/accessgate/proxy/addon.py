@@ -76,6 +76,7 @@ from accessgate.stores.timed import TimedLedger
 from accessgate.proxy.metrics import site_label
 from accessgate.policy.model import Policy
 from accessgate.proxy.reload import Fingerprint, PolicyWatch, fingerprint, settled
+from accessgate.proxy.status import answer_status, names_status
 
 META = "accessgate"
 _USERS_PER_CONNECTION = 16  # identities kept per client connection
@@ -87,7 +88,6 @@ BLOCKED_BODY_READ_LIMIT = 1024 * 1024
 # spent quota closes them within this many seconds.
 LONG_LIVED_REVIEW_SECONDS = 1.0
 MODES = ("enforce", "audit")
-STATUS_HOST = "accessgate.status"
 INTERNAL_ERROR = "internal-error"
 # Alt-Svc advertises HTTP/3 over UDP, which a browser may then use around the
 # proxy; without it the browser stays on the TCP connection that we decide.
@@ -1305,8 +1305,8 @@ class AccessGate:
                 if scan.folded:
                     scan = scan_request(flow, tunnel_names)
             request = scan.request
-            if _names_status(flow, scan.host_values):
-                self._answer_status(flow, identity, policy, now)
+            if names_status(flow, scan.host_values):
+                answer_status(flow, identity, policy, now, self.ledger)
                 return
             decision = self._decide(request, identity, policy, now)
             enforced = self._enforce
@@ -1325,17 +1325,6 @@ class AccessGate:
         except Exception as exc:
             self._fail(flow, "requestheaders", exc)
 
-    def _answer_status(self, flow: http.HTTPFlow, identity: Identity, policy: Policy, now: datetime) -> None:
-        from accessgate.proxy import pages
-
-        roles = engine.roles_for(identity, policy)
-        rows = pages.standing(policy, identity, now, self.ledger)
-        status, headers, body = pages.status_response(
-            identity=identity, roles=roles, rows=rows, now=now,
-            accept=flow.request.headers.get("accept", ""),
-            timezone=policy.timezone,
-        )
-        flow.response = http.Response.make(status, body, dict(headers))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         try:
@@ -1464,18 +1453,6 @@ def _unfold(headers: http.Headers) -> None:
     would see a header, e.g. a second Host, that accessgate never decided.
     """
     headers.fields = tuple((name, _FOLD.sub(b" ", value)) for name, value in headers.fields)
-
-
-def _names_status(flow: http.HTTPFlow, host_values: list[str]) -> bool:
-    for name in (flow.request.data.host, *host_values):
-        # The prefix first: a cheap "no" for nearly every request.
-        if name[:_STATUS_PREFIX_LEN].lower() == _STATUS_PREFIX and name.lower().rstrip(".").split(":")[0] == STATUS_HOST:
-            return True
-    return False
-
-
-_STATUS_PREFIX = STATUS_HOST.split(".")[0]
-_STATUS_PREFIX_LEN = len(_STATUS_PREFIX)
 
 
 def _declares_large_body(request: http.Request) -> bool:
