@@ -12,6 +12,6 @@ def _raises(headers) -> None:
     raise RuntimeError("fault injected by tests/faults/explode_response.py")
 
 
-assert hasattr(addon, "_drop_alt_svc"), "accessgate.proxy.addon changed: update this fault script"
-addon._drop_alt_svc = _raises
+assert hasattr(addon, "drop_alt_svc"), "accessgate.proxy.addon changed: update this fault script"
+addon.drop_alt_svc = _raises
 addons: list = []

@@ -1,15 +1,15 @@
 """A mitmproxy test script: loading a policy whose text asks for it raises that error.
 
 A policy file with a line `# load_fails: MemoryError` (or RecursionError)
-makes `accessgate.proxy.addon.load_policy` raise it, as a load that exhausted
+makes `accessgate.proxy.reload.load_policy` raise it, as a load that exhausted
 memory or the stack would.  Loaded after accessgate with a second `-s`.
 """
 
 from pathlib import Path
 
-import accessgate.proxy.addon as addon
+import accessgate.proxy.reload as reload
 
-_load = addon.load_policy
+_load = reload.load_policy
 _ERRORS = {"MemoryError": MemoryError, "RecursionError": RecursionError}
 
 
@@ -21,5 +21,5 @@ def load_policy(path, *args, **kwargs):
     return _load(path, *args, **kwargs)
 
 
-addon.load_policy = load_policy
+reload.load_policy = load_policy
 addons: list = []

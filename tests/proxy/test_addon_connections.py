@@ -45,10 +45,10 @@ def test_a_connections_identity_and_tunnel_names_go_when_it_closes(ag):
     inner.metadata["proxyauth"] = ("zoe", "pw")
     ag.requestheaders(inner)
     assert inner.response is None  # zoe may read LinkedIn
-    assert ag._identities[client.id]["zoe"].user == "zoe" and ag._tunnels[client.id] == ("www.linkedin.com",)
+    assert ag._identities.by_connection[client.id]["zoe"].user == "zoe" and ag.connect_names[client.id] == ("www.linkedin.com",)
 
     ag.client_disconnected(client)
-    assert client.id not in ag._identities and client.id not in ag._tunnels
+    assert client.id not in ag._identities.by_connection and client.id not in ag.connect_names
 
 
 def test_each_user_on_a_shared_connection_is_decided_as_themselves(ag):
