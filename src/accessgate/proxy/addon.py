@@ -10,7 +10,8 @@ each other concern has its module:
 - sessions.py: WebSockets, streamed bodies and raw relays, decided again
   every second while they stay open, charged per minute, closed when blocked;
 - gate.py: the block page or a kill, and failing closed;
-- hygiene.py: private and folded request headers, Alt-Svc;
+- hygiene.py: private and folded request headers (`sanitize`, called here),
+  and `StripAltSvc`, the addon that removes Alt-Svc from every response;
 - status.py: the status page; reload.py: the policy's loads and reloads;
   records.py: the flow's state and its audit record; minutes.py: quota
   minutes; resources.py and options.py: what the options open, and them.
@@ -52,7 +53,7 @@ from accessgate.proxy.gate import (
     response_length_unknown,
     streams_late,
 )
-from accessgate.proxy.hygiene import drop_alt_svc, sanitize
+from accessgate.proxy.hygiene import StripAltSvc, sanitize
 from accessgate.proxy.identity import IdentityCache
 from accessgate.proxy.metrics import site_label
 from accessgate.proxy.minutes import QuotaMinutes
@@ -63,6 +64,12 @@ from accessgate.proxy.status import answer_status, names_status
 from accessgate.proxy.tunnels import Tunnels
 
 log = get_logger("addon")
+
+
+def accessgate_addons() -> list:
+    """The addons a mitmproxy script loads, in their order (see addons/accessgate.py)."""
+    gate = AccessGate()
+    return [gate, StripAltSvc(gate.fail)]
 
 
 class AccessGate:
@@ -261,7 +268,6 @@ class AccessGate:
             st = flow.metadata.get(META)
             if not isinstance(st, FlowState) or st.blocked_here:
                 return
-            drop_alt_svc(flow.response.headers)
             if flow.response.stream is True or (self._late_streaming and response_length_unknown(flow)):
                 request = request_of(flow, self.connect_names.get(flow.client_conn.id, ()))
                 flow.response.stream = self.sessions.stream_counter(flow, st, "streamed_out", request)

@@ -4,12 +4,14 @@ Towards the site: no proxy credentials, no `X-Accessgate-*` headers, no
 folded header lines (`sanitize`, run by the request hook before anything
 reads the headers; `flows.scan_request` finds what needs it in the pass
 that reads the request anyway).  Towards the client: no `Alt-Svc`
-(`drop_alt_svc`, run by the responseheaders hook).
+(`StripAltSvc`, an addon of its own, as mitmproxy's `update_alt_svc` is).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Callable
+
 from mitmproxy import http
 
 # Alt-Svc advertises HTTP/3 over UDP, which a browser may then use around the
@@ -51,3 +53,22 @@ def drop_alt_svc(headers: http.Headers) -> None:
         if len(name) == 7 and name.lower() == _ALT_SVC_B:
             del headers[ALT_SVC]
             return
+
+
+class StripAltSvc:
+    """Removes Alt-Svc from every response, before it reaches the client.
+
+    `fail` is accessgate's fail-closed handler: a response this addon could
+    not clean is withheld, counted and audited like any failure in a hook.
+    """
+
+    name = "accessgate_alt_svc"
+
+    def __init__(self, fail: Callable[[http.HTTPFlow, str, BaseException], None]) -> None:
+        self._fail = fail
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        try:
+            drop_alt_svc(flow.response.headers)
+        except Exception as exc:
+            self._fail(flow, "responseheaders", exc)
