@@ -43,7 +43,7 @@ from accessgate.decision.engine import Decision, Identity
 from accessgate.oplog import get_logger
 from accessgate.policy.model import Policy
 from accessgate.proxy import options, resources
-from accessgate.proxy.flows import path_without_query, request_of, scan_request
+from accessgate.proxy.flows import request_of, scan_request
 from accessgate.proxy.gate import (
     answer_blocked,
     count_failure,
@@ -57,7 +57,7 @@ from accessgate.proxy.hygiene import StripAltSvc, sanitize
 from accessgate.proxy.identity import IdentityCache
 from accessgate.proxy.metrics import site_label
 from accessgate.proxy.minutes import QuotaMinutes
-from accessgate.proxy.records import META, FlowState, access_record, body_size, new_request_id
+from accessgate.proxy.records import META, FlowState, access_record, body_size, flow_state
 from accessgate.proxy.reload import PolicyReloads
 from accessgate.proxy.sessions import Sessions
 from accessgate.proxy.status import answer_status, names_status
@@ -90,7 +90,7 @@ class AccessGate:
         self._tasks: list[asyncio.Task] = []
         # Options read on every request, kept by configure (ctx.options copies each value it returns).
         self._enforce = True  # accessgate_mode
-        self._log_query = False  # accessgate_log_query
+        self.log_query = False  # accessgate_log_query
         # stream_large_bodies may switch a body of unknown length to streaming
         # after the headers hooks (see requestheaders).
         self._late_streaming = False
@@ -133,7 +133,7 @@ class AccessGate:
         o = ctx.options
         # configure runs on every change (and again on a rollback), so these follow.
         self._enforce = o.accessgate_mode == "enforce"
-        self._log_query = bool(o.accessgate_log_query)
+        self.log_query = bool(o.accessgate_log_query)
         # mitmproxy's own options; absent only where its proxy server is not loaded (unit tests).
         self._late_streaming = streams_late(
             getattr(o, "stream_large_bodies", None), getattr(o, "body_size_limit", None)
@@ -248,7 +248,7 @@ class AccessGate:
                 return
             decision = self.decide(request, identity, policy, now)
             enforced = self._enforce
-            st = self.flow_state(flow, decision, identity, now, started, policy, enforced, request)
+            st = flow_state(flow, decision, identity, now, started, policy, enforced, self.log_query, request)
             if not decision.allowed and enforced:
                 status = self.block(flow, st)
                 self.audit_flow(st, status, 0, st.streamed_out or 0, None if status else "killed")
@@ -357,41 +357,6 @@ class AccessGate:
         except Exception:
             log.exception("ignored_error")
         return decision
-
-    def flow_state(
-        self,
-        flow: http.HTTPFlow,
-        decision: Decision,
-        identity: Identity,
-        now: datetime,
-        started: float,
-        policy: Policy | None,
-        enforced: bool,
-        request: engine.Request | None = None,
-    ) -> FlowState:
-        """The flow's state, kept in its metadata; `request`, when given, is the engine's
-        view of the flow (read from it already: mitmproxy decodes on every access)."""
-        rq = flow.request
-        if request is not None and not self._log_query:
-            method, scheme, path = request.method, request.scheme, request.path
-        else:
-            method, scheme = rq.method, rq.scheme
-            path = rq.path if self._log_query else path_without_query(rq.path)
-        st = FlowState(
-            new_request_id(),
-            started,
-            now,
-            decision,
-            identity,
-            enforced,
-            policy.short_digest if policy is not None else "",
-            method,
-            scheme,
-            decision.host or rq.data.host,
-            path,
-        )
-        flow.metadata[META] = st
-        return st
 
     def block(self, flow: http.HTTPFlow, st: FlowState, accept: str | None = None) -> int | None:
         """Answer `flow` with the block page; returns the status sent (None: killed)."""

@@ -21,7 +21,7 @@ from accessgate.decision.engine import Decision
 from accessgate.oplog import get_logger
 from accessgate.proxy import pages
 from accessgate.proxy.identity import identity_for_flow
-from accessgate.proxy.records import META, FlowState
+from accessgate.proxy.records import META, FlowState, flow_state
 
 if TYPE_CHECKING:
     from accessgate.proxy.addon import AccessGate
@@ -116,9 +116,9 @@ def fail_closed(gate: AccessGate, flow: http.HTTPFlow | None, stage: str, exc: B
             st.decision = decision
             st.enforced = enforced
         else:
-            st = gate.flow_state(
+            st = flow_state(
                 flow, decision, identity_for_flow(flow), datetime.now(timezone.utc),
-                time.perf_counter(), gate.policy, enforced,
+                time.perf_counter(), gate.policy, enforced, gate.log_query,
             )
         if not enforced:
             return  # audit mode blocks nothing; the record says what would have happened

@@ -1,4 +1,4 @@
-"""What accessgate keeps about a request until it is audited, and its access record.
+"""What accessgate keeps about a request until it is audited (FlowState), and its access record.
 
 `access_record` is the one place where the proxy puts an access record's
 fields together (contract section 5); the audit writer calls it on its own
@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from accessgate.decision.engine import Decision, Identity
+from mitmproxy import http
+
+from accessgate.decision.engine import Decision, Identity, Request
+from accessgate.policy.model import Policy
+from accessgate.proxy.flows import path_without_query
 
 META = "accessgate"  # the key of a flow's FlowState in flow.metadata
 
@@ -41,6 +45,42 @@ class FlowState:
     # Body bytes counted while mitmproxy streams them (it keeps no copy then).
     streamed_in: int | None = None  # from the client: the request body
     streamed_out: int | None = None  # to the client: the response body
+
+
+def flow_state(
+    flow: http.HTTPFlow,
+    decision: Decision,
+    identity: Identity,
+    now: datetime,
+    started: float,
+    policy: Policy | None,
+    enforced: bool,
+    log_query: bool,
+    request: Request | None = None,
+) -> FlowState:
+    """A new FlowState for `flow`, kept in its metadata; `request`, when given, is the
+    engine's view of the flow (read from it already: mitmproxy decodes on every access)."""
+    rq = flow.request
+    if request is not None and not log_query:
+        method, scheme, path = request.method, request.scheme, request.path
+    else:
+        method, scheme = rq.method, rq.scheme
+        path = rq.path if log_query else path_without_query(rq.path)
+    st = FlowState(
+        new_request_id(),
+        started,
+        now,
+        decision,
+        identity,
+        enforced,
+        policy.short_digest if policy is not None else "",
+        method,
+        scheme,
+        decision.host or rq.data.host,
+        path,
+    )
+    flow.metadata[META] = st
+    return st
 
 
 def access_record(

@@ -38,7 +38,7 @@ from accessgate.proxy import firstbytes
 from accessgate.proxy.flows import TUNNEL, connect_request, request_of, tunnel_request
 from accessgate.proxy.gate import close_connection, count_failure, internal_error, quietly
 from accessgate.proxy.identity import identity_for_connection
-from accessgate.proxy.records import FlowState, new_request_id
+from accessgate.proxy.records import FlowState, flow_state, new_request_id
 from accessgate.proxy.sessions import RawTunnel, Sessions
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ class Tunnels:
         if _may_be_uninspected():
             decision = gate.decide(request, identity, policy, now)
             if not decision.allowed and gate.enforcing:
-                st = gate.flow_state(flow, decision, identity, now, started, policy, True)
+                st = flow_state(flow, decision, identity, now, started, policy, True, gate.log_query)
                 status = gate.block(flow, st, accept="application/json")
                 gate.audit_flow(st, status=status, bytes_in=0, bytes_out=0)
                 return
