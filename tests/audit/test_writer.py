@@ -243,13 +243,6 @@ def test_a_ts_that_is_no_time_is_kept_beside_the_time_of_writing(log_path: Path)
 MAX_RECORD_BYTES = 1 << 20  # the bound docs/audit-log.md states
 
 
-def test_the_writers_bound_is_the_documented_one_below_what_the_tools_read() -> None:
-    from accessgate.audit import writer as audit
-    from accessgate.audit.reader import MAX_LINE_BYTES
-
-    assert audit.MAX_RECORD_BYTES == MAX_RECORD_BYTES < MAX_LINE_BYTES
-
-
 PROBLEMS = [f"policy.yaml:{i}:3: unknown key 'x{i}' in role 'r{i}'" for i in range(999_000)]
 
 # name -> (the record, what it must be written as: {field: check(value)}, truncated)

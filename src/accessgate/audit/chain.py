@@ -33,16 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from accessgate.audit.reader import MAX_LINE_BYTES
+from accessgate.audit.schema import CHAIN_TAIL, MAX_LINE_BYTES, TS_TEXT, ZERO_HASH
 
-ZERO_HASH = "0" * 64
 MAX_KEPT = 100  # findings of each kind kept for the report; the rest are counted
 
 # The writer puts the chain last; reading it from the line's end avoids a
 # full JSON parse per record.  Anything else takes the slow, exact path.
-_TAIL = re.compile(rb',"seq":(\d+),"prev":"([0-9a-f]{64})"\}\s*$')
+_TAIL = re.compile(CHAIN_TAIL + rb"\}\s*$")
 _JUNK_RUN, _LONG = 1, 2
-_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")  # as the writer writes it
+_TS = re.compile(TS_TEXT)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 Auditors point at a live log, its rotated siblings (`x.jsonl.1`,
 `x.jsonl.2.gz`, `x.jsonl-20261122.gz`) or a glob of them; the view has one
-row per record with the columns of `COLUMNS`, whatever schema wrote it:
+row per record with a column for every field of the record's schema
+(`accessgate.audit.schema.COLUMNS`), whatever version wrote it:
 columns an older writer did not write are NULL, and records without `event`
 (schema 0) count as `access`.
 
@@ -40,54 +41,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import duckdb
 
+from accessgate.audit.schema import COLUMNS, COMPRESSIONS, MAX_LINE_BYTES, chain_order
 from accessgate.errors import AuditLogError
 
-# Every field a record may carry, as DuckDB types.  Declaring them (rather
-# than letting DuckDB sample the file) is what makes old files, files with
-# other event kinds and empty files all give the same view.
-COLUMNS: dict[str, str] = {
-    "event": "VARCHAR",
-    "ts": "TIMESTAMP",  # UTC; DuckDB reads the `Z` form exactly
-    "request_id": "VARCHAR",
-    "user": "VARCHAR",
-    "roles": "VARCHAR[]",
-    "client_ip": "VARCHAR",
-    "method": "VARCHAR",
-    "scheme": "VARCHAR",
-    "host": "VARCHAR",
-    "path": "VARCHAR",
-    "site": "VARCHAR",
-    "decision": "VARCHAR",
-    "reason": "VARCHAR",
-    "level": "VARCHAR",
-    "rule": "VARCHAR",
-    "status": "INTEGER",
-    "bytes_in": "BIGINT",
-    "bytes_out": "BIGINT",
-    "duration_ms": "DOUBLE",
-    "policy": "VARCHAR",
-    "enforced": "BOOLEAN",
-    "escaped": "VARCHAR[]",  # fields that held bytes that were not UTF-8, written as \\xNN
-    "truncated": "MAP(VARCHAR, BIGINT)",  # fields cut to the record size bound: their length before
-    "seq": "BIGINT",
-    "prev": "VARCHAR",
-}
-
 # Bumped whenever COLUMNS or the cached layout changes: old entries are ignored.
-CACHE_FORMAT = "2"
+CACHE_FORMAT = "3"
 
-# The longest line the tools read (DuckDB's maximum_object_size).  The writer
-# writes at most audit.MAX_RECORD_BYTES (1 MiB); a longer line is reported,
-# skipped, and never read into memory whole.
-MAX_LINE_BYTES = 16 << 20
 _CHUNK = 4 << 20  # bytes per read while looking for long lines
-
-# Rotated names, as the writer and logrotate make them: NAME.N, NAME.N.gz,
-# NAME-DATE[-SUFFIX][.gz].  Group 1 is the base name.
-_NUMBERED = re.compile(r"^(.*)\.(\d+)(\.gz|\.zst)?$")
-_DATED = re.compile(r"^(.*?)-(\d{4}-?\d{2}-?\d{2}[\d_T:.-]*?)(\.gz|\.zst)?$")
-_COMPRESSED = (".gz", ".zst")
-_UNSUPPORTED = (".bz2", ".xz", ".lz4", ".Z")
+_COMPRESSED = (".gz", ".zst")  # what DuckDB reads
+_UNSUPPORTED = tuple(c for c in COMPRESSIONS if c not in _COMPRESSED)
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
@@ -122,22 +84,6 @@ def naive_utc(moment: datetime) -> datetime:
     return moment
 
 
-def rotation_key(path: Path) -> tuple[str, int, str]:
-    """Sort key putting a log's files in the order they were written.
-
-    Numbered rotations are oldest at the highest number (`.3.gz`, `.2`,
-    `.1`), dated ones oldest at the earliest date, and the live file last.
-    """
-    name = path.name
-    numbered = _NUMBERED.match(name)
-    if numbered:
-        return (str(path.parent / numbered.group(1)), 1, f"{10**9 - int(numbered.group(2)):010d}")
-    dated = _DATED.match(name)
-    if dated and not name.endswith(".jsonl"):
-        return (str(path.parent / dated.group(1)), 0, dated.group(2))
-    return (str(path), 2, "")
-
-
 def expand(patterns: Iterable[str]) -> list[Path]:
     """The files named by `patterns` (paths or globs), each once, in chain order.
 
@@ -160,7 +106,7 @@ def expand(patterns: Iterable[str]) -> list[Path]:
                     "have logrotate use gzip (`compress` with the default compresscmd)"
                 )
             found[path] = None
-    return sorted(found, key=rotation_key)
+    return sorted(found, key=chain_order)
 
 
 def incomplete_last_line(path: Path) -> str | None:
@@ -338,7 +284,7 @@ def default_cache_dir() -> Path:
 
 
 def is_rotated(path: Path) -> bool:
-    return rotation_key(path)[1] < 2
+    return chain_order(path)[1] < 2
 
 
 @dataclass

@@ -48,6 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
+from accessgate.audit.schema import CHAIN_TAIL, TS_TEXT, ZERO_HASH
 from accessgate.errors import AuditLogError
 
 SEALING_FORMAT = "accessgate-sealing-key/1"
@@ -57,7 +58,6 @@ MIN_INTERVAL = 1  # below a minute only makes sense in tests
 MAX_INTERVAL = 86400
 MAC_BYTES = 16
 
-ZERO_HASH = "0" * 64
 _EVOLVE = b"accessgate seal evolve"
 _RECORD = b"accessgate seal record\x00"
 _CONTROL = b"accessgate seal control\x00"
@@ -73,10 +73,8 @@ CONTROL_EVENTS = (SEALING_STARTED, SEALED, EPOCHS_SKIPPED, SEALING_RESUMED)
 _CONTROL_PREFIXES = tuple(b'{"event":"%s",' % name.encode() for name in CONTROL_EVENTS)
 
 _MAC_TAIL = len(b',"mac":"') + 2 * MAC_BYTES + len(b'"}')
-_SEALED_TAIL = re.compile(
-    rb',"seq":(\d+),"prev":"([0-9a-f]{64})","epoch":(\d+),"mac":"([0-9a-f]{%d})"\}\Z' % (2 * MAC_BYTES)
-)
-_TS = re.compile(rb'"ts":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)"')
+_SEALED_TAIL = re.compile(CHAIN_TAIL + rb',"epoch":(\d+),"mac":"([0-9a-f]{%d})"\}\Z' % (2 * MAC_BYTES))
+_TS = re.compile(rb'"ts":"(%s)"' % TS_TEXT.encode())
 _KEY_FIELD = {SEALING_FORMAT: "key", VERIFICATION_FORMAT: "seed"}
 _KIND = {SEALING_FORMAT: "sealing key", VERIFICATION_FORMAT: "verification key"}
 _MAX_KEY_FILE = 4096

@@ -41,26 +41,16 @@ from typing import Callable, Iterable, NamedTuple
 
 import orjson
 
-from accessgate.oplog import get_logger
 from accessgate.audit.pseudonym import pseudonymize
+from accessgate.audit.schema import ACCESS_ORDER, CHAIN_KEYS, MAX_RECORD_BYTES, ZERO_HASH, is_rotation_of
+from accessgate.oplog import get_logger
 
-ZERO_HASH = "0" * 64
-
-# Key order of a line: what auditors read first, then the chain at the end.
-FIELD_ORDER = (
-    "event", "ts", "request_id", "user", "roles", "client_ip", "method", "scheme",
-    "host", "path", "site", "decision", "reason", "level", "rule", "role", "status",
-    "bytes_in", "bytes_out", "duration_ms", "policy", "enforced", "error",
-)  # fmt: skip
-_ORDER_AFTER_EVENT = FIELD_ORDER[1:]
+_ORDER_AFTER_EVENT = ACCESS_ORDER[1:]
 # Key sequences already in that order: an access record, with and without `error`.
-_IN_ORDER = frozenset({FIELD_ORDER, FIELD_ORDER[:-1]})
-_CHAIN_KEYS = frozenset({"seq", "prev"})
+_IN_ORDER = frozenset({ACCESS_ORDER, ACCESS_ORDER[:-1]})
+_CHAIN_KEYS = frozenset(CHAIN_KEYS)
 
 DEFAULT_MAX_BACKLOG = 100_000
-# The longest line the writer writes; far above any request's record, far
-# below what the auditors' tools read (auditlog.MAX_LINE_BYTES, 16 MiB).
-MAX_RECORD_BYTES = 1 << 20
 _WAKE_AT = 20_000  # queue length that wakes the writer before the interval ends
 _WRITE_CHUNK = 1 << 20  # bytes per os.write()
 _RETRY_ON_CLOSE = 0.05  # seconds between attempts while close() drains
@@ -75,11 +65,6 @@ class _Deferred(NamedTuple):
 
 
 _new_deferred = tuple.__new__  # a NamedTuple's own constructor is Python code; this runs per request
-
-
-# Rotated siblings as logrotate names them: PATH.1, PATH.2.gz, PATH-20261122,
-# PATH-2026-11-22.gz, PATH-20261122-1700000000 (dateext with dateformat).
-_ROTATED_SUFFIX = re.compile(r"(?:\.\d+|-\d[\d_T:.-]*?)(?:\.(?:gz|bz2|xz|zst|lz4|Z))?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -877,12 +862,11 @@ def read_last_line(path: Path) -> _Tail:
 def rotated_siblings(path: Path) -> list[Path]:
     """Files next to `path` that logrotate made from it (PATH.1, PATH.2.gz, PATH-20261122...)."""
     path = Path(path)
-    pattern = re.compile(re.escape(path.name) + _ROTATED_SUFFIX.pattern + r"\Z")
     try:
         entries = list(path.parent.iterdir())
     except OSError:
         return []
-    return sorted(p for p in entries if pattern.match(p.name) and p.is_file())
+    return sorted(p for p in entries if is_rotation_of(p.name, path.name) and p.is_file())
 
 
 def chain_problems(
