@@ -20,7 +20,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from structlog.testing import capture_logs
 
-from accessgate.audit.writer import ZERO_HASH, AuditLog, chain_problems, format_ts
+from accessgate.audit.chain import verify
+from accessgate.audit.schema import ZERO_HASH
+from accessgate.audit.writer import AuditLog, format_ts
 from accessgate.policy.model import Level
 from accessgate.audit.pseudonym import pseudonymize
 
@@ -65,6 +67,12 @@ def lines_of(*paths: Path) -> list[bytes]:
 
 def records(*paths: Path) -> list[dict]:
     return [json.loads(line) for line in lines_of(*paths)]
+
+
+def chain_breaks(*paths: Path) -> list[str]:
+    """What `accessgate audit verify` finds wrong in `paths`, oldest first."""
+    verdict = verify(list(paths))
+    return [str(found) for found in verdict.breaks + verdict.unreadable]
 
 
 def sha(line: bytes) -> str:
@@ -115,7 +123,7 @@ def test_one_compact_line_per_record_in_a_stable_key_order(log_path: Path) -> No
     assert first["level"] == "full" and first["roles"] == ["everyone"]
     assert [json.loads(x)["seq"] for x in lines] == [1, 2, 3]
     assert first["prev"] == ZERO_HASH
-    assert chain_problems(lines) == []
+    assert chain_breaks(log_path) == []
     assert log.stats().written == 3 and log.stats().pending == 0
 
 
@@ -165,7 +173,7 @@ def test_hostile_values_stay_on_one_line_of_valid_json(log_path: Path) -> None:
     assert [r["request_id"] for r in recs] == ["req-0", "req-1", "req-2"]
     assert recs[0]["path"] == "/a\nb\r\u2028c"
     assert recs[1]["path"] == "/\\xff-lone-surrogate"
-    assert chain_problems(lines_of(log_path)) == []
+    assert chain_breaks(log_path) == []
 
 
 def tools_see(path: Path) -> list[dict]:
@@ -210,7 +218,7 @@ def test_text_that_was_not_utf8_is_written_as_visible_escapes_the_tools_read(log
     rec = json.loads(lines[1])
     assert {k: rec[k] for k in written} == written
     assert rec.get("escaped") == escaped
-    assert list(rec)[-2:] == ["seq", "prev"] and chain_problems(lines) == []
+    assert list(rec)[-2:] == ["seq", "prev"] and chain_breaks(log_path) == []
     seen = tools_see(log_path)
     assert [r["request_id"] for r in seen] == ["req-0", "req-1", "req-2"]
     assert seen[1]["escaped"] == escaped
@@ -288,7 +296,7 @@ def test_a_record_over_the_size_bound_is_written_shortened_and_marked(log_path, 
         assert written["truncated"]["record"] > MAX_RECORD_BYTES
     else:
         assert written["truncated"] == truncated
-    assert chain_problems(lines) == []
+    assert chain_breaks(log_path) == []
     seen = tools_see(log_path)
     assert len(seen) == 3 and seen[1]["truncated"] == written["truncated"]
 
@@ -305,7 +313,7 @@ def test_values_the_fast_encoder_refuses_are_still_written_exactly(log_path: Pat
     assert recs[0]["bytes_out"] == 2**70
     assert recs[1]["counts"] == {"7": "by number"}
     assert recs[2]["at"] == "2026-11-23T12:00:00.250Z"  # nested datetimes as ts is
-    assert chain_problems(lines_of(log_path)) == []
+    assert chain_breaks(log_path) == []
 
 
 def test_seq_and_chain_continue_when_the_log_is_opened_again(log_path: Path) -> None:
@@ -316,7 +324,7 @@ def test_seq_and_chain_continue_when_the_log_is_opened_again(log_path: Path) -> 
         log.close()
     lines = lines_of(log_path)
     assert [json.loads(x)["seq"] for x in lines] == list(range(1, 13))
-    assert chain_problems(lines) == []
+    assert chain_breaks(log_path) == []
 
 
 def test_a_torn_last_line_is_closed_and_announced(log_path: Path) -> None:
@@ -339,7 +347,8 @@ def test_a_torn_last_line_is_closed_and_announced(log_path: Path) -> None:
     assert resumed["truncated_bytes"] == len(torn)
     assert resumed["seq"] == 3 and resumed["prev"] == sha(lines[1]), "links past the torn line"
     assert after["request_id"] == "req-2" and after["seq"] == 4
-    assert chain_problems(lines) == ["line 3: not an audit record with seq and prev"]
+    verdict = verify([log_path])
+    assert verdict.breaks == [] and f"torn line of {len(torn)} bytes" in verdict.notes[0]
 
 
 def test_a_foreign_last_line_starts_a_new_announced_chain(log_path: Path) -> None:
@@ -352,7 +361,7 @@ def test_a_foreign_last_line_starts_a_new_announced_chain(log_path: Path) -> Non
     resumed = json.loads(lines[1])
     assert resumed["event"] == "log_resumed" and "new chain" in resumed["note"]
     assert (resumed["seq"], resumed["prev"]) == (1, ZERO_HASH)
-    assert chain_problems(lines[1:]) == []
+    assert [(found.line, found.kind) for found in verify([log_path]).breaks] == [(1, "not-a-record")]
 
 
 def test_a_fresh_file_after_rotation_continues_the_rotated_chain(log_path: Path) -> None:
@@ -368,10 +377,9 @@ def test_a_fresh_file_after_rotation_continues_the_rotated_chain(log_path: Path)
     log = AuditLog(log_path, flush_interval=60)
     log.write(access(3))
     log.close()
-    old = gzip.decompress(rotated.read_bytes()).splitlines()
     (new,) = lines_of(log_path)
     assert json.loads(new)["seq"] == 4
-    assert chain_problems(old + [new]) == []
+    assert chain_breaks(rotated, log_path) == []
 
 
 def rotate_rename(path: Path, log: AuditLog) -> Path:
@@ -409,7 +417,6 @@ def test_rotation_mid_stream_moves_to_the_new_file_without_losing_records(
         if i == 99:
             assert log.flush()
             old = rotate(log_path, log)
-            kept_before = old.read_bytes().splitlines() if old else []
     log.close()
 
     new = lines_of(log_path)
@@ -418,9 +425,10 @@ def test_rotation_mid_stream_moves_to_the_new_file_without_losing_records(
     assert json.loads(new[0])["seq"] == 101
     if old is not None:
         assert len(lines_of(old)) == 100, "nothing written to the old file after rotation"
-        assert chain_problems(kept_before + new) == []
+        assert chain_breaks(old, log_path) == []
     else:
-        assert chain_problems(new, prev=None, seq=100) == []
+        verdict = verify([log_path])
+        assert (verdict.breaks, verdict.first_seq) == ([], 101)
 
 
 def full_disk(log_path: Path) -> tuple:
@@ -487,7 +495,7 @@ def test_records_wait_while_the_log_cannot_be_written_and_are_all_written_after(
     assert (stats.written, stats.pending, stats.dropped) == (1000, 0, 0)
     lines = lines_of(log_path)
     assert [json.loads(x)["request_id"] for x in lines] == [f"req-{i}" for i in range(1000)]
-    assert chain_problems(lines) == []
+    assert chain_breaks(log_path) == []
     events = [e["event"] for e in logs]
     assert events.count("audit_write_failed") == 1, "one line per outage, not one per retry"
     assert "audit_write_recovered" in events
@@ -512,7 +520,7 @@ def test_a_full_backlog_drops_new_records_and_says_so_when_writing_resumes(log_p
     notice = recs[100]
     assert notice["event"] == "records_dropped" and notice["count"] == 150
     assert recs[101]["request_id"] == "req-250"
-    assert chain_problems(lines_of(log_path)) == []
+    assert chain_breaks(log_path) == []
     assert log.stats().dropped == 150 and log.stats().written == 102
 
 
@@ -524,7 +532,7 @@ def test_close_drains_fifty_thousand_records(log_path: Path) -> None:
     lines = lines_of(log_path)
     assert len(lines) == 50_000
     assert json.loads(lines[-1])["request_id"] == "req-49999"
-    assert chain_problems(lines) == []
+    assert chain_breaks(log_path) == []
     assert log.stats() == type(log.stats())(written=50_000, pending=0, dropped=0, errors=0)
 
 
@@ -570,7 +578,7 @@ def test_a_record_that_cannot_be_serialized_is_dropped_and_reported(log_path: Pa
     log.write(access(2))
     log.close()
     assert [r["request_id"] for r in records(log_path)] == ["req-0", "req-2"]
-    assert chain_problems(lines_of(log_path)) == []
+    assert chain_breaks(log_path) == []
     assert log.stats().dropped == 2 and len(errors) == 1
 
 
@@ -590,7 +598,7 @@ def test_a_deferred_record_is_made_in_the_writer_and_keeps_its_place(log_path: P
     log.defer(make, 3)
     log.close()
     assert [r["request_id"] for r in records(log_path)] == ["req-0", "req-1", "req-2", "req-3"]
-    assert chain_problems(lines_of(log_path)) == []
+    assert chain_breaks(log_path) == []
     assert made_in and all(name.startswith("accessgate-audit") for name in made_in)
 
 
@@ -606,7 +614,7 @@ def test_a_deferred_record_that_cannot_be_made_is_dropped_and_reported(log_path:
     log.defer(access, 2)
     log.close()
     assert [r["request_id"] for r in records(log_path)] == ["req-0", "req-2"]
-    assert chain_problems(lines_of(log_path)) == []
+    assert chain_breaks(log_path) == []
     assert log.stats().dropped == 1 and len(errors) == 1
 
 
@@ -680,7 +688,7 @@ def test_records_from_many_threads_all_land_in_one_valid_chain(log_path: Path) -
             int(r["request_id"].split("-")[1]) for r in recs if r["request_id"].startswith(f"t{t}-")
         ]
         assert mine == list(range(2000))
-    assert chain_problems(lines_of(log_path)) == []
+    assert chain_breaks(log_path) == []
 
 
 CRASHING_WRITER = """
@@ -725,7 +733,7 @@ def test_a_killed_proxy_loses_at_most_the_last_flush_interval(
     data = log_path.read_bytes()
     lines = data.splitlines()
     assert data.endswith(b"\n"), "a flush writes whole lines"
-    assert chain_problems(lines) == []
+    assert chain_breaks(log_path) == []
     ids = [int(json.loads(x)["request_id"]) for x in lines]
     assert ids == list(range(len(ids))), "what was written has no gaps"
     last_ts = datetime.fromisoformat(json.loads(lines[-1])["ts"]).timestamp()

@@ -37,7 +37,7 @@ from datetime import date, datetime, timezone
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, NamedTuple
 
 import orjson
 
@@ -867,28 +867,3 @@ def rotated_siblings(path: Path) -> list[Path]:
     except OSError:
         return []
     return sorted(p for p in entries if is_rotation_of(p.name, path.name) and p.is_file())
-
-
-def chain_problems(
-    lines: Iterable[bytes], *, prev: str | None = ZERO_HASH, seq: int | None = None
-) -> list[str]:
-    """Breaks in a run of log lines (bytes without the newline), as plain sentences.
-
-    `prev`/`seq` are what the first line should link to; None accepts
-    whatever the first line says (a file that continues an earlier one).
-    """
-    problems: list[str] = []
-    for number, line in enumerate(lines, 1):
-        try:
-            rec = json.loads(line)
-            this_seq, this_prev = rec["seq"], rec["prev"]
-        except (ValueError, KeyError, TypeError):
-            # A torn line from a crash: report it; the next record links past it.
-            problems.append(f"line {number}: not an audit record with seq and prev")
-            continue
-        if prev is not None and this_prev != prev:
-            problems.append(f"line {number}: prev does not match the line before (seq {this_seq})")
-        if seq is not None and this_seq != seq + 1:
-            problems.append(f"line {number}: seq {this_seq} follows seq {seq}")
-        prev, seq = hashlib.sha256(line).hexdigest(), this_seq
-    return problems
