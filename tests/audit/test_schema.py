@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from accessgate.audit import schema
-from accessgate.audit.reader import AuditLog as Reader
-from accessgate.audit.writer import AuditLog as Writer
+from accessgate.audit.reader import AuditReader
+from accessgate.audit.writer import AuditWriter
 from accessgate.decision.engine import Decision, Identity
 from accessgate.policy.model import Level
 from accessgate.proxy.addon import FlowState, access_record
@@ -46,7 +46,7 @@ def every_kind_of_line(log: Path) -> None:
     os.utime(old, (0, 0))  # for retention_deleted
     full = log.with_name("full.jsonl")
     full.symlink_to("/dev/full")  # for records_dropped
-    writer = Writer(log, flush_interval=60)
+    writer = AuditWriter(log, flush_interval=60)
     writer.write(proxy_record("r1"))
     writer.write(proxy_record("r2", error="killed"))
     writer.write(proxy_record("r3", path="/\udcff"))  # escaped
@@ -59,7 +59,7 @@ def every_kind_of_line(log: Path) -> None:
                   "reason": "outside-window", "rule": "roles.everyone.access.facebook", "policy": "ab12"})  # fmt: skip
     writer.prune_rotated(1, T0)
     writer.close()
-    dropping = Writer(full, flush_interval=60, max_backlog=1)
+    dropping = AuditWriter(full, flush_interval=60, max_backlog=1)
     dropping.write(proxy_record("lost-1"))
     dropping.write(proxy_record("lost-2"))
     dropping.flush()
@@ -86,7 +86,7 @@ def test_every_field_the_writer_writes_is_a_column_the_tools_select(cli, tmp_pat
 def test_the_tools_view_has_a_column_for_each_field_in_line_order(tmp_path):
     log = tmp_path / "audit.jsonl"
     every_kind_of_line(log)
-    with Reader([str(log)]) as reader:
+    with AuditReader([str(log)]) as reader:
         assert reader.sql("SELECT * FROM audit LIMIT 0").columns == list(schema.COLUMNS)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from accessgate.audit.writer import AuditLog
+from accessgate.audit.writer import AuditWriter
 from accessgate.audit.chain import verify as verify_unkeyed
 from accessgate.audit.sealing import (
     EPOCHS_SKIPPED,
@@ -460,7 +460,7 @@ def test_a_restart_within_the_epoch_writes_no_seal(tmp_path):
 def test_sealing_begins_on_an_unkeyed_log_and_covers_its_past(tmp_path):
     seal, verify = make_keys(tmp_path)
     log = tmp_path / "audit.jsonl"
-    writer = AuditLog(log)  # the real writer, without a key
+    writer = AuditWriter(log)  # the real writer, without a key
     for i in range(3):
         writer.write({"event": "access", "ts": T0 - 100 + i, "user": f"old{i}"})
     writer.close()

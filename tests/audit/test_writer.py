@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from accessgate.audit.chain import verify
 from accessgate.audit.schema import ZERO_HASH
-from accessgate.audit.writer import AuditLog, format_ts
+from accessgate.audit.writer import AuditWriter, format_ts
 from accessgate.policy.model import Level
 from accessgate.audit.pseudonym import pseudonymize
 
@@ -87,21 +87,21 @@ def log_path(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _close_every_log(monkeypatch):
     # A test that fails half-way must not leave a writer thread behind.
-    opened: list[AuditLog] = []
-    real_init = AuditLog.__init__
+    opened: list[AuditWriter] = []
+    real_init = AuditWriter.__init__
 
     def tracking_init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
         opened.append(self)
 
-    monkeypatch.setattr(AuditLog, "__init__", tracking_init)
+    monkeypatch.setattr(AuditWriter, "__init__", tracking_init)
     yield
     for log in opened:
         log.close()
 
 
 def test_one_compact_line_per_record_in_a_stable_key_order(log_path: Path) -> None:
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     for i in range(3):
         # Given in another order, with a field the writer does not know of.
         rec = access(i, later_field=1, enforced=True, role="everyone")
@@ -154,7 +154,7 @@ def test_the_proxys_own_timestamps_take_the_fast_way_to_the_same_text(year: int,
 
 
 def test_a_record_without_ts_gets_the_time_it_was_written(log_path: Path) -> None:
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     before = datetime.now(timezone.utc) - timedelta(milliseconds=1)
     log.write({"event": "policy_loaded", "policy": "ab12"})
     log.close()
@@ -164,7 +164,7 @@ def test_a_record_without_ts_gets_the_time_it_was_written(log_path: Path) -> Non
 
 
 def test_hostile_values_stay_on_one_line_of_valid_json(log_path: Path) -> None:
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     log.write(access(0, path="/a\nb\r\u2028c", host='x"}\n{"event":"forged"'))
     log.write(access(1, path="/\udcff-lone-surrogate"))
     log.write(access(2))
@@ -178,9 +178,9 @@ def test_hostile_values_stay_on_one_line_of_valid_json(log_path: Path) -> None:
 
 def tools_see(path: Path) -> list[dict]:
     """The records as the auditors' tools read them (DuckDB, the `audit` view)."""
-    from accessgate.audit.reader import AuditLog as Reader
+    from accessgate.audit.reader import AuditReader
 
-    with Reader([str(path)]) as reader:
+    with AuditReader([str(path)]) as reader:
         return reader.sql("SELECT * FROM audit ORDER BY seq").dicts()
 
 
@@ -206,7 +206,7 @@ UNDECODABLE = {
 
 @pytest.mark.parametrize("given, written, escaped", UNDECODABLE.values(), ids=UNDECODABLE.keys())
 def test_text_that_was_not_utf8_is_written_as_visible_escapes_the_tools_read(log_path, given, written, escaped):
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     log.write(access(0))
     log.write(access(1, **given))
     log.write(access(2))
@@ -229,7 +229,7 @@ def test_text_that_was_not_utf8_is_written_as_visible_escapes_the_tools_read(log
 
 def test_a_pseudonymized_user_with_bytes_that_were_not_utf8_is_still_written(log_path: Path) -> None:
     key = b"k" * 32
-    log = AuditLog(log_path, flush_interval=60, pseudonymize_key=key)
+    log = AuditWriter(log_path, flush_interval=60, pseudonymize_key=key)
     log.write(access(0, user="j\udce9r\udcf4me"))
     log.close()
     (rec,) = records(log_path)
@@ -237,7 +237,7 @@ def test_a_pseudonymized_user_with_bytes_that_were_not_utf8_is_still_written(log
 
 
 def test_a_ts_that_is_no_time_is_kept_beside_the_time_of_writing(log_path: Path) -> None:
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     before = datetime.now(timezone.utc) - timedelta(milliseconds=1)
     log.write(access(0, ts="yesterday-ish"))
     log.write(access(1, ts=1e30))  # beyond any calendar
@@ -280,7 +280,7 @@ OVERSIZED = {
 
 @pytest.mark.parametrize("rec, checks, truncated", OVERSIZED.values(), ids=OVERSIZED.keys())
 def test_a_record_over_the_size_bound_is_written_shortened_and_marked(log_path, rec, checks, truncated):
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     log.write(access(0))
     log.write(rec)
     log.write(access(3))
@@ -303,7 +303,7 @@ def test_a_record_over_the_size_bound_is_written_shortened_and_marked(log_path, 
 
 def test_values_the_fast_encoder_refuses_are_still_written_exactly(log_path: Path) -> None:
     # orjson writes most records; what it refuses, the json module writes.
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     log.write(access(0, bytes_out=2**70))  # beyond 64 bits
     log.write(access(1, counts={7: "by number"}))  # a non-text key
     log.write(access(2, at=datetime(2026, 11, 23, 12, 0, 0, 250000, tzinfo=timezone.utc)))
@@ -318,7 +318,7 @@ def test_values_the_fast_encoder_refuses_are_still_written_exactly(log_path: Pat
 
 def test_seq_and_chain_continue_when_the_log_is_opened_again(log_path: Path) -> None:
     for run in range(3):
-        log = AuditLog(log_path, flush_interval=60)
+        log = AuditWriter(log_path, flush_interval=60)
         for i in range(4):
             log.write(access(run * 10 + i))
         log.close()
@@ -328,7 +328,7 @@ def test_seq_and_chain_continue_when_the_log_is_opened_again(log_path: Path) -> 
 
 
 def test_a_torn_last_line_is_closed_and_announced(log_path: Path) -> None:
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     log.write(access(0))
     log.write(access(1))
     log.close()
@@ -336,7 +336,7 @@ def test_a_torn_last_line_is_closed_and_announced(log_path: Path) -> None:
     torn = b'{"event":"access","ts":"2026-11-23T12:00:0'
     log_path.write_bytes(good + torn)
 
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     log.write(access(2))
     log.close()
 
@@ -354,7 +354,7 @@ def test_a_torn_last_line_is_closed_and_announced(log_path: Path) -> None:
 def test_a_foreign_last_line_starts_a_new_announced_chain(log_path: Path) -> None:
     log_path.parent.mkdir(parents=True)
     log_path.write_bytes(b"written by something else\n")
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     log.write(access(0))
     log.close()
     lines = lines_of(log_path)
@@ -365,7 +365,7 @@ def test_a_foreign_last_line_starts_a_new_announced_chain(log_path: Path) -> Non
 
 
 def test_a_fresh_file_after_rotation_continues_the_rotated_chain(log_path: Path) -> None:
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     for i in range(3):
         log.write(access(i))
     log.close()
@@ -374,7 +374,7 @@ def test_a_fresh_file_after_rotation_continues_the_rotated_chain(log_path: Path)
     rotated.write_bytes(gzip.compress(log_path.read_bytes()))
     log_path.write_bytes(b"")
 
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     log.write(access(3))
     log.close()
     (new,) = lines_of(log_path)
@@ -382,12 +382,12 @@ def test_a_fresh_file_after_rotation_continues_the_rotated_chain(log_path: Path)
     assert chain_breaks(rotated, log_path) == []
 
 
-def rotate_rename(path: Path, log: AuditLog) -> Path:
+def rotate_rename(path: Path, log: AuditWriter) -> Path:
     path.rename(path.with_name(path.name + ".1"))
     return path.with_name(path.name + ".1")
 
 
-def rotate_rename_create_and_hup(path: Path, log: AuditLog) -> Path:
+def rotate_rename_create_and_hup(path: Path, log: AuditWriter) -> Path:
     # logrotate's `create` mode, then the postrotate SIGHUP that calls reopen().
     path.rename(path.with_name(path.name + ".1"))
     path.touch()
@@ -395,7 +395,7 @@ def rotate_rename_create_and_hup(path: Path, log: AuditLog) -> Path:
     return path.with_name(path.name + ".1")
 
 
-def rotate_remove(path: Path, log: AuditLog) -> None:
+def rotate_remove(path: Path, log: AuditWriter) -> None:
     path.unlink()
     return None
 
@@ -411,7 +411,7 @@ def rotate_remove(path: Path, log: AuditLog) -> None:
 def test_rotation_mid_stream_moves_to_the_new_file_without_losing_records(
     log_path: Path, rotate
 ) -> None:
-    log = AuditLog(log_path, flush_interval=0.05)
+    log = AuditWriter(log_path, flush_interval=0.05)
     for i in range(200):
         log.write(access(i))
         if i == 99:
@@ -477,7 +477,7 @@ def test_records_wait_while_the_log_cannot_be_written_and_are_all_written_after(
     expected_errno, fix = break_it(log_path)
     errors: list[Exception] = []
     with capture_logs() as logs:
-        log = AuditLog(log_path, flush_interval=60, on_error=errors.append)
+        log = AuditWriter(log_path, flush_interval=60, on_error=errors.append)
         for i in range(1000):
             log.write(access(i))
         assert not log.flush()
@@ -503,7 +503,7 @@ def test_records_wait_while_the_log_cannot_be_written_and_are_all_written_after(
 
 def test_a_full_backlog_drops_new_records_and_says_so_when_writing_resumes(log_path: Path) -> None:
     _, fix = full_disk(log_path)
-    log = AuditLog(log_path, flush_interval=60, max_backlog=100)
+    log = AuditWriter(log_path, flush_interval=60, max_backlog=100)
     for i in range(40):
         log.write(access(i))
     log.flush()
@@ -525,7 +525,7 @@ def test_a_full_backlog_drops_new_records_and_says_so_when_writing_resumes(log_p
 
 
 def test_close_drains_fifty_thousand_records(log_path: Path) -> None:
-    log = AuditLog(log_path, flush_interval=3600)
+    log = AuditWriter(log_path, flush_interval=3600)
     for i in range(50_000):
         log.write(access(i))
     log.close()
@@ -538,7 +538,7 @@ def test_close_drains_fifty_thousand_records(log_path: Path) -> None:
 
 def test_close_gives_up_on_a_log_that_stays_unwritable_and_counts_the_loss(log_path: Path) -> None:
     full_disk(log_path)
-    log = AuditLog(log_path, flush_interval=60, close_timeout=0.3)
+    log = AuditWriter(log_path, flush_interval=60, close_timeout=0.3)
     for i in range(10):
         log.write(access(i))
     with capture_logs() as logs:
@@ -553,7 +553,7 @@ def test_close_gives_up_on_a_log_that_stays_unwritable_and_counts_the_loss(log_p
 
 def test_pseudonymized_user_replaces_the_name_and_leaves_anonymous_null(log_path: Path) -> None:
     key = b"0123456789abcdef0123456789abcdef"
-    log = AuditLog(log_path, flush_interval=60, pseudonymize_key=key)
+    log = AuditWriter(log_path, flush_interval=60, pseudonymize_key=key)
     log.write(access(0, user="alice"))
     log.write(access(1, user=None))
     log.close()
@@ -571,7 +571,7 @@ class Unprintable:
 
 def test_a_record_that_cannot_be_serialized_is_dropped_and_reported(log_path: Path) -> None:
     errors: list[Exception] = []
-    log = AuditLog(log_path, flush_interval=60, on_error=errors.append)
+    log = AuditWriter(log_path, flush_interval=60, on_error=errors.append)
     log.write(access(0))
     log.write(access(1, path=Unprintable()))
     log.write("not a mapping")  # type: ignore[arg-type]
@@ -591,7 +591,7 @@ def test_a_deferred_record_is_made_in_the_writer_and_keeps_its_place(log_path: P
         made_in.append(threading.current_thread().name)
         return access(i)
 
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     log.write(access(0))
     log.defer(make, 1)
     log.write(access(2))
@@ -608,7 +608,7 @@ def test_a_deferred_record_that_cannot_be_made_is_dropped_and_reported(log_path:
     def broken() -> dict:
         raise KeyError("a field")
 
-    log = AuditLog(log_path, flush_interval=60, on_error=errors.append)
+    log = AuditWriter(log_path, flush_interval=60, on_error=errors.append)
     log.defer(access, 0)
     log.defer(broken)
     log.defer(access, 2)
@@ -637,7 +637,7 @@ def test_retention_deletes_old_rotations_only_and_records_it(log_path: Path) -> 
         stamp = (now - timedelta(days=days)).timestamp()
         os.utime(p, (stamp, stamp))
 
-    log = AuditLog(log_path, flush_interval=60)
+    log = AuditWriter(log_path, flush_interval=60)
     deleted = log.prune_rotated(30, now)
     log.close()
 
@@ -653,7 +653,7 @@ def test_retention_deletes_old_rotations_only_and_records_it(log_path: Path) -> 
 def test_write_is_cheap_for_the_caller(log_path: Path, record_property) -> None:
     # A micro-check, reported and not asserted: times on shared hosts drift too
     # much for a threshold.  The assertion is that nothing is lost meanwhile.
-    log = AuditLog(log_path, flush_interval=0.2)
+    log = AuditWriter(log_path, flush_interval=0.2)
     rec = access(0)
     n = 20_000
     started = time.perf_counter()
@@ -662,14 +662,14 @@ def test_write_is_cheap_for_the_caller(log_path: Path, record_property) -> None:
     per_write_us = (time.perf_counter() - started) / n * 1e6
     log.close()
     record_property("audit_write_us", round(per_write_us, 2))
-    print(f"AuditLog.write: {per_write_us:.2f} µs per record")
+    print(f"AuditWriter.write: {per_write_us:.2f} µs per record")
     assert log.stats().written == n
 
 
 def test_records_from_many_threads_all_land_in_one_valid_chain(log_path: Path) -> None:
     import threading
 
-    log = AuditLog(log_path, flush_interval=0.05)
+    log = AuditWriter(log_path, flush_interval=0.05)
 
     def writer(t: int) -> None:
         for i in range(2000):
@@ -693,8 +693,8 @@ def test_records_from_many_threads_all_land_in_one_valid_chain(log_path: Path) -
 
 CRASHING_WRITER = """
 import sys, time
-from accessgate.audit.writer import AuditLog
-log = AuditLog(sys.argv[1], flush_interval=float(sys.argv[2]))
+from accessgate.audit.writer import AuditWriter
+log = AuditWriter(sys.argv[1], flush_interval=float(sys.argv[2]))
 i = 0
 while True:
     log.write({"event": "access", "ts": time.time(), "request_id": str(i)})
@@ -748,7 +748,7 @@ def test_stats_reach_the_metrics_on_every_flush(log_path: Path) -> None:
 
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    log = AuditLog(log_path, flush_interval=60, on_flush=metrics.observe_audit)
+    log = AuditWriter(log_path, flush_interval=60, on_flush=metrics.observe_audit)
     for i in range(7):
         log.write(access(i))
     log.flush()

@@ -8,7 +8,7 @@ columns an older writer did not write are NULL, and records without `event`
 (schema 0) count as `access`.
 
 A line that is not JSON (a write torn by a crash) is skipped; a live file
-whose last line is incomplete is reported in `AuditLog.problems` rather than
+whose last line is incomplete is reported in `AuditReader.problems` rather than
 failing the query, because that is what a crash leaves behind.  So is a line
 longer than `MAX_LINE_BYTES` (the writer never writes one; an older writer
 or an edit may have): DuckDB would refuse the whole file for it, so such a
@@ -377,10 +377,10 @@ class Result:
         return [dict(zip(self.columns, row)) for row in self.rows]
 
 
-class AuditLog:
+class AuditReader:
     """Audit log files as the DuckDB view `audit`.
 
-        with AuditLog(["/var/log/accessgate/audit.jsonl*"]) as log:
+        with AuditReader(["/var/log/accessgate/audit.jsonl*"]) as log:
             log.sql("SELECT count(*) FROM audit WHERE decision = 'block'").rows
 
     `cache`: None disables the Parquet cache; `build_cache` says which files
@@ -500,7 +500,7 @@ class AuditLog:
         self.con.close()
         self._short.close()
 
-    def __enter__(self) -> "AuditLog":
+    def __enter__(self) -> "AuditReader":
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,6 +1,6 @@
 """The audit log: one JSON object per line, hash-chained, written off the hot path.
 
-`AuditLog.write()` only appends the record to a queue; a background thread
+`AuditWriter.write()` only appends the record to a queue; a background thread
 formats, chains and writes at least every `flush_interval` seconds.  That
 keeps disk latency (and a full disk) away from mitmproxy's event loop, at the
 price the contract allows: a crash loses at most one interval of records.
@@ -58,7 +58,7 @@ _ERROR_LOG_EVERY = 60.0  # seconds between operational-log lines while failing
 
 
 class _Deferred(NamedTuple):
-    """A queued record still to be made: `make(*args)` (see AuditLog.defer)."""
+    """A queued record still to be made: `make(*args)` (see AuditWriter.defer)."""
 
     make: Callable[..., dict]
     args: tuple
@@ -75,7 +75,7 @@ class AuditStats:
     errors: int  # failed write attempts (one per flush that failed)
 
 
-class AuditLog:
+class AuditWriter:
     """Writes audit records to `path`; see the module docstring.  Never raises into callers."""
 
     def __init__(

@@ -106,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
 
 def open_log(args: argparse.Namespace, label: str, build_cache: str = "rotated"):
     from accessgate.audit.tools import progress
-    from accessgate.audit.reader import AuditLog, Cache
+    from accessgate.audit.reader import AuditReader, Cache
 
-    log = AuditLog(
+    log = AuditReader(
         args.logs,
         cache=None if getattr(args, "no_cache", False) else Cache(),
         build_cache=build_cache,

@@ -7,7 +7,7 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from accessgate.audit.reader import AuditLog
+from accessgate.audit.reader import AuditReader
 from accessgate.audit.tools.report import Day, RoleSite, UserSite, build_report, render_html
 
 from ..conftest import access, write_log
@@ -47,7 +47,7 @@ def log(tmp_path):
 
 @pytest.fixture
 def report(log):
-    with AuditLog([str(log)]) as audit:
+    with AuditReader([str(log)]) as audit:
         return build_report(audit, SINCE, UNTIL)
 
 
@@ -100,7 +100,7 @@ def test_html_is_self_contained_and_carries_the_numbers(report):
 
 def test_html_escapes_what_the_log_says(tmp_path):
     log = write_log(tmp_path / "a.jsonl", [access("e1", "2026-11-02T09:00:00.000Z", "<img onerror=x>", "face<book>")])
-    with AuditLog([str(log)]) as audit:
+    with AuditReader([str(log)]) as audit:
         page = render_html(build_report(audit, SINCE, UNTIL))
     assert "<img" not in page and "&lt;img onerror=x&gt;" in page and "face&lt;book&gt;" in page
 

@@ -22,7 +22,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import duckdb
 
-from accessgate.audit.reader import AuditLog, explain_duckdb, naive_utc
+from accessgate.audit.reader import AuditReader, explain_duckdb, naive_utc
 from accessgate.errors import AuditLogError
 
 ANONYMOUS = "(anonymous {ip})"
@@ -77,14 +77,14 @@ TOP_PER_ROLE = 5
 _WHO = "coalesce(\"user\", replace('" + ANONYMOUS + "', '{ip}', coalesce(client_ip, '?')))"
 
 
-def build_report(log: AuditLog, since: datetime, until: datetime) -> Report:
+def build_report(log: AuditReader, since: datetime, until: datetime) -> Report:
     try:
         return _build_report(log, since, until)
     except duckdb.Error as exc:
         raise AuditLogError(explain_duckdb(exc)) from None
 
 
-def _build_report(log: AuditLog, since: datetime, until: datetime) -> Report:
+def _build_report(log: AuditReader, since: datetime, until: datetime) -> Report:
     con = log.con
     log._run(
         lambda: con.execute(
