@@ -22,7 +22,8 @@ from structlog.testing import capture_logs
 
 from accessgate.audit.chain import verify
 from accessgate.audit.schema import ZERO_HASH
-from accessgate.audit.writer import AuditWriter, format_ts
+from accessgate.audit.encoding import format_ts
+from accessgate.audit.writer import AuditWriter
 from accessgate.policy.model import Level
 from accessgate.audit.pseudonym import pseudonymize
 
