@@ -196,13 +196,13 @@ def _plain(value: object, escape: bool) -> object:
     return _plain(_json_default(value), escape)
 
 
-def _has_surrogate(value: object) -> bool:
+def has_surrogate(value: object) -> bool:
     if isinstance(value, str):
         return _SURROGATE.search(value) is not None
     if isinstance(value, list):
-        return any(map(_has_surrogate, value))
+        return any(map(has_surrogate, value))
     if isinstance(value, dict):
-        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+        return any(has_surrogate(k) or has_surrogate(v) for k, v in value.items())
     return False
 
 
@@ -220,7 +220,7 @@ def _readable(rec: dict) -> dict:
         if key in _CHAIN_KEYS:
             continue
         plain = _plain(value, False)
-        if _has_surrogate(key) or _has_surrogate(plain):
+        if has_surrogate(key) or has_surrogate(plain):
             key = _escape(key)
             plain = _plain(value, True)
             escaped.append(key)

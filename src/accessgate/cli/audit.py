@@ -217,7 +217,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from accessgate.audit.tools import progress
-    from accessgate.audit.reader import expand
+    from accessgate.audit.sources import expand
     from accessgate.audit.chain import verify
 
     files = expand(args.logs)
@@ -327,7 +327,7 @@ def _reveal(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from accessgate.audit.reader import default_cache_dir
+    from accessgate.audit.cache import default_cache_dir
 
     with open_log(args, "index", build_cache="all") as log:
         print(f"{log.cached} of {len(log.files)} file(s) cached in {default_cache_dir()}")

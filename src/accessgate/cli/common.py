@@ -43,7 +43,8 @@ def exit_2_on_error(command: str, run: Callable[[], int]) -> int:
 
 def open_log(args: argparse.Namespace, label: str, build_cache: str = "rotated"):
     """The audit log files `args.logs` as an AuditReader; what it skipped is said on stderr."""
-    from accessgate.audit.reader import AuditReader, Cache
+    from accessgate.audit.cache import Cache
+    from accessgate.audit.reader import AuditReader
     from accessgate.audit.tools import progress
 
     log = AuditReader(
