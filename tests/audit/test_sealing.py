@@ -24,12 +24,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from accessgate.audit.writer import AuditWriter
 from accessgate.audit.chain import verify as verify_unkeyed
+from accessgate.audit.schema import ZERO_HASH
 from accessgate.audit.sealing import (
     EPOCHS_SKIPPED,
     SEALED,
-    ZERO_HASH,
     Sealer,
     SealingKeyError,
     keygen,
@@ -37,6 +36,7 @@ from accessgate.audit.sealing import (
     read_lines,
     verify_sealed,
 )
+from accessgate.audit.writer import AuditWriter
 
 T0 = 1_795_000_000  # keygen time of every test key: 2026-11-18T11:06:40Z
 INTERVAL = 60

@@ -198,7 +198,7 @@ def verify(
                     verdict.first_at = f"{pos.file}:{pos.line}"
                     verdict.from_origin = seq == 1 and prev == ZERO_HASH
                 else:
-                    problem = _link(prev_hash, last_seq, last_pos, pos, seq, prev)
+                    problem = broken_link(last_seq, prev_hash, (last_pos.file, last_pos.line), seq, prev, (pos.file, pos.line))
                     if problem is not None:
                         verdict.add_break(problem)
                 prev_hash = line_hash
@@ -248,19 +248,20 @@ def _not_a_record(pos: _Pos, length: int) -> Break:
     )  # fmt: skip
 
 
-def _link(
-    prev_hash: str, last_seq: int | None, last_pos: _Pos, pos: _Pos, seq: int, prev: str
+def broken_link(
+    last_seq: int | None, last_hash: str, before: tuple[str, int], seq: int, prev: str, here: tuple[str, int]
 ) -> Break | None:
+    """What is wrong between the record at `here` and the one at `before` (file, line), or None."""
     expected = (last_seq or 0) + 1
-    before = last_pos.file + ":" + str(last_pos.line)
-    if last_pos.file != pos.file:
-        before = f"the last record of {last_pos.file} (line {last_pos.line})"
-    hash_ok = prev == prev_hash
+    hash_ok = prev == last_hash
     if hash_ok and seq == expected:
         return None
+    after = f"{before[0]}:{before[1]}"
+    if before[0] != here[0]:
+        after = f"the last record of {before[0]} (line {before[1]})"
 
     def brk(kind: str, message: str) -> Break:
-        return Break(pos.file, pos.line, kind, message, expected, seq)
+        return Break(here[0], here[1], kind, message, expected, seq)
 
     if hash_ok:
         return brk("edited", f"seq expected {expected}, found {seq} although prev matches: seq was edited")
@@ -274,18 +275,18 @@ def _link(
         return brk(
             "missing",
             f"seq expected {expected}, found {seq}: {seq - expected} record(s) missing "
-            f"(deleted, or moved elsewhere) after {before}",
+            f"(deleted, or moved elsewhere) after {after}",
         )
     if seq < expected:
         return brk(
             "reordered",
             f"seq expected {expected}, found {seq}: the record repeats an earlier seq or is "
-            f"out of order (inserted, duplicated or moved) after {before}",
+            f"out of order (inserted, duplicated or moved) after {after}",
         )
     # seq is right but the line before does not hash to prev: that line changed.
     return Break(
-        last_pos.file, last_pos.line, "edited",
+        before[0], before[1], "edited",
         f"record seq {last_seq} was edited after it was written: its hash no longer matches "
-        f"prev of the next record ({pos.file}:{pos.line})",
+        f"prev of the next record ({here[0]}:{here[1]})",
         expected - 1, last_seq,
     )  # fmt: skip
