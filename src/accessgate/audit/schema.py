@@ -28,54 +28,59 @@ class Field(NamedTuple):
     meaning: str  # its row in docs/audit-log.md
 
 
+def _fields(table: str) -> tuple[Field, ...]:
+    """Fields from a table of `name | json | sql | meaning` rows."""
+    return tuple(Field(*(cell.strip() for cell in row.split("|", 3))) for row in table.strip().splitlines())
+
+
 # An access record, in the order of its line.
-ACCESS: tuple[Field, ...] = (
-    Field("event", "string", "VARCHAR", "`access` for a request; see [events](#events) for the others"),
-    Field("ts", "string", "TIMESTAMP", "when the request was decided: RFC 3339, UTC, milliseconds, `Z` (`2026-11-23T11:30:02.125Z`)"),
-    Field("request_id", "string", "VARCHAR", "the id also sent to the client in `X-Accessgate-Request-Id` and shown on the block page"),
-    Field("user", "string or null", "VARCHAR", "the user the proxy authenticated; `null` when anonymous; a pseudonym (`u-…`) when [pseudonymization](#pseudonymized-user-names) is on"),
-    Field("roles", "list of strings", "VARCHAR[]", "every role the client had"),
-    Field("client_ip", "string", "VARCHAR", "the client's address as the proxy saw it"),
-    Field("method", "string", "VARCHAR", "HTTP method (`CONNECT` for a tunnel decided before TLS)"),
-    Field("scheme", "string", "VARCHAR", "`http` or `https`"),
-    Field("host", "string", "VARCHAR", "the normalized host that decided (lower case, A-label, no port)"),
-    Field("path", "string", "VARCHAR", "the path, without the query string unless `accessgate_log_query` is on"),
-    Field("site", "string or null", "VARCHAR", "the policy's site; `null` for a host in no site"),
-    Field("decision", "string", "VARCHAR", "`allow` or `block`"),
-    Field("reason", "string", "VARCHAR", "`allowed`, `unlisted`, `denied`, `read-only`, `outside-window`, `quota-exhausted`, `unauthenticated`"),
-    Field("level", "string or null", "VARCHAR", "the effective level: `full`, `read-only`, `deny`; `null` when no grant applied"),
-    Field("rule", "string", "VARCHAR", "the policy rule that decided, e.g. `roles.everyone.access.facebook`; `unlisted`, `unauthenticated`, `no-grant`, `invalid-host`, or `internal-error` for a fail-closed block"),
-    Field("role", "string or null", "VARCHAR", "the role whose grant decided"),
-    Field("status", "integer or null", "INTEGER", "the HTTP status the client got (403 for a block page)"),
-    Field("bytes_in", "integer", "BIGINT", "body bytes from the client"),
-    Field("bytes_out", "integer", "BIGINT", "body bytes to the client"),
-    Field("duration_ms", "number", "DOUBLE", "from decision to the end of the response"),
-    Field("policy", "string", "VARCHAR", "short hash of the policy in force (`accessgate_policy_info{hash}` shows the same)"),
-    Field("enforced", "boolean", "BOOLEAN", "`false` in `accessgate_mode=audit`: the decision was logged but not enforced"),
-    Field("error", "string", "VARCHAR", "only when something went wrong with the flow (e.g. `killed`)"),
-)  # fmt: skip
+ACCESS = _fields("""
+event       | string          | VARCHAR   | `access` for a request; see [events](#events) for the others
+ts          | string          | TIMESTAMP | when the request was decided: RFC 3339, UTC, milliseconds, `Z` (`2026-11-23T11:30:02.125Z`)
+request_id  | string          | VARCHAR   | the id also sent to the client in `X-Accessgate-Request-Id` and shown on the block page
+user        | string or null  | VARCHAR   | the user the proxy authenticated; `null` when anonymous; a pseudonym (`u-…`) when [pseudonymization](#pseudonymized-user-names) is on
+roles       | list of strings | VARCHAR[] | every role the client had
+client_ip   | string          | VARCHAR   | the client's address as the proxy saw it
+method      | string          | VARCHAR   | HTTP method (`CONNECT` for a tunnel decided before TLS)
+scheme      | string          | VARCHAR   | `http` or `https`
+host        | string          | VARCHAR   | the normalized host that decided (lower case, A-label, no port)
+path        | string          | VARCHAR   | the path, without the query string unless `accessgate_log_query` is on
+site        | string or null  | VARCHAR   | the policy's site; `null` for a host in no site
+decision    | string          | VARCHAR   | `allow` or `block`
+reason      | string          | VARCHAR   | `allowed`, `unlisted`, `denied`, `read-only`, `outside-window`, `quota-exhausted`, `unauthenticated`
+level       | string or null  | VARCHAR   | the effective level: `full`, `read-only`, `deny`; `null` when no grant applied
+rule        | string          | VARCHAR   | the policy rule that decided, e.g. `roles.everyone.access.facebook`; `unlisted`, `unauthenticated`, `no-grant`, `invalid-host`, or `internal-error` for a fail-closed block
+role        | string or null  | VARCHAR   | the role whose grant decided
+status      | integer or null | INTEGER   | the HTTP status the client got (403 for a block page)
+bytes_in    | integer         | BIGINT    | body bytes from the client
+bytes_out   | integer         | BIGINT    | body bytes to the client
+duration_ms | number          | DOUBLE    | from decision to the end of the response
+policy      | string          | VARCHAR   | short hash of the policy in force (`accessgate_policy_info{hash}` shows the same)
+enforced    | boolean         | BOOLEAN   | `false` in `accessgate_mode=audit`: the decision was logged but not enforced
+error       | string          | VARCHAR   | only when something went wrong with the flow (e.g. `killed`)
+""")
 
 # What the writer adds to any record, after the fields it was given, in this order.
-WRITTEN: tuple[Field, ...] = (
-    Field("ts_given", "string", "VARCHAR", "only when the `ts` given was no time (a bug in a caller): that value, as text; `ts` is then the time of writing"),
-    Field("escaped", "list of strings", "VARCHAR[]", "only when a field held bytes that are not UTF-8: the fields written with escapes (see [text that is not UTF-8](#text-that-is-not-utf-8))"),
-    Field("truncated", "object", "MAP(VARCHAR, BIGINT)", "only when the record was over the size bound: each shortened field and its length before (see [the size bound](#the-size-bound))"),
-    Field("seq", "integer", "BIGINT", "position in the chain: 1, 2, 3, … never restarting; see [the chain](#the-chain-seq-and-prev)"),
-    Field("prev", "string", "VARCHAR", "sha256 (hex) of the previous line; 64 zeros for the first record ever"),
-)  # fmt: skip
+WRITTEN = _fields("""
+ts_given  | string          | VARCHAR              | only when the `ts` given was no time (a bug in a caller): that value, as text; `ts` is then the time of writing
+escaped   | list of strings | VARCHAR[]            | only when a field held bytes that are not UTF-8: the fields written with escapes (see [text that is not UTF-8](#text-that-is-not-utf-8))
+truncated | object          | MAP(VARCHAR, BIGINT) | only when the record was over the size bound: each shortened field and its length before (see [the size bound](#the-size-bound))
+seq       | integer         | BIGINT               | position in the chain: 1, 2, 3, … never restarting; see [the chain](#the-chain-seq-and-prev)
+prev      | string          | VARCHAR              | sha256 (hex) of the previous line; 64 zeros for the first record ever
+""")
 
 # Fields that only the other events have; EVENTS says what each holds.
-OTHER: tuple[Field, ...] = (
-    Field("sources", "list of strings", "VARCHAR[]", ""),
-    Field("file", "string", "VARCHAR", ""),
-    Field("problems", "list of strings", "VARCHAR[]", ""),
-    Field("truncated_bytes", "integer", "BIGINT", ""),
-    Field("count", "integer", "BIGINT", ""),
-    Field("since", "string", "TIMESTAMP", ""),
-    Field("files", "list of strings", "VARCHAR[]", ""),
-    Field("days", "integer", "BIGINT", ""),
-    Field("note", "string", "VARCHAR", ""),
-)
+OTHER = _fields("""
+sources         | list of strings | VARCHAR[] |
+file            | string          | VARCHAR   |
+problems        | list of strings | VARCHAR[] |
+truncated_bytes | integer         | BIGINT    |
+count           | integer         | BIGINT    |
+since           | string          | TIMESTAMP |
+files           | list of strings | VARCHAR[] |
+days            | integer         | BIGINT    |
+note            | string          | VARCHAR   |
+""")
 
 ACCESS_ORDER = tuple(f.name for f in ACCESS)
 CHAIN_KEYS = ("seq", "prev")

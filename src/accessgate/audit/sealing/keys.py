@@ -69,8 +69,8 @@ def evolve(key: bytearray) -> None:
 class Keyed:
     """HMAC-SHA256 under one key and domain, with the key's pads hashed once.
 
-    Copying two prepared SHA-256 states costs a third of what copying an
-    hmac object does; the result is the same HMAC (RFC 2104).
+    Copying two prepared SHA-256 states is cheaper than copying an hmac
+    object; the result is the same HMAC (RFC 2104).
     """
 
     __slots__ = ("inner", "outer")
