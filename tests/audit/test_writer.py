@@ -383,12 +383,12 @@ def test_a_fresh_file_after_rotation_continues_the_rotated_chain(log_path: Path)
     assert chain_breaks(rotated, log_path) == []
 
 
-def rotate_rename(path: Path, log: AuditWriter) -> Path:
+def renamed_is_noticed_without_a_signal(path: Path, log: AuditWriter) -> Path:
     path.rename(path.with_name(path.name + ".1"))
     return path.with_name(path.name + ".1")
 
 
-def rotate_rename_create_and_hup(path: Path, log: AuditWriter) -> Path:
+def renamed_created_and_reopened_on_sighup(path: Path, log: AuditWriter) -> Path:
     # logrotate's `create` mode, then the postrotate SIGHUP that calls reopen().
     path.rename(path.with_name(path.name + ".1"))
     path.touch()
@@ -396,22 +396,16 @@ def rotate_rename_create_and_hup(path: Path, log: AuditWriter) -> Path:
     return path.with_name(path.name + ".1")
 
 
-def rotate_remove(path: Path, log: AuditWriter) -> None:
+def removed_is_recreated(path: Path, log: AuditWriter) -> None:
     path.unlink()
     return None
 
 
 @pytest.mark.parametrize(
-    "rotate",
-    [
-        pytest.param(rotate_rename, id="renamed-file-is-noticed-without-a-signal"),
-        pytest.param(rotate_rename_create_and_hup, id="renamed-created-and-reopened-on-sighup"),
-        pytest.param(rotate_remove, id="removed-file-is-recreated"),
-    ],
+    "rotate", [renamed_is_noticed_without_a_signal, renamed_created_and_reopened_on_sighup, removed_is_recreated],
+    ids=lambda rotate: rotate.__name__,
 )
-def test_rotation_mid_stream_moves_to_the_new_file_without_losing_records(
-    log_path: Path, rotate
-) -> None:
+def test_rotation_mid_stream_moves_to_the_new_file_without_losing_records(log_path: Path, rotate) -> None:
     log = AuditWriter(log_path, flush_interval=0.05)
     for i in range(200):
         log.write(access(i))
@@ -464,17 +458,8 @@ def directory_not_writable(log_path: Path) -> tuple:
     return errno.EACCES, fix
 
 
-@pytest.mark.parametrize(
-    "break_it",
-    [
-        pytest.param(full_disk, id="disk-full"),
-        pytest.param(directory_is_a_file, id="directory-path-is-a-file"),
-        pytest.param(directory_not_writable, id="directory-permission-denied"),
-    ],
-)
-def test_records_wait_while_the_log_cannot_be_written_and_are_all_written_after(
-    log_path: Path, break_it
-) -> None:
+@pytest.mark.parametrize("break_it", [full_disk, directory_is_a_file, directory_not_writable], ids=lambda f: f.__name__)
+def test_records_wait_while_the_log_cannot_be_written_and_are_all_written_after(log_path: Path, break_it) -> None:
     expected_errno, fix = break_it(log_path)
     errors: list[Exception] = []
     with capture_logs() as logs:
