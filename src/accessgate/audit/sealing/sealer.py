@@ -70,11 +70,6 @@ class Sealer:
     def epoch(self) -> int:
         return self._epoch
 
-    @property
-    def stored_epoch(self) -> int:
-        """The epoch whose key the file holds: older keys than this one are gone from the disk."""
-        return self._stored_epoch
-
     def epoch_at(self, now: float) -> int:
         return epoch_at(self.t0, self.interval, now)
 
