@@ -17,6 +17,7 @@ Everything else takes it from here:
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,7 +31,9 @@ class Field(NamedTuple):
 
 def _fields(table: str) -> tuple[Field, ...]:
     """Fields from a table of `name | json | sql | meaning` rows."""
-    return tuple(Field(*(cell.strip() for cell in row.split("|", 3))) for row in table.strip().splitlines())
+    rows = (tuple(cell.strip() for cell in row.split("|", 3)) for row in table.strip().splitlines())
+    # Interned: the same objects as the names in code, which makes comparing keys an identity test.
+    return tuple(Field(sys.intern(name), *rest) for name, *rest in rows)
 
 
 # An access record, in the order of its line.
