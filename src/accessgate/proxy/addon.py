@@ -49,7 +49,6 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import commands, events, layer, layers, mode_specs
 
-from accessgate.audit.schema import ACCESS_ORDER
 from accessgate.decision import engine
 from accessgate.proxy import firstbytes
 from accessgate.decision.engine import Decision, Identity
@@ -140,13 +139,31 @@ def access_record(
     seconds: float,
     error: str | None,
 ) -> dict[str, Any]:
-    """The audit record of one request (contract section 5), fields in the schema's order."""
-    record = dict(zip(ACCESS_ORDER, (  # `error`, last, only when there is one
-        "access", st.ts, st.request_id, st.identity.user, list(d.roles), _ip_text(st.identity.client_ip), st.method,
-        st.scheme, st.host, st.path, d.site, d.decision, d.reason,
-        d.level._value_ if d.level is not None else None,  # .value is a slow property
-        d.rule, d.role, status, bytes_in, bytes_out, round(seconds * 1000, 3), st.policy, enforced,
-    )))  # fmt: skip
+    """The audit record of one request (contract section 5), fields in their order."""
+    record = {
+        "event": "access",
+        "ts": st.ts,
+        "request_id": st.request_id,
+        "user": st.identity.user,
+        "roles": list(d.roles),
+        "client_ip": _ip_text(st.identity.client_ip),
+        "method": st.method,
+        "scheme": st.scheme,
+        "host": st.host,
+        "path": st.path,
+        "site": d.site,
+        "decision": d.decision,
+        "reason": d.reason,
+        "level": d.level._value_ if d.level is not None else None,  # .value is a slow property
+        "rule": d.rule,
+        "role": d.role,
+        "status": status,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "duration_ms": round(seconds * 1000, 3),
+        "policy": st.policy,
+        "enforced": enforced,
+    }
     if error is not None:
         record["error"] = error
     return record
