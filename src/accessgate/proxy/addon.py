@@ -532,7 +532,7 @@ class AccessGate:
         log.warning("state_store_error", error=str(exc))
 
     def _open_audit(self, path: str) -> None:
-        from accessgate.audit.writer import AuditLog
+        from accessgate.audit.writer import AuditWriter
 
         old, self.audit = self.audit, None
         if old is not None:
@@ -541,7 +541,7 @@ class AccessGate:
             return
         try:
             _ensure_parent(path)
-            self.audit = AuditLog(
+            self.audit = AuditWriter(
                 path,
                 pseudonymize_key=self._pseudonym_key,
                 on_error=lambda exc: log.error("audit_write_failed", error=str(exc)),
