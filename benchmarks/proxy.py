@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Proxy throughput per core: accessgate and bare mitmdump, side by side in one run.
+"""Proxy throughput per core: accessgate, bare mitmdump and Squid, side by side in one run.
 
-    .venv/bin/python benchmarks/proxy.py [--rounds 3] [--seconds 10]
+    .venv/bin/python benchmarks/proxy.py --squid [--rounds 3] [--seconds 10]
     .venv/bin/python benchmarks/proxy.py --together [--rounds 6] [--build compiled]
 
 The proxies (pinned to one core; nginx and the load generators share the
@@ -10,17 +10,22 @@ other), all with proxyauth and every request routed to the local nginx:
     bare        mitmdump -q, proxyauth ({SHA} htpasswd), routing to nginx
     accessgate  the same + accessgate (policy/example.yaml, audit log, metrics
                 endpoint, quota state: --state, sqlite by default)
+    squid       with --squid: Squid, one process, no cache, basic auth, the
+                example policy's sites, roles and levels as dstdomain,
+                proxy_auth, method and time ACLs (tests/support/squid.py)
 
 Traffic: frank (HR, full LinkedIn), zoe (read-only LinkedIn, reads; the
 unlisted web), carol (sales, full X); every request is allowed, so every
 proxy forwards the same requests.  HTTP: wrk -t1 -c16 (wrk-proxy.lua).
 HTTPS: the asyncio client of loadgen.py, CONNECT + TLS through mitmproxy's
-interception, a new tunnel every --per-tunnel requests.
+interception, a new tunnel every --per-tunnel requests.  Squid runs HTTP
+only: Debian's `squid` cannot intercept TLS (that is `squid-openssl`), so it
+would only relay the tunnels' bytes.
 
 Default mode: rounds alternate the configurations, each alone on the proxy
 core, each round starting with the next one.  Printed per configuration:
 requests/s, p50/p99, the share of its core the proxy used, and requests
-per CPU-second of the proxy process, which is
+per CPU-second of the proxy process (with Squid's auth helpers), which is
 requests per second per core and the steadier figure on a shared host;
 then accessgate's ratio to each other configuration, per round (median,
 min, max).
@@ -53,6 +58,7 @@ import loadgen as lg
 from compiled import compiled_build
 
 from support.nginx import start_nginx  # noqa: E402  (tests/ is on sys.path through loadgen)
+from support.squid import start_squid  # noqa: E402
 
 USERS = ["frank", "zoe", "carol"]
 MIX = [
@@ -84,9 +90,72 @@ class Config:
     name: str
     port: int
     pid: int
+    children: bool = False  # count the CPU of its child processes (Squid's helpers)
 
     def cpu(self) -> float:
-        return lg.cpu_seconds(self.pid)
+        return lg.cpu_seconds(self.pid, children=self.children)
+
+
+# -- Squid's rules for the same policy ---------------------------------------------
+
+
+def squid_rules(policy) -> str:
+    """The policy as Squid ACLs: who may reach which site at which level, first match wins.
+
+    Sites are dstdomain ACLs (a domain covers its subdomains), members
+    proxy_auth (users, groups' users, `all` = signed in) or src (`net:`)
+    ACLs, read-only the methods GET HEAD OPTIONS, windows `time` ACLs (the
+    host's local time; one crossing midnight ends there).  Squid has no per-user minute counts, so daily
+    quotas and read_only_allow exceptions are left out: Squid does less
+    per request than the policy asks.
+    """
+    lines = ["acl reads method GET HEAD OPTIONS"]
+    for name, site in policy.sites.items():
+        lines.append(f"acl site_{name} dstdomain " + " ".join(f".{d}" for d in site.domains))
+    lines.append("acl catalog dstdomain " + " ".join(f".{d}" for s in policy.sites.values() for d in s.domains))
+    days = "SMTWHFA"  # Squid's day letters, Sunday first
+    allows: dict[str, list[str]] = {name: [] for name in [*policy.sites, "*"]}
+    for role in policy.roles.values():
+        members = _member_acls(role, policy, lines)
+        for site, grant in role.access.items():
+            if grant.level.value == "deny":
+                continue
+            conditions = [] if site == "*" else [f"site_{site}"]
+            if grant.level.value == "read-only":
+                conditions.append("reads")
+            for w, window in enumerate(grant.windows):
+                acl = f"window_{role.name}_{site.strip('*') or 'any'}_{w}"
+                end = "24:00" if window.end is None or window.crosses_midnight else f"{window.end:%H:%M}"
+                letters = "".join(days[(d + 1) % 7] for d in sorted(window.days))
+                lines.append(f"acl {acl} time {letters} {window.start:%H:%M}-{end}")
+                conditions.append(acl)
+            allows[site] += [" ".join(["http_access allow", member, *conditions]) for member in members]
+    for site_allows in [allows.pop("*"), *allows.values()]:
+        # Lines that need no sign-in first: a proxy_auth ACL asks an anonymous client for credentials.
+        lines += sorted(site_allows, key=lambda line: "signed_in" in line or "users_" in line)
+    lines.append("http_access deny catalog")
+    if policy.unlisted.value == "allow":
+        lines.append("http_access allow signed_in")
+    return "\n".join(lines) + "\n"
+
+
+def _member_acls(role, policy, lines: list[str]) -> list[str]:
+    users, acls = set(), []
+    for n, member in enumerate(role.members):
+        kind = member.kind.value
+        if kind == "all":
+            acls.append("signed_in")
+        elif kind == "net":
+            lines.append(f"acl net_{role.name}_{n} src {member.network}")
+            acls.append(f"net_{role.name}_{n}")
+        elif kind == "group":
+            users |= policy.groups.get(member.value, frozenset())
+        else:
+            users.add(member.value)
+    if users:
+        lines.append(f"acl users_{role.name} proxy_auth -i {' '.join(sorted(users))}")  # logins ignore case
+        acls.append(f"users_{role.name}")
+    return acls
 
 
 # -- measuring -----------------------------------------------------------------------
@@ -131,7 +200,7 @@ def measure(configs: list[Config], proto: str, args, ca: Path, load_core: int) -
 
 def batches(configs: list[Config], proto: str, r: int, together: bool) -> list[list[Config]]:
     """What one round loads at once, in order: pairs of bare and accessgate, or each configuration alone."""
-    present = configs
+    present = [c for c in configs if proto == "http" or c.name != "squid"]
     if together:
         bare, gate = present[0], present[1]
         return [[bare, gate] if r % 2 == 0 else [gate, bare]]
@@ -198,6 +267,7 @@ def main() -> int:
     parser.add_argument("--per-tunnel", type=int, default=100, help="HTTPS requests per CONNECT tunnel (default 100)")
     parser.add_argument("--state", choices=["sqlite", "memory"], default="sqlite",
                         help="accessgate_state for the accessgate proxy (default sqlite, the product default)")
+    parser.add_argument("--squid", action="store_true", help="also measure Squid (HTTP), the reference proxy")
     parser.add_argument("--together", action="store_true",
                         help="load bare and accessgate at the same time on their shared core instead of in turn")
     parser.add_argument("--build", choices=("python", "compiled"), default="python",
@@ -210,6 +280,8 @@ def main() -> int:
         return 2
     if args.rounds < 1 or not 1 <= args.seconds <= 600 or args.rounds * args.seconds > 3600:
         parser.error("--rounds >= 1, --seconds between 1 and 600, rounds x seconds at most an hour")
+    if args.squid and args.together:
+        parser.error("--squid measures in turn: Squid is ten times as fast, two proxies at once would not split the core evenly")
 
     proxy_core, load_core = lg.cores()
     ncores = len(os.sched_getaffinity(0))
@@ -234,6 +306,14 @@ def main() -> int:
         if engine != args.build:
             raise RuntimeError(f"asked for the {args.build} engine, but accessgate runs the {engine!r} one")
         configs = [Config("bare", bare.port, bare.pid), Config("accessgate", gate.port, gate.pid)]
+        if args.squid:
+            from accessgate.policy.loader import load_policy
+
+            squid_htpasswd = lg.write_htpasswd(work / "htpasswd-apr1", USERS, lg.PASSWORD)
+            squid = start_squid(origin, rules=squid_rules(load_policy(lg.POLICY)), htpasswd=squid_htpasswd,
+                                core=proxy_core)
+            started.append(squid)
+            configs.append(Config("squid", squid.port, squid.pid, children=True))
         load_before = os.getloadavg()
         print(f"proxies on core {proxy_core}, nginx and load on core {load_core}; "
               f"{args.rounds} rounds x {args.seconds:.0f} s, c={args.connections}, "
