@@ -16,7 +16,7 @@ site each, reopened every 50 requests.  The mix, per 100 requests, roughly:
     25 unlisted hosts (2,000 distinct names)
 
 from 200 employees plus the policy's named users.  Every name is routed to the
-local nginx by benchmarks/route_to_origin.py; nothing leaves 127.0.0.1.
+local nginx by tests/support/route_to_origin.py; nothing leaves 127.0.0.1.
 
 At the end the proxy is stopped with SIGINT (a clean stop drains the audit
 log) and the soak checks, each a verdict in the JSON output:
