@@ -21,6 +21,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -84,9 +85,18 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--profile", action="store_true", help="also print cProfile's top functions")
     args = parser.parse_args()
+    if not 1000 <= args.requests <= 1_000_000:
+        parser.error("--requests between 1,000 and 1,000,000")
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
     work = Path(tempfile.mkdtemp(prefix="accessgate-hooks-"))
+    try:
+        return measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args, work: Path) -> int:
     ag = AccessGate()
     with taddons.context(ag) as tctx:
         tctx.configure(

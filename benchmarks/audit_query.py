@@ -103,10 +103,10 @@ QUERY = """
 
 def time_accessgate(path: Path, cache) -> tuple[float, list]:
     """The query through accessgate's reader; `cache` None parses the JSON every time."""
-    from accessgate.audit.reader import AuditLog
+    from accessgate.audit.reader import AuditReader
 
     start = time.perf_counter()
-    with AuditLog([str(path)], cache=cache, build_cache="none") as log:
+    with AuditReader([str(path)], cache=cache, build_cache="none") as log:
         rows = log.sql(QUERY, [SITE, *MONTH]).rows
     return time.perf_counter() - start, [(u, int(n)) for u, n in rows]
 
@@ -154,11 +154,11 @@ def main() -> int:
             f"in {time.perf_counter() - start:.1f} s"
         )
         print(f"query: blocked attempts per user on {SITE!r}, {MONTH[0][:10]} .. {MONTH[1][:10]}")
-        from accessgate.audit.reader import AuditLog, Cache
+        from accessgate.audit.reader import AuditReader, Cache
 
         cache = Cache(tmp / "cache")
         start = time.perf_counter()
-        with AuditLog([str(path)], cache=cache, build_cache="all"):
+        with AuditReader([str(path)], cache=cache, build_cache="all"):
             pass
         print(f"accessgate audit index (one-off Parquet cache): {time.perf_counter() - start:.1f} s")
 

@@ -26,6 +26,7 @@ src/ first: PYTHONPATH=/path/to/checkout/src .venv/bin/python benchmarks/host_he
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import statistics
 import sys
@@ -33,17 +34,17 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import proxyload as pl  # noqa: E402
+import loadgen as lg
+
+from support.clients import header_fields, read_head  # noqa: E402  (tests/ is on sys.path through loadgen)
+from support.nginx import start_nginx  # noqa: E402
 
 USER = "zoe"
 HOST = "www.example.org"  # not governed by the example policy: allowed, so it reaches the origin
 
 
 def _auth() -> str:
-    import base64
-
-    return "Basic " + base64.b64encode(f"{USER}:{pl.PASSWORD}".encode()).decode()
+    return lg.Call(USER, "GET", f"http://{HOST}/").proxy_authorization()
 
 
 def _fullwidth(name: str) -> str:
@@ -60,25 +61,11 @@ def big_request(n: int, hosts: bool) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def _read_head(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def _read_response(sock: socket.socket) -> bytes:
     """One response on a keep-alive connection (Content-Length bodies only: nginx and accessgate send them)."""
-    data = _read_head(sock)
+    data = read_head(sock)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
+    length = int(header_fields(head.decode("latin-1").split("\r\n")[1:]).get("content-length", 0))
     while len(body) < length:
         chunk = sock.recv(65536)
         if not chunk:
@@ -107,7 +94,7 @@ def one(port: int, data: bytes) -> tuple[float, int, float]:
     with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
         sock.sendall(data)
         sent = time.perf_counter()
-        head = _read_head(sock)
+        head = read_head(sock)
         elapsed = time.perf_counter() - sent
     done.set()
     prober.join(120)
@@ -122,16 +109,14 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [n for n in (1, 2, 8, 9, 10, 100, 1_000, 10_000, 20_000, 50_000, 100_000) if n <= args.max]
 
-    proxy_core, load_core = pl.cores()
-    workdir = pl.tmpdir("accessgate-host-headers-")
-    nginx = pl.start_nginx(workdir, load_core)
-    htpasswd = pl.write_htpasswd(workdir / "htpasswd", [USER])
+    proxy_core, load_core = lg.cores()
+    workdir = lg.tmpdir("accessgate-host-headers-")
+    nginx = start_nginx(workdir, load_core)
+    htpasswd = lg.bench_htpasswd(workdir / "htpasswd", [USER])
     proxy = None
     try:
-        proxy = pl.start_mitmdump(
-            "accessgate", workdir=workdir / "accessgate", confdir=pl.make_confdir(workdir), origin=nginx,
-            htpasswd=htpasswd, core=proxy_core, accessgate=pl.accessgate_options(workdir / "accessgate", "memory"),
-        )  # fmt: skip
+        proxy = lg.bench_proxy(workdir / "accessgate", confdir=lg.make_confdir(workdir), origin=nginx,
+                               htpasswd=htpasswd, core=proxy_core, state="memory")
         import accessgate.decision.engine
 
         print(f"mitmdump with accessgate (engine from {Path(accessgate.decision.engine.__file__).parent}), "
@@ -152,6 +137,7 @@ def main() -> int:
         if proxy is not None:
             proxy.stop()
         nginx.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -1,37 +1,39 @@
 #!/usr/bin/env python3
-"""Proxy throughput: bare mitmdump vs mitmdump + accessgate, HTTP and HTTPS, in one run.
+"""Proxy throughput per core: accessgate, bare mitmdump and Squid, side by side in one run.
 
-Two proxies run side by side, both `mitmdump -q` with proxyauth (an htpasswd
-file) and benchmarks/route_to_origin.py loaded last, which sends every request
-to a local nginx whatever site it names:
+    .venv/bin/python benchmarks/proxy.py --squid [--rounds 3] [--seconds 10]
+    .venv/bin/python benchmarks/proxy.py --together [--rounds 6] [--build compiled]
 
-    bare        mitmdump -q                                   -s route_to_origin.py
-    accessgate  mitmdump -q -s addons/accessgate.py (example policy, audit log,
-                metrics endpoint, state store)                -s route_to_origin.py
+The proxies (pinned to one core; nginx and the load generators share the
+other), all with proxyauth and every request routed to the local nginx:
 
-Both are pinned to one core; nginx and the load generators share the other.
-Rounds alternate the configurations (A B, B A, ...) for HTTP (wrk, c=16,
-benchmarks/wrk-proxy.lua) and for HTTPS through interception (the Python
-client in proxyload.py: CONNECT, TLS with the mitmproxy CA, keep-alive,
-a new tunnel every --per-tunnel requests).  The traffic is governed by the
-policy and every request is allowed, so both proxies do the same work
-upstream: frank (HR, full LinkedIn), zoe (read-only LinkedIn, unlisted web),
-carol (sales, full X).
+    bare        mitmdump -q, proxyauth ({SHA} htpasswd), routing to nginx
+    accessgate  the same + accessgate (policy/example.yaml, audit log, metrics
+                endpoint, quota state: --state, sqlite by default)
+    squid       with --squid: Squid, one process, no cache, basic auth, the
+                example policy's sites, roles and levels as dstdomain,
+                proxy_auth, method and time ACLs (tests/support/squid.py)
 
-Prints requests/s and p50/p99 per configuration and the accessgate/bare
-ratio per round (median, min, max); also requests per CPU-second of the
-proxy, which a busy shared host disturbs less.  Goal (issue 3): >= 0.97.
-With --noop, a third proxy runs an addon whose hooks do nothing
-(noop_addon.py): what mitmproxy itself spends on calling any addon.
+Traffic: frank (HR, full LinkedIn), zoe (read-only LinkedIn, reads; the
+unlisted web), carol (sales, full X); every request is allowed, so every
+proxy forwards the same requests.  HTTP: wrk -t1 -c16 (wrk-proxy.lua).
+HTTPS: the asyncio client of loadgen.py, CONNECT + TLS through mitmproxy's
+interception, a new tunnel every --per-tunnel requests.  Squid runs HTTP
+only: Debian's `squid` cannot intercept TLS (that is `squid-openssl`), so it
+would only relay the tunnels' bytes.
 
-With --together, bare and accessgate (and bare and noop) are loaded at the
-same time instead of in turn, while they share their core: interference
-from the rest of a busy host then slows both alike, and the ratio of what
-each served is the ratio of their costs per request.  On these shared
-machines that is the only way the ratio resolves a few percent.
+Default mode: rounds alternate the configurations, each alone on the proxy
+core, each round starting with the next one.  Printed per configuration:
+requests/s, p50/p99, the share of its core the proxy used, and requests
+per CPU-second of the proxy process (with Squid's auth helpers), which is
+requests per second per core and the steadier figure on a shared host;
+then accessgate's ratio to each other configuration, per round (median,
+min, max).
 
-    .venv/bin/python benchmarks/proxy.py [--rounds 3] [--seconds 10] [--state sqlite] [--noop] [--together]
-                                         [--build python|compiled]
+--together loads bare and accessgate at the same time while they share
+their core: whatever else the host does slows both alike, and the kernel
+splits the core evenly, so the ratio of what each served is the ratio of
+their costs per request.  That is how accessgate's overhead is read.
 
 --build compiled runs accessgate with its compiled engine (ACCESSGATE_COMPILE=1,
 as deploy/ installs it), built for the run by scripts/build-compiled.
@@ -52,18 +54,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import proxyload as pl  # noqa: E402
-from compiled import compiled_build  # noqa: E402
+import loadgen as lg
+from compiled import compiled_build
+
+from support.nginx import start_nginx  # noqa: E402  (tests/ is on sys.path through loadgen)
+from support.squid import start_squid  # noqa: E402
 
 USERS = ["frank", "zoe", "carol"]
 MIX = [
-    pl.Call("frank", "GET", "http://www.linkedin.com/feed/"),  # HR: full
-    pl.Call("zoe", "GET", "http://www.linkedin.com/in/someone/"),  # everyone: read-only, a read
-    pl.Call("carol", "GET", "http://x.com/home"),  # sales: full
-    pl.Call("zoe", "GET", "http://www.example.org/news/"),  # unlisted: not governed
+    lg.Call("frank", "GET", "http://www.linkedin.com/feed/"),  # HR: full
+    lg.Call("zoe", "GET", "http://www.linkedin.com/in/someone/"),  # everyone: read-only, a read
+    lg.Call("carol", "GET", "http://x.com/home"),  # sales: full
+    lg.Call("zoe", "GET", "http://www.example.org/news/"),  # unlisted: not governed
 ]
-LUA = Path(__file__).resolve().parent / "wrk-proxy.lua"
 
 
 @dataclass(frozen=True)
@@ -77,99 +80,149 @@ class Sample:
     errors: int
     batch: int = 0  # samples compared with each other share a batch
 
-
     @property
     def per_cpu_second(self) -> float:
         return self.rps / self.cpu if self.cpu else 0.0
 
 
-def wrk_args(proxy: pl.Mitmdump, seconds: float, connections: int, core: int) -> list[str]:
-    specs = [f"{c.method} {c.url} {c.proxy_authorization()}" for c in MIX]
-    return pl.pin(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "10s",
-         "-s", str(LUA), f"http://127.0.0.1:{proxy.port}", "--", *specs],
-        core,
-    )  # fmt: skip
+@dataclass
+class Config:
+    name: str
+    port: int
+    pid: int
+    children: bool = False  # count the CPU of its child processes (Squid's helpers)
+
+    def cpu(self) -> float:
+        return lg.cpu_seconds(self.pid, children=self.children)
 
 
-def wrk_row(stdout: str, stderr: str) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, errors) from wrk-proxy.lua's JSON summary line."""
-    line = next((l for l in stdout.splitlines() if l.startswith("{")), None)
-    if line is None:
-        raise RuntimeError(f"wrk printed no summary:\n{stdout}\n{stderr}")
-    out = json.loads(line)
-    errors = sum(out[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
-    return out["requests"] / (out["duration_us"] / 1e6), out["p50_us"] / 1000, out["p99_us"] / 1000, errors
+# -- Squid's rules for the same policy ---------------------------------------------
 
 
-def https_plan(args) -> list[list[pl.Call]]:
-    plan = [[pl.Call(c.user, c.method, c.url.replace("http://", "https://"))] for c in MIX]
+def squid_rules(policy) -> str:
+    """The policy as Squid ACLs: who may reach which site at which level, first match wins.
+
+    Sites are dstdomain ACLs (a domain covers its subdomains), members
+    proxy_auth (users, groups' users, `all` = signed in) or src (`net:`)
+    ACLs, read-only the methods GET HEAD OPTIONS, windows `time` ACLs (the
+    host's local time; one crossing midnight ends there).  Squid has no per-user minute counts, so daily
+    quotas and read_only_allow exceptions are left out: Squid does less
+    per request than the policy asks.
+    """
+    lines = ["acl reads method GET HEAD OPTIONS"]
+    for name, site in policy.sites.items():
+        lines.append(f"acl site_{name} dstdomain " + " ".join(f".{d}" for d in site.domains))
+    lines.append("acl catalog dstdomain " + " ".join(f".{d}" for s in policy.sites.values() for d in s.domains))
+    days = "SMTWHFA"  # Squid's day letters, Sunday first
+    allows: dict[str, list[str]] = {name: [] for name in [*policy.sites, "*"]}
+    for role in policy.roles.values():
+        members = _member_acls(role, policy, lines)
+        for site, grant in role.access.items():
+            if grant.level.value == "deny":
+                continue
+            conditions = [] if site == "*" else [f"site_{site}"]
+            if grant.level.value == "read-only":
+                conditions.append("reads")
+            for w, window in enumerate(grant.windows):
+                acl = f"window_{role.name}_{site.strip('*') or 'any'}_{w}"
+                end = "24:00" if window.end is None or window.crosses_midnight else f"{window.end:%H:%M}"
+                letters = "".join(days[(d + 1) % 7] for d in sorted(window.days))
+                lines.append(f"acl {acl} time {letters} {window.start:%H:%M}-{end}")
+                conditions.append(acl)
+            allows[site] += [" ".join(["http_access allow", member, *conditions]) for member in members]
+    for site_allows in [allows.pop("*"), *allows.values()]:
+        # Lines that need no sign-in first: a proxy_auth ACL asks an anonymous client for credentials.
+        lines += sorted(site_allows, key=lambda line: "signed_in" in line or "users_" in line)
+    lines.append("http_access deny catalog")
+    if policy.unlisted.value == "allow":
+        lines.append("http_access allow signed_in")
+    return "\n".join(lines) + "\n"
+
+
+def _member_acls(role, policy, lines: list[str]) -> list[str]:
+    users, acls = set(), []
+    for n, member in enumerate(role.members):
+        kind = member.kind.value
+        if kind == "all":
+            acls.append("signed_in")
+        elif kind == "net":
+            lines.append(f"acl net_{role.name}_{n} src {member.network}")
+            acls.append(f"net_{role.name}_{n}")
+        elif kind == "group":
+            users |= policy.groups.get(member.value, frozenset())
+        else:
+            users.add(member.value)
+    if users:
+        lines.append(f"acl users_{role.name} proxy_auth -i {' '.join(sorted(users))}")  # logins ignore case
+        acls.append(f"users_{role.name}")
+    return acls
+
+
+# -- measuring -----------------------------------------------------------------------
+
+
+def https_plan(args) -> list[list[lg.Call]]:
+    plan = [[lg.Call(c.user, c.method, c.url.replace("http://", "https://"))] for c in MIX]
     return [plan[i % len(plan)] for i in range(args.connections)]
 
 
-def tally_row(tally: pl.Tally) -> tuple[float, float, float, int]:
+def tally_row(tally: lg.Tally) -> lg.WrkRun:
     errors = tally.errors + len(tally.connect_errors) + sum(
         n for (status, _), n in tally.outcomes.items() if status != 200
     )
-    return tally.rps, tally.percentile(0.5), tally.percentile(0.99), errors
+    return lg.WrkRun(tally.rps, tally.percentile(0.5), tally.percentile(0.99), errors)
 
 
-def measure(proxy: pl.Mitmdump, proto: str, args, ca: Path, load_core: int) -> Sample:
-    cpu0, t0 = pl.cpu_seconds(proxy.pid), time.monotonic()
-    if proto == "http":
-        done = subprocess.run(wrk_args(proxy, args.seconds, args.connections, load_core),
-                              capture_output=True, text=True, timeout=args.seconds + 60)
-        rps, p50, p99, errors = wrk_row(done.stdout, done.stderr)
-    else:
-        tally = pl.run_load(
-            proxy.port, https_plan(args), seconds=args.seconds, ca_file=ca, per_connection=args.per_tunnel,
-        )  # fmt: skip
-        rps, p50, p99, errors = tally_row(tally)
-    cpu = (pl.cpu_seconds(proxy.pid) - cpu0) / (time.monotonic() - t0)
-    return Sample(proxy.name, proto, rps, p50, p99, cpu, errors)
-
-
-def measure_together(pair: list[pl.Mitmdump], proto: str, args, ca: Path, load_core: int) -> list[Sample]:
-    """Load both proxies of `pair` at once, on their shared core, for the same seconds.
-
-    Whatever else the machine does in those seconds slows both alike, and the
-    kernel gives two busy processes on one core equal CPU time, so the ratio
-    of what each served is the ratio of their costs per request.
-    """
-    cpu0 = [pl.cpu_seconds(p.pid) for p in pair]
+def measure(configs: list[Config], proto: str, args, ca: Path, load_core: int) -> list[Sample]:
+    """Load every configuration of `configs` at once for the same seconds (alone, if there is one)."""
+    cpu0 = [c.cpu() for c in configs]
     t0 = time.monotonic()
     if proto == "http":
         runs = [
-            subprocess.Popen(wrk_args(p, args.seconds, args.connections, load_core),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for p in pair
+            subprocess.Popen(lg.wrk_command(c.port, MIX, seconds=args.seconds, connections=args.connections,
+                                            core=load_core), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for c in configs
         ]  # fmt: skip
-        rows = [wrk_row(*run.communicate(timeout=args.seconds + 60)) for run in runs]
+        rows = [lg.wrk_result(*run.communicate(timeout=args.seconds + 60)) for run in runs]
     else:
-        tallies = [pl.Tally() for _ in pair]
-        pl.run_load_together(
-            [(p.port, https_plan(args), t) for p, t in zip(pair, tallies)],
+        tallies = [lg.Tally() for _ in configs]
+        lg.run_load_together(
+            [(c.port, https_plan(args), t) for c, t in zip(configs, tallies)],
             seconds=args.seconds, ca_file=ca, per_connection=args.per_tunnel,
         )  # fmt: skip
         rows = [tally_row(t) for t in tallies]
     elapsed = time.monotonic() - t0
     return [
-        Sample(p.name, proto, rps, p50, p99, (pl.cpu_seconds(p.pid) - c0) / elapsed, errors)
-        for p, c0, (rps, p50, p99, errors) in zip(pair, cpu0, rows)
+        Sample(c.name, proto, r.rps, r.p50_ms, r.p99_ms, (c.cpu() - c0) / elapsed, r.errors)
+        for c, c0, r in zip(configs, cpu0, rows)
     ]
 
 
+def batches(configs: list[Config], proto: str, r: int, together: bool) -> list[list[Config]]:
+    """What one round loads at once, in order: pairs of bare and accessgate, or each configuration alone."""
+    present = [c for c in configs if proto == "http" or c.name != "squid"]
+    if together:
+        bare, gate = present[0], present[1]
+        return [[bare, gate] if r % 2 == 0 else [gate, bare]]
+    # Each round starts with the next configuration, so that none is always
+    # measured first (or right after another).
+    order = present[r % len(present):] + present[: r % len(present)]
+    return [[c] for c in order]
+
+
 def summarize(samples: list[Sample], proto: str, names: list[str]) -> dict:
-    """Medians per configuration and, for each one but bare, its ratios to bare per round."""
+    """Medians per configuration, and accessgate's ratio to each other configuration per round."""
     by = {name: [s for s in samples if s.proto == proto and s.config == name] for name in names}
-    out: dict = {}
-    for name in names[1:]:
-        pairs = [(a, b) for a in by[name] for b in by["bare"] if a.batch == b.batch]
-        suffix = "" if name == "accessgate" else f"_{name}"
-        out["ratio" + suffix] = _spread([a.rps / b.rps for a, b in pairs if b.rps])
-        out["ratio_per_cpu_second" + suffix] = _spread(
-            [a.per_cpu_second / b.per_cpu_second for a, b in pairs if b.per_cpu_second]
-        )
+    by = {name: rows for name, rows in by.items() if rows}
+    out: dict = {"ratios": {}}
+    for name in by:
+        if name == "accessgate":
+            continue
+        pairs = [(a, b) for a in by["accessgate"] for b in by[name] if a.batch == b.batch]
+        out["ratios"][name] = {
+            "rps": _spread([a.rps / b.rps for a, b in pairs if b.rps]),
+            "per_cpu_second": _spread([a.per_cpu_second / b.per_cpu_second for a, b in pairs if b.per_cpu_second]),
+        }
     for name, rows in by.items():
         out[name] = {
             "rps": statistics.median(s.rps for s in rows),
@@ -183,23 +236,40 @@ def summarize(samples: list[Sample], proto: str, names: list[str]) -> dict:
 
 
 def _spread(values: list[float]) -> dict:
+    if not values:
+        return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def report(result: dict, names: list[str]) -> None:
+    print(f"\n{'':6}{'config':11}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'cpu':>6}{'req/cpu-s':>10}")
+    for proto in ("http", "https"):
+        for name in names:
+            if name in result[proto]:
+                row = result[proto][name]
+                print(f"{proto:6}{name:11}{row['rps']:8.0f}{row['p50_ms']:8.1f}{row['p99_ms']:8.1f}"
+                      f"{row['cpu']:6.2f}{row['per_cpu_second']:10.0f}")
+        for other, ratio in result[proto]["ratios"].items():
+            rps, per_cpu = ratio["rps"], ratio["per_cpu_second"]
+            print(f"{proto:6}accessgate/{other:6} req/s: median {rps['median']:.3f} (min {rps['min']:.3f}, "
+                  f"max {rps['max']:.3f}, {rps['n']} pairs); per CPU-second: median {per_cpu['median']:.3f} "
+                  f"(min {per_cpu['min']:.3f}, max {per_cpu['max']:.3f})")
+
+
+# -- the run ---------------------------------------------------------------------------
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="A B rounds per protocol (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per protocol (default 3)")
     parser.add_argument("--seconds", type=float, default=10, help="length of one measurement (default 10)")
     parser.add_argument("--connections", type=int, default=16, help="concurrent client connections (default 16)")
     parser.add_argument("--per-tunnel", type=int, default=100, help="HTTPS requests per CONNECT tunnel (default 100)")
     parser.add_argument("--state", choices=["sqlite", "memory"], default="sqlite",
                         help="accessgate_state for the accessgate proxy (default sqlite, the product default)")
-    parser.add_argument("--noop", action="store_true",
-                        help="also run mitmdump with an addon whose hooks do nothing (benchmarks/noop_addon.py): "
-                             "what mitmproxy spends on calling any addon")
+    parser.add_argument("--squid", action="store_true", help="also measure Squid (HTTP), the reference proxy")
     parser.add_argument("--together", action="store_true",
-                        help="load bare and accessgate (and bare and noop) at the same time on their shared core "
-                             "instead of in turn: drift on a busy host then slows both alike")
+                        help="load bare and accessgate at the same time on their shared core instead of in turn")
     parser.add_argument("--build", choices=("python", "compiled"), default="python",
                         help="accessgate's engine as an editable install has it (python) or compiled with mypyc")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
@@ -208,101 +278,76 @@ def main() -> int:
     if not shutil.which("wrk"):
         print("benchmarks/proxy.py needs wrk: apt-get install wrk", file=sys.stderr)
         return 2
-    if args.rounds < 1 or not 1 <= args.seconds <= 600:
-        parser.error("--rounds >= 1 and --seconds between 1 and 600")
+    if args.rounds < 1 or not 1 <= args.seconds <= 600 or args.rounds * args.seconds > 3600:
+        parser.error("--rounds >= 1, --seconds between 1 and 600, rounds x seconds at most an hour")
+    if args.squid and args.together:
+        parser.error("--squid measures in turn: Squid is ten times as fast, two proxies at once would not split the core evenly")
 
-    proxy_core, load_core = pl.cores()
+    proxy_core, load_core = lg.cores()
+    ncores = len(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {load_core})  # the Python HTTPS client is load too
-    work = pl.tmpdir("accessgate-bench-proxy-")
+    work = lg.tmpdir("accessgate-bench-proxy-")
     started: list = []
     builds = contextlib.ExitStack()
     try:
         if args.build == "compiled":
             # Every mitmdump inherits it; only accessgate's imports change.
             os.environ["PYTHONPATH"] = builds.enter_context(compiled_build())["PYTHONPATH"]
-        origin = pl.start_nginx(work, load_core)
+        origin = start_nginx(work, load_core)
         started.append(origin)
-        confdir = pl.make_confdir(work)
-        htpasswd = pl.write_htpasswd(work / "htpasswd", USERS)
-        common = dict(workdir=work, confdir=confdir, origin=origin, htpasswd=htpasswd, core=proxy_core)
-        bare = pl.start_mitmdump("bare", **{**common, "workdir": work / "bare"})
+        confdir = lg.make_confdir(work)
+        htpasswd = lg.bench_htpasswd(work / "htpasswd", USERS)
+        common = dict(confdir=confdir, origin=origin, htpasswd=htpasswd, core=proxy_core)
+        bare = lg.bench_proxy(work / "bare", accessgate=False, **common)
         started.append(bare)
-        gate = pl.start_mitmdump(
-            "accessgate", **{**common, "workdir": work / "accessgate"},
-            accessgate=pl.accessgate_options(work / "accessgate", args.state),
-        )  # fmt: skip
+        gate = lg.bench_proxy(work / "accessgate", state=args.state, **common)
         started.append(gate)
-        engine = _engine_build(gate)
+        engine = lg.engine_build(gate)
         if engine != args.build:
             raise RuntimeError(f"asked for the {args.build} engine, but accessgate runs the {engine!r} one")
-        proxies = [bare, gate]
-        if args.noop:
-            noop = pl.start_mitmdump("noop", **{**common, "workdir": work / "noop"},
-                                     scripts=[Path(__file__).resolve().parent / "noop_addon.py"])
-            started.append(noop)
-            proxies.append(noop)
-        ca = confdir / "mitmproxy-ca-cert.pem"
+        configs = [Config("bare", bare.port, bare.pid), Config("accessgate", gate.port, gate.pid)]
+        if args.squid:
+            from accessgate.policy.loader import load_policy
+
+            squid_htpasswd = lg.write_htpasswd(work / "htpasswd-apr1", USERS, lg.PASSWORD)
+            squid = start_squid(origin, rules=squid_rules(load_policy(lg.POLICY)), htpasswd=squid_htpasswd,
+                                core=proxy_core)
+            started.append(squid)
+            configs.append(Config("squid", squid.port, squid.pid, children=True))
         load_before = os.getloadavg()
         print(f"proxies on core {proxy_core}, nginx and load on core {load_core}; "
               f"{args.rounds} rounds x {args.seconds:.0f} s, c={args.connections}, "
-              f"accessgate state {args.state}:, engine {engine}, load average {load_before[0]:.1f}", flush=True)
+              f"{'loaded together' if args.together else 'in turn'}, accessgate state {args.state}:, "
+              f"engine {engine}, load average {load_before[0]:.1f}", flush=True)
         warm = argparse.Namespace(**{**vars(args), "seconds": 2})
-        for proxy in proxies:  # certificates, caches, first imports
-            for proto in ("http", "https"):
-                measure(proxy, proto, warm, ca, load_core)
+        for proto in ("http", "https"):  # certificates, caches, first imports
+            for batch in batches(configs, proto, 0, together=False):
+                measure(batch, proto, warm, gate.ca, load_core)
         samples: list[Sample] = []
         for r in range(args.rounds):
             for proto in ("http", "https"):
-                if args.together:
-                    # bare with each other configuration, both loaded at once;
-                    # who is started first alternates.
-                    batches = [[bare, other] if r % 2 == 0 else [other, bare] for other in proxies[1:]]
-                    measured = [
-                        dataclasses.replace(s, batch=r * len(batches) + i)
-                        for i, pair in enumerate(batches)
-                        for s in measure_together(pair, proto, args, ca, load_core)
-                    ]
-                else:
-                    # Each round starts with the next configuration, so that
-                    # none is always measured first (or right after another).
-                    order = proxies[r % len(proxies):] + proxies[: r % len(proxies)]
-                    measured = [dataclasses.replace(measure(proxy, proto, args, ca, load_core), batch=r)
-                                for proxy in order]
-                for s in measured:
-                    samples.append(s)
-                    print(f"  round {r + 1} {proto:5} {s.config:10} {s.rps:8.0f} req/s  p50 {s.p50_ms:6.1f} ms"
-                          f"  p99 {s.p99_ms:6.1f} ms  proxy cpu {s.cpu:4.2f}  errors {s.errors}", flush=True)
+                for batch in batches(configs, proto, r, args.together):
+                    for s in measure(batch, proto, args, gate.ca, load_core):
+                        samples.append(dataclasses.replace(s, batch=r))
+                        print(f"  round {r + 1} {proto:5} {s.config:10} {s.rps:8.0f} req/s  p50 {s.p50_ms:6.1f} ms"
+                              f"  p99 {s.p99_ms:6.1f} ms  proxy cpu {s.cpu:4.2f}  errors {s.errors}", flush=True)
         load_after = os.getloadavg()
-        names = [p.name for p in proxies]
-        gate.stop()
-        records = _count_access_records(gate.audit_path)
+        names = [c.name for c in configs]
+        gate.stop(timeout=60)
         result = {
             "http": summarize(samples, "http", names),
             "https": summarize(samples, "https", names),
+            "mode": "together" if args.together else "in turn",
             "state": args.state,
+            "engine": engine,
             "load_average": [load_before[0], load_after[0]],
-            "audit_records": records,
-            "samples": [s.__dict__ for s in samples],
+            "audit_records": len(gate.audit_records()),
+            "samples": [dataclasses.asdict(s) for s in samples],
         }
-        print()
-        print(f"{'':6}{'config':11}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'cpu':>6}{'req/cpu-s':>10}")
-        for proto in ("http", "https"):
-            for name in names:
-                row = result[proto][name]
-                print(f"{proto:6}{name:11}{row['rps']:8.0f}{row['p50_ms']:8.1f}{row['p99_ms']:8.1f}"
-                      f"{row['cpu']:6.2f}{row['per_cpu_second']:10.0f}")
-            ratio, per_cpu = result[proto]["ratio"], result[proto]["ratio_per_cpu_second"]
-            print(f"{proto:6}accessgate/bare req/s: median {ratio['median']:.3f} (min {ratio['min']:.3f}, "
-                  f"max {ratio['max']:.3f}, {ratio['n']} pairs); per CPU-second: median {per_cpu['median']:.3f} "
-                  f"(min {per_cpu['min']:.3f}, max {per_cpu['max']:.3f})")
-            if "ratio_noop" in result[proto]:
-                ratio, per_cpu = result[proto]["ratio_noop"], result[proto]["ratio_per_cpu_second_noop"]
-                print(f"{proto:6}noop/bare       req/s: median {ratio['median']:.3f} (min {ratio['min']:.3f}, "
-                      f"max {ratio['max']:.3f}); per CPU-second: median {per_cpu['median']:.3f} "
-                      f"(min {per_cpu['min']:.3f}, max {per_cpu['max']:.3f})")
-        print(f"audit records written by the accessgate proxy: {records}; "
-              f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (2 cores)")
-        errors = sum(result[p][n]["errors"] for p in ("http", "https") for n in names)
+        report(result, names)
+        print(f"audit records written by the accessgate proxy: {result['audit_records']}; "
+              f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after ({ncores} cores)")
+        errors = sum(result[p][n]["errors"] for p in ("http", "https") for n in names if n in result[p])
         if errors:
             print(f"WARNING: {errors} requests failed or were not answered 200; see {work}", file=sys.stderr)
         if args.json:
@@ -316,24 +361,6 @@ def main() -> int:
             print(f"work directory kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _engine_build(proxy: pl.Mitmdump, timeout: float = 10.0) -> str | None:
-    """Which engine build the accessgate proxy logged at its policy_loaded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in proxy.output().splitlines():
-            if '"policy_loaded"' in line:
-                return json.loads(line).get("engine")
-        time.sleep(0.1)
-    return None
-
-
-def _count_access_records(path: Path | None) -> int:
-    if path is None or not path.exists():
-        return 0
-    with open(path, "rb") as f:
-        return sum(1 for line in f if b'"event":"access"' in line.replace(b" ", b""))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ site each, reopened every 50 requests.  The mix, per 100 requests, roughly:
     25 unlisted hosts (2,000 distinct names)
 
 from 200 employees plus the policy's named users.  Every name is routed to the
-local nginx by benchmarks/route_to_origin.py; nothing leaves 127.0.0.1.
+local nginx by tests/support/route_to_origin.py; nothing leaves 127.0.0.1.
 
 At the end the proxy is stopped with SIGINT (a clean stop drains the audit
 log) and the soak checks, each a verdict in the JSON output:
@@ -47,9 +47,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import proxyload as pl  # noqa: E402
-from proxyload import Call  # noqa: E402
+import loadgen as lg
+from loadgen import Call
+
+from support.nginx import start_nginx  # noqa: E402  (tests/ is on sys.path through loadgen)
 
 EMPLOYEES = [f"emp{i:03d}" for i in range(200)]  # in no group: the `everyone` role
 COMMS, SALES, HR = ["alice", "bob", "mia", "noah"], ["carol", "dave", "erin"], ["frank", "grace"]
@@ -111,7 +112,7 @@ def make_plan(connections: int, https_connections: int, seed: int = 5) -> list[l
 class Sampler(threading.Thread):
     """RSS of the proxy and requests answered so far, every `every` seconds."""
 
-    def __init__(self, pid: int, tally: pl.Tally, every: float) -> None:
+    def __init__(self, pid: int, tally: lg.Tally, every: float) -> None:
         super().__init__(daemon=True)
         self.pid, self.tally, self.every = pid, tally, every
         self.samples: list[tuple[float, int, int]] = []  # (seconds since start, rss bytes, requests)
@@ -121,7 +122,7 @@ class Sampler(threading.Thread):
         start = time.monotonic()
         while not self._done.wait(self.every):
             try:
-                rss = pl.rss_bytes(self.pid)
+                rss = lg.rss_bytes(self.pid)
             except OSError:
                 return  # the proxy is gone; the verdicts will say so
             self.samples.append((time.monotonic() - start, rss, self.tally.requests))
@@ -142,7 +143,7 @@ def audit_outcomes(path: Path) -> Counter:
     return counts
 
 
-def client_outcomes(tally: pl.Tally) -> Counter:
+def client_outcomes(tally: lg.Tally) -> Counter:
     """What clients saw, in the audit log's terms: 403 + X-Accessgate-Reason is a block, else allow."""
     counts: Counter = Counter()
     for (status, reason), n in tally.outcomes.items():
@@ -182,35 +183,31 @@ def main() -> int:
     warmup = args.warmup if args.warmup is not None else min(120.0, max(10.0, seconds * 0.1))
     every = max(1.0, min(10.0, seconds / 120))  # at least ~100 samples
 
-    proxy_core, load_core = pl.cores()
+    proxy_core, load_core = lg.cores()
     os.sched_setaffinity(0, {load_core})
-    work = pl.tmpdir("accessgate-soak-")
+    work = lg.tmpdir("accessgate-soak-")
     started: list = []
     try:
-        origin = pl.start_nginx(work, load_core)
+        origin = start_nginx(work, load_core)
         started.append(origin)
-        confdir = pl.make_confdir(work)
-        htpasswd = pl.write_htpasswd(work / "htpasswd", USERS)
-        audit_path = work / "proxy" / "audit.jsonl"
-        proxy = pl.start_mitmdump(
-            "accessgate", workdir=work / "proxy", confdir=confdir, origin=origin,
-            htpasswd=htpasswd, core=proxy_core,
-            accessgate=pl.accessgate_options(work / "proxy"),
-        )  # fmt: skip
+        confdir = lg.make_confdir(work)
+        htpasswd = lg.bench_htpasswd(work / "htpasswd", USERS)
+        proxy = lg.bench_proxy(work / "proxy", confdir=confdir, origin=origin, htpasswd=htpasswd, core=proxy_core)
         started.append(proxy)
+        audit_path = proxy.audit_path
         print(f"soak: {args.minutes:g} min, {args.connections} connections ({args.https} HTTPS tunnels), "
               f"proxy pid {proxy.pid} on core {proxy_core}, load on core {load_core}, "
               f"RSS every {every:.0f} s after a {warmup:.0f} s warm-up; load average {os.getloadavg()[0]:.1f}",
               flush=True)  # fmt: skip
-        tally = pl.Tally()
+        tally = lg.Tally()
         sampler = Sampler(proxy.pid, tally, every)
         sampler.start()
-        cpu0 = pl.cpu_seconds(proxy.pid)
-        pl.run_load(proxy.port, make_plan(args.connections, args.https), seconds=seconds,
+        cpu0 = lg.cpu_seconds(proxy.pid)
+        lg.run_load(proxy.port, make_plan(args.connections, args.https), seconds=seconds,
                     ca_file=confdir / "mitmproxy-ca-cert.pem", per_connection=50, tally=tally)
-        cpu = pl.cpu_seconds(proxy.pid) - cpu0
+        cpu = lg.cpu_seconds(proxy.pid) - cpu0
         sampler.stop()
-        exit_status = proxy.stop()  # SIGINT: accessgate drains its audit log
+        exit_status = proxy.stop(timeout=60)  # SIGINT: accessgate drains its audit log
         records = audit_outcomes(audit_path) if audit_path.exists() else Counter()
         sent = tally.requests + tally.errors
         seen = client_outcomes(tally)

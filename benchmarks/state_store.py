@@ -30,23 +30,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
-from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import loadgen as lg
 
+from support.haproxy import running_haproxy  # noqa: E402  (tests/ is on sys.path through loadgen)
+from support.nginx import start_nginx  # noqa: E402
 from support.proxy import make_confdir, start_proxy  # noqa: E402
-from support.redis_server import free_port, running_redis  # noqa: E402
+from support.redis_server import running_redis  # noqa: E402
 
 from accessgate.stores.state import open_store  # noqa: E402
 
@@ -94,105 +92,19 @@ def stores(args) -> None:
 
 # -- part 2: proxies --------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
-HAPROXY_CFG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
+# Every request a quota-governed allow, for anyone on loopback, signed in or not.
 POLICY = """\
 version: 1
 timezone: UTC
-sites:
-  facebook:
-    domains: [facebook.test]
+sites: {facebook: {domains: [facebook.test]}}
 roles:
   loopback:
     members: ["net:127.0.0.0/8"]
-    access:
-      facebook: {level: full, daily_minutes: 1440}
+    access: {facebook: {level: full, daily_minutes: 1440}}
 unauthenticated: loopback
 unlisted: deny
 """
-WRK_LUA = """\
-wrk.method = "GET"
-wrk.path = "http://facebook.test/1k.bin"
-wrk.headers["Host"] = "facebook.test"
-"""
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
-def _wait_listening(port: int, process: subprocess.Popen, what: str) -> None:
-    import socket
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {port} within 10 s")
-
-
-@contextmanager
-def nginx(tmp: Path):
-    root = tmp / "www"
-    root.mkdir()
-    (root / "1k.bin").write_bytes(os.urandom(1024))
-    port = free_port()
-    conf = tmp / "nginx.conf"
-    conf.write_text(
-        f"daemon off; worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err;\n"
-        "events { worker_connections 1024; }\n"
-        f"http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp};\n"
-        f"  fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};\n"
-        f"  server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n"
-    )
-    process = subprocess.Popen(["nginx", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    try:
-        _wait_listening(port, process, "nginx")
-        yield f"127.0.0.1:{port}"
-    finally:
-        _stop(process)
-
-
-@contextmanager
-def haproxy(backends: list[int]):
-    listen = free_port()
-    env = dict(
-        os.environ,
-        ACCESSGATE_LISTEN=f"127.0.0.1:{listen}",
-        ACCESSGATE_STATS=f"127.0.0.1:{free_port()}",
-        ACCESSGATE_BALANCE="roundrobin",
-        **{f"ACCESSGATE_PROXY{n}": f"127.0.0.1:{p}" for n, p in enumerate(backends, 1)},
-    )
-    process = subprocess.Popen(["haproxy", "-db", "-f", str(HAPROXY_CFG)], env=env, stderr=subprocess.DEVNULL)
-    try:
-        _wait_listening(listen, process, "haproxy")
-        yield listen
-    finally:
-        _stop(process)
-
-
-def wrk(port: int, seconds: int, script: Path) -> tuple[float, float, int]:
-    """(requests/s, p99 ms, non-2xx responses) of one wrk run against a proxy."""
-    out = subprocess.run(
-        ["wrk", "-t1", "-c16", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, timeout=seconds + 30,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, float(p99.group(1)) * scale, int(bad.group(1)) if bad else 0
+CALLS = [lg.Call(None, "GET", "http://facebook.test/1k.bin")]
 
 
 def proxies(args) -> None:
@@ -201,18 +113,17 @@ def proxies(args) -> None:
             sys.exit(f"--proxies needs {tool}: apt-get install nginx-light wrk haproxy redis-server")
     with tempfile.TemporaryDirectory() as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
-        origin = SimpleNamespace(address=stack.enter_context(nginx(tmp)))
+        origin = start_nginx(tmp)
+        stack.callback(origin.stop)
         redis_server = stack.enter_context(running_redis(tmp))
         policy = tmp / "policy.yaml"
         policy.write_text(POLICY)
-        script = tmp / "proxy.lua"
-        script.write_text(WRK_LUA)
         confdir = make_confdir(tmp)
 
         def proxy(name: str, state: str):
             p = start_proxy(
                 policy=policy, confdir=confdir, workdir=tmp / name, origin=origin,
-                metrics=False, audit=False, state=state, options={"flow_detail": 0},
+                metrics=False, audit=False, state=state, quiet=True,
             )
             stack.callback(p.stop)
             return p
@@ -220,30 +131,29 @@ def proxies(args) -> None:
         redis_spec = redis_server.url(timeout=0.1)
         sqlite_one = proxy("sqlite", f"sqlite:{tmp / 'quota.sqlite3'}")
         redis_one, redis_two = proxy("redis1", redis_spec), proxy("redis2", redis_spec)
-        balanced = stack.enter_context(haproxy([redis_one.port, redis_two.port]))
+        balanced = stack.enter_context(running_haproxy([f"127.0.0.1:{p.port}" for p in (redis_one, redis_two)], balance="roundrobin"))
         configs = {
             "1 proxy, sqlite:": sqlite_one.port,
             "1 proxy, redis://": redis_one.port,
-            "2 proxies + HAProxy, redis://": balanced,
+            "2 proxies + HAProxy, redis://": balanced.listen[1],
         }
         for port in configs.values():  # warm up: CA, connections, page cache
-            wrk(port, 2, script)
-        results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in configs}
+            lg.wrk(port, CALLS, seconds=2)
+        results: dict[str, list[lg.WrkRun]] = {name: [] for name in configs}
         for _ in range(args.proxy_rounds):
             for name, port in configs.items():
-                results[name].append(wrk(port, args.seconds, script))
+                results[name].append(lg.wrk(port, CALLS, seconds=args.seconds))
 
     print(f"\nrequests/s through the proxy, wrk c=16 keep-alive, 1 KB from nginx, {nproc()} cores, "
           f"{args.proxy_rounds} rounds of {args.seconds} s alternated")
-    print(f"{'configuration':32} {'median rps':>10} {'rounds rps':>24} {'p99 ms (median)':>16} {'non-2xx':>8}")
-    base = results["1 proxy, redis://"]
+    print(f"{'configuration':32} {'median rps':>10} {'rounds rps':>24} {'p99 ms (median)':>16} {'errors':>8}")
     for name, runs in results.items():
-        rps = [r[0] for r in runs]
+        rps = [r.rps for r in runs]
         print(
             f"{name:32} {statistics.median(rps):10.0f} {' '.join(f'{x:.0f}' for x in rps):>24} "
-            f"{statistics.median(r[1] for r in runs):16.1f} {sum(r[2] for r in runs):8d}"
+            f"{statistics.median(r.p99_ms for r in runs):16.1f} {sum(r.errors for r in runs):8d}"
         )
-    ratios = [b[0] / a[0] for a, b in zip(base, results["2 proxies + HAProxy, redis://"])]
+    ratios = [b.rps / a.rps for a, b in zip(results["1 proxy, redis://"], results["2 proxies + HAProxy, redis://"])]
     print(f"2 proxies / 1 proxy (redis): median {statistics.median(ratios):.2f}x "
           f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
 

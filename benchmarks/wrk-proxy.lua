@@ -5,21 +5,20 @@
 --   wrk -t1 -c16 -d10s -s benchmarks/wrk-proxy.lua http://127.0.0.1:PROXYPORT \
 --       -- "GET http://www.linkedin.com/feed/ Basic BASE64(user:pw)" ...
 --
--- Each argument is "METHOD URL AUTHORIZATION".  done() prints one JSON line
--- that benchmarks/proxy.py reads.
+-- Each argument is "METHOD URL [AUTHORIZATION]" (benchmarks/loadgen.py,
+-- Call.wrk_spec).  done() prints one JSON line that loadgen.wrk_result reads.
 
 local requests = {}
 local counter = 0
 
 function init(args)
   for _, spec in ipairs(args) do
-    local method, url, scheme, token = spec:match("^(%S+) (%S+) (%S+) (%S+)$")
-    local host = url:match("^http://([^/]+)")
-    requests[#requests + 1] = wrk.format(method, url, {
-      ["Host"] = host,
-      ["Accept"] = "*/*",
-      ["Proxy-Authorization"] = scheme .. " " .. token,
-    })
+    local method, url, auth = spec:match("^(%S+) (%S+) ?(.*)$")
+    local headers = {["Host"] = url:match("^http://([^/]+)"), ["Accept"] = "*/*"}
+    if auth ~= "" then
+      headers["Proxy-Authorization"] = auth
+    end
+    requests[#requests + 1] = wrk.format(method, url, headers)
   end
 end
 

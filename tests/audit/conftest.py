@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from accessgate.audit.writer import AuditLog as Writer
+from accessgate.audit.writer import AuditWriter
 from accessgate.cli import main
 
 BASE = {
@@ -43,7 +43,7 @@ def access(request_id: str, ts: str, user: str | None, site: str | None, decisio
 
 def write_log(path: Path, records: list[dict], key: bytes | None = None) -> Path:
     """Write `records` with the real audit writer (hash chain and all)."""
-    writer = Writer(path, pseudonymize_key=key)
+    writer = AuditWriter(path, pseudonymize_key=key)
     for rec in records:
         writer.write(rec)
     writer.close()

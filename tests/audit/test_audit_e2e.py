@@ -59,6 +59,16 @@ def test_query_a_real_log(cli, run):
     assert [json.loads(line)["reason"] for line in out.splitlines()] == ["denied", "read-only"]
 
 
+def test_every_field_the_proxy_wrote_reads_back_through_the_tools(cli, run):
+    _, log = run
+    written = [json.loads(line) for line in log.read_bytes().splitlines()]
+    status, out, _ = cli("audit", "query", log, "--format", "jsonl")
+    selected = {row["seq"]: row for row in map(json.loads, out.splitlines())}
+    assert status == 0 and {r["event"] for r in written} == {"policy_loaded", "access"}
+    for record in written:
+        assert {key: selected[record["seq"]].get(key) for key in record} == record
+
+
 def test_replay_under_the_same_policy_changes_nothing(cli, run):
     policy, log = run
     status, out, _ = cli("replay", policy, log)

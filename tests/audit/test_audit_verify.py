@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from accessgate.audit.reader import expand
+from accessgate.audit.sources import expand
 from accessgate.audit.chain import verify
 
 from .conftest import access, rotate, write_log

@@ -24,12 +24,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from accessgate.audit.writer import AuditLog
 from accessgate.audit.chain import verify as verify_unkeyed
+from accessgate.audit.schema import ZERO_HASH
 from accessgate.audit.sealing import (
     EPOCHS_SKIPPED,
     SEALED,
-    ZERO_HASH,
     Sealer,
     SealingKeyError,
     keygen,
@@ -37,6 +36,7 @@ from accessgate.audit.sealing import (
     read_lines,
     verify_sealed,
 )
+from accessgate.audit.writer import AuditWriter
 
 T0 = 1_795_000_000  # keygen time of every test key: 2026-11-18T11:06:40Z
 INTERVAL = 60
@@ -102,8 +102,24 @@ def make_keys(tmp_path: Path, name: str = "") -> tuple[Path, Path]:
     return seal, verify
 
 
+def start(tmp_path: Path) -> tuple[SealedWriter, Path, Path]:
+    """A new key pair, and a new log sealed from T0 + 5: (its writer, the sealing key, the verification key)."""
+    seal, verify = make_keys(tmp_path)
+    return SealedWriter(tmp_path / "audit.jsonl", seal, T0 + 5), seal, verify
+
+
+def running_log(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Sealed through epochs 0..3 by a proxy still running in epoch 3 (key file at epoch 3)."""
+    writer, seal, verify = start(tmp_path)
+    log = writer.log
+    for i, now in enumerate(range(T0 + 10, T0 + 200, 25)):
+        writer.write(f"u{i}", now)
+        writer.flush()
+    return log, seal, verify
+
+
 def sealed_log(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """15 lines over epochs 0..6: records in 0-3, a stop, a restart in epoch 6.
+    """15 lines over epochs 0..6: running_log's records in 0-3, a stop, a restart in epoch 6.
 
     line  1 sealing_started (epoch 0)    line  9-10 records u5 u6 (epoch 2)
     line  2-3 records u0 u1 (epoch 0)    line 11 sealed (epoch 2)
@@ -111,13 +127,7 @@ def sealed_log(tmp_path: Path) -> tuple[Path, Path, Path]:
     line  5-7 records u2 u3 u4 (epoch 1) line 13 sealed (epoch 3, at the restart)
     line  8 sealed (epoch 1)             line 14 epochs_skipped 4..5; line 15 record (epoch 6)
     """
-    seal, verify = make_keys(tmp_path)
-    log = tmp_path / "audit.jsonl"
-    writer = SealedWriter(log, seal, T0 + 5)
-    for i, now in enumerate(range(T0 + 10, T0 + 200, 25)):
-        writer.write(f"u{i}", now)
-        writer.flush()
-    writer.close()
+    log, seal, verify = running_log(tmp_path)
     writer = SealedWriter(log, seal, T0 + 400)
     writer.write("late", T0 + 410)
     writer.close()
@@ -266,17 +276,6 @@ def test_cutting_off_the_newest_records_needs_a_witness_to_show(tmp_path):
 # -- the attacker holds the key file of a later epoch --------------------------------------------
 
 
-def running_log(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """Sealed through epochs 0..3 by a proxy still running in epoch 3 (key file at epoch 3)."""
-    seal, verify = make_keys(tmp_path)
-    log = tmp_path / "audit.jsonl"
-    writer = SealedWriter(log, seal, T0 + 5)
-    for i, now in enumerate(range(T0 + 10, T0 + 200, 25)):
-        writer.write(f"u{i}", now)
-        writer.flush()
-    return log, seal, verify
-
-
 def test_the_key_file_holds_only_the_current_epochs_key(tmp_path):
     log, seal, verify = running_log(tmp_path)
     epoch, key = stolen_key(seal)
@@ -352,9 +351,8 @@ def test_cutting_sealed_records_and_sealing_on_with_the_later_key_shows(tmp_path
 
 
 def test_a_crash_before_the_key_was_committed_resumes_cleanly(tmp_path):
-    seal, verify = make_keys(tmp_path)
-    log = tmp_path / "audit.jsonl"
-    writer = SealedWriter(log, seal, T0 + 5)
+    writer, seal, verify = start(tmp_path)
+    log = writer.log
     writer.write("a", T0 + 10)
     writer.write("b", T0 + 70)  # epoch 1: epoch 0 is sealed first
     with open(log, "ab") as fh:  # written, then killed before commit()
@@ -369,9 +367,8 @@ def test_a_crash_before_the_key_was_committed_resumes_cleanly(tmp_path):
 
 
 def test_records_lost_in_a_crash_leave_no_false_alarm(tmp_path):
-    seal, verify = make_keys(tmp_path)
-    log = tmp_path / "audit.jsonl"
-    writer = SealedWriter(log, seal, T0 + 5)
+    writer, seal, verify = start(tmp_path)
+    log = writer.log
     writer.write("a", T0 + 10)
     writer.flush()
     writer.write("lost", T0 + 70)  # closes epoch 0 in memory; never written
@@ -412,9 +409,8 @@ def test_tick_before_resume_and_after_close_does_nothing(tmp_path):
 
 
 def test_a_long_stop_is_one_epochs_skipped_record(tmp_path):
-    seal, verify = make_keys(tmp_path)
-    log = tmp_path / "audit.jsonl"
-    writer = SealedWriter(log, seal, T0 + 5)
+    writer, seal, verify = start(tmp_path)
+    log = writer.log
     writer.write("before", T0 + 10)
     writer.close()
     week = 7 * 86400
@@ -429,9 +425,8 @@ def test_a_long_stop_is_one_epochs_skipped_record(tmp_path):
 
 
 def test_a_stop_right_after_an_epoch_was_sealed_resumes_without_a_gap(tmp_path):
-    seal, verify = make_keys(tmp_path)
-    log = tmp_path / "audit.jsonl"
-    writer = SealedWriter(log, seal, T0 + 5)
+    writer, seal, verify = start(tmp_path)
+    log = writer.log
     writer.write("before", T0 + 10)
     writer.tick(T0 + 61)  # epoch 0 sealed, the key file moves to epoch 1, then the proxy stops
     writer.close()
@@ -460,7 +455,7 @@ def test_a_restart_within_the_epoch_writes_no_seal(tmp_path):
 def test_sealing_begins_on_an_unkeyed_log_and_covers_its_past(tmp_path):
     seal, verify = make_keys(tmp_path)
     log = tmp_path / "audit.jsonl"
-    writer = AuditLog(log)  # the real writer, without a key
+    writer = AuditWriter(log)  # the real writer, without a key
     for i in range(3):
         writer.write({"event": "access", "ts": T0 - 100 + i, "user": f"old{i}"})
     writer.close()
@@ -591,9 +586,8 @@ def test_seal_refuses_the_sealers_own_events_and_runs_only_after_resume(tmp_path
 
 
 def test_a_key_file_that_cannot_be_replaced_is_reported_and_replaced_later(tmp_path):
-    seal, verify = make_keys(tmp_path)
-    log = tmp_path / "audit.jsonl"
-    writer = SealedWriter(log, seal, T0 + 5)
+    writer, seal, verify = start(tmp_path)
+    log = writer.log
     writer.write("a", T0 + 70)  # epoch 1 in memory
     (tmp_path / "seal.key.new").mkdir()  # something in the way of the new key file
     with pytest.raises(SealingKeyError, match="cannot write the key file") as caught:

@@ -338,7 +338,7 @@ def test_audit_counters_follow_the_writer_stats_and_survive_a_new_writer(registr
     assert sample(registry, "accessgate_audit_pending_records") == 0
     assert sample(registry, "accessgate_audit_dropped_records_total") == 2
     assert sample(registry, "accessgate_audit_write_errors_total") == 1
-    # The path option changed: a new AuditLog counts from zero again.
+    # The path option changed: a new AuditWriter counts from zero again.
     metrics.observe_audit(AuditStats(written=4, pending=1, dropped=0, errors=0))
     assert sample(registry, "accessgate_audit_records_total") == 29
     assert sample(registry, "accessgate_audit_pending_records") == 1

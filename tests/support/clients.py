@@ -39,12 +39,16 @@ def _last_header_block(raw: str) -> tuple[int, dict[str, str]]:
     if not blocks:
         return 0, {}
     lines = blocks[-1].strip().split("\n")
-    status = int(lines[0].split()[1])
+    return int(lines[0].split()[1]), header_fields(lines[1:])
+
+
+def header_fields(lines: list[str]) -> dict[str, str]:
+    """`Name: value` lines as {lower-case name: value}, the last value of a name winning."""
     headers = {}
-    for line in lines[1:]:
+    for line in lines:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    return status, headers
+    return headers
 
 
 def curl(
@@ -108,16 +112,18 @@ def httpx_client(proxy, user: str | None = None, password: str = PASSWORD, **kwa
     )
 
 
-def write_htpasswd(path: Path, users: list[str], password: str = PASSWORD) -> Path:
+def write_htpasswd(path: Path, users: list[str], password: str = PASSWORD, scheme: str = "apr_md5_crypt") -> Path:
     """An Apache htpasswd file for mitmproxy's `proxyauth=@PATH`.
 
-    APR-MD5, Apache's classic scheme: mitmproxy checks the hash on every
-    plain-HTTP request, and a bcrypt or SHA-crypt check costs ~0.3-0.7 s of
-    the proxy's single event loop on these machines.
+    APR-MD5, Apache's classic scheme, by default: mitmproxy checks the hash
+    on every plain-HTTP request, and a bcrypt or SHA-crypt check costs
+    ~0.3-0.7 s of the proxy's single event loop on these machines.  The
+    benchmarks use `ldap_sha1` ({SHA}, `htpasswd -s`), cheaper still, so that
+    the hash does not hide what accessgate costs.
     """
     from passlib.apache import HtpasswdFile
 
-    ht = HtpasswdFile(str(path), new=True, default_scheme="apr_md5_crypt")
+    ht = HtpasswdFile(str(path), new=True, default_scheme=scheme)
     for user in users:
         ht.set_password(user, password)
     ht.save()
@@ -146,6 +152,17 @@ class TunnelResult:
         return None
 
 
+def read_head(sock) -> bytes:
+    """Bytes from `sock` until the end of a message head (or until the peer closes)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def _connect(sock, connect: str, user: str | None, password: str) -> tuple[int, dict[str, str], bytes]:
     """Send CONNECT on `sock`; (status, lower-case headers, bytes after the head).
 
@@ -158,20 +175,10 @@ def _connect(sock, connect: str, user: str | None, password: str) -> tuple[int, 
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         head += f"Proxy-Authorization: Basic {token}\r\n"
     sock.sendall((head + "\r\n").encode())
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-    status_head, _, rest = buf.partition(b"\r\n\r\n")
+    status_head, _, rest = read_head(sock).partition(b"\r\n\r\n")
     lines = status_head.decode(errors="replace").split("\r\n")
     status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else 0
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, rest
+    return status, header_fields(lines[1:]), rest
 
 
 def tunnel(

@@ -26,6 +26,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support.processes import accepts, free_port, pin, stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 ADDON = REPO / "addons" / "accessgate.py"
 ROUTE = Path(__file__).resolve().parent / "route_to_origin.py"
@@ -104,16 +106,8 @@ class Proxy:
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int:
         """Stop mitmdump by its PID; returns its exit status."""
-        if self._stopped is not None:
-            return self._stopped
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._stopped = self.process.returncode
+        if self._stopped is None:
+            self._stopped = stop_process(self.process, sig, timeout)
         return self._stopped
 
 
@@ -155,13 +149,20 @@ def wait_ready(
     *,
     metrics: bool,
     timeout: float = 30.0,
+    port: int | None = None,
 ) -> tuple[int, int | None]:
-    """(proxy port, metrics port) once mitmdump listens; ProxyFailed if it exits first."""
+    """(proxy port, metrics port) once mitmdump listens; ProxyFailed if it exits first.
+
+    With `port`, mitmdump was told where to listen (as `-q` needs): it is
+    ready once that port accepts connections.
+    """
     deadline = time.monotonic() + timeout
-    port = metrics_port = None
+    expected, port, metrics_port = port, None, None
     while time.monotonic() < deadline:
         text = stdout_path.read_text(errors="replace") + stderr_path.read_text(errors="replace")
-        if port is None and (m := _LISTENING.search(text)):
+        if expected is not None and port is None and accepts(expected):
+            port = expected
+        elif expected is None and port is None and (m := _LISTENING.search(text)):
             port = int(m.group(2))
         if metrics and metrics_port is None:
             for line in stderr_path.read_text(errors="replace").splitlines():
@@ -172,8 +173,7 @@ def wait_ready(
         if process.poll() is not None:
             raise ProxyFailed(f"mitmdump exited with {process.returncode}:\n{text}")
         time.sleep(0.05)
-    process.kill()
-    process.wait(5)
+    stop_process(process, signal.SIGKILL)
     raise ProxyFailed(
         "mitmdump did not become ready in time:\n"
         + stdout_path.read_text(errors="replace")
@@ -196,48 +196,6 @@ def _check_compiled(stderr_path: Path) -> None:
     raise ProxyFailed(f"{EXPECT_COMPILED}=1, but the proxy logged no policy_loaded to tell its engine")
 
 
-def mitmdump_args(
-    *,
-    policy: Path | str | None,
-    confdir: Path,
-    origin=None,
-    audit_path: Path | None = None,
-    metrics: bool = False,
-    state: str = "memory:",
-    options: dict[str, object] | None = None,
-    scripts: list[Path | str] = (),
-) -> list[str]:
-    args = [
-        str(MITMDUMP),
-        "--listen-host", "127.0.0.1",
-        "--listen-port", "0",
-        "--set", f"confdir={confdir}",
-        "--set", "connection_strategy=lazy",
-        "-s", str(ADDON),
-    ]  # fmt: skip
-    for script in scripts:
-        args += ["-s", str(script)]
-    if origin is not None:
-        args += ["-s", str(ROUTE), "--set", f"route_to_origin={origin.address}"]
-    settings: dict[str, object] = {
-        "accessgate_state": state,
-        "accessgate_audit_log": str(audit_path) if audit_path else "",
-        "accessgate_metrics": "127.0.0.1:0" if metrics else "",
-    }
-    if policy is not None:
-        settings["accessgate_policy"] = str(policy)
-    settings.update(options or {})
-    for name, value in settings.items():
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        if isinstance(value, (list, tuple)):
-            for item in value:
-                args += ["--set", f"{name}={item}"]
-        else:
-            args += ["--set", f"{name}={value}"]
-    return args
-
-
 def start_proxy(
     *,
     policy: Path | str | None,
@@ -249,38 +207,62 @@ def start_proxy(
     options: dict[str, object] | None = None,
     scripts: list[Path | str] = (),
     audit: bool = True,
+    accessgate: bool = True,
+    core: int | None = None,
+    quiet: bool = False,
 ) -> Proxy:
-    """Start mitmdump + accessgate (+ routing to `origin`) and wait until it listens."""
+    """Start mitmdump + accessgate (+ routing to `origin`) and wait until it listens.
+
+    `accessgate=False` starts mitmdump without it (a benchmark's bare proxy;
+    `policy`, `state`, `metrics` and `audit` then do not apply).  `core` pins
+    the process to one CPU core; `quiet` runs `mitmdump -q` (no line per
+    flow or connection) on a port picked here, since it then does not say
+    which one it bound.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
-    audit_path = workdir / "audit.jsonl" if audit else None
-    args = mitmdump_args(
-        policy=policy,
-        confdir=confdir,
-        origin=origin,
-        audit_path=audit_path,
-        metrics=metrics,
-        state=state,
-        options=options,
-        scripts=scripts,
-    )
-    process, out, err = launch(args, cwd=workdir)
+    port = free_port() if quiet else 0
+    args = [
+        str(MITMDUMP), *(["-q"] if quiet else []),
+        "--listen-host", "127.0.0.1",
+        "--listen-port", str(port),
+        "--set", f"confdir={confdir}",
+        "--set", "connection_strategy=lazy",
+    ]  # fmt: skip
+    settings: dict[str, object] = {}
+    audit_path = workdir / "audit.jsonl" if audit and accessgate else None
+    if accessgate:
+        args += ["-s", str(ADDON)]
+        settings.update(
+            accessgate_state=state,
+            accessgate_audit_log=str(audit_path or ""),
+            accessgate_metrics="127.0.0.1:0" if metrics else "",
+        )
+        if policy is not None:
+            settings["accessgate_policy"] = str(policy)
+    for script in scripts:
+        args += ["-s", str(script)]
+    if origin is not None:
+        args += ["-s", str(ROUTE), "--set", f"route_to_origin={origin.address}"]
+    settings.update(options or {})
+    args += _set_options(settings)
+    metrics = metrics and accessgate
+    process, out, err = launch(pin(args, core), cwd=workdir)
     try:
-        port, metrics_port = wait_ready(process, out, err, metrics=metrics)
-        if os.environ.get(EXPECT_COMPILED) == "1" and policy is not None:
+        port, metrics_port = wait_ready(process, out, err, metrics=metrics, port=port or None)
+        if os.environ.get(EXPECT_COMPILED) == "1" and accessgate and policy is not None:
             _check_compiled(err)
     except ProxyFailed:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
+        stop_process(process, signal.SIGKILL)
         raise
-    return Proxy(
-        process=process,
-        port=port,
-        confdir=confdir,
-        workdir=workdir,
-        audit_path=audit_path,
-        metrics_port=metrics_port,
-        stdout_path=out,
-        stderr_path=err,
-        policy=Path(policy) if policy else None,
-    )
+    return Proxy(process, port, confdir, workdir, audit_path, metrics_port, out, err, Path(policy) if policy else None)
+
+
+def _set_options(settings: dict[str, object]) -> list[str]:
+    """`--set NAME=VALUE` arguments; a list value is set once per item (mitmproxy's sequence options)."""
+    args: list[str] = []
+    for name, value in settings.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            args += ["--set", f"{name}={item}"]
+    return args

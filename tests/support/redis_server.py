@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,17 +26,13 @@ from urllib.parse import urlencode
 
 import pytest
 
+from support.processes import ServerProcess, free_port
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
-class RedisServer:
+class RedisServer(ServerProcess):
     dir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
@@ -48,8 +42,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/{db}{query}"
 
     @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+    def log_path(self) -> Path:
+        return self.dir / "redis.log"
 
     def start(self, timeout: float = 10.0) -> None:
         """Start (or start again, on the same port) and wait until it answers PING."""
@@ -69,16 +63,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{log}")
-            if self.ping():
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s")
+        self._await_ready(self.ping, f"redis-server on port {self.port}", timeout)
 
     def ping(self) -> bool:
         try:
@@ -87,38 +72,6 @@ class RedisServer:
                 return s.recv(16).startswith(b"+PONG")
         except OSError:
             return False
-
-    def kill(self) -> None:
-        """Die at once (SIGKILL), as on a crash; the data is gone (no persistence)."""
-        self._signal_and_reap(signal.SIGKILL)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGCONT)  # in case it is paused
-        self._signal_and_reap(signal.SIGTERM)
-
-    def pause(self) -> None:
-        """Hang: connections are accepted by the kernel but never answered."""
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
-
-    def _signal_and_reap(self, sig: int) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            os.kill(self.process.pid, sig)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self.process = None
 
     def client(self, db: int = 0):
         import redis
@@ -130,12 +83,8 @@ class RedisServer:
 def running_redis(directory: Path) -> Iterator[RedisServer]:
     if not os.path.exists(REDIS_SERVER):
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(directory)
-    server.start()
-    try:
+    with RedisServer(directory).running() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -23,27 +23,22 @@ import datetime
 import ipaddress
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+
+from support.processes import ServerProcess, free_port
 
 SLAPD = shutil.which("slapd") or "/usr/sbin/slapd"
 SCHEMA = Path("/etc/ldap/schema")
 MODULES = Path("/usr/lib/ldap")
 SUFFIX = "dc=example,dc=test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -115,7 +110,7 @@ def make_ca(directory: Path, names: tuple[str, ...] = ("localhost",),
 
 
 @dataclass
-class Slapd:
+class Slapd(ServerProcess):
     dir: Path
     port: int = field(default_factory=free_port)
     ldaps_port: int = field(default_factory=free_port)
@@ -124,6 +119,7 @@ class Slapd:
     reader_password: str = "reader-secret"
     process: subprocess.Popen | None = None
     tls: TestCA | None = None
+    stop_timeout: ClassVar[float] = 15.0
 
     @property
     def admin_dn(self) -> str:
@@ -147,8 +143,8 @@ class Slapd:
         return self.tls.ca_file
 
     @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+    def log_path(self) -> Path:
+        return self.dir / "slapd.log"
 
     def user_dn(self, uid: str, ou: str = "people") -> str:
         return f"uid={uid},ou={ou},{self.suffix}"
@@ -218,17 +214,7 @@ access to * by users read by * none
             )
         finally:
             log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                self.process = None
-                raise RuntimeError(f"slapd exited with {code}:\n{self.log_text()[-3000:]}")
-            if self.answers():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"slapd did not answer on port {self.port} within {timeout} s:\n{self.log_text()[-3000:]}")
+        self._await_ready(self.answers, f"slapd on port {self.port}", timeout)
 
     def answers(self) -> bool:
         try:
@@ -239,32 +225,6 @@ access to * by users read by * none
                 return s.recv(64)[:1] == b"\x30"
         except OSError:
             return False
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGCONT)  # in case it is paused
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self.process = None
-
-    def pause(self) -> None:
-        """Hang: connections are accepted by the kernel but never answered."""
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
-
-    def log_text(self) -> str:
-        path = self.dir / "slapd.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
     # ---- data ----------------------------------------------------------------------
 
@@ -332,12 +292,9 @@ def running_slapd(directory: Path) -> Iterator[Slapd]:
         pytest.skip("slapd is not installed (apt-get install slapd ldap-utils)")
     server = Slapd(directory)
     server.configure()
-    server.start()
-    try:
+    with server.running():
         server.seed()
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

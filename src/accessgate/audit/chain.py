@@ -10,39 +10,25 @@ Two things a crash leaves behind are not breaks: an incomplete last line of
 the live file, and a torn line followed by the writer's `log_resumed` record
 that accounts for it (the writer keeps the chain going from the line before).
 
-A record the auditors' tools cannot read is a finding of its own: `verify`
-counts, per file, the chained records that the query tools' own reader
-(auditlog.read_json_sql) sees, and names each one it does not.
-
-Memory stays bounded whatever the files hold: a line is read whole only up
-to auditlog.MAX_LINE_BYTES (a longer one is hashed as it streams by), a run
-of blank or non-JSON lines is counted without being split, and only the
-first MAX_KEPT findings of each kind are kept (all are counted).
+A record the auditors' tools cannot read is a finding of its own
+(`readable`).  Memory stays bounded whatever the files hold: lines are read
+as `lines.items()` yields them, and only the first MAX_KEPT findings of each
+kind are kept (all are counted).
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import itertools
 import json
-import re
-from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-from accessgate.audit.reader import MAX_LINE_BYTES
+from accessgate.audit.lines import JUNK_RUN, TAIL, chain_fields, items, opened
+from accessgate.audit.readable import unread
+from accessgate.audit.schema import MAX_LINE_BYTES, ZERO_HASH
 
-ZERO_HASH = "0" * 64
 MAX_KEPT = 100  # findings of each kind kept for the report; the rest are counted
-
-# The writer puts the chain last; reading it from the line's end avoids a
-# full JSON parse per record.  Anything else takes the slow, exact path.
-_TAIL = re.compile(rb',"seq":(\d+),"prev":"([0-9a-f]{64})"\}\s*$')
-_JUNK_RUN, _LONG = 1, 2
-_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")  # as the writer writes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,75 +85,6 @@ class _Pos:
     line: int = 0
 
 
-@contextmanager
-def _opened(path: Path) -> Iterator[tuple]:
-    """(buffered reader, its compressed file object for progress) of a plain or gzip file."""
-    if path.name.endswith(".gz"):
-        with gzip.open(path, "rb") as fh:
-            yield fh, fh.fileobj
-    else:
-        with open(path, "rb", buffering=1 << 16) as fh:
-            yield fh, fh
-
-
-def _items(fh, limit: int) -> Iterator[bytes | tuple]:
-    """What a file holds, line by line, in bounded memory:
-
-    a line as bytes, with its newline (the last line may have none);
-    (_JUNK_RUN, number of lines, bytes) for two or more blank or non-JSON lines;
-    (_LONG, length, sha256 hex, last 128 bytes, had a newline) for a line over `limit`.
-    """
-    peek, readline, read = fh.peek, fh.readline, fh.read
-    while line := readline(limit + 1):
-        if line[-1:] == b"\n":
-            if line[:1] == b"{" or line.lstrip(b" \t\r")[:1] == b"{":
-                yield line
-                continue
-            # A line that cannot be a record.  The whole lines that follow without
-            # a `{` anywhere cannot be records either: count them at C speed.
-            count, size = 1, len(line)
-            while head := peek(1):
-                brace = head.find(b"{")
-                end = head.rfind(b"\n", 0, len(head) if brace < 0 else brace) + 1
-                if end == 0:
-                    break
-                count += head.count(b"\n", 0, end)
-                size += end
-                read(end)
-            yield (_JUNK_RUN, count, size) if count > 1 else line
-        elif len(line) <= limit:
-            yield line  # the last line, without a newline
-        else:
-            digest = hashlib.sha256(line)
-            tail, length, newline = line[-128:], len(line), False
-            while more := readline(1 << 20):
-                if more.endswith(b"\n"):
-                    more, newline = more[:-1], True
-                digest.update(more)
-                length += len(more)
-                tail = (tail + more)[-128:]
-                if newline:
-                    break
-            yield _LONG, length, digest.hexdigest(), tail, newline
-
-
-def _chain_fields(line: bytes) -> tuple[int, str, dict | None] | None:
-    """(seq, prev, parsed record or None) of a chained record; None if it is not one."""
-    match = _TAIL.search(line[-120:])
-    if match:
-        return int(match.group(1)), match.group(2).decode(), None
-    try:
-        rec = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(rec, dict):
-        return None
-    seq, prev = rec.get("seq"), rec.get("prev")
-    if type(seq) is int and isinstance(prev, str):
-        return seq, prev, rec
-    return None
-
-
 def _is_record(line: bytes) -> bool:
     try:
         rec = json.loads(line)
@@ -183,7 +100,7 @@ def verify(
     readable: bool = True,
     limit: int = MAX_LINE_BYTES,
 ) -> Verdict:
-    """Check the chain through `files`, given oldest first (see auditlog.expand).
+    """Check the chain through `files`, given oldest first (see sources.expand).
 
     With `readable`, also check that the query tools read every chained record.
     """
@@ -221,8 +138,8 @@ def verify(
         last_file = index == len(files) - 1
         number = 0  # lines so far
         short_records = 0
-        with _opened(path) as (fh, raw):
-            for item in _items(fh, limit):
+        with opened(path) as (fh, raw):
+            for item in items(fh, limit):
                 if type(item) is bytes:
                     number += 1
                     if progress is not None and number % 65536 == 0:
@@ -230,14 +147,14 @@ def verify(
                     pos = _Pos(str(path), number)
                     had_newline = item[-1:] == b"\n"
                     line = item[:-1] if had_newline else item
-                    fields = _chain_fields(line)
+                    fields = chain_fields(line)
                     if fields is None:
                         non_record(pos, line, len(line), had_newline, last_file)
                         continue
                     seq, prev, rec = fields
                     line_hash = hashlib.sha256(line).hexdigest()
                     short_records += 1
-                elif item[0] == _JUNK_RUN:
+                elif item[0] == JUNK_RUN:
                     count = item[1]
                     first = number + 1
                     number += count
@@ -254,7 +171,7 @@ def verify(
                     number += 1
                     pos = _Pos(str(path), number)
                     _, length, digest, tail, had_newline = item
-                    match = _TAIL.search(tail)
+                    match = TAIL.search(tail)
                     if match is None:
                         non_record(pos, None, length, had_newline, last_file)
                         continue
@@ -281,7 +198,7 @@ def verify(
                     verdict.first_at = f"{pos.file}:{pos.line}"
                     verdict.from_origin = seq == 1 and prev == ZERO_HASH
                 else:
-                    problem = _link(prev_hash, last_seq, last_pos, pos, seq, prev)
+                    problem = broken_link(last_seq, prev_hash, (last_pos.file, last_pos.line), seq, prev, (pos.file, pos.line))
                     if problem is not None:
                         verdict.add_break(problem)
                 prev_hash = line_hash
@@ -300,7 +217,12 @@ def verify(
     verdict.last_seq = last_seq
     verdict.last_hash = prev_hash
     if readable:
-        _check_tools_read(files, tools_should_read, verdict, limit)
+        for found in unread(files, tools_should_read, limit):
+            verdict.add_unreadable(
+                Break(str(found.file), found.line, "unreadable",
+                      f"record seq {found.seq} cannot be read by the query tools ({found.why}): "
+                      "query, sql, report and replay skip it", found_seq=found.seq)
+            )  # fmt: skip
         order = {str(path): index for index, path in enumerate(files)}
         verdict.unreadable.sort(key=lambda b: (order.get(b.file, 0), b.line))
     return verdict
@@ -308,102 +230,6 @@ def verify(
 
 def _size(n: int) -> str:
     return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n:,} bytes"
-
-
-# -- what the query tools read ---------------------------------------------------------
-
-_LOOKAHEAD = 64  # rows the tools read that verify did not count, skipped while matching
-
-
-def _check_tools_read(files: list[Path], expected: list[int], verdict: Verdict, limit: int) -> None:
-    """Count the chained records the query tools read, per file; name each one they miss."""
-    import duckdb
-
-    from accessgate.audit.reader import ShortLines, read_json_sql
-
-    con = duckdb.connect(":memory:")
-    short = ShortLines(limit)
-    try:
-        for path, want in zip(files, expected):
-            if want == 0:
-                continue
-            # The rows the tools show (a ts they read) that are chained as _chain_fields
-            # sees it: an integer seq and a text prev, whatever DuckDB could cast.
-            source = read_json_sql([short.source(path)], {"seq": "JSON", "prev": "JSON"})
-            rows = (
-                f"FROM {source} WHERE ts IS NOT NULL AND json_type(seq) IN ('BIGINT', 'UBIGINT') "
-                "AND json_type(prev) = 'VARCHAR'"
-            )
-            (got,) = con.execute(f"SELECT count(*) {rows}").fetchone()
-            if got != want:
-                _name_unread(path, con.execute(f"SELECT seq::VARCHAR, prev->>'$' {rows}"), verdict, limit)
-    finally:
-        short.close()
-        con.close()
-
-
-def _name_unread(path: Path, cursor, verdict: Verdict, limit: int) -> None:
-    """Walk the file's chained records beside the rows the tools read (both in file order)."""
-    ahead: deque[tuple[int, str]] = deque()
-
-    def fill() -> None:
-        if len(ahead) < _LOOKAHEAD:
-            ahead.extend(cursor.fetchmany(4096))
-
-    number = 0
-    with _opened(path) as (fh, _):
-        for item in _items(fh, limit):
-            if type(item) is not bytes:
-                number += item[1] if item[0] == _JUNK_RUN else 1  # a long line: reported already
-                continue
-            number += 1
-            line = item[:-1] if item[-1:] == b"\n" else item
-            fields = _chain_fields(line)
-            if fields is None:
-                continue
-            key = (str(fields[0]), fields[1])
-            fill()
-            if ahead and ahead[0] == key:
-                ahead.popleft()
-                continue
-            if key in itertools.islice(ahead, _LOOKAHEAD):
-                while ahead[0] != key:  # rows the tools read that are no chained record here
-                    ahead.popleft()
-                ahead.popleft()
-                continue
-            verdict.add_unreadable(
-                Break(str(path), number, "unreadable",
-                      f"record seq {fields[0]} cannot be read by the query tools ({_why_unreadable(line)}): "
-                      "query, sql, report and replay skip it", found_seq=fields[0])
-            )  # fmt: skip
-
-
-def _why_unreadable(line: bytes) -> str:
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"it is not UTF-8: byte 0x{line[exc.start]:02x} at column {exc.start + 1}"
-    try:
-        rec = json.loads(text)
-    except (ValueError, RecursionError):
-        return "not valid JSON"
-    if _has_lone_surrogate(rec):
-        return "it holds a \\u escape of a lone surrogate, which their JSON reader refuses"
-    if not isinstance(rec, dict) or "ts" not in rec:
-        return "no ts"
-    if isinstance(rec["ts"], str) and _TS.fullmatch(rec["ts"]):
-        return "their JSON reader refuses it"
-    return f"ts {rec['ts']!r} is not a time the tools read"
-
-
-def _has_lone_surrogate(value: object) -> bool:
-    if isinstance(value, str):
-        return any("\ud800" <= c <= "\udfff" for c in value)
-    if isinstance(value, list):
-        return any(map(_has_lone_surrogate, value))
-    if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
-    return False
 
 
 def _parse(line: bytes) -> dict:
@@ -422,19 +248,20 @@ def _not_a_record(pos: _Pos, length: int) -> Break:
     )  # fmt: skip
 
 
-def _link(
-    prev_hash: str, last_seq: int | None, last_pos: _Pos, pos: _Pos, seq: int, prev: str
+def broken_link(
+    last_seq: int | None, last_hash: str, before: tuple[str, int], seq: int, prev: str, here: tuple[str, int]
 ) -> Break | None:
+    """What is wrong between the record at `here` and the one at `before` (file, line), or None."""
     expected = (last_seq or 0) + 1
-    before = last_pos.file + ":" + str(last_pos.line)
-    if last_pos.file != pos.file:
-        before = f"the last record of {last_pos.file} (line {last_pos.line})"
-    hash_ok = prev == prev_hash
+    hash_ok = prev == last_hash
     if hash_ok and seq == expected:
         return None
+    after = f"{before[0]}:{before[1]}"
+    if before[0] != here[0]:
+        after = f"the last record of {before[0]} (line {before[1]})"
 
     def brk(kind: str, message: str) -> Break:
-        return Break(pos.file, pos.line, kind, message, expected, seq)
+        return Break(here[0], here[1], kind, message, expected, seq)
 
     if hash_ok:
         return brk("edited", f"seq expected {expected}, found {seq} although prev matches: seq was edited")
@@ -448,18 +275,18 @@ def _link(
         return brk(
             "missing",
             f"seq expected {expected}, found {seq}: {seq - expected} record(s) missing "
-            f"(deleted, or moved elsewhere) after {before}",
+            f"(deleted, or moved elsewhere) after {after}",
         )
     if seq < expected:
         return brk(
             "reordered",
             f"seq expected {expected}, found {seq}: the record repeats an earlier seq or is "
-            f"out of order (inserted, duplicated or moved) after {before}",
+            f"out of order (inserted, duplicated or moved) after {after}",
         )
     # seq is right but the line before does not hash to prev: that line changed.
     return Break(
-        last_pos.file, last_pos.line, "edited",
+        before[0], before[1], "edited",
         f"record seq {last_seq} was edited after it was written: its hash no longer matches "
-        f"prev of the next record ({pos.file}:{pos.line})",
+        f"prev of the next record ({here[0]}:{here[1]})",
         expected - 1, last_seq,
     )  # fmt: skip

@@ -1,7 +1,8 @@
 """The `accessgate` command: one module per subcommand in this package.
 
 Each module defines `HELP` (one line), `add_arguments(parser)` and
-`run(args) -> int` (the exit status).  `main` imports a module only when
+`run(args) -> int` (the exit status); what several of them need is in
+`common`, never in another command's module.  `main` imports a module only when
 its command runs, so `accessgate check` never pays for DuckDB.
 """
 

@@ -8,19 +8,16 @@ exits 0 on success, 1 when `verify` finds a break, 2 on errors.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import decimal
-import itertools
-import json
-import re
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
+
+from accessgate.audit.tools.output import FORMATS, safe_text, write
+from accessgate.cli.common import exit_2_on_error, open_log
 
 HELP = "query, report on, verify and re-identify the audit log"
 
-FORMATS = ("table", "csv", "json", "jsonl")
 # What a person reading `query --format table` needs first; tools get every column.
 TABLE_COLUMNS = ("ts", "user", "client_ip", "method", "host", "path", "site", "decision", "reason")
 TABLE_DEFAULT_LIMIT = 100
@@ -92,31 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accessgate.errors import AccessgateError
-
-    try:
-        return args._audit(args)
-    except (AccessgateError, ValueError, OSError) as exc:
-        print(f"accessgate audit {args.audit_command}: {safe_text(exc)}", file=sys.stderr)
-        return 2
-
-
-# -- opening the log ----------------------------------------------------------------
-
-
-def open_log(args: argparse.Namespace, label: str, build_cache: str = "rotated"):
-    from accessgate.audit.tools import progress
-    from accessgate.audit.reader import AuditLog, Cache
-
-    log = AuditLog(
-        args.logs,
-        cache=None if getattr(args, "no_cache", False) else Cache(),
-        build_cache=build_cache,
-        progress=progress.for_queries(label),
-    )
-    for problem in log.problems:
-        print(f"warning: {safe_text(problem)}", file=sys.stderr)
-    return log
+    return exit_2_on_error(f"audit {args.audit_command}", lambda: args._audit(args))
 
 
 # -- query ----------------------------------------------------------------------------
@@ -218,133 +191,6 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- output -------------------------------------------------------------------------
-
-
-def json_value(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        value = value.astimezone(dt.timezone.utc)
-        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-    if isinstance(value, (dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, (list, tuple)):
-        return [json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): json_value(v) for k, v in value.items()}
-    if isinstance(value, bytes):
-        return value.hex()
-    return value
-
-
-def text_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dt.datetime):
-        return json_value(value)
-    if isinstance(value, (list, tuple)):
-        return ",".join(text_value(v) for v in value)
-    if isinstance(value, dict):
-        return ",".join(f"{text_value(k)}={text_value(v)}" for k, v in value.items())
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(json_value(value)) if not isinstance(value, str) else value
-
-
-# -- what reaches a spreadsheet or a terminal ------------------------------------------
-#
-# Log values come from clients: a method or path may be a spreadsheet formula
-# or terminal control sequences.  Text output shows such characters as visible
-# escapes; CSV cells that a spreadsheet would run as a formula get a leading
-# `'` (OWASP: cells starting with = + - @ tab CR, and NUL); JSON stays exact.
-
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\0")
-# C0 and C1 controls and DEL (ESC starts colours, cursor moves, OSC 8 links),
-# line and paragraph separators, bidirectional marks and overrides (they
-# reorder what is shown), and lone surrogates (no character at all).
-_UNSAFE = "\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
-_UNSAFE_TEXT = re.compile(f"[{_UNSAFE}]")
-_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def _visible(match: re.Match[str]) -> str:
-    char = match.group()
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-        return f"\\x{code - 0xDC00:02x}"
-    return _SHORT.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-
-
-def safe_text(value: object) -> str:
-    """`value` as text that a terminal shows as it is: no control character acts."""
-    return _UNSAFE_TEXT.sub(_visible, str(value))
-
-
-def csv_cell(value: Any) -> str:
-    text = text_value(value)
-    if text.startswith(_FORMULA_START) and not isinstance(value, (int, float, decimal.Decimal)):
-        return "'" + text
-    return text
-
-
-def json_text(data: Any, **options: Any) -> str:
-    """JSON of `data`, with the characters a terminal would act on as \\u escapes (the same JSON)."""
-    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False, **options))
-
-
-def write(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str, out) -> None:
-    """Rows in `fmt`; csv and jsonl consume `rows` lazily, the others need a list."""
-    if fmt == "csv":
-        # The csv module quotes a field with CR only when CR ends its lines; a
-        # bare CR would start a new row in a spreadsheet, so such rows are quoted.
-        plain = csv.writer(out, lineterminator="\n")
-        quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
-        for row in itertools.chain([columns], rows):
-            cells = [csv_cell(v) for v in row]
-            (quoted if any("\r" in c for c in cells) else plain).writerow(cells)
-    elif fmt == "json":
-        out.write(json_text([dict(zip(columns, map(json_value, row))) for row in rows], indent=1))
-        out.write("\n")
-    elif fmt == "jsonl":
-        for row in rows:
-            out.write(json_text(dict(zip(columns, map(json_value, row)))) + "\n")
-    else:
-        out.write(table(columns, rows))
-
-
-def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 48) -> str:
-    """Aligned columns for people; long cells are cut with '…', control characters made visible."""
-
-    def cell(value: Any) -> str:
-        text = "-" if value is None else safe_text(text_value(value))
-        return text if len(text) <= max_width else text[: max_width - 1] + "…"
-
-    cells = [[cell(v) for v in row] for row in rows]
-    heads = [cell(c) for c in columns]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(heads)]
-    numeric = [all(isinstance(r[i], (int, float, decimal.Decimal)) and not isinstance(r[i], bool)
-                   for r in rows if r[i] is not None) and any(r[i] is not None for r in rows)
-               for i in range(len(columns))]  # fmt: skip
-
-    def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
-        return "  ".join(parts).rstrip() + "\n"
-
-    out = [line(heads), line(["-" * w for w in widths])]
-    out += [line(r) for r in cells]
-    if not rows:
-        out.append("(no records)\n")
-    return "".join(out)
-
-
 # -- report -------------------------------------------------------------------------
 
 
@@ -371,7 +217,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from accessgate.audit.tools import progress
-    from accessgate.audit.reader import expand
+    from accessgate.audit.sources import expand
     from accessgate.audit.chain import verify
 
     files = expand(args.logs)
@@ -453,11 +299,12 @@ def candidates_from_file(path: str) -> list[str]:
 
 
 def _reveal(args: argparse.Namespace) -> int:
-    from accessgate.audit.pseudonym import is_pseudonym, pseudonymize, read_key
+    from accessgate.audit.pseudonym import is_pseudonym, read_key
+    from accessgate.audit.tools.replay import pseudonym_table
 
     key = read_key(args.key_file)
     names = candidates_from_policy(args.policy) if args.policy else candidates_from_file(args.candidates)
-    table_of = {pseudonymize(key, name): name for name in names}
+    table_of = pseudonym_table(key, names)
     with open_log(args, "reveal") as log:
         seen = log.sql(
             'SELECT "user", count(*), min(ts), max(ts) FROM audit WHERE "user" IS NOT NULL '
@@ -480,12 +327,8 @@ def _reveal(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
+    from accessgate.audit.cache import default_cache_dir
+
     with open_log(args, "index", build_cache="all") as log:
-        print(f"{log.cached} of {len(log.files)} file(s) cached in {_cache_dir()}")
+        print(f"{log.cached} of {len(log.files)} file(s) cached in {default_cache_dir()}")
     return 0
-
-
-def _cache_dir() -> Path:
-    from accessgate.audit.reader import default_cache_dir
-
-    return default_cache_dir()

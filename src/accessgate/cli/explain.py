@@ -9,7 +9,7 @@ import sys
 from accessgate.decision import explain
 from accessgate.decision.engine import decide
 from accessgate.policy.model import fold_user
-from accessgate.cli.check import load_or_report
+from accessgate.cli.common import load_or_report
 
 HELP = "show how a policy decides one request: decision, reason, site, level, role, rule"
 

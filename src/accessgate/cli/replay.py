@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from accessgate.cli.common import exit_2_on_error, load_or_report, open_log
+
 HELP = "decide logged requests again under a candidate policy; report what would change (exit 1 if anything)"
 
 
@@ -27,24 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accessgate.errors import AccessgateError
-
-    try:
-        return _run(args)
-    except (AccessgateError, ValueError, OSError) as exc:
-        from accessgate.cli.audit import safe_text
-
-        print(f"accessgate replay: {safe_text(exc)}", file=sys.stderr)
-        return 2
+    return exit_2_on_error("replay", lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
-    from accessgate.audit.tools import progress
-    from accessgate.audit.reader import parse_time
     from accessgate.audit.pseudonym import read_key
-    from accessgate.audit.tools.replay import FIELDS, policy_users, pseudonym_table, replay
-    from accessgate.cli.audit import open_log
-    from accessgate.cli.check import load_or_report
+    from accessgate.audit.reader import parse_time
+    from accessgate.audit.tools import progress
+    from accessgate.audit.tools.replay import FIELDS, policy_users, pseudonym_table, render_text, replay
 
     policy = load_or_report(args.policy, sys.stderr)
     if policy is None:
@@ -74,43 +66,5 @@ def _run(args: argparse.Namespace) -> int:
         json.dump(data, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render(summary, args.policy, policy.short_digest))
+        sys.stdout.write(render_text(summary, args.policy, policy.short_digest))
     return 1 if summary.changes else 0
-
-
-def render(summary, path: str, digest: str) -> str:
-    from accessgate.audit.tools.replay import ALLOW_TO_BLOCK, BLOCK_TO_ALLOW
-    from accessgate.cli.audit import safe_text, table
-
-    span = ""
-    if summary.first_ts is not None:
-        span = f" from {summary.first_ts:%Y-%m-%d %H:%M} to {summary.last_ts:%Y-%m-%d %H:%M} UTC"
-    out = [f"Replayed {summary.records} access records{span} under {safe_text(path)} (policy {digest})."]
-    if summary.skipped:
-        out.append(f"{summary.skipped} records lacked a time, host or decision and were skipped.")
-    if not summary.changes:
-        out.append("No decision would change.")
-        return "\n".join(out) + "\n"
-    out.append(
-        f"{summary.changes} decisions would change: {summary.changed[ALLOW_TO_BLOCK]} allow -> block, "
-        f"{summary.changed[BLOCK_TO_ALLOW]} block -> allow."
-    )
-    for title, groups in (("role", summary.by_role), ("site", summary.by_site), ("user", summary.by_user)):
-        rows = sorted(groups.items(), key=lambda kv: (-kv[1].total, kv[0]))
-        out.append("")
-        out.append(f"By {title}:")
-        shown = rows[:25]
-        out.append(
-            table(
-                (title, "allow->block", "block->allow", "examples (request ids)"),
-                [(name, g.allow_to_block, g.block_to_allow, " ".join(g.examples)) for name, g in shown],
-                max_width=80,
-            ).rstrip("\n")
-        )
-        if len(rows) > len(shown):
-            out.append(f"… and {len(rows) - len(shown)} more (see --json)")
-    out.append("")
-    out.append("Reasons (logged -> replayed):")
-    for (old, new), count in sorted(summary.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
-        out.append(f"  {safe_text(old)} -> {safe_text(new)}: {count}")
-    return "\n".join(out) + "\n"

@@ -168,10 +168,10 @@ class Metrics:
         self.last_reload.labels(result).set(when)
 
     def observe_audit(self, stats: AuditStats) -> None:
-        """Bring the audit metrics up to `stats` (pass as `AuditLog(on_flush=...)`).
+        """Bring the audit metrics up to `stats` (pass as `AuditWriter(on_flush=...)`).
 
         Counters grow by the difference from the last stats seen; a smaller
-        figure means a new AuditLog (the path option changed) and counts from 0.
+        figure means a new AuditWriter (the path option changed) and counts from 0.
         """
         with self._lock:
             seen = self._audit_seen

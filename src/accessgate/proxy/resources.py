@@ -47,13 +47,13 @@ def open_state(spec: str, key: bytes | None, on_error: Callable[[Exception], Non
 
 def open_audit(path: str, key: bytes | None, on_flush: Callable[..., None]) -> Any:
     """The audit log's writer at `path`; None when the path is empty (no audit log)."""
-    from accessgate.audit.writer import AuditLog
+    from accessgate.audit.writer import AuditWriter
 
     if not path:
         return None
     try:
         ensure_parent(path)
-        return AuditLog(
+        return AuditWriter(
             path,
             pseudonymize_key=key,
             on_error=lambda exc: log.error("audit_write_failed", error=str(exc)),

@@ -75,7 +75,7 @@ def _noop(_: int) -> None:
 
 
 def for_queries(label: str, stream: IO[str] | None = None):
-    """A factory for `AuditLog(progress=...)`: watches DuckDB's own query progress."""
+    """A factory for `AuditReader(progress=...)`: watches DuckDB's own query progress."""
 
     @contextlib.contextmanager
     def watch(con: duckdb.DuckDBPyConnection) -> Iterator[None]:

@@ -11,7 +11,8 @@ Not replayable from the log: request headers (method overrides, WebSocket
 upgrades) and the other names a request gave for its host, so such requests
 are decided on the logged host and method alone.
 
-Pure: no I/O.  The command (`accessgate replay`) feeds records and prints.
+Pure: no I/O.  The command (`accessgate replay`) feeds records and prints
+`render_text()` or the summary's `as_dict()`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from accessgate.decision.engine import Identity, Request, decide, local_day, minute_of
-from accessgate.policy.model import MemberKind, Policy
 from accessgate.audit.pseudonym import is_pseudonym, pseudonymize
+from accessgate.audit.tools.output import safe_text, table
+from accessgate.decision.engine import Identity, Request, decide, local_day, minute_of
 from accessgate.decision.quota import MemoryLedger
+from accessgate.policy.model import MemberKind, Policy
 
 ALLOW_TO_BLOCK = "allow_to_block"
 BLOCK_TO_ALLOW = "block_to_allow"
@@ -197,3 +199,39 @@ def replay(
         who = user or f"{ANONYMOUS[:-1]} {rec.get('client_ip') or '?'})"
         summary.by_user.setdefault(who, Group()).add(direction, request_id)
     return summary
+
+
+def render_text(summary: Summary, path: str, digest: str) -> str:
+    """The report for people: what would change, by role, site and user, with examples."""
+    span = ""
+    if summary.first_ts is not None:
+        span = f" from {summary.first_ts:%Y-%m-%d %H:%M} to {summary.last_ts:%Y-%m-%d %H:%M} UTC"
+    out = [f"Replayed {summary.records} access records{span} under {safe_text(path)} (policy {digest})."]
+    if summary.skipped:
+        out.append(f"{summary.skipped} records lacked a time, host or decision and were skipped.")
+    if not summary.changes:
+        out.append("No decision would change.")
+        return "\n".join(out) + "\n"
+    out.append(
+        f"{summary.changes} decisions would change: {summary.changed[ALLOW_TO_BLOCK]} allow -> block, "
+        f"{summary.changed[BLOCK_TO_ALLOW]} block -> allow."
+    )
+    for title, groups in (("role", summary.by_role), ("site", summary.by_site), ("user", summary.by_user)):
+        rows = sorted(groups.items(), key=lambda kv: (-kv[1].total, kv[0]))
+        out.append("")
+        out.append(f"By {title}:")
+        shown = rows[:25]
+        out.append(
+            table(
+                (title, "allow->block", "block->allow", "examples (request ids)"),
+                [(name, g.allow_to_block, g.block_to_allow, " ".join(g.examples)) for name, g in shown],
+                max_width=80,
+            ).rstrip("\n")
+        )
+        if len(rows) > len(shown):
+            out.append(f"… and {len(rows) - len(shown)} more (see --json)")
+    out.append("")
+    out.append("Reasons (logged -> replayed):")
+    for (old, new), count in sorted(summary.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
+        out.append(f"  {safe_text(old)} -> {safe_text(new)}: {count}")
+    return "\n".join(out) + "\n"

@@ -20,10 +20,8 @@ import html
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
-import duckdb
-
-from accessgate.audit.reader import AuditLog, explain_duckdb, naive_utc
-from accessgate.errors import AuditLogError
+from accessgate.audit.reader import AuditReader, naive_utc
+from accessgate.audit.tools.output import safe_text, table
 
 ANONYMOUS = "(anonymous {ip})"
 
@@ -77,28 +75,18 @@ TOP_PER_ROLE = 5
 _WHO = "coalesce(\"user\", replace('" + ANONYMOUS + "', '{ip}', coalesce(client_ip, '?')))"
 
 
-def build_report(log: AuditLog, since: datetime, until: datetime) -> Report:
-    try:
-        return _build_report(log, since, until)
-    except duckdb.Error as exc:
-        raise AuditLogError(explain_duckdb(exc)) from None
-
-
-def _build_report(log: AuditLog, since: datetime, until: datetime) -> Report:
-    con = log.con
-    log._run(
-        lambda: con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE report_rows AS
-            SELECT ts, date_trunc('minute', ts) AS minute, {_WHO} AS who, roles, site,
-                   decision, reason
-            FROM audit
-            WHERE event = 'access' AND ts >= ? AND ts < ?
-            """,
-            [naive_utc(since), naive_utc(until)],
-        )
+def build_report(log: AuditReader, since: datetime, until: datetime) -> Report:
+    log.sql(
+        f"""
+        CREATE OR REPLACE TEMP TABLE report_rows AS
+        SELECT ts, date_trunc('minute', ts) AS minute, {_WHO} AS who, roles, site,
+               decision, reason
+        FROM audit
+        WHERE event = 'access' AND ts >= ? AND ts < ?
+        """,
+        [since, until],
     )
-    q = lambda sql: con.execute(sql).fetchall()  # noqa: E731
+    q = lambda sql: log.sql(sql).rows  # noqa: E731
     requests, allowed, blocked, unlisted, users = q(
         """
         SELECT count(*), count(*) FILTER (decision = 'allow'), count(*) FILTER (decision = 'block'),
@@ -178,8 +166,6 @@ def _fmt_time(moment: datetime) -> str:
 
 
 def render_text(report: Report, top: int = 20) -> str:
-    from accessgate.cli.audit import table
-
     out = [
         f"Usage report {_fmt_time(report.since)} .. {_fmt_time(report.until)} ({report.files} file(s))",
         f"{report.requests} requests: {report.allowed} allowed, {report.blocked} blocked; "
@@ -234,8 +220,6 @@ _BLOCK_COLOR = "#d8553b"
 
 def _esc(value: object) -> str:
     """HTML text of a value from the log: markup escaped, control characters made visible."""
-    from accessgate.cli.audit import safe_text
-
     return html.escape(safe_text(value), quote=True)
 
 
