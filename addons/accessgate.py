@@ -11,6 +11,6 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 if getattr(sys.modules.get("accessgate"), "__path__", None) is None:
     sys.modules.pop("accessgate", None)
 
-from accessgate.proxy.addon import AccessGate  # noqa: E402
+from accessgate.proxy.addon import accessgate_addons  # noqa: E402
 
-addons = [AccessGate()]
+addons = accessgate_addons()

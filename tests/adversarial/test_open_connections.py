@@ -25,25 +25,18 @@ import pytest
 
 from accessgate.stores.state import open_store
 from support.origin import payload
+from support.policies import everyone_policy
 from support.wire import BioTLS, basic, h2, request
 
 PASSTHROUGH = Path(__file__).resolve().parents[1] / "support" / "passthrough_sni.py"
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-version: 1
-timezone: UTC
-sites:
-  chat: {{domains: [chat.test]}}
-roles:
-  everyone:
-    members: [all]
-    access:
-      chat: {access}
-unauthenticated: deny
-unlisted: allow
-"""
+
+def chat_policy(access: str) -> str:
+    return everyone_policy({"chat": access}, unauthenticated="deny", unlisted="allow")
+
+
 REVOKED_WITHIN = 5.0  # seconds: the policy file is polled every 0.5 s, open flows reviewed every 1 s
 
 
@@ -51,7 +44,7 @@ REVOKED_WITHIN = 5.0  # seconds: the policy file is polled every 0.5 s, open flo
 def start(proxy_factory, htpasswd, tmp_path):
     def go(access: str = "full", options=None, state: str = "memory:"):
         policy = tmp_path / "policy.yaml"
-        policy.write_text(POLICY.format(access=access))
+        policy.write_text(chat_policy(access))
         options = dict(options or {})
         proxy = proxy_factory(
             policy=policy,
@@ -111,14 +104,22 @@ def _proxy_socket(proxy) -> socket.socket:
     return socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
 
 
-def tunnel_relay(proxy) -> Relay:
-    """CONNECT chat.test:80 (relayed unread by ignore_hosts or tcp_hosts), then an Upgrade inside."""
+def _tunnel(proxy, target: str) -> socket.socket:
+    """A socket through the proxy to `target` (HOST:PORT), the CONNECT answered with 200."""
     sock = _proxy_socket(proxy)
-    sock.sendall(f"CONNECT chat.test:80 HTTP/1.1\r\nHost: chat.test:80\r\nProxy-Authorization: {basic()}\r\n\r\n"
-                 .encode())
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {basic()}\r\n\r\n".encode())
     answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 200"), answer
-    sock.sendall(b"GET /upgrade HTTP/1.1\r\nHost: chat.test\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+    return sock
+
+
+UPGRADE = b"GET /upgrade HTTP/1.1\r\nHost: chat.test\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+
+
+def tunnel_relay(proxy) -> Relay:
+    """CONNECT chat.test:80 (relayed unread by ignore_hosts or tcp_hosts), then an Upgrade inside."""
+    sock = _tunnel(proxy, "chat.test:80")
+    sock.sendall(UPGRADE)
     return Relay(sock)
 
 
@@ -135,13 +136,8 @@ def upgrade_relay(proxy, version: str = "8") -> Relay:
 
 def passthrough_relay(proxy) -> Relay:
     """CONNECT chat.test:443 with TLS that another addon (loaded after accessgate) passes through unread."""
-    sock = _proxy_socket(proxy)
-    sock.sendall(f"CONNECT chat.test:443 HTTP/1.1\r\nHost: chat.test:443\r\nProxy-Authorization: {basic()}\r\n\r\n"
-                 .encode())
-    answer = sock.recv(4096)
-    assert answer.startswith(b"HTTP/1.1 200"), answer
-    conn = BioTLS(sock, "chat.test")
-    conn.sendall(b"GET /upgrade HTTP/1.1\r\nHost: chat.test\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+    conn = BioTLS(_tunnel(proxy, "chat.test:443"), "chat.test")
+    conn.sendall(UPGRADE)
     return Relay(conn)
 
 
@@ -166,7 +162,7 @@ def test_a_reload_that_revokes_access_closes_a_raw_relay(start, origin, options,
     proxy, policy = start(options=options)
     relay = open_relay(proxy)
     assert relay.ping() and relay.ping(), "the relay does not work while allowed"
-    policy.write_text(POLICY.format(access="deny"))
+    policy.write_text(chat_policy("deny"))
     revoked = time.monotonic()
 
     waited = relay.closed_within(REVOKED_WITHIN + 4)
@@ -278,7 +274,7 @@ def test_a_download_that_streams_late_is_closed_when_revoked_and_counted(start, 
                  f"Proxy-Authorization: {basic()}\r\n\r\n".encode())
     got = _read_some(sock, 16 * 1024)
     assert got.startswith(b"HTTP/1.1 200"), got[:100]
-    policy.write_text(POLICY.format(access="deny"))
+    policy.write_text(chat_policy("deny"))
     revoked = time.monotonic()
     sock.settimeout(REVOKED_WITHIN + 5)
     try:
@@ -306,7 +302,7 @@ def test_an_upload_that_streams_late_is_closed_when_revoked_and_counted(start, o
     started = time.monotonic()
     while time.monotonic() - started < 20:
         if revoked is None and time.monotonic() - started > 1.0:
-            policy.write_text(POLICY.format(access="deny"))
+            policy.write_text(chat_policy("deny"))
             revoked = time.monotonic()
         try:
             if select.select([sock], [], [], 0)[0] and sock.recv(65536) == b"":

@@ -16,7 +16,7 @@ from accessgate.audit.reader import AuditReader
 from accessgate.audit.writer import AuditWriter
 from accessgate.decision.engine import Decision, Identity
 from accessgate.policy.model import Level
-from accessgate.proxy.addon import FlowState, access_record
+from accessgate.proxy.records import FlowState, access_record
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 T0 = datetime(2026, 11, 23, 12, 0, 0, 250000, tzinfo=timezone.utc)

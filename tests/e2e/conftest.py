@@ -23,27 +23,33 @@ def policy_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def auth_proxy(policy_file, mitm_confdir, session_origin, htpasswd, tmp_path_factory):
-    """Proxy authentication with htpasswd: every request has a user."""
-    proxy = start_proxy(
-        policy=policy_file,
-        confdir=mitm_confdir,
-        origin=session_origin,
-        workdir=tmp_path_factory.mktemp("auth-proxy"),
-        options={"proxyauth": f"@{htpasswd}"},
-    )
-    yield proxy
-    proxy.stop()
+def module_proxy(policy_file, mitm_confdir, session_origin, tmp_path_factory):
+    """Starts proxies on the module's policy, routed to the origin; stopped when the module is done."""
+    started = []
+
+    def start(name: str, **options):
+        proxy = start_proxy(
+            policy=policy_file,
+            confdir=mitm_confdir,
+            origin=session_origin,
+            workdir=tmp_path_factory.mktemp(name),
+            options=options,
+        )
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
 
 
 @pytest.fixture(scope="module")
-def anon_proxy(policy_file, mitm_confdir, session_origin, tmp_path_factory):
+def auth_proxy(module_proxy, htpasswd):
+    """Proxy authentication with htpasswd: every request has a user."""
+    return module_proxy("auth-proxy", proxyauth=f"@{htpasswd}")
+
+
+@pytest.fixture(scope="module")
+def anon_proxy(module_proxy):
     """No proxy authentication: every client is anonymous (`unauthenticated: deny`)."""
-    proxy = start_proxy(
-        policy=policy_file,
-        confdir=mitm_confdir,
-        origin=session_origin,
-        workdir=tmp_path_factory.mktemp("anon-proxy"),
-    )
-    yield proxy
-    proxy.stop()
+    return module_proxy("anon-proxy")

@@ -70,18 +70,8 @@ def test_raw_tcp_tunnel_to_denied_site_is_closed(auth_proxy, origin):
 
 
 @pytest.fixture(scope="module")
-def ignoring_proxy(policy_file, mitm_confdir, session_origin, htpasswd, tmp_path_factory):
-    from support.proxy import start_proxy
-
-    proxy = start_proxy(
-        policy=policy_file,
-        confdir=mitm_confdir,
-        origin=session_origin,
-        workdir=tmp_path_factory.mktemp("ignoring-proxy"),
-        options={"proxyauth": f"@{htpasswd}", "ignore_hosts": [r"^bank\.test"]},
-    )
-    yield proxy
-    proxy.stop()
+def ignoring_proxy(module_proxy, htpasswd):
+    return module_proxy("ignoring-proxy", proxyauth=f"@{htpasswd}", ignore_hosts=[r"^bank\.test"])
 
 
 def test_spoofed_sni_cannot_force_an_uninspected_tunnel(ignoring_proxy, origin):

@@ -13,22 +13,15 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from support.clients import PASSWORD
+from support.policies import everyone_policy
 from support.proxy import start_proxy
 from support.websocket import ProxiedWebSocket, WebSocketOrigin
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-version: 1
-timezone: UTC
-sites:
-  chat: {{domains: [chat.test]}}
-roles:
-  everyone:
-    members: [all]
-    access:
-      chat: {access}
-"""
+
+def chat_policy(access: str) -> str:
+    return everyone_policy({"chat": access})
 
 
 @pytest.fixture
@@ -40,7 +33,7 @@ def ws_origin():
 
 def start(tmp_path, mitm_confdir, htpasswd, ws_origin, access: str):
     policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY.format(access=access))
+    policy.write_text(chat_policy(access))
     proxy = start_proxy(
         policy=policy,
         confdir=mitm_confdir,
@@ -61,7 +54,7 @@ def test_reload_that_revokes_access_closes_an_open_websocket(tmp_path, mitm_conf
     try:
         client = ProxiedWebSocket(proxy.port, "chat.test", "/socket", "zoe", PASSWORD)
         assert client.accepted and client.echo("hello") == "hello"
-        policy.write_text(POLICY.format(access="deny"))
+        policy.write_text(chat_policy("deny"))
         waited = client.wait_closed(timeout=8)
         assert waited is not None, "the WebSocket stayed open after its access was revoked"
         assert waited < 5, f"closed only after {waited:.1f} s (reload <= 2 s + review 1 s)"

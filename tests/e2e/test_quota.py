@@ -9,23 +9,11 @@ import pytest
 
 from accessgate.stores.state import open_store
 from support.clients import curl
+from support.policies import everyone_policy
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-version: 1
-timezone: UTC
-sites:
-  youtube:
-    domains: [youtube.test]
-roles:
-  everyone:
-    members: [all]
-    access:
-      youtube: {level: full, daily_minutes: 1}
-unauthenticated: deny
-unlisted: allow
-"""
+POLICY = everyone_policy({"youtube": "{level: full, daily_minutes: 1}"}, unauthenticated="deny", unlisted="allow")
 
 
 def _today_and_minute(offset: int = 0):

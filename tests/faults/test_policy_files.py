@@ -34,6 +34,7 @@ from support.load import metric, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 HERE = Path(__file__).parent
+EXPLODE = HERE.parent / "support" / "explode.py"  # faults on marked input
 CATALOG_SITES = 2_000
 DOMAINS_PER_SITE = 15
 
@@ -253,12 +254,12 @@ def test_an_alias_bomb_is_rejected_quickly_in_bounded_memory(tmp_path, start, or
 
 
 def test_an_error_while_loading_is_a_counted_rejection(tmp_path, start, origin):
-    # tests/faults/load_fails.py makes loading raise MemoryError for a file that
+    # tests/support/explode.py makes loading raise MemoryError for a file that
     # asks for it: what an exhausted load looks like, whatever exhausted it.
     policy = tmp_path / "policy.yaml"
     good = main_policy().replace("include: [sites/catalog.yaml]\n", "")
     policy.write_text(good)
-    proxy = start(policy, scripts=[HERE / "load_fails.py"])
+    proxy = start(policy, scripts=[EXPLODE])
     policy.write_text(good.replace("facebook: full", "facebook: deny") + "# load_fails: MemoryError\n")
     assert wait_until(lambda: proxy.audit_records("policy_rejected"), timeout=5)
     (rejected,) = proxy.audit_records("policy_rejected")

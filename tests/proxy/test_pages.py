@@ -1,31 +1,25 @@
-"""The block page and the status page: content negotiation, words, times, escaping."""
+"""The block page: content negotiation, words, times, escaping (the status page: test_status.py)."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
-from html.parser import HTMLParser
-from ipaddress import ip_address
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from accessgate.decision.engine import BLOCK_REASONS, Decision, Identity
-from accessgate.policy.loader import parse_policy
+from accessgate.decision.engine import BLOCK_REASONS, Decision
 from accessgate.policy.model import Level
 from accessgate.proxy.pages import (
     INVALID_HOST,
     UNKNOWN_REASON,
     UNLISTED_DENIED,
-    SiteStanding,
     block_response,
     prefers_html,
     reason_sentence,
     relative,
-    standing,
-    status_response,
 )
-from accessgate.decision.quota import MemoryLedger
+from support.pagetext import HOSTILE, parse, text_of
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NOW = datetime(2026, 11, 23, 10, 55, tzinfo=BERLIN)  # a Monday
@@ -59,42 +53,6 @@ def block(d: Decision, accept: str | None = CHROME, **kw):
     )
     args.update(kw)
     return block_response(d, **args)
-
-
-INLINE = {"strong", "a", "time", "b", "em"}
-
-
-class Tags(HTMLParser):
-    """Every start tag and attribute of a page, to prove no markup was injected."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[str] = []
-        self.attrs: list[tuple[str, str | None]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        self.attrs.extend(attrs)
-        if tag not in INLINE:
-            self.text.append(" ")
-
-    def handle_endtag(self, tag):
-        if tag not in INLINE:
-            self.text.append(" ")
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def parse(body: bytes) -> Tags:
-    tags = Tags()
-    tags.feed(body.decode("utf-8"))
-    return tags
-
-
-def text_of(body: bytes) -> str:
-    return " ".join("".join(parse(body).text).split())
 
 
 @pytest.mark.parametrize(
@@ -242,7 +200,6 @@ def test_relative_times_round_up_to_the_minute(delta, words) -> None:
     assert relative(delta) == words
 
 
-HOSTILE = '"><script>alert(1)</script><img src=x onerror=alert(2)>&amp;'
 
 
 def test_hostile_host_path_and_ids_are_shown_as_text_not_markup() -> None:
@@ -294,151 +251,3 @@ def test_the_contact_is_named_and_linked_when_it_is_an_address(contact, link) ->
     assert hrefs == ([link] if link else [])
     assert (contact or "your IT service desk") in text_of(body)
     assert "req-42" in text_of(body)
-
-
-# -- status page ------------------------------------------------------------------
-
-POLICY = """\
-version: 1
-timezone: Europe/Berlin
-sites:
-  facebook: {domains: [facebook.com, fbcdn.net]}
-  linkedin: {domains: [linkedin.com]}
-  tiktok: {domains: [tiktok.com]}
-  xing: {domains: [xing.com]}
-directory:
-  groups:
-    pr: [alice]
-roles:
-  marcom:
-    members: ["group:pr"]
-    access: {"*": full}
-  everyone:
-    members: [all]
-    access:
-      linkedin: read-only
-      facebook: {level: full, windows: ["mon-fri 12:00-13:00"], daily_minutes: 20}
-      xing: {level: full, daily_minutes: 10}
-      "*": deny
-unauthenticated: deny
-unlisted: allow
-"""
-
-
-@pytest.fixture(scope="module")
-def policy():
-    return parse_policy(POLICY)
-
-
-def used(ledger: MemoryLedger, user: str, site: str, minutes: int, at: datetime) -> None:
-    for m in range(minutes):
-        ts = at - timedelta(minutes=m + 1)
-        ledger.mark(f"user:{user}", site, ts.astimezone(BERLIN).date(), int(ts.timestamp() // 60))
-
-
-def rows_by_site(rows):
-    return {r.site: r for r in rows}
-
-
-def test_standing_inside_the_window_with_minutes_used(policy) -> None:
-    now = datetime(2026, 11, 23, 12, 30, tzinfo=BERLIN)
-    ledger = MemoryLedger()
-    used(ledger, "carol", "facebook", 5, now)
-    used(ledger, "carol", "xing", 10, now)
-    rows = rows_by_site(standing(policy, Identity(user="carol"), now, ledger))
-    assert list(rows) == ["facebook", "linkedin", "tiktok", "xing"]
-    assert rows["facebook"] == SiteStanding(
-        "facebook", "full", "mon-fri 12:00-13:00", 5, 15, None, "allowed"
-    )
-    assert rows["linkedin"] == SiteStanding(
-        "linkedin", "read-only", "", None, None, None, "allowed"
-    )
-    assert rows["tiktok"] == SiteStanding("tiktok", "none", "", None, None, None, "denied")
-    xing = rows["xing"]
-    assert (xing.level, xing.reason, xing.minutes_used, xing.minutes_left) == (
-        "none", "quota-exhausted", 10, 0,
-    )  # fmt: skip
-    assert xing.next_window == datetime(2026, 11, 24, 0, 0, tzinfo=BERLIN)
-    assert xing.next_window.tzinfo == BERLIN
-
-
-def test_standing_outside_the_window_says_when_it_opens(policy) -> None:
-    now = datetime(2026, 11, 23, 9, 0, tzinfo=BERLIN)
-    rows = rows_by_site(standing(policy, Identity(user="carol"), now, MemoryLedger()))
-    fb = rows["facebook"]
-    assert (fb.level, fb.reason, fb.minutes_used, fb.minutes_left) == (
-        "none",
-        "outside-window",
-        0,
-        20,
-    )
-    assert fb.next_window == datetime(2026, 11, 23, 12, 0, tzinfo=BERLIN)
-
-
-def test_standing_of_the_most_permissive_role(policy) -> None:
-    now = datetime(2026, 11, 23, 9, 0, tzinfo=BERLIN)
-    rows = standing(policy, Identity(user="alice"), now, None)
-    assert {(r.site, r.level, r.window_text, r.minutes_left) for r in rows} == {
-        (site, "full", "", None) for site in ("facebook", "linkedin", "tiktok", "xing")
-    }
-
-
-def test_standing_of_an_anonymous_client(policy) -> None:
-    rows = standing(policy, Identity(client_ip=ip_address("10.1.2.3")), NOW, None)
-    assert {(r.level, r.reason) for r in rows} == {("none", "unauthenticated")}
-
-
-def test_status_page_json_and_html_show_the_same_standing(policy) -> None:
-    now = datetime(2026, 11, 23, 12, 30, tzinfo=BERLIN)
-    ledger = MemoryLedger()
-    used(ledger, "carol", "facebook", 5, now)
-    used(ledger, "carol", "xing", 10, now)
-    identity = Identity(user="carol")
-    rows = standing(policy, identity, now, ledger)
-
-    status, headers, body = status_response(
-        identity=identity, roles=("everyone",), rows=rows, now=now, accept="application/json"
-    )
-    assert status == 200 and headers["Cache-Control"] == "no-store"
-    data = json.loads(body)
-    assert data["user"] == "carol" and data["roles"] == ["everyone"]
-    sites = {s["site"]: s for s in data["sites"]}
-    assert sites["facebook"] == {
-        "site": "facebook", "level": "full", "reason": "allowed", "window": "mon-fri 12:00-13:00",
-        "minutes_used": 5, "minutes_left": 15, "next_window": None,
-    }  # fmt: skip
-    assert sites["xing"]["next_window"] == "2026-11-24T00:00:00+01:00"
-
-    status, headers, body = status_response(
-        identity=identity, roles=("everyone",), rows=rows, now=now, accept=CHROME
-    )
-    text = text_of(body)
-    assert headers["Content-Type"] == "text/html; charset=utf-8"
-    assert "Signed in as carol" in text and "Your roles: everyone" in text
-    assert "facebook Full mon-fri 12:00-13:00 15 of 20" in text
-    assert "linkedin Read-only any time no limit" in text
-    assert "tiktok No access not allowed for your roles \u2013 \u2013 \u2013" in text
-    assert (
-        "xing No access today's minutes are used up any time 0 (used 10) tomorrow at 00:00 in 11 h 30 min"
-        in text
-    )
-
-
-def test_status_page_escapes_what_the_client_controls() -> None:
-    identity = Identity(user=HOSTILE)
-    row = SiteStanding(f"s{HOSTILE}", "none", f"w{HOSTILE}", None, None, None, "denied")
-    _, _, body = status_response(
-        identity=identity, roles=(HOSTILE,), rows=[row], now=NOW, accept=FIREFOX
-    )
-    page = parse(body)
-    assert "script" not in page.tags and "img" not in page.tags
-    assert HOSTILE in text_of(body)
-
-
-def test_status_page_for_a_client_without_roles_or_sites() -> None:
-    identity = Identity(client_ip=ip_address("2001:db8::7"))
-    _, _, body = status_response(identity=identity, roles=(), rows=[], now=NOW, accept=CHROME)
-    text = text_of(body)
-    assert "Not signed in; your computer is 2001:db8::7" in text
-    assert "You have no role in the web access policy." in text
-    assert "The policy names no sites." in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 
-from accessgate.proxy.addon import new_request_id
+from accessgate.proxy.records import new_request_id
 
 
 def test_ids_are_sixteen_hex_digits_and_never_repeat_across_threads_and_refills():

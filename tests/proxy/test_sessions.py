@@ -11,22 +11,19 @@ from accessgate.decision.engine import Identity, Request
 from accessgate.policy.loader import parse_policy
 from accessgate.proxy.sessions import LongLivedFlows
 from accessgate.decision.quota import MemoryLedger
+from support.policies import everyone_policy
 
 BERLIN = ZoneInfo("Europe/Berlin")
-POLICY_TEXT = """
-version: 1
-timezone: Europe/Berlin
-sites:
-  chat: {domains: [chat.test]}
-  feed: {domains: [feed.test]}
-roles:
-  everyone:
-    members: [all]
-    access:
-      chat: {level: full, windows: ["mon-fri 12:00-13:00"]}
-      feed: {level: full, daily_minutes: 2}
-"""
-POLICY = parse_policy(POLICY_TEXT)
+LUNCH = '["mon-fri 12:00-13:00"]'
+
+
+def chat_and_feed(chat_level: str = "full") -> str:
+    """Chat in a lunch window, a feed with two minutes a day."""
+    access = {"chat": f"{{level: {chat_level}, windows: {LUNCH}}}", "feed": "{level: full, daily_minutes: 2}"}
+    return everyone_policy(access, timezone="Europe/Berlin")
+
+
+POLICY = parse_policy(chat_and_feed())
 MONDAY_NOON = datetime(2026, 11, 23, 12, 0, tzinfo=BERLIN)
 WS = Request("GET", ("chat.test",), "/socket", headers=(("upgrade", "websocket"),))
 STREAM = Request("GET", ("feed.test",), "/live")
@@ -81,7 +78,7 @@ def test_activity_counts_once_per_minute():
 
 def test_a_reload_that_removes_access_closes_open_flows():
     flows = flows_with(("chat", WS), ("feed", STREAM))
-    stricter = parse_policy(POLICY_TEXT.replace("level: full, windows", "level: read-only, windows"))
+    stricter = parse_policy(chat_and_feed("read-only"))
     closing = flows.to_close(stricter, MONDAY_NOON, None)
     assert [(k, d.reason) for k, _, d in closing] == [("chat", "read-only")]
 

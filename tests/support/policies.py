@@ -63,3 +63,12 @@ def policy_text(unauthenticated: str = "deny") -> str:
     if unauthenticated == "visitors":
         text = text.replace("unauthenticated:", VISITORS + "unauthenticated:", 1)
     return text
+
+
+def everyone_policy(access: dict[str, str], timezone: str = "UTC", **settings: str) -> str:
+    """A policy whose one role, everyone, has `access` ({site: its grant in YAML});
+    each site's domain is SITE.test.  `settings` are top-level keys, e.g. unlisted="allow"."""
+    sites = "".join(f"  {site}: {{domains: [{site}.test]}}\n" for site in access)
+    grants = "".join(f"      {site}: {grant}\n" for site, grant in access.items())
+    rest = "".join(f"{key}: {value}\n" for key, value in settings.items())
+    return f"version: 1\ntimezone: {timezone}\nsites:\n{sites}roles:\n  everyone:\n    members: [all]\n    access:\n{grants}{rest}"

@@ -39,7 +39,7 @@ def host_headers(rq: http.Request) -> list[str]:
     but at most `_HOSTS_KEPT` of them (see `drop_surplus_hosts`).
 
     Read from the raw fields: get_all() goes through two layers of key and
-    value conversion, and every request asks for these twice (profiled).
+    value conversion, on a path every request takes.
     """
     values = []
     for k, v in rq.headers.fields:
@@ -126,8 +126,8 @@ def scan_request(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> Scann
     need sanitizing, from one pass over the raw fields.
 
     Only the headers the engine reads are decoded (as mitmproxy's Headers
-    would: utf-8, surrogateescape); decoding them all was a tenth of
-    accessgate's time per request (profiled).  bytes.lower() folds only
+    would: utf-8, surrogateescape), since decoding every header is a large
+    part of a request's cost.  bytes.lower() folds only
     ASCII, and no non-ASCII character lower-cases into those names.  A
     request that has private or folded headers is sanitized and scanned
     again; almost none has.  One with more Host headers than the engine

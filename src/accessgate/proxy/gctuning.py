@@ -3,20 +3,14 @@
 A proxy holds one large, immutable policy (a 50,000-domain catalog is
 hundreds of thousands of objects) and fills bounded caches as it decides.
 With CPython's defaults the collector runs every 700 new container objects
-and, on its older generations, walks the whole policy again and again:
-measured here, that tripled the cost of a first decision for a new host.
+and, on its older generations, walks the whole policy again and again.
 After a load, the policy is moved out of the collector's sight
 (`gc.freeze`) and young-generation collections are made rarer; reference
 counting still frees every object, and a reload frees the old policy.
 
-How much rarer is a trade, measured both ways (docs/performance.md): the
-engine's first decisions for new hosts gain from rare collections, but
-mitmproxy leaves about 80 objects of cyclic garbage per request, and at
-20,000 the collector reached them long after they were made, from main
-memory instead of the cache: the proxy lost 1-2.5 % of its throughput.
-At 5,000 (under a megabyte of young objects, within a core's cache here)
-the proxy serves as much as with CPython's 700, and the engine's p99
-stays where 20,000 had it.
+Rarer is a trade: new hosts are decided faster, but mitmproxy leaves cyclic
+garbage on every request, and a young generation that outgrows the CPU's
+cache costs the proxy throughput; 5,000 keeps both (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -34,9 +28,9 @@ def collector_paused() -> Iterator[None]:
     """Keep the cyclic collector still while a policy is built.
 
     Building a large policy allocates a few hundred thousand objects, almost
-    none of them garbage; with the collector on, it walks them over and over
-    (measured: half of a 50,000-domain load).  Reference counting still frees
-    everything in the meantime, and the collector resumes as it was.
+    none of them garbage; with the collector on, it walks them over and over.
+    Reference counting still frees everything in the meantime, and the
+    collector resumes as it was.
     """
     was_enabled = gc.isenabled()
     gc.disable()

@@ -71,3 +71,41 @@ def identity_for_connection(client, authenticated: Any = None) -> Identity:
     """
     creds = authenticated.get(client) if authenticated is not None else None
     return identity_of(creds, client.peername)
+
+
+_USERS_PER_CONNECTION = 16  # identities kept per client connection
+
+
+class IdentityCache:
+    """`identity_for_flow(flow)`, kept per client connection and user until the connection ends.
+
+    A connection usually carries one user (proxyauth copies a CONNECT's
+    credentials into the tunnel), but a parent proxy or a test client may
+    send several users' requests over one; each keeps its identity.  The
+    client's address is parsed once per connection.  Plain dicts by
+    connection id: a WeakKeyDictionary builds a weak reference per lookup.
+    """
+
+    def __init__(self) -> None:
+        self.by_connection: dict[str, dict[str | None, Identity]] = {}  # connection -> user -> identity
+
+    def of_flow(self, flow) -> Identity:
+        client = flow.client_conn
+        user = user_from_proxyauth(flow.metadata.get("proxyauth"))
+        users = self.by_connection.get(client.id)
+        if users is None:
+            users = self.by_connection[client.id] = {}
+        identity = users.get(user)
+        if identity is None:
+            if users:
+                ip = next(iter(users.values())).client_ip
+                if len(users) >= _USERS_PER_CONNECTION:
+                    users.clear()
+            else:
+                ip = client_ip(client.peername)
+            identity = users[user] = Identity(user=user, client_ip=ip)
+        return identity
+
+    def forget(self, client_id: str) -> None:
+        """The connection ended."""
+        self.by_connection.pop(client_id, None)

@@ -54,6 +54,13 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry)
+
         # Registered where the prometheus_client metrics they replace were,
         # so the exposition keeps its order.
         self._requests = _CounterTally(
@@ -68,35 +75,23 @@ class Metrics:
             DECISION_BUCKETS,
             registry,
         )
-        self.policy_reloads = Counter(
-            "accessgate_policy_reloads",
-            "Attempts to load a changed policy file, by result (success or failure).",
-            ["result"],
-            registry=registry,
+        self.policy_reloads = counter(
+            "accessgate_policy_reloads", "Attempts to load a changed policy file, by result (success or failure).",
+            "result",
         )
-        self.policy_info = Gauge(
-            "accessgate_policy_info",
-            "1 for the hash of the policy in force; no other hash is exported.",
-            ["hash"],
-            registry=registry,
+        self.policy_info = gauge(
+            "accessgate_policy_info", "1 for the hash of the policy in force; no other hash is exported.", "hash"
         )
-        self.last_reload = Gauge(
-            "accessgate_policy_last_reload_timestamp_seconds",
-            "Unix time of the last policy load attempt, by result.",
-            ["result"],
-            registry=registry,
+        self.last_reload = gauge(
+            "accessgate_policy_last_reload_timestamp_seconds", "Unix time of the last policy load attempt, by result.",
+            "result",
         )
-        self.quota_exhausted = Counter(
-            "accessgate_quota_exhausted",
-            "Requests blocked because the daily quota for the site was used up.",
-            ["site", "role"],
-            registry=registry,
+        self.quota_exhausted = counter(
+            "accessgate_quota_exhausted", "Requests blocked because the daily quota for the site was used up.",
+            "site", "role",
         )
-        self.quota_minutes = Counter(
-            "accessgate_quota_minutes",
-            "Minutes counted against daily quotas.",
-            ["site", "role"],
-            registry=registry,
+        self.quota_minutes = counter(
+            "accessgate_quota_minutes", "Minutes counted against daily quotas.", "site", "role"
         )
         self._bytes = _CounterTally(
             "accessgate_bytes",
@@ -104,37 +99,24 @@ class Metrics:
             ("site", "direction"),
             registry,
         )
-        self.fail_closed = Counter(
-            "accessgate_fail_closed",
-            "Requests blocked because accessgate failed while deciding, by stage.",
-            ["stage"],
-            registry=registry,
+        self.fail_closed = counter(
+            "accessgate_fail_closed", "Requests blocked because accessgate failed while deciding, by stage.", "stage"
         )
-        self.audit_records = Counter(
-            "accessgate_audit_records",
-            "Audit records written to the audit log file.",
-            registry=registry,
+        self.audit_records = counter("accessgate_audit_records", "Audit records written to the audit log file.")
+        self.audit_errors = counter(
+            "accessgate_audit_write_errors", "Failed attempts to write the audit log (each is retried)."
         )
-        self.audit_errors = Counter(
-            "accessgate_audit_write_errors",
-            "Failed attempts to write the audit log (each is retried).",
-            registry=registry,
-        )
-        self.audit_pending = Gauge(
+        self.audit_pending = gauge(
             "accessgate_audit_pending_records",
             "Audit records waiting to be written (queued or held while the file is unwritable).",
-            registry=registry,
         )
-        self.audit_dropped = Counter(
+        self.audit_dropped = counter(
             "accessgate_audit_dropped_records",
             "Audit records lost: backlog full, unserializable, or unwritable at shutdown.",
-            registry=registry,
         )
-        self.state_errors = Counter(
-            "accessgate_state_store_errors",
-            "Failed calls to the quota state store, by store (sqlite, redis, memory).",
-            ["store"],
-            registry=registry,
+        self.state_errors = counter(
+            "accessgate_state_store_errors", "Failed calls to the quota state store, by store (sqlite, redis, memory).",
+            "store",
         )
         self.state_seconds = Histogram(
             "accessgate_state_store_duration_seconds",

@@ -5,6 +5,6 @@ module in this folder may share a name with a top-level module
 (tests/proxy/test_script.py checks it).
 """
 
-from accessgate.proxy.addon import AccessGate
+from accessgate.proxy.addon import accessgate_addons
 
-addons = [AccessGate()]
+addons = accessgate_addons()

@@ -1,0 +1,215 @@
+"""Every user's own standing at http://accessgate.status/, answered by the proxy itself.
+
+The request hook asks `names_status` (on the Host names it has read anyway)
+before it decides anything; such a request never reaches a site.  The page
+shows, per site of the policy, the level now, the hours it is open and the
+minutes left today, each computed by the engine as the proxy would decide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+from mitmproxy import http
+
+from accessgate.decision import engine
+from accessgate.decision.quota import NoQuotaUsed
+from accessgate.proxy.pages import (
+    HTML_TYPE,
+    JSON_TYPE,
+    SECURITY_HEADERS,
+    esc,
+    json_bytes,
+    prefers_html,
+    relative,
+    stamp,
+    template,
+    until,
+    when_local,
+)
+
+if TYPE_CHECKING:
+    from accessgate.decision.engine import Identity
+    from accessgate.decision.quota import QuotaLedger
+    from accessgate.policy.model import Policy
+
+STATUS_HOST = "accessgate.status"
+_PREFIX = STATUS_HOST.split(".")[0]
+_PREFIX_LEN = len(_PREFIX)
+
+
+def names_status(flow: http.HTTPFlow, host_values: list[str]) -> bool:
+    """Whether the request is for the status page: its URL's host or any Host header names it."""
+    for name in (flow.request.data.host, *host_values):
+        # The prefix first: a cheap "no" for nearly every request.
+        if name[:_PREFIX_LEN].lower() == _PREFIX and name.lower().rstrip(".").split(":")[0] == STATUS_HOST:
+            return True
+    return False
+
+
+def answer_status(
+    flow: http.HTTPFlow, identity: Identity, policy: Policy, now: datetime, ledger: QuotaLedger | None
+) -> None:
+    """Answer `flow` with the status page of `identity`."""
+    roles = engine.roles_for(identity, policy)
+    status, headers, body = status_response(
+        identity=identity,
+        roles=roles,
+        rows=standing(policy, identity, now, ledger),
+        now=now,
+        accept=flow.request.headers.get("accept", ""),
+        timezone=policy.timezone,
+    )
+    flow.response = http.Response.make(status, body, dict(headers))
+
+
+@dataclass(frozen=True, slots=True)
+class SiteStanding:
+    """One row of the status page: where a user stands with one site, now."""
+
+    site: str
+    level: str  # "full" | "read-only" | "none" (blocked now)
+    window_text: str  # the grant's windows as written; "" for any time
+    minutes_used: int | None  # today's minutes; None without a daily quota
+    minutes_left: int | None
+    next_window: datetime | None  # when a blocked site opens again
+    reason: str = ""  # the decision's reason code
+
+
+def standing(
+    policy: Policy, identity: Identity, now: datetime, ledger: QuotaLedger | None
+) -> list[SiteStanding]:
+    """Where `identity` stands with every site of `policy` at `now`, by site name.
+
+    Each site is decided like a GET to its first domain, so the page shows
+    exactly what the proxy would do; the deciding grant gives window and quota.
+    """
+    ledger = ledger if ledger is not None else NoQuotaUsed()
+    rows: list[SiteStanding] = []
+    for name in sorted(policy.sites):
+        site = policy.sites[name]
+        if site.domains:
+            host = site.domains[0]
+        elif site.networks:
+            host = str(site.networks[0].network_address)
+        else:
+            continue
+        decision = engine.decide(engine.Request("GET", (host,), "/", "https"), identity, policy, now, ledger)
+        grants = engine.grants_for(decision.roles, name, policy) if decision.roles else ()
+        grant = next((g for _, g in grants if g.rule == decision.rule), None)
+        if grant is None and grants:
+            grant = max((g for _, g in grants), key=lambda g: g.level.rank)
+        used = left = None
+        if grant is not None and grant.daily_minutes is not None:
+            used = ledger.usage(identity.subject, name, engine.local_day(now, policy), engine.minute_of(now)).used
+            left = max(0, grant.daily_minutes - used)
+        opens = decision.opens_at.astimezone(policy.timezone) if decision.opens_at else None
+        rows.append(
+            SiteStanding(
+                site=name,
+                level=decision.level.value if decision.allowed and decision.level else "none",
+                window_text=", ".join(w.text for w in grant.windows) if grant else "",
+                minutes_used=used,
+                minutes_left=left,
+                next_window=None if decision.allowed else opens,
+                reason=decision.reason,
+            )
+        )
+    return rows
+
+
+_LEVEL_WORDS = {"full": "Full", "read-only": "Read-only", "none": "No access"}
+_WHY_NONE = {
+    "outside-window": "outside its hours",
+    "quota-exhausted": "today's minutes are used up",
+    "unauthenticated": "sign in to the proxy first",
+    "denied": "not allowed for your roles",
+}
+
+
+def status_response(
+    *,
+    identity: Identity,
+    roles: Sequence[str],
+    rows: Iterable[SiteStanding],
+    now: datetime,
+    accept: str | None,
+    timezone: tzinfo | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """The page at http://accessgate.status/: (status, headers, body)."""
+    rows = list(rows)
+    tz = timezone or now.tzinfo
+    headers = dict(SECURITY_HEADERS)
+    if not prefers_html(accept):
+        body = {
+            "user": identity.user,
+            "client_ip": str(identity.client_ip) if identity.client_ip else None,
+            "roles": list(roles),
+            "now": now.astimezone(tz).isoformat(timespec="seconds") if tz else now.isoformat(),
+            "sites": [
+                {
+                    "site": r.site,
+                    "level": r.level,
+                    "reason": r.reason,
+                    "window": r.window_text or None,
+                    "minutes_used": r.minutes_used,
+                    "minutes_left": r.minutes_left,
+                    "next_window": (
+                        r.next_window.isoformat(timespec="seconds") if r.next_window else None
+                    ),
+                }
+                for r in rows
+            ],
+        }
+        headers["Content-Type"] = JSON_TYPE
+        return 200, headers, json_bytes(body)
+
+    if identity.user is not None:
+        who = f"Signed in as <strong>{esc(identity.user)}</strong>"
+    elif identity.client_ip is not None:
+        who = f"Not signed in; your computer is <strong>{esc(str(identity.client_ip))}</strong>"
+    else:
+        who = "Not signed in"
+    who += (
+        f". Your roles: <strong>{esc(', '.join(roles))}</strong>."
+        if roles
+        else ". You have no role in the web access policy."
+    )
+    lines = []
+    for r in rows:
+        why = _WHY_NONE.get(r.reason, "") if r.level == "none" else ""
+        level = (
+            f'<span class="lvl {esc(r.level)}">{esc(_LEVEL_WORDS.get(r.level, r.level))}</span>'
+            + (f'<span class="why">{esc(why)}</span>' if why else "")
+        )
+        dash = '<span class="empty">&ndash;</span>'
+        closed = r.level == "none" and r.reason in ("denied", "unauthenticated")
+        when = esc(r.window_text) if r.window_text else '<span class="empty">any time</span>'
+        if closed:
+            when = minutes = dash  # times and minutes do not matter to a closed site
+        elif r.minutes_left is not None:
+            minutes = f"{r.minutes_left} of {r.minutes_left + (r.minutes_used or 0)}"
+            if r.minutes_used is not None and r.minutes_left == 0:
+                minutes = f"0 (used {r.minutes_used})"
+        else:
+            minutes = '<span class="empty">no limit</span>'
+        if r.next_window is not None:
+            local = r.next_window.astimezone(tz) if tz else r.next_window
+            opens = f'{esc(when_local(local, now))}<span class="why">{esc(relative(until(local, now)))}</span>'
+        else:
+            opens = dash
+        lines.append(
+            f"        <tr><td>{esc(r.site)}</td><td>{level}</td><td>{when}</td>"
+            f"<td>{minutes}</td><td>{opens}</td></tr>"
+        )
+    if not lines:
+        lines.append(
+            '        <tr><td colspan="5" class="empty">The policy names no sites.</td></tr>'
+        )
+    page = template("status.html").substitute(
+        who=who, rows="\n".join(lines), time=esc(stamp(now, tz))
+    )
+    headers["Content-Type"] = HTML_TYPE
+    return 200, headers, page.encode("utf-8", "replace")
