@@ -27,7 +27,27 @@ from accessgate.policy.hosts import (
     plain_labels,
     plain_name,
 )
-from accessgate.policy.model import Fallback, Grant, IPAddress, IPNetwork, Level, MemberKind, Policy, Site
+from accessgate.policy.model import (
+    ALLOW,
+    ALLOW_REASONS,
+    ALLOWED,
+    BLOCK,
+    BLOCK_REASONS,
+    DENIED,
+    OUTSIDE_WINDOW,
+    QUOTA_EXHAUSTED,
+    READ_ONLY,
+    UNAUTHENTICATED,
+    UNLISTED,
+    Fallback,
+    Grant,
+    IPAddress,
+    IPNetwork,
+    Level,
+    MemberKind,
+    Policy,
+    Site,
+)
 from accessgate.policy.paths import readings as path_readings
 from accessgate.decision.quota import NoQuotaUsed, QuotaLedger
 from accessgate.policy.windows import in_any_window, next_window_start, start_of_next_day
@@ -35,25 +55,10 @@ from accessgate.policy.windows import in_any_window, next_window_start, start_of
 # "compiled" when this module was built with mypyc (ACCESSGATE_COMPILE=1).
 BUILD = "python" if __file__.endswith(".py") else "compiled"
 
-ALLOW = "allow"
-BLOCK = "block"
-
 # Decisions and host infos are NamedTuples built with this: a
 # NamedTuple's own constructor is Python code, and with keywords it costs
 # twice as much again.
 _new_tuple = tuple.__new__
-
-# Reason codes, one per outcome (contract section 2).
-DENIED = "denied"
-READ_ONLY = "read-only"
-OUTSIDE_WINDOW = "outside-window"
-QUOTA_EXHAUSTED = "quota-exhausted"
-UNAUTHENTICATED = "unauthenticated"
-ALLOWED = "allowed"
-UNLISTED = "unlisted"
-
-BLOCK_REASONS = (DENIED, READ_ONLY, OUTSIDE_WINDOW, QUOTA_EXHAUSTED, UNAUTHENTICATED)
-ALLOW_REASONS = (ALLOWED, UNLISTED)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")

@@ -41,7 +41,6 @@ from zoneinfo import ZoneInfo, available_timezones
 import yaml
 
 from accessgate.policy import model
-from accessgate.decision.engine import ALLOW, ALLOW_REASONS, BLOCK, BLOCK_REASONS
 from accessgate.errors import InvalidHost, PolicyError, PolicyProblem
 from accessgate.proxy.gctuning import collector_paused
 from accessgate.policy.hosts import normalize_host
@@ -953,11 +952,11 @@ class _Builder:
                                                  "write it like 2026-11-23T09:00:00 (optionally with +01:00)")
         if "method" in fields:
             values["method"] = self._method(fields["method"].value, f"of {where}")
-        expect = self.choice(fields["expect"].value, f"'expect' of {where}", (ALLOW, BLOCK)) if "expect" in fields else None
+        expect = self.choice(fields["expect"].value, f"'expect' of {where}", (model.ALLOW, model.BLOCK)) if "expect" in fields else None
         if "reason" in fields:
-            reason = self.choice(fields["reason"].value, f"'reason' of {where}", (*BLOCK_REASONS, *ALLOW_REASONS))
+            reason = self.choice(fields["reason"].value, f"'reason' of {where}", (*model.BLOCK_REASONS, *model.ALLOW_REASONS))
             values["reason"] = reason
-            if reason is not None and expect is not None and (reason in BLOCK_REASONS) != (expect == BLOCK):
+            if reason is not None and expect is not None and (reason in model.BLOCK_REASONS) != (expect == model.BLOCK):
                 self.problem(fields["reason"].value, f"'reason' of {where} is '{reason}', which never goes "
                                                      f"with expect '{expect}'; fix one of them")
         if "client_ip" in fields:
