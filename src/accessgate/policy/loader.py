@@ -24,6 +24,7 @@ small file cannot make `check` or the proxy do unbounded work.
 from __future__ import annotations
 
 import difflib
+import gc
 import hashlib
 import heapq
 import io
@@ -32,6 +33,8 @@ import os
 import re
 import stat
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -42,7 +45,6 @@ import yaml
 
 from accessgate.policy import model
 from accessgate.errors import InvalidHost, PolicyError, PolicyProblem
-from accessgate.proxy.gctuning import collector_paused
 from accessgate.policy.hosts import normalize_host
 from accessgate.policy.windows import parse_window
 
@@ -137,6 +139,24 @@ def parse_policy(text: str, path: str = "<string>") -> model.Policy:
     """Build a policy from `text`; includes resolve relative to `path`'s folder."""
     with collector_paused():
         return _Builder(path).build(text=text)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Keep CPython's cyclic collector still while a policy is built.
+
+    Building a large policy allocates a few hundred thousand objects, almost
+    none of them garbage, which the collector would walk over and over.
+    Reference counting still frees everything meanwhile, and the collector
+    resumes as it was.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass
