@@ -14,30 +14,11 @@ from accessgate.decision.plan import grants_for, prepare, roles_for
 from accessgate.decision.sites import site_for
 from accessgate.decision.quota import MemoryLedger, NoQuotaUsed, QuotaLedger, QuotaUsage
 from accessgate.decision.rules import BUILD, decide, local_day, minute_of, read_only_refusal
-from accessgate.decision.types import (
-    ALLOW,
-    ALLOW_REASONS,
-    ALLOWED,
-    BLOCK,
-    BLOCK_REASONS,
-    DENIED,
-    HEADERS_READ,
-    MAX_HOST_NAMES,
-    METHOD_OVERRIDE_HEADERS,
-    OUTSIDE_WINDOW,
-    QUOTA_EXHAUSTED,
-    READ_ONLY,
-    RULE_INVALID_HOST,
-    RULE_NO_GRANT,
-    RULE_UNAUTHENTICATED,
-    RULE_UNLISTED,
-    SAFE_METHODS,
-    UNAUTHENTICATED,
-    UNLISTED,
-    Decision,
-    Identity,
-    Request,
-)
+from accessgate.decision.types import (  # the codes a decision carries, and what it is about
+    ALLOW, ALLOW_REASONS, ALLOWED, BLOCK, BLOCK_REASONS, DENIED, HEADERS_READ, MAX_HOST_NAMES,
+    METHOD_OVERRIDE_HEADERS, OUTSIDE_WINDOW, QUOTA_EXHAUSTED, READ_ONLY, RULE_INVALID_HOST, RULE_NO_GRANT,
+    RULE_UNAUTHENTICATED, RULE_UNLISTED, SAFE_METHODS, UNAUTHENTICATED, UNLISTED, Decision, Identity, Request,
+)  # fmt: skip
 
 __all__ = [
     "ALLOW", "ALLOWED", "ALLOW_REASONS", "BLOCK", "BLOCK_REASONS", "BUILD", "DENIED", "HEADERS_READ",
