@@ -12,7 +12,7 @@ from datetime import date
 import pytest
 
 from accessgate.decision.quota import QuotaUsage
-from accessgate.stores.state import open_store
+from accessgate.stores import open_store
 
 DAY = date(2026, 11, 23)
 M = 29_420_000  # an epoch minute on that day (any integer will do for the stores)

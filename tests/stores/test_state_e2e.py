@@ -20,7 +20,7 @@ from support.haproxy import running_haproxy
 from support.policies import QUOTA_POLICY
 from support.clients import curl
 from support.proxy import Proxy
-from accessgate.stores.state import open_store
+from accessgate.stores import open_store
 
 pytestmark = pytest.mark.e2e
 

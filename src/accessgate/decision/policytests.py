@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from accessgate.decision import explain
-from accessgate.decision.engine import Decision, decide
+from accessgate.decision.rules import decide
+from accessgate.decision.types import Decision
 from accessgate.policy.model import Policy, PolicyTest
 
 
