@@ -132,9 +132,9 @@ def main() -> int:
             "accessgate", workdir=workdir / "accessgate", confdir=pl.make_confdir(workdir), origin=nginx,
             htpasswd=htpasswd, core=proxy_core, accessgate=pl.accessgate_options(workdir / "accessgate", "memory"),
         )  # fmt: skip
-        import accessgate.decision.engine
+        import accessgate.decision.rules
 
-        print(f"mitmdump with accessgate (engine from {Path(accessgate.decision.engine.__file__).parent}), "
+        print(f"mitmdump with accessgate (engine from {Path(accessgate.decision.rules.__file__).parent}), "
               f"the example policy, proxyauth; nginx origin; medians of {args.rounds} rounds")
         print(f"{'N':>8} {'KiB':>7} | {'N Host headers':>26} | {'1 Host + N-1 other headers':>26}")
         print(f"{'':>8} {'':>7} | {'answered':>9} {'other wait':>11} {'':>4} | {'answered':>9} {'other wait':>11} {'':>4}")

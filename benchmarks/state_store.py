@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.proxy import make_confdir, start_proxy  # noqa: E402
 from support.redis_server import free_port, running_redis  # noqa: E402
 
-from accessgate.stores.state import open_store  # noqa: E402
+from accessgate.stores import open_store  # noqa: E402
 
 DAY = date(2026, 11, 23)
 SITES = ("facebook", "linkedin", "x")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import accessgate.proxy.addon  # noqa: F401  everything the addon imports
-from accessgate.decision import engine
+from accessgate import decision as engine
 from accessgate.proxy.gctuning import settle_after_load
 from accessgate.policy.loader import load_policy
 

@@ -1,11 +1,11 @@
 """A mitmproxy test script: make accessgate's engine raise for any request naming boom.test.
 
-Loaded after accessgate, it wraps `accessgate.decision.engine.decide`, which every
+Loaded after accessgate, it wraps `accessgate.decision.decide`, which every
 hook calls, so that a test can watch each hook fail and fail closed.
 boom.test is otherwise an unlisted name, which accessgate would allow.
 """
 
-import accessgate.decision.engine as engine
+import accessgate.decision as engine
 
 _decide = engine.decide
 

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from accessgate.decision.engine import BLOCK_REASONS, Decision, Identity
+from accessgate.decision import BLOCK_REASONS, Decision, Identity
 from accessgate.policy.loader import parse_policy
 from accessgate.policy.model import Level
 from accessgate.proxy.pages import (

@@ -1,6 +1,6 @@
 """A mitmproxy test addon that makes accessgate's engine fail for `boom.test`.
 
-Loaded with a second `-s` after accessgate, it wraps `accessgate.decision.engine.decide`
+Loaded with a second `-s` after accessgate, it wraps `accessgate.decision.decide`
 (the addon calls it through the module, at call time), so the test exercises
 the real failure path: an exception inside a hook, nothing simulated in the
 addon itself.
@@ -8,7 +8,7 @@ addon itself.
 
 from __future__ import annotations
 
-import accessgate.decision.engine as engine
+import accessgate.decision as engine
 
 _real = getattr(engine.decide, "__wrapped_by_explode__", engine.decide)
 

@@ -21,9 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from accessgate.policy import model
-from accessgate.policy.limits import LIMITS, Limits  # noqa: F401 - part of the loader's interface
 from accessgate.policy.nodes import Checker
-from accessgate.policy.sources import FileStamp, ReadFiles, SourceReader, file_stamp, stamp_of  # noqa: F401
+from accessgate.policy.sources import ReadFiles, SourceReader
 from accessgate.policy.validate import Validator
 
 

@@ -49,9 +49,9 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import commands, events, layer, layers, mode_specs
 
-from accessgate.decision import engine
+from accessgate import decision as engine
 from accessgate.proxy import firstbytes
-from accessgate.decision.engine import Decision, Identity
+from accessgate.decision import Decision, Identity
 from accessgate.errors import PolicyError, StateStoreError
 from accessgate.proxy.flows import (
     REACH,
@@ -511,7 +511,7 @@ class AccessGate:
             raise exceptions.OptionsError(f"accessgate_pseudonymize_key: {exc}") from None
 
     def _open_state(self, spec: str) -> None:
-        from accessgate.stores.state import open_store
+        from accessgate.stores import open_store
 
         _ensure_parent(spec[len("sqlite:") :] if spec.startswith("sqlite:") else "")
         try:

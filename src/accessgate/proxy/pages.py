@@ -21,7 +21,7 @@ from string import Template
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 if TYPE_CHECKING:
-    from accessgate.decision.engine import Decision, Identity
+    from accessgate.decision import Decision, Identity
     from accessgate.policy.model import Policy
     from accessgate.decision.quota import QuotaLedger
 
@@ -197,7 +197,7 @@ def standing(
     Each site is decided like a GET to its first domain, so the page shows
     exactly what the proxy would do; the deciding grant gives window and quota.
     """
-    from accessgate.decision.engine import Request, decide, grants_for, local_day, minute_of
+    from accessgate.decision import Request, decide, grants_for, local_day, minute_of
     from accessgate.decision.quota import NoQuotaUsed
 
     ledger = ledger if ledger is not None else NoQuotaUsed()

@@ -35,7 +35,7 @@ import os
 import time
 from typing import Awaitable, Callable, Iterable
 
-from accessgate.policy.loader import FileStamp, file_stamp
+from accessgate.policy.sources import FileStamp, file_stamp
 
 Fingerprint = tuple[tuple[str, FileStamp | None], ...]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, Hashable, TypeVar
 
-from accessgate.decision.engine import Decision, Identity, Request, decide, minute_of
+from accessgate.decision import Decision, Identity, Request, decide, minute_of
 from accessgate.policy.model import Policy
 from accessgate.decision.quota import QuotaLedger
 

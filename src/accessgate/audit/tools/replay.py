@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from accessgate.decision.engine import Identity, Request, decide, local_day, minute_of
+from accessgate.decision import Identity, Request, decide, local_day, minute_of
 from accessgate.policy.model import MemberKind, Policy
 from accessgate.audit.pseudonym import is_pseudonym, pseudonymize
 from accessgate.decision.quota import MemoryLedger
