@@ -43,14 +43,20 @@ def parse_policy(text: str, path: str = "<string>") -> model.Policy:
 
 def _load(path: str, text: str | None, files: ReadFiles | None) -> model.Policy:
     with collector_paused():
-        checker = Checker()
-        reader = SourceReader(checker, path, files)
-        reader.read(path, text)
-        policy = Validator(checker).policy(reader.sources)
-        if checker.count:
-            raise checker.error()
-        assert policy is not None
-        return policy
+        # Built in a call of its own: the YAML nodes it holds are freed before
+        # the collector resumes, rather than walked by its first collection.
+        return _build(path, text, files)
+
+
+def _build(path: str, text: str | None, files: ReadFiles | None) -> model.Policy:
+    checker = Checker()
+    reader = SourceReader(checker, path, files)
+    reader.read(path, text)
+    policy = Validator(checker).policy(reader.sources)
+    if checker.count:
+        raise checker.error()
+    assert policy is not None
+    return policy
 
 
 @contextmanager

@@ -168,12 +168,12 @@ class Validator:
         site_domains: list[str] = []
         for node in ck.seq(fields["domains"].value, f"'domains' of {owner}") if "domains" in fields else ():
             domain = self._domain(node, owner)
-            if domain is not None and self._owned(owners, domain, node, name, "domain", quoted(domain)):
+            if domain is not None and self._owned(owners, domain, node, name, "domain"):
                 site_domains.append(domain)
         site_networks: list[model.IPNetwork] = []
         for node in ck.seq(fields["networks"].value, f"'networks' of {owner}") if "networks" in fields else ():
             net = ck.network(node, f"in {owner}")
-            if net is not None and self._owned(owners, net, node, name, "network", f"'{net}'"):
+            if net is not None and self._owned(owners, net, node, name, "network"):
                 site_networks.append(net)
         if "domains" not in fields and "networks" not in fields and keys_ok:
             ck.problem(entry.key, f"{owner} has neither 'domains' nor 'networks'; list the domains it covers")
@@ -188,13 +188,14 @@ class Validator:
         return model.Site(name, tuple(site_domains), tuple(site_networks), tuple(rules))
 
     def _owned(self, owners: dict[object, tuple[yaml.Node, str]], item: object, node: yaml.Node, site: str,
-               what: str, shown: str) -> bool:
+               what: str) -> bool:
         """Record that `item` (a domain or network) belongs to `site`; False (and a problem) if it already belongs to one."""
         other = owners.get(item)
         if other is None:
             owners[item] = (node, site)
             return True
         first, owner = other
+        shown = quoted(str(item)) if what == "domain" else f"'{item}'"
         if owner == site and what == "domain":
             self.ck.problem(node, f"domain {shown} is listed twice in site '{site}'; keep one")
         else:
