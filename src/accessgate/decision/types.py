@@ -143,7 +143,9 @@ def by_grant(
 ) -> Decision:
     """A decision made by one role's grant: it names the role, rule and level."""
     role, grant = by
-    return new_decision(decision, reason, grant.rule, site, grant.level, role, roles, host, opens_at, counts_quota, message)
+    return new_decision(
+        decision, reason, grant.rule, site, grant.level, role, roles, host, opens_at, counts_quota, message
+    )
 
 
 def placed(decision: Decision, site: str | None, host: str | None) -> Decision:

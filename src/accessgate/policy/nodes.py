@@ -42,6 +42,8 @@ class Entry:
 
 @dataclass
 class Checker:
+    """The problems of one policy, and the readers of its YAML nodes that report them."""
+
     # The problems listed: the first LIMITS.problems in file order, as a heap
     # of (order key negated, problem); `count` counts every distinct one.
     problems: list[tuple[tuple[int, ...], int, PolicyProblem]] = field(default_factory=list)
@@ -50,7 +52,7 @@ class Checker:
     _seen: set[PolicyProblem] = field(default_factory=set)
     warnings: list[tuple[tuple[int, int, int], str]] = field(default_factory=list)
     suggestions_left: int = LIMITS.suggestions
-    files: list[str] = field(default_factory=list)  # the files read, in order: problems are listed so
+    files: list[str] = field(default_factory=list)  # the files read, in the order problems are listed
     # A file that could not be read or parsed may define the names the others
     # use; then "unknown site/role/group" would be noise, so it is not said.
     incomplete: bool = False
@@ -124,7 +126,8 @@ class Checker:
                 continue
             seen[name] = key
             if allowed is not None and name not in allowed:
-                self.problem(key, f"unknown key {quoted(name)} in {where}; {self.suggest(name, allowed, 'valid keys are')}")
+                hint = self.suggest(name, allowed, "valid keys are")
+                self.problem(key, f"unknown key {quoted(name)} in {where}; {hint}")
                 continue
             out.append(Entry(name, key, value))
         return out

@@ -54,7 +54,9 @@ def _test(ck: Checker, node: yaml.Node) -> model.PolicyTest | None:
             ck.problem(fields["at"].value, f"'at' of {where} is {quoted(at)}, which is not an ISO time; "
                                            "write it like 2026-11-23T09:00:00 (optionally with +01:00)")
     method = ck.method(fields["method"].value, f"of {where}") if "method" in fields else None
-    expect = ck.choice(fields["expect"].value, f"'expect' of {where}", (model.ALLOW, model.BLOCK)) if "expect" in fields else None
+    expect = None
+    if "expect" in fields:
+        expect = ck.choice(fields["expect"].value, f"'expect' of {where}", (model.ALLOW, model.BLOCK))
     reason = None
     if "reason" in fields:
         reason = ck.choice(fields["reason"].value, f"'reason' of {where}", (*model.BLOCK_REASONS, *model.ALLOW_REASONS))

@@ -189,7 +189,7 @@ class Validator:
 
     def _owned(self, owners: dict[object, tuple[yaml.Node, str]], item: object, node: yaml.Node, site: str,
                what: str) -> bool:
-        """Record that `item` (a domain or network) belongs to `site`; False (and a problem) if it already belongs to one."""
+        """Record that `item` (a domain or network) belongs to `site`; False, and a problem, if it has a site."""
         other = owners.get(item)
         if other is None:
             owners[item] = (node, site)
