@@ -22,6 +22,7 @@ from accessgate.policy.windows import in_any_window
 from accessgate.decision.types import (
     ALLOW,
     ALLOWED,
+    ANY_SITE,
     BLOCK,
     DENIED,
     RULE_NO_GRANT,
@@ -72,7 +73,7 @@ class RoleSet:
         # site -> plan at the host that first asked, for sites `unnamed` does not cover
         self.sites: dict[str, Decision | Plan] = {}
         # What a site that none of these roles names decides (each role's `*`),
-        # as a Decision with "{site}" for the site, when it needs no clock:
+        # as a Decision with ANY_SITE for the site, when it needs no clock:
         # most sites of a large catalog, planned without a grants lookup.
         self.unnamed = _unnamed_template(roles, anonymous, defaults)
         # What a host in no site decides, but for the host: `unlisted: allow`
@@ -107,8 +108,8 @@ def _site_plan(roleset: RoleSet, site: str, host: str, index: PolicyIndex) -> De
 
 
 def _unnamed_template(roles: tuple[str, ...], anonymous: bool, defaults: SiteGrants) -> Decision | None:
-    """`_site_plan` for every site no role of `roles` names, with "{site}" for the site; None if it needs a clock."""
-    return None if anonymous else _without_clock(defaults, "{site}", roles, None)
+    """`_site_plan` for every site no role of `roles` names, with ANY_SITE for the site; None if it needs a clock."""
+    return None if anonymous else _without_clock(defaults, ANY_SITE, roles, None)
 
 
 def _without_clock(site_grants: SiteGrants, site: str, roles: tuple[str, ...], host: str | None) -> Decision | None:

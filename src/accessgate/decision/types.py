@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from accessgate.policy.model import (  # noqa: F401 - re-exported: the codes a Decision carries
     ALLOW,
@@ -148,10 +148,14 @@ def by_grant(
     )
 
 
+# The site of a role set's template decision, which `placed` fills in.
+ANY_SITE: Final = "{site}"
+
+
 def placed(decision: Decision, site: str | None, host: str | None) -> Decision:
-    """`decision` for `site` at `host`: a role set's template with its
-    "{site}" filled in, or a site's decision moved to another of its hosts."""
-    verdict, reason, rule, _, level, role, roles, _, opens_at, counts_quota, message = decision
-    if message and site is not None:
-        message = message.replace("{site}", site)
+    """`decision` for `site` at `host`: a role set's template (site ANY_SITE)
+    with its site filled in, or a site's decision moved to another of its hosts."""
+    verdict, reason, rule, was, level, role, roles, _, opens_at, counts_quota, message = decision
+    if was == ANY_SITE and site is not None and message:  # only a template's message names ANY_SITE
+        message = message.replace(ANY_SITE, site)
     return new_decision(verdict, reason, rule, site, level, role, roles, host, opens_at, counts_quota, message)
