@@ -5,8 +5,15 @@ import os
 from setuptools import setup
 
 # The modules every decision runs through; they are written to type-check
-# under mypy, which mypyc needs.  See build_backend/accessgate_build.py.
-COMPILED = ["src/accessgate/policy/hosts.py", "src/accessgate/decision/engine.py"]
+# under mypy, which mypyc needs.  See build_backend/accessgate_build.py;
+# tests/decision/test_compiled.py checks the wheel holds exactly these.
+COMPILED = [
+    "src/accessgate/policy/hosts.py",
+    "src/accessgate/decision/types.py",
+    "src/accessgate/decision/plan.py",
+    "src/accessgate/decision/rules.py",
+    "src/accessgate/decision/sites.py",
+]
 
 
 def ext_modules() -> list:

@@ -36,10 +36,11 @@ import tracemalloc
 from datetime import datetime, timezone
 from pathlib import Path
 
-from accessgate.decision.engine import BUILD, Identity, Request, _compiled, decide, prepare
+from accessgate.decision import BUILD, Identity, Request, decide, prepare
+from accessgate.decision.plan import index_of as _compiled
 from accessgate.proxy.gctuning import settle_after_load
 from accessgate.policy.loader import load_policy
-from accessgate.decision.quota import MemoryLedger
+from accessgate.decision import MemoryLedger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compiled import compiled_build  # noqa: E402

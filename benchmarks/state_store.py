@@ -46,7 +46,7 @@ from support.nginx import start_nginx  # noqa: E402
 from support.proxy import make_confdir, start_proxy  # noqa: E402
 from support.redis_server import running_redis  # noqa: E402
 
-from accessgate.stores.state import open_store  # noqa: E402
+from accessgate.stores import open_store  # noqa: E402
 
 DAY = date(2026, 11, 23)
 SITES = ("facebook", "linkedin", "x")

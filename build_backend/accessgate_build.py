@@ -1,9 +1,9 @@
 """setuptools' PEP 517 backend, plus mypyc when ACCESSGATE_COMPILE=1.
 
-`ACCESSGATE_COMPILE=1 pip install .` builds the decision engine
-(`accessgate.decision.engine`, `accessgate.policy.hosts`) as C extensions with mypyc, as
-black ships its compiled wheels: the same source, about 1.4 times as many
-decisions per second.  Only then is mypy a build requirement, and only wheels are
+`ACCESSGATE_COMPILE=1 pip install .` builds the decision engine (the
+modules in setup.py's COMPILED) as C extensions with mypyc, as black ships
+its compiled wheels: the same source, more decisions per second
+(docs/performance.md).  Only then is mypy a build requirement, and only wheels are
 compiled: an editable install keeps the sources it points at, so a
 compiled module could never shadow an edited one.
 """

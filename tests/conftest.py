@@ -26,10 +26,10 @@ def pytest_sessionstart(session):
     # tests/decision/test_compiled.py runs suites on the compiled build; a
     # PYTHONPATH that missed it would pass them on pure Python instead.
     if os.environ.get(EXPECT_COMPILED) == "1":
-        from accessgate.decision import engine
+        from accessgate.decision import plan, rules, sites, types
         from accessgate.policy import hosts
 
-        for module in (engine, hosts):
+        for module in (plan, rules, sites, types, hosts):  # setup.py's COMPILED
             if module.__file__.endswith(".py"):
                 raise pytest.UsageError(f"{EXPECT_COMPILED}=1, but {module.__name__} is {module.__file__}")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from accessgate.stores.state import open_store
+from accessgate.stores import open_store
 from support.proxy import start_proxy
 
 POLICY = Path(__file__).with_name("policy.yaml")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from accessgate.stores.state import open_store
+from accessgate.stores import open_store
 from support.origin import payload
 from support.policies import everyone_policy
 from support.wire import BioTLS, basic, h2, request

@@ -14,7 +14,7 @@ import pytest
 from accessgate.audit import schema
 from accessgate.audit.reader import AuditReader
 from accessgate.audit.writer import AuditWriter
-from accessgate.decision.engine import Decision, Identity
+from accessgate.decision import Decision, Identity
 from accessgate.policy.model import Level
 from accessgate.proxy.records import FlowState, access_record
 

@@ -69,7 +69,7 @@ def test_check_prints_a_summary_of_a_valid_policy(capsys):
 
 def test_check_dump_prints_one_file_that_decides_like_the_original(capsys, tmp_path):
     from accessgate.policy.loader import load_policy
-    from accessgate.policy.testing import run_tests
+    from accessgate.decision.policytests import run_tests
 
     status, out, _ = run(capsys, "check", "--dump", EXAMPLE)
     assert status == 0 and "include:" not in out

@@ -51,25 +51,33 @@ def _env(compiled: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "ACCESSGATE_EXPECT_COMPILED": "1"}
 
 
+# As setup.py's COMPILED: every module a decision runs through.
+COMPILED = [
+    "accessgate.decision.plan", "accessgate.decision.rules", "accessgate.decision.sites",
+    "accessgate.decision.types", "accessgate.policy.hosts",
+]  # fmt: skip
+
+
 def test_the_engine_and_host_modules_are_compiled_extensions(compiled):
     done = subprocess.run(
         [sys.executable, "-c",
-         "from accessgate.decision import engine; from accessgate.policy import hosts; "
-         "print(engine.BUILD, engine.__file__, hosts.__file__)"],
+         f"import importlib; import accessgate.decision as d; print(d.BUILD); "
+         f"print(*(importlib.import_module(m).__file__ for m in {COMPILED!r}))"],
         capture_output=True, text=True, timeout=60, env=_env(compiled), cwd=REPO,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    build, engine_file, hosts_file = done.stdout.split()
+    build, files = done.stdout.splitlines()
     assert build == "compiled"
-    assert engine_file.startswith(str(compiled)) and engine_file.endswith(".so")
-    assert hosts_file.startswith(str(compiled)) and hosts_file.endswith(".so")
+    for name, file in zip(COMPILED, files.split(), strict=True):
+        assert file.startswith(str(compiled)) and file.endswith(".so"), (name, file)
 
 
 def test_the_source_tree_is_the_python_build():
-    from accessgate.decision import engine
+    import accessgate.decision as decision
+    from accessgate.decision import rules
 
-    assert engine.BUILD == "python"
-    assert engine.__file__ == str(REPO / "src" / "accessgate" / "decision" / "engine.py")
+    assert decision.BUILD == "python"
+    assert rules.__file__ == str(REPO / "src" / "accessgate" / "decision" / "rules.py")
 
 
 def test_the_engine_proxy_and_policy_suites_pass_on_the_compiled_build(compiled):
@@ -106,7 +114,7 @@ def test_without_accessgate_compile_the_wheel_is_pure_python(tmp_path):
     assert wheel.name.endswith("-py3-none-any.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    assert "accessgate/decision/engine.py" in names
+    assert "accessgate/decision/rules.py" in names
     assert not [name for name in names if name.endswith(".so")]
 
 
@@ -135,7 +143,5 @@ def test_a_compiled_build_ships_no_extension_left_in_build_by_an_earlier_one(tmp
     (wheel,) = wheels.glob("accessgate-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         extensions = sorted(name for name in archive.namelist() if name.endswith(".so"))
-    assert [name.split(".")[0] for name in extensions if name.startswith("accessgate/")] == [
-        "accessgate/decision/engine", "accessgate/policy/hosts",
-    ]
+    assert [name.split(".")[0].replace("/", ".") for name in extensions if name.startswith("accessgate/")] == COMPILED
     assert not [name for name in extensions if "0123456789abcdef0123" in name or "flows" in name]

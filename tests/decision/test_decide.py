@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from accessgate.decision.engine import Identity, Request, decide
+from accessgate.decision import Identity, Request, decide
 from accessgate.errors import StateStoreUnavailable
 from accessgate.policy.loader import parse_policy
 from accessgate.decision.quota import QuotaUsage

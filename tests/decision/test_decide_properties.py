@@ -9,7 +9,9 @@ from types import MappingProxyType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accessgate.decision.engine import Identity, Request, _compiled, _host_info, decide, site_for
+from accessgate.decision import Identity, Request, decide, plan, rules, site_for
+from accessgate.decision.plan import index_of
+from accessgate.decision.sites import host_info
 from accessgate.errors import InvalidHost
 from accessgate.policy.hosts import normalize_host
 from accessgate.policy.loader import parse_policy
@@ -112,7 +114,7 @@ def test_more_names_never_loosen_a_decision(user, first, second, method, now):
 
 
 def _forget_everything(policy) -> None:
-    index = _compiled(policy)
+    index = index_of(policy)
     index.forget()
     index.hosts.clear()
     index.windows_now = (None, {})
@@ -144,7 +146,8 @@ def test_what_the_caches_remember_never_changes_an_answer(requests):
 
 @given(st.text(alphabet="abcxyz019-_.:[]ＡＢ", max_size=30) | spellings)
 def test_the_engines_short_way_to_a_hosts_site_is_the_long_way(raw):
-    info = _host_info(raw, _compiled(POLICY), POLICY)
+    index = index_of(POLICY)
+    info = host_info(raw, index.domains, index.naming, POLICY)
     try:
         host = normalize_host(raw)
     except InvalidHost:
@@ -159,14 +162,12 @@ def test_a_scan_of_many_hosts_and_clients_keeps_every_cache_bounded(monkeypatch)
     # the answers the same.
     import ipaddress
 
-    from accessgate.decision import engine
-
-    monkeypatch.setattr(engine, "_CACHE_SIZE", 40)
+    monkeypatch.setattr(plan, "_CACHE_SIZE", 40)
     text = POLICY_TEXT.replace('members: [all]', 'members: [all, "net:10.0.0.0/8"]')
     scanned = parse_policy(text, "<scanned>")
     fresh = parse_policy(text, "<fresh>")
     now = datetime(2026, 11, 23, 11, 30, tzinfo=timezone.utc)
-    index = _compiled(scanned)
+    index = index_of(scanned)
     for i in range(600):
         request = Request("GET", (f"h{i}.facebook.com" if i % 3 else f"h{i}.example.org",), "/")
         identity = Identity(user=None if i % 2 else "erin", client_ip=ipaddress.IPv4Address(0x0A000000 + i))
@@ -181,11 +182,11 @@ def test_a_scan_of_many_hosts_and_clients_keeps_every_cache_bounded(monkeypatch)
 def test_a_site_no_role_names_is_planned_the_short_way_as_the_long_way():
     # Sites none of a client's roles names are planned from a template per
     # role set; it must give exactly what planning grant by grant gives.
-    from accessgate.decision.engine import _from_template, _site_plan
+    from accessgate.decision.types import placed
     from accessgate.policy.loader import load_policy
 
     for policy in (POLICY, load_policy("policy/example.yaml")):
-        index = _compiled(policy)
+        index = index_of(policy)
         users = [None, "nobody-in-particular", *policy.user_groups, *index.by_user]
         checked = 0
         for user in users:
@@ -194,8 +195,8 @@ def test_a_site_no_role_names_is_planned_the_short_way_as_the_long_way():
                 naming = index.naming.get(site)
                 if roleset.unnamed is None or not (naming is None or naming.isdisjoint(roleset.roles)):
                     continue
-                long_way = _site_plan(roleset, site, f"www.{site}.test", index)
-                assert _from_template(roleset.unnamed, site, f"www.{site}.test") == long_way
+                long_way = plan._site_plan(roleset, site, f"www.{site}.test", index)
+                assert placed(roleset.unnamed, site, f"www.{site}.test") == long_way
                 checked += 1
         assert checked > 0
 
@@ -204,8 +205,6 @@ def test_refusals_kept_per_host_are_few_whatever_methods_a_client_invents():
     # Read-only refusals are remembered per host and role set; the method is
     # the client's to choose, so only a handful may be kept, and the answers
     # past that handful are the same.
-    from accessgate.decision import engine
-
     policy = parse_policy(POLICY_TEXT, "<refusals>")
     fresh = parse_policy(POLICY_TEXT, "<fresh>")
     now = datetime(2026, 11, 23, 11, 30, tzinfo=timezone.utc)
@@ -216,5 +215,5 @@ def test_refusals_kept_per_host_are_few_whatever_methods_a_client_invents():
         _forget_everything(fresh)
         assert got == decide(request, identity, fresh, now)
         assert got.reason == "read-only" and f"INVENTED{i} requests are writes" in got.message
-    roleset = _compiled(policy).identities[("erin", frozenset(), None)]
-    assert 0 < len(roleset.plans["linkedin.com"].refusals) <= engine._REFUSALS_KEPT
+    roleset = index_of(policy).identities[("erin", frozenset(), None)]
+    assert 0 < len(roleset.plans["linkedin.com"].refusals) <= rules._REFUSALS_KEPT

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from accessgate.stores.state import open_store
+from accessgate.stores import open_store
 from support.clients import curl
 from support.policies import everyone_policy
 

@@ -175,7 +175,7 @@ def stack(tmp_path_factory):
 
 def _spend_youtube_quota(state: str) -> None:
     """Use up the anonymous client's 1 daily minute on youtube, a minute ago."""
-    from accessgate.stores.state import open_store
+    from accessgate.stores import open_store
 
     now = datetime.now(timezone.utc)
     store = open_store(state)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from accessgate.policy import testing as policytest
+from accessgate.decision import policytests as policytest
 from accessgate.cli import main
-from accessgate.decision.engine import ALLOW_REASONS, BLOCK_REASONS, site_for
+from accessgate.decision import ALLOW_REASONS, BLOCK_REASONS, site_for
 from accessgate.policy.hosts import normalize_host
 from accessgate.policy.loader import load_policy
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from accessgate.decision import engine
-from accessgate.decision.engine import Identity, Request
+from accessgate import decision as engine
+from accessgate.decision import Identity, Request
 from accessgate.errors import InvalidHost
 from accessgate.policy.hosts import NormalHost, normalize_host
 from accessgate.policy.loader import load_policy

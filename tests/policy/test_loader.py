@@ -285,7 +285,7 @@ def test_dump_then_parse_gives_the_same_policy(data: dict) -> None:
 # the loader bounds the work (LIMITS), and docs/policy-errors.md states the
 # same numbers.
 
-from accessgate.policy.loader import LIMITS  # noqa: E402
+from accessgate.policy.limits import LIMITS  # noqa: E402
 
 
 def _timed_error(load) -> tuple[PolicyError, float]:

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from accessgate.decision.engine import Identity, Request, decide
+from accessgate.decision import Identity, Request, decide
 from accessgate.policy.loader import parse_policy
 from accessgate.policy.paths import readings, remove_dot_segments
 

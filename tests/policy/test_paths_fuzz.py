@@ -18,8 +18,7 @@ from urllib.parse import unquote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accessgate.decision import engine
-from accessgate.decision.engine import Identity, Request
+from accessgate.decision import Decision, Identity, Request, decide
 from accessgate.policy.loader import parse_policy
 from accessgate.policy.paths import readings, remove_dot_segments
 
@@ -77,8 +76,8 @@ def allowed_by_a_rule(path: str) -> bool:
     return any(fnmatch.fnmatchcase(path, rule) for rule in RULES)
 
 
-def post(path: str) -> engine.Decision:
-    return engine.decide(Request("POST", ("facebook.com",), path), Identity(user="erin"), POLICY, NOW)
+def post(path: str) -> Decision:
+    return decide(Request("POST", ("facebook.com",), path), Identity(user="erin"), POLICY, NOW)
 
 
 @FUZZ

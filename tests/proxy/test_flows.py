@@ -105,7 +105,7 @@ def test_the_engine_blocks_a_request_that_names_its_host_more_than_eight_times()
     from datetime import datetime, timezone
     from pathlib import Path
 
-    from accessgate.decision.engine import MAX_HOST_NAMES, Identity, decide
+    from accessgate.decision import MAX_HOST_NAMES, Identity, decide
     from accessgate.policy.loader import load_policy
 
     assert MAX_HOST_NAMES == MAX

@@ -16,7 +16,7 @@ from mitmproxy.proxy.layer import NextLayer
 from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.test import tflow
 
-import accessgate.decision.engine as engine
+import accessgate.decision as engine
 import accessgate.proxy.addon as addon
 import accessgate.proxy.hygiene as hygiene
 from accessgate.proxy.tunnels import Refuse

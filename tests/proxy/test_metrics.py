@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from accessgate.audit.writer import AuditStats
-from accessgate.decision.engine import Decision
+from accessgate.decision import Decision
 from accessgate.proxy.metrics import Metrics, MetricsServer, parse_address
 from accessgate.policy.model import Level
 

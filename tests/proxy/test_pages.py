@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from accessgate.decision.engine import BLOCK_REASONS, Decision
+from accessgate.decision import BLOCK_REASONS, Decision
 from accessgate.policy.model import Level
 from accessgate.proxy.pages import (
     INVALID_HOST,

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from accessgate.decision.engine import Identity, Request
+from accessgate.decision import Identity, Request
 from accessgate.policy.loader import parse_policy
 from accessgate.proxy.sessions import LongLivedFlows
 from accessgate.decision.quota import MemoryLedger

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from accessgate.decision.engine import Identity
+from accessgate.decision import Identity
 from accessgate.decision.quota import MemoryLedger
 from accessgate.policy.loader import load_policy
 from accessgate.proxy.status import SiteStanding, standing, status_response

@@ -1,9 +1,10 @@
 """Quota state end to end: real mitmdump proxies, a real Redis, the shipped HAProxy config.
 
-Users sign in with proxyauth; facebook.test allows 3 minutes a day.  To
-reach the quota without waiting minutes, a test first writes earlier
-minutes into the store the proxies use (any minute number counts: the
-store keeps a set), then lets the proxies count the minute in progress.
+Users sign in with proxyauth; facebook.test allows 3 minutes a day
+(support.policies.QUOTA_POLICY).  To reach the quota without waiting
+minutes, a test first writes earlier minutes into the store the proxies
+use (any minute number counts: the store keeps a set), then lets the
+proxies count the minute in progress.
 """
 
 from __future__ import annotations
@@ -16,29 +17,13 @@ from pathlib import Path
 import pytest
 
 from support.haproxy import running_haproxy
+from support.policies import QUOTA_POLICY
 from support.clients import curl
 from support.proxy import Proxy
-from accessgate.stores.state import open_store
+from accessgate.stores import open_store
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-version: 1
-timezone: UTC
-sites:
-  facebook:
-    domains: [facebook.test]
-  linkedin:
-    domains: [linkedin.test]
-roles:
-  everyone:
-    members: [all]
-    access:
-      facebook: {level: full, daily_minutes: 3}
-      linkedin: full
-unauthenticated: deny
-unlisted: allow
-"""
 SOURCES = [f"127.0.0.{n}" for n in range(1, 25)]
 
 
@@ -53,7 +38,7 @@ class Balancer:
 @pytest.fixture
 def policy(tmp_path) -> Path:
     path = tmp_path / "policy.yaml"
-    path.write_text(POLICY)
+    path.write_text(QUOTA_POLICY)
     return path
 
 

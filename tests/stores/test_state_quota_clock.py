@@ -1,6 +1,6 @@
 """Quotas through the engine, with a controlled clock, on every store.
 
-A request is decided with `engine.decide(..., now, quota=store)` and, when
+A request is decided with `decide(..., now, quota=store)` and, when
 allowed and quota-governed, its minute is marked: what the addon does.  The
 day is the local date in the policy's zone; a minute is a real (UTC) minute,
 so daylight-saving days have 23 or 25 hours of them.
@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from accessgate.decision.engine import Identity, Request, decide, local_day, minute_of
+from accessgate.decision import Identity, Request, decide, local_day, minute_of
 from accessgate.policy.loader import parse_policy
-from accessgate.stores.state import open_store
+from accessgate.stores import open_store
 
 POLICY = """
 version: 1

@@ -13,7 +13,8 @@ import pytest
 
 from accessgate.errors import StateStoreUnavailable
 from accessgate.decision.quota import QuotaUsage
-from accessgate.stores.state import expiry, open_store
+from accessgate.stores import open_store
+from accessgate.stores.redis import expiry
 
 DAY = date(2026, 11, 23)
 M = 29_420_000

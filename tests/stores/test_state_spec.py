@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from accessgate.stores.state import StateSpec, parse_spec
+from accessgate.stores import StateSpec, parse_spec
 
 GOOD = [
     ("memory:", StateSpec("memory"), "memory"),

@@ -10,7 +10,7 @@ import pytest
 
 from accessgate.errors import StateStoreError
 from accessgate.decision.quota import QuotaUsage
-from accessgate.stores.state import open_store
+from accessgate.stores import open_store
 
 DAY = date(2026, 11, 23)
 M = 29_420_000

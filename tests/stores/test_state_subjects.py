@@ -17,41 +17,18 @@ import pytest
 
 from accessgate.audit.pseudonym import pseudonymize, read_key
 from support.clients import curl, write_htpasswd
+from support.policies import QUOTA_POLICY
 from support.proxy import ProxyFailed
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-version: 1
-timezone: UTC
-sites:
-  facebook:
-    domains: [facebook.test]
-  linkedin:
-    domains: [linkedin.test]
-directory:
-  groups:
-    pr: [Alice]
-roles:
-  pr:
-    members: ["group:pr"]
-    access:
-      linkedin: full
-  everyone:
-    members: [all]
-    access:
-      linkedin: read-only
-      facebook: {level: full, daily_minutes: 3}
-unauthenticated: deny
-unlisted: allow
-"""
 KEY = b"0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
 def policy(tmp_path) -> Path:
     path = tmp_path / "policy.yaml"
-    path.write_text(POLICY)
+    path.write_text(QUOTA_POLICY)
     return path
 
 

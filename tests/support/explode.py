@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import accessgate.decision.engine as engine
+import accessgate.decision as engine
 import accessgate.proxy.hygiene as hygiene
 import accessgate.proxy.reload as reload
 

@@ -16,7 +16,8 @@ def closed_window(now: datetime | None = None) -> str:
     return f"mon-sun {start:%H:%M}-{end:%H:%M}"
 
 
-POLICY = """\
+# The test sites: tests that need other roles write `SITES + """roles: ..."""`.
+SITES = """\
 version: 1
 timezone: UTC
 sites:
@@ -25,11 +26,35 @@ sites:
   linkedin:
     domains: [linkedin.test]
     read_only_allow:
-      - {{method: POST, path: "/search/*"}}
+      - {method: POST, path: "/search/*"}
   youtube:
     domains: [youtube.test]
   xsite:
     domains: [x.test]
+"""
+
+# Daily quotas: facebook.test allows 3 minutes a day to everyone; linkedin.test
+# is full for group pr, which lists "Alice" as a directory may spell her, and
+# read-only for everyone else.
+QUOTA_POLICY = SITES + """\
+directory:
+  groups:
+    pr: [Alice]
+roles:
+  pr:
+    members: ["group:pr"]
+    access:
+      linkedin: full
+  everyone:
+    members: [all]
+    access:
+      linkedin: read-only
+      facebook: {level: full, daily_minutes: 3}
+unauthenticated: deny
+unlisted: allow
+"""
+
+_ROLES = """\
 directory:
   groups:
     pr: [alice]
@@ -59,7 +84,7 @@ VISITORS = """\
 
 
 def policy_text(unauthenticated: str = "deny") -> str:
-    text = POLICY.format(window=closed_window(), unauthenticated=unauthenticated)
+    text = SITES + _ROLES.format(window=closed_window(), unauthenticated=unauthenticated)
     if unauthenticated == "visitors":
         text = text.replace("unauthenticated:", VISITORS + "unauthenticated:", 1)
     return text

@@ -7,7 +7,7 @@ import json
 import sys
 
 from accessgate.decision import explain
-from accessgate.decision.engine import decide
+from accessgate.decision import decide
 from accessgate.policy.model import fold_user
 from accessgate.cli.common import load_or_report
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from accessgate.policy import testing as policytest
+from accessgate.decision import policytests as policytest
 from accessgate.cli.common import load_or_report
 
 HELP = "run the cases of a policy's 'tests:' list; print each failing one, exit 1 if any fails"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
-from accessgate.decision.engine import Decision, Identity, Request
+from accessgate.decision.types import Decision, Identity, Request
 from accessgate.policy.model import Policy
 from accessgate.decision.quota import QuotaUsage
 

@@ -20,6 +20,21 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+# What a decision says, and why: one code per outcome (contract section 2).
+# Part of the language, since a policy's `tests:` name them.
+ALLOW = "allow"
+BLOCK = "block"
+DENIED = "denied"
+READ_ONLY = "read-only"
+OUTSIDE_WINDOW = "outside-window"
+QUOTA_EXHAUSTED = "quota-exhausted"
+UNAUTHENTICATED = "unauthenticated"
+ALLOWED = "allowed"
+UNLISTED = "unlisted"
+BLOCK_REASONS = (DENIED, READ_ONLY, OUTSIDE_WINDOW, QUOTA_EXHAUSTED, UNAUTHENTICATED)
+ALLOW_REASONS = (ALLOWED, UNLISTED)
+
+
 def fold_user(name: str) -> str:
     """A login name as accessgate compares, counts and records it: case-folded.
 

@@ -38,8 +38,8 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from accessgate.decision import engine
-from accessgate.decision.engine import Decision, Identity
+from accessgate import decision as engine
+from accessgate.decision import Decision, Identity
 from accessgate.oplog import get_logger
 from accessgate.policy.model import Policy
 from accessgate.proxy import options, resources

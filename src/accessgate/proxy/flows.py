@@ -18,7 +18,7 @@ from typing import Iterable, NamedTuple
 
 from mitmproxy import http
 
-from accessgate.decision.engine import HEADERS_READ, MAX_HOST_NAMES, Request
+from accessgate.decision import HEADERS_READ, MAX_HOST_NAMES, Request
 
 _new_request = tuple.__new__  # Request's own constructor is Python code
 

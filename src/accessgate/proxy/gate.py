@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from mitmproxy import ctx, http
 
-from accessgate.decision import engine
-from accessgate.decision.engine import Decision
+from accessgate import decision as engine
+from accessgate.decision import Decision
 from accessgate.oplog import get_logger
 from accessgate.proxy import pages
 from accessgate.proxy.identity import identity_for_flow

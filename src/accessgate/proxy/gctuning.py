@@ -16,29 +16,9 @@ cache costs the proxy throughput; 5,000 keeps both (docs/performance.md).
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 # Young generation every 5,000 allocations instead of 700; the older ones as usual.
 THRESHOLDS = (5_000, 10, 10)
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Keep the cyclic collector still while a policy is built.
-
-    Building a large policy allocates a few hundred thousand objects, almost
-    none of them garbage; with the collector on, it walks them over and over.
-    Reference counting still frees everything in the meantime, and the
-    collector resumes as it was.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def settle_after_load() -> None:

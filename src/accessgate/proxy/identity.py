@@ -18,7 +18,7 @@ import ipaddress
 from functools import lru_cache
 from typing import Any
 
-from accessgate.decision.engine import Identity
+from accessgate.decision import Identity
 from accessgate.policy.model import IPAddress, fold_user
 
 

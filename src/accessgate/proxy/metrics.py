@@ -31,7 +31,7 @@ from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from accessgate.audit.writer import AuditStats
-    from accessgate.decision.engine import Decision
+    from accessgate.decision import Decision
 
 # A decision costs microseconds; a slow one (a huge policy, a slow store
 # behind the quota) shows in the upper buckets.  1 µs .. 10 ms.

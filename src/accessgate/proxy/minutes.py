@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from accessgate.decision import engine
-from accessgate.decision.engine import Decision, Identity
+from accessgate import decision as engine
+from accessgate.decision import Decision, Identity
 from accessgate.errors import StateStoreError
 from accessgate.oplog import get_logger
 from accessgate.policy.model import Policy

@@ -20,7 +20,7 @@ from string import Template
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from accessgate.decision.engine import Decision
+    from accessgate.decision import Decision
 
 # One plain sentence per reason code: (title, why).  `{site}` is filled in.
 REASONS: dict[str, tuple[str, str]] = {

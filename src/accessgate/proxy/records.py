@@ -14,7 +14,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from accessgate.decision.engine import Decision, Identity, Request
+from accessgate.decision import Decision, Identity, Request
 from accessgate.policy.model import Policy
 from accessgate.proxy.flows import path_without_query
 

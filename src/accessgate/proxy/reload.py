@@ -41,10 +41,11 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Iterable
 
 from mitmproxy import ctx, exceptions
 
-from accessgate.decision import engine
+from accessgate import decision as engine
 from accessgate.errors import PolicyError
 from accessgate.oplog import get_logger
-from accessgate.policy.loader import FileStamp, file_stamp, load_policy
+from accessgate.policy.loader import load_policy
+from accessgate.policy.sources import FileStamp, file_stamp
 from accessgate.policy.model import Policy
 from accessgate.proxy.gate import quietly
 from accessgate.proxy.gctuning import settle_after_load

@@ -32,7 +32,7 @@ def read_key(path: str) -> bytes | None:
 
 def open_state(spec: str, key: bytes | None, on_error: Callable[[Exception], None], seconds: Any) -> TimedLedger:
     """The quota store `spec` names, its calls timed in the `seconds` histogram."""
-    from accessgate.stores.state import open_store
+    from accessgate.stores import open_store
 
     ensure_parent(spec[len("sqlite:") :] if spec.startswith("sqlite:") else "")
     try:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Hashable, TypeVar
 
 from mitmproxy import http
 
-from accessgate.decision.engine import Decision, Identity, Request, decide, minute_of
+from accessgate.decision import Decision, Identity, Request, decide, minute_of
 from accessgate.decision.quota import QuotaLedger
 from accessgate.oplog import get_logger
 from accessgate.policy.model import Policy

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from mitmproxy import http
 
-from accessgate.decision import engine
+from accessgate import decision as engine
 from accessgate.decision.quota import NoQuotaUsed
 from accessgate.proxy.pages import (
     HTML_TYPE,
@@ -31,7 +31,7 @@ from accessgate.proxy.pages import (
 )
 
 if TYPE_CHECKING:
-    from accessgate.decision.engine import Identity
+    from accessgate.decision import Identity
     from accessgate.decision.quota import QuotaLedger
     from accessgate.policy.model import Policy
 

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import ctx, http, tls
 from mitmproxy.proxy import commands, events, layer, layers, mode_specs
 
-from accessgate.decision import engine
-from accessgate.decision.engine import Decision, Identity
+from accessgate import decision as engine
+from accessgate.decision import Decision, Identity
 from accessgate.oplog import get_logger
 from accessgate.proxy import firstbytes
 from accessgate.proxy.flows import TUNNEL, connect_request, request_of, tunnel_request

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from accessgate.decision.engine import Identity, Request, decide, local_day, minute_of
+from accessgate.decision import Identity, Request, decide, local_day, minute_of
 from accessgate.policy.loader import parse_policy
 from accessgate.decision.quota import MemoryLedger
 

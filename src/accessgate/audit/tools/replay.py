@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 
 from accessgate.audit.pseudonym import is_pseudonym, pseudonymize
 from accessgate.audit.tools.output import safe_text, table
-from accessgate.decision.engine import Identity, Request, decide, local_day, minute_of
+from accessgate.decision import Identity, Request, decide, local_day, minute_of
 from accessgate.decision.quota import MemoryLedger
 from accessgate.policy.model import MemberKind, Policy
 

@@ -1,4 +1,4 @@
-"""Run a policy's own `tests:` cases against the engine.
+"""Run a policy's own `tests:` cases against the engine (`accessgate test`).
 
 A case names a request (user, client address, method, URL, headers, time)
 and the outcome it expects (`allow`/`block`, optionally the reason).  Each
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from accessgate.decision import explain
-from accessgate.decision.engine import Decision, decide
+from accessgate.decision.rules import decide
+from accessgate.decision.types import Decision
 from accessgate.policy.model import Policy, PolicyTest
 
 

@@ -1,0 +1,295 @@
+"""The pure decision engine: `decide(request, identity, policy, now) -> Decision`.
+
+No I/O, no mitmproxy, no logging: given the same inputs it gives the same
+answer, which is what makes policies testable and disputes settleable.  The
+only outside state it reads is the quota ledger, through a protocol.
+
+The rules are those of the product contract, section 2, in its order:
+1. every name the request gives for its host is decided, the strictest
+   stands (`decide`); host -> site (`sites`);
+2. identity -> roles (`plan.roles_for`);
+3. each role's grant for the site, else its "*" (`plan.grants_for`);
+4. a grant is active inside its windows and while its quota lasts, and
+5. the most permissive active grant wins, else the reason points the way
+   to access (`_decide_grants`);
+6. read-only allows reads and the site's exceptions (`read_only_refusal`).
+What depends only on host and roles is planned once (`plan`); here runs
+what depends on the method and the time.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from datetime import date, datetime, timezone
+
+from accessgate.errors import StateStoreUnavailable
+from accessgate.policy.model import Grant, Level, Policy, Site
+from accessgate.policy.paths import readings as path_readings
+from accessgate.policy.windows import in_any_window, next_window_start, start_of_next_day
+from accessgate.decision.plan import Plan, PolicyIndex, allowed_by, denied_by, index_of, remember
+from accessgate.decision.quota import NoQuotaUsed, QuotaLedger
+from accessgate.decision.types import (
+    BLOCK,
+    DENIED,
+    HEADERS_READ,
+    MAX_HOST_NAMES,
+    OUTSIDE_WINDOW,
+    QUOTA_EXHAUSTED,
+    READ_ONLY,
+    RULE_INVALID_HOST,
+    SAFE_METHODS,
+    Decision,
+    Identity,
+    Request,
+    by_grant,
+    new_decision,
+)
+
+# "compiled" when this module was built with mypyc (ACCESSGATE_COMPILE=1).
+BUILD = "python" if __file__.endswith(".py") else "compiled"
+
+_NO_QUOTA = NoQuotaUsed()
+_NO_HOST = new_decision(BLOCK, DENIED, RULE_INVALID_HOST, message="The request names no host.")
+_TOO_MANY_NAMES = new_decision(
+    BLOCK, DENIED, RULE_INVALID_HOST,
+    message=f"The request names its host more than {MAX_HOST_NAMES} times; send one Host header.",
+)  # fmt: skip
+_REFUSALS_KEPT = 8  # read-only refusals kept per host and role set: POST, PUT, PATCH, DELETE, upgrades ...
+
+
+def decide(
+    request: Request,
+    identity: Identity,
+    policy: Policy,
+    now: datetime,
+    quota: QuotaLedger | None = None,
+) -> Decision:
+    """Decide `request` from `identity` under `policy` at `now` (aware datetime).
+
+    Every name in `request.hosts` is decided; the strictest decision stands,
+    so a request cannot borrow a harmless name to reach a governed site.
+    """
+    hosts = request.hosts
+    if not hosts:
+        return _NO_HOST
+    ledger = quota if quota is not None else _NO_QUOTA
+    index = index_of(policy)
+    # Who the client is, as far as roles go; the address only when `net:` members make it count.
+    key = (identity.user, identity.groups, identity.client_ip if index.by_network else None)
+    roleset = index.identities.get(key)
+    if roleset is None:
+        roleset = index.roleset_of(identity, key, policy)
+    plans = roleset.plans
+    if len(hosts) == 1:
+        plan = plans.get(hosts[0])
+        if plan is None:
+            plan = index.plan(hosts[0], roleset, policy)
+        return _decided(plan, request, identity, policy, now, ledger)
+    if len(hosts) > MAX_HOST_NAMES:
+        return _TOO_MANY_NAMES
+    strictest: Decision | None = None
+    for raw in dict.fromkeys(hosts):
+        plan = plans.get(raw)
+        if plan is None:
+            plan = index.plan(raw, roleset, policy)
+        decision = _decided(plan, request, identity, policy, now, ledger)
+        if strictest is None or _strictness(decision) < _strictness(strictest):
+            strictest = decision
+    assert strictest is not None
+    return strictest
+
+
+def _strictness(decision: Decision) -> tuple[int, int]:
+    """Lower is stricter: any block beats any allow, then the lower level."""
+    level = decision.level.rank if decision.level is not None else 3
+    return (0 if decision.decision == BLOCK else 1, level)
+
+
+def _decided(
+    plan: Decision | Plan, request: Request, identity: Identity, policy: Policy, now: datetime, ledger: QuotaLedger
+) -> Decision:
+    """What a host's plan decides for this request: the method and the time finish it."""
+    if isinstance(plan, Decision):  # nothing else can change it
+        return plan
+    allow = plan.allow
+    if plan.site_grants.static_best is not None and allow is not None:  # read-only, no windows or quotas
+        return _read_only(allow, request, policy, plan.refusals)
+    return _decide_grants(plan, request, identity, policy, now, ledger)
+
+
+def _decide_grants(
+    plan: Plan, request: Request, identity: Identity, policy: Policy, now: datetime, ledger: QuotaLedger
+) -> Decision:
+    """Grants with windows or quotas: which are active now decides (steps 4 and 5)."""
+    site_grants, site, roles, host = plan.site_grants, plan.site, plan.roles, plan.host
+    index = index_of(policy)
+    clock = Clock(now, index)
+    best: tuple[str, Grant] | None = None
+    outside_window: list[tuple[str, Grant]] = []
+    exhausted: list[tuple[str, Grant]] = []
+    uncounted: list[tuple[str, Grant]] = []  # quota grants whose usage the store cannot tell
+    for role, grant in site_grants.grants:
+        if grant.windows and not index.window_open(grant, clock.minute, clock.local):
+            outside_window.append((role, grant))
+            continue
+        if grant.daily_minutes is not None:
+            try:
+                usage = ledger.usage(identity.subject, site, clock.day, clock.minute)
+            except StateStoreUnavailable:
+                # Fail closed for this grant only: the user's other grants still apply.
+                uncounted.append((role, grant))
+                continue
+            if usage.exhausted(grant.daily_minutes):
+                exhausted.append((role, grant))
+                continue
+        if best is None or grant.rank > best[1].rank:
+            best = (role, grant)
+    if best is None:
+        # No grant allows: the reason points the way to access.
+        if exhausted:
+            return by_grant(
+                BLOCK, QUOTA_EXHAUSTED, exhausted[0], site, roles, host,
+                opens_at=_opening(exhausted + outside_window, clock, policy),
+                message=f"Today's {exhausted[0][1].daily_minutes} minutes on {site} are used up.",
+            )  # fmt: skip
+        if uncounted:
+            return by_grant(
+                BLOCK, DENIED, uncounted[0], site, roles, host,
+                message=f"Time-limited access to {site} is closed while the quota store cannot be reached.",
+            )  # fmt: skip
+        return by_grant(
+            BLOCK, OUTSIDE_WINDOW, outside_window[0], site, roles, host,
+            opens_at=_opening(outside_window, clock, policy),
+            message=f"{site} is open only at set times ({_window_texts(outside_window)}).",
+        )  # fmt: skip
+    if best[1].level is Level.DENY:
+        return denied_by(best, site, roles, host)
+    allow = plan.allows.get(best[0])
+    if allow is None:
+        allow = plan.allows[best[0]] = allowed_by(best, site, roles, host, site_grants)
+    if best[1].level is Level.READ_ONLY:
+        return _read_only(allow, request, policy, plan.refusals)
+    return allow
+
+
+def _read_only(
+    allow: Decision, request: Request, policy: Policy, refusals: dict[tuple[str | None, str], Decision]
+) -> Decision:
+    """Step 6: `allow` if reading allows `request`, else a read-only block."""
+    assert allow.site is not None  # read-only grants are for a site
+    refusal = read_only_refusal(request, policy.sites[allow.site])
+    if refusal is None:
+        return allow
+    # The same refusal at the same host, made once: a page that posts keeps
+    # posting.  Methods are the client's to invent, so only a few are kept.
+    key = (allow.role, refusal)
+    blocked = refusals.get(key)
+    if blocked is None:
+        blocked = allow._replace(
+            decision=BLOCK,
+            reason=READ_ONLY,
+            counts_quota=False,
+            message=f"{allow.site} is read-only for you: {refusal}.",
+        )
+        if len(refusals) < _REFUSALS_KEPT:
+            refusals[key] = blocked
+    return blocked
+
+
+def read_only_refusal(request: Request, site: Site) -> str | None:
+    """Why a read-only grant refuses `request`, or None when reading allows it.
+
+    A write passes only where the site's rules match its path as servers
+    read it (paths.readings: dot segments removed, unreserved escapes
+    decoded); a path servers may read differently matches no rule.
+    """
+    method = request.method.upper()
+    writes = set() if method in SAFE_METHODS else {method}
+    for name, value in request.headers:
+        if name in HEADERS_READ:
+            if name == "upgrade":
+                return "connection upgrades such as WebSocket are writes"
+            override = value.strip().upper()
+            if override not in SAFE_METHODS:
+                writes.add(override)
+    if not writes:
+        return None
+    rules = site.read_only_allow
+    # Only a write gets here: reads never pay for reading the path.
+    readings = path_readings(request.path.split("?", 1)[0]) if rules else ()
+    for method in sorted(writes):
+        if not readings:
+            if rules:
+                return f"{method} requests are writes, and no exception covers a path servers may read differently"
+            return f"{method} requests are writes"
+        for path in readings:  # every way a server may read the path: a rule must match each
+            if not any(
+                (rule.method is None or rule.method == method) and fnmatch.fnmatchcase(path, rule.path)
+                for rule in rules
+            ):
+                return f"{method} requests are writes"
+    return None
+
+
+class Clock:
+    """`now` in the policy's zone.  Window edges fall on whole minutes, so the
+    local time of the current second is computed once and shared."""
+
+    __slots__ = ("now", "local", "day", "minute", "second")
+    now: datetime
+    local: datetime
+    day: date
+    minute: int
+    second: int
+
+    def __init__(self, now: datetime, index: PolicyIndex):
+        second = int(now.timestamp())
+        cached = index.last_clock
+        if cached is not None and cached[0] == second:
+            _, self.local, self.day = cached
+        else:
+            self.local = now.astimezone(index.timezone).replace(microsecond=0)
+            self.day = self.local.date()
+            index.last_clock = (second, self.local, self.day)
+        self.now = now
+        self.second = second
+        self.minute = second // 60
+
+
+def minute_of(now: datetime) -> int:
+    """The UTC epoch minute: names a real minute even when DST repeats an hour."""
+    return int(now.timestamp() // 60)
+
+
+def local_day(now: datetime, policy: Policy) -> date:
+    return now.astimezone(policy.timezone).date()
+
+
+def _opening(blocked: list[tuple[str, Grant]], clock: Clock, policy: Policy) -> datetime | None:
+    # The same grants blocked in the same minute open at the same time.
+    openings = index_of(policy).openings
+    key = (tuple(id(grant) for _, grant in blocked), clock.minute)
+    if key not in openings:
+        remember(openings, key, _earliest_opening(blocked, clock, policy))
+    return openings[key]
+
+
+def _earliest_opening(blocked: list[tuple[str, Grant]], clock: Clock, policy: Policy) -> datetime | None:
+    """When the first of the blocked grants opens again (window start or new day)."""
+    tz = policy.timezone
+    candidates: list[datetime] = []
+    for _, grant in blocked:
+        if grant.windows and not in_any_window(grant.windows, clock.local):
+            opening = next_window_start(grant.windows, clock.now, tz)
+        else:
+            # Quota used up: a new day, then the first window in it (if any).
+            opening = start_of_next_day(clock.now, tz)
+            if grant.windows and not in_any_window(grant.windows, opening):
+                opening = next_window_start(grant.windows, opening, tz)
+        if opening is not None:
+            candidates.append(opening.astimezone(timezone.utc))
+    return min(candidates) if candidates else None
+
+
+def _window_texts(grants: list[tuple[str, Grant]]) -> str:
+    return ", ".join(dict.fromkeys(w.text for _, g in grants for w in g.windows))

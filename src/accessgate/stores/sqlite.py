@@ -1,0 +1,135 @@
+"""`sqlite:PATH`: quota minutes in one file, kept across restarts; proxies on one host may share it."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import date, timedelta
+from pathlib import Path
+
+from accessgate.errors import StateStoreError
+from accessgate.decision.quota import QuotaUsage
+from accessgate.stores.base import Counted, Counters, ErrorCallback, StoreStats
+from accessgate.stores.spec import StateSpec
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS quota_minutes (
+    subject TEXT NOT NULL,
+    site    TEXT NOT NULL,
+    day     TEXT NOT NULL,     -- local date in the policy's zone, ISO 8601
+    minute  INTEGER NOT NULL,  -- UTC epoch minute
+    PRIMARY KEY (subject, site, day, minute)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS quota_minutes_day ON quota_minutes (day);
+"""
+
+
+class SqliteStore:
+    """`sqlite:PATH`: one row per counted minute; the primary key makes marks idempotent.
+
+    WAL lets readers go on while a proxy writes; `busy_timeout` makes a
+    second process on the same file wait for the lock instead of failing.
+    One connection behind a lock: SQLite serialises writers anyway, and
+    mitmproxy calls from one thread, so a pool would buy nothing.
+    Rows of days before yesterday are deleted when a new day is first
+    marked, so the file holds at most about two days of minutes.
+    """
+
+    BUSY_TIMEOUT_MS = 2000
+
+    def __init__(self, spec: StateSpec, on_error: ErrorCallback | None = None) -> None:
+        self.spec = spec
+        self._on_error = on_error
+        self._counters = Counters("sqlite")
+        self._lock = threading.Lock()
+        path = Path(spec.path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, timeout=self.BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute(f"PRAGMA busy_timeout = {self.BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # In WAL mode NORMAL survives a crash of the proxy; only a power
+            # loss can take back the last marks, which costs a user a minute.
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.executescript(_SCHEMA)
+            (latest,) = self._db.execute("SELECT max(day) FROM quota_minutes").fetchone()
+        except (OSError, sqlite3.Error) as exc:
+            raise StateStoreError(
+                f"cannot open the quota state file {spec.path}: {exc}; "
+                "check that its directory is writable, or set accessgate_state to another path"
+            ) from exc
+        self._latest_day = date.fromisoformat(latest) if latest else None
+        self._counted = Counted()
+
+    def _fail(self, what: str, exc: Exception) -> StateStoreError:
+        error = StateStoreError(
+            f"quota state file {self.spec.path}: cannot {what}: {exc}; "
+            "check the disk and the file's permissions"
+        )
+        if self._on_error is not None:
+            self._on_error(error)
+        return error
+
+    def usage(self, subject: str, site: str, day: date, minute: int) -> QuotaUsage:
+        if (paid := self._counted.paid((subject, site, day), minute)) is not None:
+            self._counters.done()
+            return QuotaUsage(paid, True)
+        try:
+            with self._lock:
+                used, current = self._db.execute(
+                    "SELECT count(*), coalesce(max(minute = ?), 0) FROM quota_minutes"
+                    " WHERE subject = ? AND site = ? AND day = ?",
+                    (minute, subject, site, day.isoformat()),
+                ).fetchone()
+        except sqlite3.Error as exc:
+            error = self._fail("read", exc)
+            self._counters.done(error)
+            raise error from exc
+        self._counters.done()
+        self._counted.put((subject, site, day), used, minute if current else None)
+        return QuotaUsage(used, bool(current))
+
+    def mark(self, subject: str, site: str, day: date, minute: int) -> int:
+        if (paid := self._counted.paid((subject, site, day), minute)) is not None:
+            self._counters.done()
+            return paid
+        key = (subject, site, day.isoformat())
+        try:
+            with self._lock:
+                if self._latest_day is None or day > self._latest_day:
+                    self._latest_day = day
+                    self._prune(day - timedelta(days=1))
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("INSERT OR IGNORE INTO quota_minutes VALUES (?, ?, ?, ?)", (*key, minute))
+                    (used,) = self._db.execute(
+                        "SELECT count(*) FROM quota_minutes WHERE subject = ? AND site = ? AND day = ?", key
+                    ).fetchone()
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            error = self._fail("write", exc)
+            self._counters.done(error)
+            raise error from exc
+        self._counters.done()
+        self._counted.put((subject, site, day), used, minute)
+        return used
+
+    def prune(self, before: date) -> None:
+        """Delete every minute of days before `before`."""
+        with self._lock:
+            self._prune(before)
+
+    def _prune(self, before: date) -> None:
+        self._db.execute("DELETE FROM quota_minutes WHERE day < ?", (before.isoformat(),))
+
+    def stats(self) -> StoreStats:
+        return self._counters.stats
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
