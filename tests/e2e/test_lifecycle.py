@@ -153,6 +153,7 @@ def test_accessgate_run_starts_and_serves(tmp_path, mitm_confdir, origin):
             "--metrics", "127.0.0.1:0", "--state", "memory:",
             "--set", f"confdir={mitm_confdir}", "--set", "connection_strategy=lazy",
             "-s", str(route), "--set", f"route_to_origin={origin.address}",
+            "--set", "accessgate_upstream_allow=127.0.0.1/32",
         ],
         cwd=tmp_path,
     )  # fmt: skip

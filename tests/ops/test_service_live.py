@@ -53,7 +53,8 @@ def service(tmp_path):
     (etc / "policy.yaml").write_text(POLICY)
     origin = Origin()
     site_opts = (f"--listen-port 0 --metrics 127.0.0.1:0 -s {ROUTE} "
-                 f"--set route_to_origin={origin.address} --set connection_strategy=lazy")
+                 f"--set route_to_origin={origin.address} --set connection_strategy=lazy "
+                 "--set accessgate_upstream_allow=127.0.0.1/32")
     command = (
         one("ExecStart")
         .replace("/opt/accessgate/venv/bin/accessgate", str(accessgate))

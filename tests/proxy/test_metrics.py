@@ -75,6 +75,7 @@ EXPECTED = {
     "accessgate_audit_pending_records": child_of("audit_pending", "gauge"),
     "accessgate_audit_dropped_records": child_of("audit_dropped", "counter"),
     "accessgate_state_store_errors": child_of("state_errors", "counter", "store"),
+    "accessgate_upstream_refused": child_of("upstream_refused", "counter", "reason"),
     "accessgate_state_store_duration_seconds": child_of(
         "state_seconds", "histogram", "store", "operation"
     ),

@@ -243,6 +243,9 @@ def start_proxy(
         args += ["-s", str(script)]
     if origin is not None:
         args += ["-s", str(ROUTE), "--set", f"route_to_origin={origin.address}"]
+        if accessgate:
+            # The origin lives on this host, which accessgate otherwise never connects to.
+            settings["accessgate_upstream_allow"] = [origin.address.rpartition(":")[0]]
     settings.update(options or {})
     args += _set_options(settings)
     metrics = metrics and accessgate

@@ -62,6 +62,7 @@ from accessgate.proxy.reload import PolicyReloads
 from accessgate.proxy.sessions import Sessions
 from accessgate.proxy.status import answer_status, names_status
 from accessgate.proxy.tunnels import Tunnels
+from accessgate.proxy.upstream import UpstreamGuard, parse_allowed
 
 log = get_logger("addon")
 
@@ -69,7 +70,7 @@ log = get_logger("addon")
 def accessgate_addons() -> list:
     """The addons a mitmproxy script loads, in their order (see addons/accessgate.py)."""
     gate = AccessGate()
-    return [gate, StripAltSvc(gate.fail)]
+    return [gate, StripAltSvc(gate.fail), gate.upstream]
 
 
 class AccessGate:
@@ -83,6 +84,8 @@ class AccessGate:
         self.audit: Any = None
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
+        refused = self.metrics.upstream_refused
+        self.upstream = UpstreamGuard(lambda reason: refused.labels(reason).inc())
         self.metrics_server: Any = None
         self.metrics_port: int | None = None
         self._pseudonym_key: bytes | None = None
@@ -142,6 +145,11 @@ class AccessGate:
             raise exceptions.OptionsError(
                 "accessgate_audit_retention_days must be 0 (keep forever) or a number of days"
             )
+        if "accessgate_upstream_allow" in updated:
+            try:
+                self.upstream.allow(parse_allowed(o.accessgate_upstream_allow))
+            except ValueError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
         loaded = self.reloads.load_option(o.accessgate_policy) if "accessgate_policy" in updated else None
         if "accessgate_pseudonymize_key" in updated:
             self._pseudonym_key = resources.read_key(o.accessgate_pseudonymize_key)

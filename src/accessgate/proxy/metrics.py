@@ -118,6 +118,12 @@ class Metrics:
             "accessgate_state_store_errors", "Failed calls to the quota state store, by store (sqlite, redis, memory).",
             "store",
         )
+        self.upstream_refused = counter(
+            "accessgate_upstream_refused",
+            "Upstream connections refused because they led to the proxy's own host, by reason "
+            "(loopback, link-local, unspecified, multicast, this-host).",
+            "reason",
+        )
         self.state_seconds = Histogram(
             "accessgate_state_store_duration_seconds",
             "Time calls to the quota state store took, by store and operation.",

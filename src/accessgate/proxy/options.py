@@ -5,6 +5,8 @@ docs/running.md has the table; `AccessGate.configure` applies them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 MODES = ("enforce", "audit")
 DEFAULTS = {
     "accessgate_audit_log": "var/accessgate-audit.jsonl",
@@ -100,5 +102,17 @@ def declare(loader) -> None:
         """
         Delete rotated audit logs older than this many days (checked at
         start and hourly).  0 keeps them forever.
+        """,
+    )
+    loader.add_option(
+        "accessgate_upstream_allow",
+        Sequence[str],
+        [],
+        """
+        Addresses of the proxy's own host (loopback, link-local, this host's
+        interfaces) that the proxy may still connect to for its clients, as
+        addresses or CIDRs, e.g. 127.0.0.1/32.  Empty (the default): no client
+        reaches a service on the proxy host or a cloud metadata address
+        through the proxy.
         """,
     )
