@@ -88,6 +88,7 @@ class GroupResolver:
         workers: int = 2,
         clock: Callable[[], float] = time.monotonic,
         background: bool = True,
+        counters: Counters | None = None,
     ) -> None:
         if on_outage not in ("closed", "last"):
             raise ValueError(f"on_outage {on_outage!r}: use 'closed' or 'last'")
@@ -103,7 +104,7 @@ class GroupResolver:
         self._down_until = float("-inf")
         self._up = True
         self._last_success: float | None = None
-        self._counters = Counters()
+        self._counters = counters if counters is not None else Counters()
         self._log = get_logger("auth")
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -148,6 +149,10 @@ class GroupResolver:
         except Exception:
             pass
         return self._known(user) or self._unavailable()
+
+    def known(self, user: str) -> DirectoryGroups | None:
+        """A known user's groups at once (a refresh starts behind them when due); None for a new user."""
+        return self._known(user)
 
     def cached(self, user: str) -> DirectoryGroups | None:
         """What is known now, without starting any lookup (for explain and the status page)."""
