@@ -126,6 +126,21 @@ def test_directory_and_policy_groups_add_up(proxy, origin):
 
 
 @pytest.mark.parametrize(
+    "user, groups",
+    [
+        pytest.param("alice", [{"name": "marketing", "sources": ["ldap"]}, {"name": "pr", "sources": ["ldap"]}],
+                     id="directory-groups"),
+        pytest.param("bob", [{"name": "contractors", "sources": ["yaml"]}], id="policy-groups"),
+    ],
+)
+def test_the_status_page_shows_where_each_group_came_from(proxy, user, groups):
+    result = curl(proxy, "http://accessgate.status/", user=user, password=PW[user],
+                  headers={"Accept": "application/json"})
+    assert result.status == 200
+    assert (result.json()["user"], result.json()["groups"]) == (user, groups)
+
+
+@pytest.mark.parametrize(
     "typed, canonical",
     [
         pytest.param("ALICE", "alice", id="typed-in-capitals"),

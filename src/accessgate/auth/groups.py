@@ -56,12 +56,13 @@ class GroupSource(NamedTuple):
     sources: tuple[str, ...]  # "yaml", "ldap", or both
 
 
-def sources_of(yaml_groups: Iterable[str], directory: DirectoryGroups | None) -> tuple[GroupSource, ...]:
+def sources_of(yaml_groups: Iterable[str], directory: DirectoryGroups | Iterable[str] | None) -> tuple[GroupSource, ...]:
     """Every group of a user with where it came from, sorted by name."""
     found: dict[str, list[str]] = {}
     for name in yaml_groups:
         found.setdefault(name, []).append("yaml")
-    for name in directory.groups if directory is not None else ():
+    ldap = directory.groups if isinstance(directory, DirectoryGroups) else (directory or ())
+    for name in ldap:
         found.setdefault(name, []).append("ldap")
     return tuple(GroupSource(n, tuple(found[n])) for n in sorted(found))
 
