@@ -42,6 +42,7 @@ from mitmproxy.proxy import mode_specs
 
 from accessgate.auth import (
     BUSY,
+    LIMITED,
     Authenticator,
     Counters,
     Directory,
@@ -67,6 +68,10 @@ _EXPLICIT = (mode_specs.RegularMode, mode_specs.UpstreamMode)
 _AUTH_OPTIONS = {"accessgate_auth", "accessgate_auth_cache_seconds", "accessgate_auth_realms",
                  "accessgate_auth_strip_realm", "proxyauth"}
 _HOOKS = ("http_connect", "http_connected", "requestheaders", "responseheaders", "client_disconnected")
+# A client the failure limit refuses gets its 407 after this delay: a script that retries at once
+# would otherwise keep the event loop busy with refusals that cost it nothing.
+TARPIT_SECONDS = 1.0
+TARPIT_MAX = 10_000  # refusals waiting at once; beyond, they are answered at once and the connection closed
 
 log = get_logger("auth")
 
@@ -92,6 +97,10 @@ class SignIn:
         self._tunnels: dict[str, _User] = {}     # connection id -> who signed in with its CONNECT
         self._negotiated: dict[str, _User] = {}  # connection id -> who Negotiate signed in (plain HTTP)
         self._active = False
+        self._tarpitted = 0  # refusals waiting out TARPIT_SECONDS
+        # One thread fewer than the cores, at most 4: a flood of wrong bcrypt passwords
+        # (from many addresses, past the limit) leaves the event loop a core.
+        self.workers = max(1, min(4, len(os.sched_getaffinity(0)) - 1)) if hasattr(os, "sched_getaffinity") else 2
 
     def __repr__(self) -> str:
         return f"SignIn(auth={self.auth!r}, groups={self.groups!r})"
@@ -124,7 +133,7 @@ class SignIn:
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
         auth = (Authenticator(methods, cache_ttl=float(options.accessgate_auth_cache_seconds),
-                              counters=self.counters) if methods else None)
+                              counters=self.counters, workers=self.workers) if methods else None)
         self._swap(auth, directory, policy)
         log.info("signin_configured", methods=[m.name for m in methods],
                  directory=self.directory.settings.url if self.directory else None)
@@ -147,7 +156,7 @@ class SignIn:
                                 "sign-in keeps the directory it had")
                 return
             methods = [_rebuilt(m, directory[0]) for m in auth.methods]
-            auth = Authenticator(methods, cache_ttl=auth.cache.ttl, counters=self.counters)
+            auth = Authenticator(methods, cache_ttl=auth.cache.ttl, counters=self.counters, workers=self.workers)
         self._swap(auth, directory, policy)
         log.info("directory_configured", directory=self.directory.settings.url if self.directory else None)
 
@@ -276,6 +285,8 @@ class SignIn:
         client = flow.client_conn
         if not answer.ok or not answer.user:
             self._negotiated.pop(client.id, None)
+            if answer.outcome == LIMITED:
+                return self._tarpit(flow, refusal(answer, auth.challenges))
             flow.response = refusal(answer, auth.challenges)
             return None
         # Never towards the site (hygiene strips it as well) and never into a record.
@@ -288,6 +299,21 @@ class SignIn:
         if answer.reply:
             flow.metadata[_REPLY] = answer.reply
         return self._with_groups(flow, found)
+
+    def _tarpit(self, flow: http.HTTPFlow, response: http.Response):
+        if self._tarpitted >= TARPIT_MAX:
+            response.headers["Connection"] = "close"
+            flow.response = response
+            return None
+        return self._answer_later(flow, response)
+
+    async def _answer_later(self, flow: http.HTTPFlow, response: http.Response) -> None:
+        self._tarpitted += 1
+        try:
+            await asyncio.sleep(TARPIT_SECONDS)
+        finally:
+            self._tarpitted -= 1
+            flow.response = response
 
     def _with_groups(self, flow: http.HTTPFlow, found: _User):
         resolver = self.groups
