@@ -139,3 +139,29 @@ def test_status_page_for_a_client_without_roles_or_sites() -> None:
     assert "Not signed in; your computer is 2001:db8::7" in text
     assert "You have no role in the web access policy." in text
     assert "The policy names no sites." in text
+
+
+def test_groups_show_where_each_came_from() -> None:
+    from accessgate.auth.groups import GroupSource
+
+    groups = (GroupSource("contractors", ("yaml",)), GroupSource("pr", ("yaml", "ldap")),
+              GroupSource("sales", ("ldap",)))
+    _, _, body = status_response(identity=Identity(user="alice"), roles=("staff",), rows=[], now=NOW,
+                                 accept="application/json", groups=groups)
+    assert json.loads(body)["groups"] == [
+        {"name": "contractors", "sources": ["yaml"]},
+        {"name": "pr", "sources": ["yaml", "ldap"]},
+        {"name": "sales", "sources": ["ldap"]},
+    ]
+    _, _, page = status_response(identity=Identity(user="alice"), roles=("staff",), rows=[], now=NOW,
+                                 accept=CHROME, groups=groups)
+    assert ("Your groups: contractors (the policy), pr (the policy and the directory), "
+            "sales (the directory).") in " ".join(text_of(page).split())
+
+
+def test_a_hostile_group_name_is_escaped() -> None:
+    from accessgate.auth.groups import GroupSource
+
+    _, _, page = status_response(identity=Identity(user="alice"), roles=(), rows=[], now=NOW, accept=CHROME,
+                                 groups=(GroupSource(HOSTILE, ("ldap",)),))
+    assert HOSTILE.encode() not in page

@@ -39,7 +39,7 @@ class Loaded:
 
     @property
     def gate(self) -> AccessGate:
-        return self.addons[0]
+        return next(a for a in self.addons if isinstance(a, AccessGate))
 
     def hook(self, name: str, *args: Any) -> None:
         """Call hook `name` on every addon that has it, in the script's order, as mitmproxy does."""
@@ -77,11 +77,12 @@ def loaded(tmp_path: Path, policy: Path = EXAMPLE_POLICY, proxy_options: bool = 
             "accessgate_metrics": "",
             **options,
         }
-        tctx.configure(addons[0], **settings)
+        result = Loaded(addons, tctx, audit_path)
+        tctx.configure(result.gate, **settings)
         try:
-            yield Loaded(addons, tctx, audit_path)
+            yield result
         finally:
-            addons[0].done()
+            result.gate.done()
 
 
 def request(

@@ -28,6 +28,7 @@ from accessgate.auth.authenticator import (
     MALFORMED,
     UNSUPPORTED,
     Authenticator,
+    Checking,
     SignIn,
 )
 from accessgate.auth.base import Method, Verdict
@@ -47,7 +48,7 @@ from accessgate.auth.options import MethodSpec, parse_auth_option
 
 __all__ = [
     "ACCEPTED", "ANONYMOUS", "BUSY", "LIMITED", "MALFORMED", "UNSUPPORTED",
-    "Authenticator", "Basic", "Counters", "Directory", "DirectoryGroups", "DirectoryUnavailable",
+    "Authenticator", "Basic", "Checking", "Counters", "Directory", "DirectoryGroups", "DirectoryUnavailable",
     "FailureLimiter", "GroupResolver", "GroupSource", "HtpasswdMethod", "LdapMethod", "LdapSettings",
     "Malformed", "Method", "MethodSpec", "Negotiate", "Sample", "SignIn", "Verdict",
     "build_methods", "escape_filter_value", "parse", "parse_auth_option", "sources_of",

@@ -48,6 +48,21 @@ UNAVAILABLE_ = "unavailable"  # no method could check (directory down, timeout)
 BUSY = "busy"                # too many checks waiting; try again shortly
 
 
+class Checking:
+    """A check running in the pool; `await checking.result()` for its SignIn."""
+
+    __slots__ = ("_auth", "_future", "_creds")
+
+    def __init__(self, auth: Authenticator, future: concurrent.futures.Future, creds: Basic | Negotiate) -> None:
+        self._auth, self._future, self._creds = auth, future, creds
+
+    def __repr__(self) -> str:
+        return f"Checking({self._creds})"
+
+    async def result(self) -> SignIn:
+        return await self._auth._wait(self._future, self._creds)
+
+
 @dataclass(frozen=True, slots=True)
 class SignIn:
     """The answer for one Proxy-Authorization header. Holds no secret."""
@@ -97,6 +112,7 @@ class Authenticator:
         max_pending: int = 256,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        counters: Counters | None = None,
     ) -> None:
         names = [m.name for m in methods]
         if len(set(names)) != len(names):
@@ -117,7 +133,8 @@ class Authenticator:
         self._inflight: dict[bytes, concurrent.futures.Future[Verdict | tuple[str, Verdict]]] = {}
         self._pending = 0
         self._polled = float("-inf")
-        self._counters = Counters()
+        # Passed in by the proxy, so that a rebuilt Authenticator keeps counting where the last one stopped.
+        self._counters = counters if counters is not None else Counters()
         self._log = get_logger("auth")
         self._throttle = _LogThrottle(clock=clock)
 
@@ -153,10 +170,18 @@ class Authenticator:
 
     async def check_async(self, header: str | bytes | None, address: str | None = None) -> SignIn:
         """Check without blocking the event loop: slow checks run in the thread pool."""
+        first = self.begin(header, address)
+        return first if isinstance(first, SignIn) else await first.result()
+
+    def begin(self, header: str | bytes | None, address: str | None = None) -> SignIn | Checking:
+        """The answer now if it needs no check (cached, anonymous, malformed, limited), else a
+        `Checking` to await: the proxy's request hook stays synchronous for the common case."""
         first = self._begin(header, address)
         if isinstance(first, SignIn):
             return self._count(first)
-        future, creds = first
+        return Checking(self, *first)
+
+    async def _wait(self, future: concurrent.futures.Future, creds: Basic | Negotiate) -> SignIn:
         try:
             outcome = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.timeout)
         except asyncio.TimeoutError:
@@ -266,7 +291,12 @@ class Authenticator:
     # ---- bookkeeping ---------------------------------------------------------------
 
     def _count(self, result: SignIn) -> SignIn:
-        self._counters.inc("signin_total", method=result.method or "none", result=result.outcome)
+        method = result.method or "none"
+        self._counters.inc("signin_total", method=method, result=result.outcome)
+        if result.outcome not in (ACCEPTED, ANONYMOUS):
+            # Reasons are fixed codes ('bad-password', 'replayed', ...); a limited client's is 'limited'.
+            reason = "limited" if result.outcome == LIMITED else (result.reason or result.outcome)
+            self._counters.inc("signin_failures_total", method=method, reason=reason)
         return result
 
     def _generation_of(self, method: str) -> int:

@@ -56,12 +56,13 @@ class GroupSource(NamedTuple):
     sources: tuple[str, ...]  # "yaml", "ldap", or both
 
 
-def sources_of(yaml_groups: Iterable[str], directory: DirectoryGroups | None) -> tuple[GroupSource, ...]:
+def sources_of(yaml_groups: Iterable[str], directory: DirectoryGroups | Iterable[str] | None) -> tuple[GroupSource, ...]:
     """Every group of a user with where it came from, sorted by name."""
     found: dict[str, list[str]] = {}
     for name in yaml_groups:
         found.setdefault(name, []).append("yaml")
-    for name in directory.groups if directory is not None else ():
+    ldap = directory.groups if isinstance(directory, DirectoryGroups) else (directory or ())
+    for name in ldap:
         found.setdefault(name, []).append("ldap")
     return tuple(GroupSource(n, tuple(found[n])) for n in sorted(found))
 
@@ -88,6 +89,7 @@ class GroupResolver:
         workers: int = 2,
         clock: Callable[[], float] = time.monotonic,
         background: bool = True,
+        counters: Counters | None = None,
     ) -> None:
         if on_outage not in ("closed", "last"):
             raise ValueError(f"on_outage {on_outage!r}: use 'closed' or 'last'")
@@ -103,7 +105,7 @@ class GroupResolver:
         self._down_until = float("-inf")
         self._up = True
         self._last_success: float | None = None
-        self._counters = Counters()
+        self._counters = counters if counters is not None else Counters()
         self._log = get_logger("auth")
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
@@ -148,6 +150,10 @@ class GroupResolver:
         except Exception:
             pass
         return self._known(user) or self._unavailable()
+
+    def known(self, user: str) -> DirectoryGroups | None:
+        """A known user's groups at once (a refresh starts behind them when due); None for a new user."""
+        return self._known(user)
 
     def cached(self, user: str) -> DirectoryGroups | None:
         """What is known now, without starting any lookup (for explain and the status page)."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from accessgate.auth.groups import sources_of
 from accessgate.decision import explain
 from accessgate.decision import decide
 from accessgate.policy.model import fold_user
 from accessgate.cli.common import load_or_report
+from accessgate.policy.model import Policy
 
 HELP = "show how a policy decides one request: decision, reason, site, level, role, rule"
 
@@ -40,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MINUTES",
         help="assume MINUTES of every daily quota are already used today (default: 0)",
     )
+    parser.add_argument(
+        "--no-directory",
+        action="store_true",
+        help="with --user, do not ask the policy's directory.ldap for the user's groups "
+        "(only the policy's own groups count)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -50,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         headers = tuple(explain.parse_header(h) for h in args.header)
         request = explain.request_from_url(args.url, args.method, headers)
-        who = explain.identity(fold_user(args.user) if args.user else None, args.client_ip)
+        user = fold_user(args.user) if args.user else None
+        ldap_groups, directory = directory_groups(policy, user, skip=args.no_directory)
+        who = explain.identity(user, args.client_ip, ldap_groups)
         at = explain.parse_time(args.at, policy.timezone)
         if args.quota_used < 0:
             raise ValueError("--quota-used is a number of minutes, 0 or more")
@@ -59,6 +70,30 @@ def run(args: argparse.Namespace) -> int:
         return 2
     ledger = explain.UsedMinutes(args.quota_used) if args.quota_used else None
     decision = decide(request, who, policy, at, ledger)
-    data = explain.report(decision, policy, request=request, who=who, at=at, url=args.url)
+    groups = sources_of(policy.user_groups.get(user, ()), ldap_groups) if user else ()
+    data = explain.report(decision, policy, request=request, who=who, at=at, url=args.url,
+                          groups=groups, directory=directory)
     print(json.dumps(data, indent=2) if args.json else explain.render(data))
     return 0
+
+
+def directory_groups(policy: Policy, user: str | None, skip: bool) -> tuple[frozenset[str], str | None]:
+    """The directory's groups of `user` as the proxy would find them, and how the directory answered."""
+    if user is None or policy.ldap is None:
+        return frozenset(), None
+    if skip:
+        return frozenset(), "not asked (--no-directory)"
+    from accessgate.auth.directory import Directory, DirectoryUnavailable
+    from accessgate.auth.ldapsettings import LdapSettings
+
+    base = Path(policy.sources[0]).parent if policy.sources else Path.cwd()
+    try:
+        directory = Directory(LdapSettings.from_policy(policy.ldap, base_dir=base))
+        found = directory.groups_of(user)
+    except (ValueError, DirectoryUnavailable) as exc:
+        print(f"accessgate explain: warning: the directory was not asked or did not answer ({exc}); "
+              "deciding with the policy's own groups only", file=sys.stderr)
+        return frozenset(), f"unavailable ({exc})"
+    if found is None:
+        return frozenset(), f"{directory.settings.url}: no such user"
+    return found, f"{directory.settings.url}: {len(found)} group{'' if len(found) == 1 else 's'}"

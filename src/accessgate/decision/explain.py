@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone, tzinfo
 from zoneinfo import ZoneInfo
@@ -66,15 +67,15 @@ def parse_header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def identity(user: str | None, client_ip: str | None) -> Identity:
-    """Who asks.  Groups stay empty: the engine reads local groups from the policy."""
+def identity(user: str | None, client_ip: str | None, groups: frozenset[str] = frozenset()) -> Identity:
+    """Who asks.  `groups` are the directory's (the engine reads the policy's own groups itself)."""
     ip = None
     if client_ip:
         try:
             ip = ipaddress.ip_address(client_ip.strip())
         except ValueError:
             raise ValueError(f"'{client_ip}' is not an IP address; write one like 10.1.2.3 or 2001:db8::1") from None
-    return Identity(user=user or None, client_ip=ip)
+    return Identity(user=user or None, groups=groups if user else frozenset(), client_ip=ip)
 
 
 def parse_time(text: str | None, tz: tzinfo, now: datetime | None = None) -> datetime:
@@ -119,8 +120,14 @@ def report(
     who: Identity,
     at: datetime,
     url: str | None = None,
+    groups: Sequence[tuple[str, Sequence[str]]] = (),
+    directory: str | None = None,
 ) -> dict[str, object]:
-    """The decision and what it was decided about, ready for `json.dumps`."""
+    """The decision and what it was decided about, ready for `json.dumps`.
+
+    `groups` are the user's groups with their sources (`yaml`, `ldap`);
+    `directory` says how the directory answered, when it was asked.
+    """
     tz = policy.timezone
     return {
         "decision": decision.decision,
@@ -134,6 +141,8 @@ def report(
         "opens_at": decision.opens_at.astimezone(tz).isoformat() if decision.opens_at else None,
         "message": decision.message,
         "user": who.user,
+        "groups": [{"name": name, "sources": list(sources)} for name, sources in groups],
+        "directory": directory,
         "client_ip": str(who.client_ip) if who.client_ip is not None else None,
         "method": request.method,
         "url": url,
@@ -160,6 +169,13 @@ def render(data: dict[str, object]) -> str:
         ("rule", data["rule"] or dash),
         ("roles", ", ".join(data["roles"]) or "(none)"),  # type: ignore[arg-type]
         ("user", data["user"] or "(anonymous)"),
+    ]
+    if data.get("groups"):
+        lines.append(("groups", ", ".join(f"{g['name']} ({', '.join(g['sources'])})"  # type: ignore[index]
+                                          for g in data["groups"])))  # type: ignore[union-attr]
+    if data.get("directory"):
+        lines.append(("directory", data["directory"]))
+    lines += [
         ("client", data["client_ip"] or dash),
         ("host", data["host"] or dash),
         ("at", _when(str(data["at"]), str(data["timezone"]))),

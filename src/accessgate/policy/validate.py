@@ -30,8 +30,18 @@ from accessgate.policy.windows import parse_window
 SITE_KEYS = ("domains", "networks", "read_only_allow")
 RULE_KEYS = ("method", "path")
 DIRECTORY_KEYS = ("groups", "ldap")
-LDAP_KEYS = ("url", "bind_dn", "bind_password_file", "base_dn", "group_attribute",
-             "user_filter", "group_filter", "cache_seconds")
+# directory.ldap: the keys accessgate.auth's LdapSettings reads (tests/auth checks they agree).
+LDAP_KEYS = ("url", "bind_dn", "bind_password_file", "base_dn", "group_base_dn", "kind",
+             "user_attribute", "user_filter", "group_search", "group_filter", "group_attribute",
+             "group_map", "max_depth", "start_tls", "ca_file", "timeout_seconds",
+             "cache_seconds", "stale_seconds", "on_outage", "first_lookup_seconds")
+LDAP_CHOICES = {"kind": ("ad", "openldap"), "group_search": ("in_chain", "walk", "member_of"),
+                "on_outage": ("closed", "last")}
+# Whole numbers: (lowest, highest or None).
+LDAP_NUMBERS = {"cache_seconds": (0, None), "stale_seconds": (0, None), "timeout_seconds": (1, 600),
+                "first_lookup_seconds": (0, 60), "max_depth": (1, 64)}
+_LDAP_ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9-]*\Z|[0-9]+(\.[0-9]+)+\Z")
+_BOOL = "tag:yaml.org,2002:bool"
 ROLE_KEYS = ("members", "access")
 GRANT_KEYS = ("level", "windows", "daily_minutes")
 LEVELS = tuple(level.value for level in model.Level)
@@ -280,18 +290,78 @@ class Validator:
         return groups, ldap
 
     def _ldap(self, node: yaml.Node) -> dict[str, object]:
+        ck = self.ck
         settings: dict[str, object] = {}
-        for entry in self.ck.entries(node, "'directory.ldap'", LDAP_KEYS):
+        for entry in ck.entries(node, "'directory.ldap'", LDAP_KEYS):
+            name, value_node = entry.name, entry.value
+            what = f"'{name}' of directory.ldap"
             value: object
-            if entry.name == "cache_seconds":
-                value = self.ck.whole_number(
-                    entry.value, "'cache_seconds' of directory.ldap must be a whole number of seconds, 0 or more", 0
-                )
+            if name in LDAP_NUMBERS:
+                low, high = LDAP_NUMBERS[name]
+                bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
+                unit = " of seconds," if name.endswith("_seconds") else ""
+                value = ck.whole_number(value_node, f"{what} must be a whole number{unit} {bounds}", low, high)
+            elif name in LDAP_CHOICES:
+                value = ck.choice(value_node, what, LDAP_CHOICES[name])
+            elif name == "start_tls":
+                value = None
+                if value_node.tag == _BOOL:
+                    value = value_node.value.lower() in ("true", "yes", "on", "y")
+                else:
+                    ck.problem(value_node, f"{what} must be true or false, not {describe(value_node)}")
+            elif name == "group_map":
+                value = self._group_map(value_node)
             else:
-                value = self.ck.text(entry.value, f"'{entry.name}' of directory.ldap")
+                value = ck.text(value_node, what)
+                if value is not None and not self._ldap_text(name, str(value), value_node):
+                    value = None
             if value is not None:
-                settings[entry.name] = value
+                settings[name] = value
+        if not isinstance(node, yaml.MappingNode):
+            return settings
+        for required in ("url", "base_dn"):
+            if required not in settings and not any(text_of(k) == required for k, _ in node.value):
+                ck.problem(node, f"directory.ldap needs '{required}' "
+                                 "(e.g. url: ldaps://dc1.corp.example:636, base_dn: DC=corp,DC=example)")
+        if settings.get("start_tls") and str(settings.get("url", "")).lower().startswith("ldaps://"):
+            ck.problem(node, "directory.ldap: start_tls is for ldap:// URLs; an ldaps:// URL is TLS already")
+        if settings.get("bind_dn") and "bind_password_file" not in settings:
+            ck.problem(node, "directory.ldap has a bind_dn but no bind_password_file; "
+                             "name the file that holds the service account's password")
         return settings
+
+    def _ldap_text(self, name: str, value: str, node: yaml.Node) -> bool:
+        """Whether a text setting of directory.ldap can work; reports why not."""
+        ck = self.ck
+        if name == "url" and not re.match(r"ldaps?://[^/?#]+/?\Z", value, re.IGNORECASE):
+            ck.problem(node, f"'url' of directory.ldap {quoted(value)} is not an LDAP server URL; "
+                             "write it like ldaps://dc1.corp.example:636 or ldap://ldap.example.org")
+            return False
+        if name in ("user_attribute", "group_attribute") and not _LDAP_ATTRIBUTE.match(value):
+            ck.problem(node, f"'{name}' of directory.ldap {quoted(value)} is not an attribute name, "
+                             "like sAMAccountName, uid or member")
+            return False
+        if name in ("user_filter", "group_filter"):
+            if "{" in value:
+                ck.problem(node, f"'{name}' of directory.ldap {quoted(value)} has a placeholder; it is ANDed "
+                                 "to accessgate's own search (the name is matched through user_attribute, "
+                                 "escaped), so write a plain filter like (objectClass=person)")
+                return False
+            if not (value.startswith("(") and value.endswith(")")) or value.count("(") != value.count(")"):
+                ck.problem(node, f"'{name}' of directory.ldap {quoted(value)} is not a filter; write it in "
+                                 "parentheses, like (objectClass=groupOfNames)")
+                return False
+        return True
+
+    def _group_map(self, node: yaml.Node) -> dict[str, str] | None:
+        """Directory group (DN or CN) -> policy group name."""
+        found: dict[str, str] = {}
+        for entry in self.ck.entries(node, "'group_map' of directory.ldap"):
+            source = self.ck.text(entry.key, "a directory group in group_map")
+            target = self.ck.name(entry.value, f"the policy group that directory group {quoted(entry.name)} maps to")
+            if source is not None and target is not None:
+                found[source] = target
+        return found
 
     # ---- roles ----------------------------------------------------------------
 

@@ -60,6 +60,7 @@ from accessgate.proxy.minutes import QuotaMinutes
 from accessgate.proxy.records import META, FlowState, access_record, body_size, flow_state
 from accessgate.proxy.reload import PolicyReloads
 from accessgate.proxy.sessions import Sessions
+from accessgate.proxy.signin import SignIn
 from accessgate.proxy.status import answer_status, names_status
 from accessgate.proxy.tunnels import Tunnels
 from accessgate.proxy.upstream import UpstreamGuard, parse_allowed
@@ -70,7 +71,7 @@ log = get_logger("addon")
 def accessgate_addons() -> list:
     """The addons a mitmproxy script loads, in their order (see addons/accessgate.py)."""
     gate = AccessGate()
-    return [gate, StripAltSvc(gate.fail), gate.upstream]
+    return [gate.signin, gate, StripAltSvc(gate.fail), gate.upstream]
 
 
 class AccessGate:
@@ -105,6 +106,9 @@ class AccessGate:
         self.reloads = PolicyReloads(self)
         self.sessions = Sessions(self)
         self.tunnels = Tunnels(self, self.sessions)
+        # accessgate_auth and directory groups: an addon of its own, before this one in the chain.
+        self.signin = SignIn(self)
+        self.metrics.watch_signin(self.signin.samples)
         # Bound once: the request hooks call these on every request.
         self.identity = self._identities.of_flow
         self.spend_quota = self._minutes.spend
@@ -173,6 +177,7 @@ class AccessGate:
             self.metrics_server, self.metrics_port = resources.start_metrics(self.registry, o.accessgate_metrics)
         if loaded is not None:
             self.reloads.adopt(*loaded)
+        self.signin.apply_options(o, updated)
 
     def _state_error(self, exc: Exception) -> None:
         kind = getattr(getattr(self.ledger, "spec", None), "kind", "unknown")
@@ -226,6 +231,7 @@ class AccessGate:
             quietly(self.ledger.close)
         if self.metrics_server is not None:
             quietly(self.metrics_server.stop)
+        quietly(self.signin.close)
 
     # -- HTTP hooks --------------------------------------------------------------
 

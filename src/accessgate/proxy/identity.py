@@ -1,11 +1,13 @@
 """Who is asking: turn what mitmproxy knows about a client into `engine.Identity`.
 
-The user is the one mitmproxy's own `proxyauth` addon authenticated: it puts
-`(user, password)` into `flow.metadata["proxyauth"]`, and for requests inside
-a CONNECT tunnel it copies the CONNECT's credentials there, so a second
-Proxy-Authorization sent inside the tunnel never changes who the user is.
+The user is the one accessgate's sign-in (`signin.py`) put into
+`flow.metadata[SIGNED_IN]`, with the directory's groups; else the one
+mitmproxy's own `proxyauth` addon authenticated: it puts `(user, password)`
+into `flow.metadata["proxyauth"]`, and for requests inside a CONNECT tunnel
+it copies the CONNECT's credentials there.  Either way a second
+Proxy-Authorization sent inside a tunnel never changes who the user is.
 Groups from the policy's local directory are the engine's business; this
-module only supplies the name and the client's address.
+module supplies the name, the directory's groups and the client's address.
 
 The name is case-folded here, once (`model.fold_user`): a directory that
 signs in `ALICE` with alice's password means alice, and roles, quotas and
@@ -16,10 +18,22 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from accessgate.decision import Identity
 from accessgate.policy.model import IPAddress, fold_user
+
+
+SIGNED_IN = "accessgate_signin"  # flow.metadata key: a SignedIn
+_NO_GROUPS: frozenset[str] = frozenset()
+
+
+class SignedIn(NamedTuple):
+    """Who accessgate's sign-in decided a flow is for."""
+
+    user: str               # canonical and case-folded
+    method: str             # 'negotiate', 'ldap', 'htpasswd' or 'proxyauth'
+    groups: frozenset[str]  # the directory's (empty without directory.ldap)
 
 
 def client_ip(peername: Any) -> IPAddress | None:
@@ -63,12 +77,15 @@ def identity_for_flow(flow) -> Identity:
     return identity_of(flow.metadata.get("proxyauth"), flow.client_conn.peername)
 
 
-def identity_for_connection(client, authenticated: Any = None) -> Identity:
+def identity_for_connection(client, authenticated: Any = None, signed: SignedIn | None = None) -> Identity:
     """The identity behind a client connection, outside any HTTP flow.
 
-    `authenticated` is the proxyauth addon's map of connections that
-    authenticated with a CONNECT; without proxyauth everyone is anonymous.
+    `signed` is who accessgate's sign-in signed in on it; `authenticated` is
+    the proxyauth addon's map of connections that authenticated with a
+    CONNECT.  Without either everyone is anonymous.
     """
+    if signed is not None:
+        return Identity(user=signed.user, groups=signed.groups, client_ip=client_ip(client.peername))
     creds = authenticated.get(client) if authenticated is not None else None
     return identity_of(creds, client.peername)
 
@@ -91,19 +108,25 @@ class IdentityCache:
 
     def of_flow(self, flow) -> Identity:
         client = flow.client_conn
-        user = user_from_proxyauth(flow.metadata.get("proxyauth"))
+        metadata = flow.metadata
+        signed = metadata.get(SIGNED_IN) if metadata else None
+        if signed is not None:
+            user, groups = signed.user, signed.groups
+        else:
+            user, groups = user_from_proxyauth(metadata.get("proxyauth")), _NO_GROUPS
         users = self.by_connection.get(client.id)
         if users is None:
             users = self.by_connection[client.id] = {}
         identity = users.get(user)
-        if identity is None:
+        # The resolver hands out the same frozenset until a user's groups change.
+        if identity is None or (identity.groups is not groups and identity.groups != groups):
             if users:
                 ip = next(iter(users.values())).client_ip
                 if len(users) >= _USERS_PER_CONNECTION:
                     users.clear()
             else:
                 ip = client_ip(client.peername)
-            identity = users[user] = Identity(user=user, client_ip=ip)
+            identity = users[user] = Identity(user=user, groups=groups, client_ip=ip)
         return identity
 
     def forget(self, client_id: str) -> None:

@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from accessgate.audit.writer import AuditStats
+    from accessgate.auth import Sample
     from accessgate.decision import Decision
 
 # A decision costs microseconds; a slow one (a huge policy, a slow store
@@ -131,6 +132,7 @@ class Metrics:
             buckets=STATE_BUCKETS,
             registry=registry,
         )
+        self._signin: _SampleCollector | None = None
         self._policy_hash: str | None = None
         self._audit_seen: AuditStats | None = None
         self._lock = threading.Lock()
@@ -166,6 +168,11 @@ class Metrics:
                     pass
             self.policy_info.labels(digest).set(1)
             self._policy_hash = digest
+
+    def watch_signin(self, samples: Callable[[], list[Sample]]) -> None:
+        """Export sign-in and directory figures (`SIGNIN_METRICS`) from `samples()` at each scrape."""
+        if self._signin is None:
+            self._signin = _SampleCollector(samples, self.registry)
 
     def observe_reload(self, ok: bool, when: float) -> None:
         """Count a policy load attempt at Unix time `when`."""
@@ -258,6 +265,64 @@ class _HistogramTally(Collector):
         total = self.sum  # after the counts, so it holds every observation counted
         buckets = list(zip(self._le, accumulate(counts), strict=True))  # _count is the +Inf one
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+
+# Sign-in and directory metrics, kept by accessgate.auth (names without the prefix):
+# name -> (kind, labels, help).  Label values are fixed words, never users.
+SIGNIN_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "signin_total": ("counter", ("method", "result"), "Sign-in answers, by method and result (accepted, "
+                     "anonymous, refused, malformed, unsupported, limited, unavailable, busy)."),
+    "signin_failures_total": ("counter", ("method", "reason"), "Failed sign-ins, by method and reason "
+                              "(bad-password, unknown-user, replayed, wrong-realm, garbage, limited, ...)."),
+    "signin_cache_total": ("counter", ("result",), "Basic credentials looked up in the cache, by result (hit, miss)."),
+    "signin_limited_total": ("counter", ("scope",), "Sign-ins refused unchecked by the failure limit, "
+                             "by scope (address, user)."),
+    "signin_coalesced_total": ("counter", (), "Checks that shared one already running for the same credential."),
+    "signin_busy_total": ("counter", (), "Sign-ins refused because too many checks were waiting."),
+    "signin_check_seconds_total": ("counter", ("scheme",), "Seconds spent checking credentials, by scheme."),
+    "signin_cache_entries": ("gauge", (), "Verified credentials in the cache."),
+    "signin_pending_checks": ("gauge", (), "Credential checks running or waiting."),
+    "directory_up": ("gauge", (), "1 if the last directory lookup succeeded, else 0."),
+    "directory_users": ("gauge", ("state",), "Users whose directory groups are known, by state "
+                        "(fresh, stale, expired, unknown)."),
+    "directory_last_success_age_seconds": ("gauge", (), "Seconds since the directory last answered a lookup."),
+    "directory_lookups_total": ("counter", ("result",), "Group lookups, by result (ok, unknown-user, error)."),
+    "directory_lookup_seconds_total": ("counter", (), "Seconds spent in group lookups."),
+    "directory_group_changes_total": ("counter", (), "Lookups that found a user's groups changed."),
+    "directory_first_lookup_total": ("counter", ("result",), "First lookups that did not finish in time "
+                                     "(result: pending); the request went on without directory groups."),
+}
+
+
+class _SampleCollector(Collector):
+    """The SIGNIN_METRICS families, from `samples()` at each scrape (only they are exported)."""
+
+    def __init__(self, samples: Callable[[], list[Sample]], registry: CollectorRegistry) -> None:
+        self._samples = samples
+        registry.register(self)
+
+    def _families(self) -> dict[str, Metric]:
+        families: dict[str, Metric] = {}
+        for name, (kind, labels, doc) in SIGNIN_METRICS.items():
+            full = "accessgate_" + name
+            if kind == "counter":
+                families[name] = CounterMetricFamily(full.removesuffix("_total"), doc, labels=labels)
+            else:
+                families[name] = GaugeMetricFamily(full, doc, labels=labels)
+        return families
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families().values()
+
+    def collect(self) -> Iterator[Metric]:
+        families = self._families()
+        for sample in self._samples():
+            spec = SIGNIN_METRICS.get(sample.name)
+            if spec is None:
+                continue
+            given = dict(sample.labels)
+            families[sample.name].add_metric([given.get(label, "") for label in spec[1]], sample.value)
+        yield from families.values()
 
 
 def site_label(decision: Decision) -> str:

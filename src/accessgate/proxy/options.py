@@ -116,3 +116,46 @@ def declare(loader) -> None:
         through the proxy.
         """,
     )
+    loader.add_option(
+        "accessgate_auth",
+        str,
+        "",
+        """
+        Sign-in methods, offered to clients in this order as 407 challenges:
+        negotiate or negotiate:KEYTAB (Kerberos single sign-on),
+        ldap (a password checked against the policy's directory.ldap),
+        htpasswd:PATH (a file Apache's htpasswd wrote), separated by commas,
+        e.g. "negotiate,ldap".  Checks run off the event loop and are cached
+        (accessgate_auth_cache_seconds); failures are limited per address
+        and name.  Empty: no sign-in (or mitmproxy's proxyauth, not both).
+        """,
+    )
+    loader.add_option(
+        "accessgate_auth_cache_seconds",
+        int,
+        300,
+        """
+        How long a verified password is remembered (as a keyed digest), so
+        that bcrypt or an LDAP bind runs once per user in that time.  0
+        checks every request.
+        """,
+    )
+    loader.add_option(
+        "accessgate_auth_realms",
+        str,
+        "",
+        """
+        Kerberos realms whose users may sign in with negotiate, separated by
+        commas; the first is the default realm.  Empty: the realm of the
+        proxy's own service principal only.
+        """,
+    )
+    loader.add_option(
+        "accessgate_auth_strip_realm",
+        bool,
+        True,
+        """
+        Name Kerberos users of the default realm without it (alice, not
+        alice@CORP.EXAMPLE); users of other allowed realms keep theirs.
+        """,
+    )

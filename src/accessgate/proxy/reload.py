@@ -223,6 +223,7 @@ class PolicyReloads:
         gate = self._gate
         quietly(lambda: engine.prepare(policy))
         gate.policy = policy
+        quietly(lambda: gate.signin.use_policy(policy))  # its directory.ldap, if that changed
         self._generation += 1
         self.count("success")
         quietly(lambda: gate.metrics.set_policy(policy.short_digest))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from mitmproxy import http
 
 from accessgate import decision as engine
+from accessgate.auth.groups import GroupSource, sources_of
 from accessgate.decision.quota import NoQuotaUsed
 from accessgate.proxy.pages import (
     HTML_TYPE,
@@ -54,9 +55,11 @@ def answer_status(
 ) -> None:
     """Answer `flow` with the status page of `identity`."""
     roles = engine.roles_for(identity, policy)
+    groups = sources_of(policy.user_groups.get(identity.user, ()), identity.groups) if identity.user else ()
     status, headers, body = status_response(
         identity=identity,
         roles=roles,
+        groups=groups,
         rows=standing(policy, identity, now, ledger),
         now=now,
         accept=flow.request.headers.get("accept", ""),
@@ -120,6 +123,7 @@ def standing(
     return rows
 
 
+_SOURCE_WORDS = {"yaml": "the policy", "ldap": "the directory"}
 _LEVEL_WORDS = {"full": "Full", "read-only": "Read-only", "none": "No access"}
 _WHY_NONE = {
     "outside-window": "outside its hours",
@@ -137,8 +141,13 @@ def status_response(
     now: datetime,
     accept: str | None,
     timezone: tzinfo | None = None,
+    groups: Sequence[GroupSource] = (),
 ) -> tuple[int, dict[str, str], bytes]:
-    """The page at http://accessgate.status/: (status, headers, body)."""
+    """The page at http://accessgate.status/: (status, headers, body).
+
+    `groups` are the user's groups with where each came from: the policy
+    (`yaml`), the directory (`ldap`), or both.
+    """
     rows = list(rows)
     tz = timezone or now.tzinfo
     headers = dict(SECURITY_HEADERS)
@@ -147,6 +156,7 @@ def status_response(
             "user": identity.user,
             "client_ip": str(identity.client_ip) if identity.client_ip else None,
             "roles": list(roles),
+            "groups": [{"name": g.name, "sources": list(g.sources)} for g in groups],
             "now": now.astimezone(tz).isoformat(timespec="seconds") if tz else now.isoformat(),
             "sites": [
                 {
@@ -177,6 +187,11 @@ def status_response(
         if roles
         else ". You have no role in the web access policy."
     )
+    if groups:
+        who += " Your groups: " + ", ".join(
+            f"<strong>{esc(g.name)}</strong> ({esc(' and '.join(_SOURCE_WORDS.get(s, s) for s in g.sources))})"
+            for g in groups
+        ) + "."
     lines = []
     for r in rows:
         why = _WHY_NONE.get(r.reason, "") if r.level == "none" else ""

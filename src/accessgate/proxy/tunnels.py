@@ -296,7 +296,7 @@ class Tunnels:
 
     def _decide_connection(self, client, names: list[str]) -> Decision:
         gate = self._gate
-        return gate.decide(tunnel_request(names, TUNNEL), _connection_identity(client), gate.require_policy(),
+        return gate.decide(tunnel_request(names, TUNNEL), _connection_identity(gate, client), gate.require_policy(),
                            datetime.now(timezone.utc))
 
     def _names(self, context) -> list[str]:
@@ -315,7 +315,7 @@ class Tunnels:
             started=time.perf_counter(),
             ts=datetime.now(timezone.utc),
             decision=decision,
-            identity=_connection_identity(client),
+            identity=_connection_identity(self._gate, client),
             enforced=self._gate.enforcing,
             policy=policy.short_digest if policy else "",
             method="CONNECT",
@@ -330,9 +330,10 @@ def _may_be_uninspected() -> bool:
     return bool(o.ignore_hosts or o.allow_hosts or o.tcp_hosts)
 
 
-def _connection_identity(client) -> Identity:
+def _connection_identity(gate: AccessGate, client) -> Identity:
     proxyauth = ctx.master.addons.get("proxyauth")
-    return identity_for_connection(client, getattr(proxyauth, "authenticated", None))
+    return identity_for_connection(client, getattr(proxyauth, "authenticated", None),
+                                   gate.signin.connection_user(client))
 
 
 def _operator_passes(context, data_client: bytes, data_server: bytes) -> bool:
