@@ -43,6 +43,7 @@ from accessgate.decision import Decision, Identity
 from accessgate.oplog import get_logger
 from accessgate.policy.model import Policy
 from accessgate.proxy import options, resources
+from accessgate.proxy.balancer import TrustedBalancers
 from accessgate.proxy.flows import request_of, scan_request
 from accessgate.proxy.gate import (
     answer_blocked,
@@ -101,6 +102,7 @@ class AccessGate:
         self._minutes = QuotaMinutes(self.metrics)
         self.reloads = PolicyReloads(self)
         self.sessions = Sessions(self)
+        self.balancers = TrustedBalancers(self.metrics)  # accessgate_trusted_proxies
         self.tunnels = Tunnels(self, self.sessions)
         # Bound once: the request hooks call these on every request.
         self.identity = self._identities.of_flow
@@ -142,6 +144,11 @@ class AccessGate:
             raise exceptions.OptionsError(
                 "accessgate_audit_retention_days must be 0 (keep forever) or a number of days"
             )
+        if updated & {"accessgate_trusted_proxies", "mode"}:
+            try:
+                self.balancers.configure(o.accessgate_trusted_proxies, getattr(o, "mode", ()))
+            except ValueError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
         loaded = self.reloads.load_option(o.accessgate_policy) if "accessgate_policy" in updated else None
         if "accessgate_pseudonymize_key" in updated:
             self._pseudonym_key = resources.read_key(o.accessgate_pseudonymize_key)
@@ -328,6 +335,7 @@ class AccessGate:
 
     def client_disconnected(self, client) -> None:
         self._identities.forget(client.id)
+        self.balancers.forget(client.id)
         self.connect_names.pop(client.id, None)
         tunnel = self.sessions.relays.get(client.id)
         if tunnel is not None:

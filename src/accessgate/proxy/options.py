@@ -5,6 +5,8 @@ docs/running.md has the table; `AccessGate.configure` applies them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 MODES = ("enforce", "audit")
 DEFAULTS = {
     "accessgate_audit_log": "var/accessgate-audit.jsonl",
@@ -100,5 +102,18 @@ def declare(loader) -> None:
         """
         Delete rotated audit logs older than this many days (checked at
         start and hourly).  0 keeps them forever.
+        """,
+    )
+    loader.add_option(
+        "accessgate_trusted_proxies",
+        Sequence[str],
+        [],
+        """
+        Addresses or CIDR networks of load balancers (HAProxy with
+        send-proxy-v2) in front of this proxy.  A connection from one of them
+        must start with a PROXY protocol header (version 1 or 2), whose client
+        address then counts for net: members and the audit log; one without
+        a valid header is closed.  From any other address a PROXY header is
+        refused like any other garbage.  Empty (the default): no balancer.
         """,
     )
