@@ -81,9 +81,11 @@ def _read_v1(data: bytes) -> Header | None:
         raise MalformedHeader("a version 1 PROXY header is PROXY TCP4|TCP6 SOURCE DEST SPORT DPORT")
     family = ipaddress.IPv4Address if parts[1] == b"TCP4" else ipaddress.IPv6Address
     try:
+        if b"%" in parts[2] + parts[3]:
+            raise ValueError("a scope is no part of a client address")
         source = family(parts[2].decode("ascii"))
         family(parts[3].decode("ascii"))
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise MalformedHeader(f"a version 1 PROXY header with an address that is not {parts[1].decode()}") from None
     ports = [_port(p) for p in parts[4:6]]
     return Header(end + 2, (_plain(source), ports[0]))
