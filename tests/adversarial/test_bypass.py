@@ -54,7 +54,8 @@ def test_every_block_is_audited_with_its_request_id(proxies, origin):
     proxy = proxies("plain")
     ids = {}
     for case in CASES:
-        if case.proxy == "plain" and case.status == BLOCKED and not case.reaches_origin and not case.refused_by_mitmproxy:
+        if (case.proxy == "plain" and case.status == BLOCKED and not case.reaches_origin
+                and not case.refused_by_mitmproxy):
             reply = case.send(proxy)
             ids[reply.header("x-accessgate-request-id")] = case
     records = proxy.wait_audit(lambda rs: ids.keys() <= {r["request_id"] for r in rs}, timeout=10)
