@@ -7,6 +7,9 @@ each other concern has its module:
 - tunnels.py: CONNECT targets, TLS passthroughs, a tunnel's first bytes and
   relays that nothing reads (with `accessgate_next_layer`, a small addon at
   the end of mitmproxy's chain);
+- balancer.py: the client's own address from a trusted load balancer's
+  PROXY header (`accessgate_trusted_proxies`; called through tunnels.py's
+  `accessgate_next_layer`);
 - sessions.py: WebSockets, streamed bodies and raw relays, decided again
   every second while they stay open, charged per minute, closed when blocked;
 - gate.py: the block page or a kill, and failing closed;
