@@ -51,7 +51,7 @@ def bench_htpasswd(path: Path, users: list[str]) -> Path:
     """{SHA} entries: mitmproxy checks the password on every plain-HTTP
     request, and a slow hash would add the same milliseconds to every
     configuration and hide what accessgate costs."""
-    return write_htpasswd(path, users, PASSWORD, scheme="ldap_sha1")
+    return write_htpasswd(path, users, PASSWORD, scheme="sha1")
 
 
 def bench_proxy(

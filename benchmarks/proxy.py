@@ -309,7 +309,7 @@ def main() -> int:
         if args.squid:
             from accessgate.policy.loader import load_policy
 
-            squid_htpasswd = lg.write_htpasswd(work / "htpasswd-apr1", USERS, lg.PASSWORD)
+            squid_htpasswd = lg.write_htpasswd(work / "htpasswd-apr1", USERS, lg.PASSWORD, scheme="apr1")
             squid = start_squid(origin, rules=squid_rules(load_policy(lg.POLICY)), htpasswd=squid_htpasswd,
                                 core=proxy_core)
             started.append(squid)

@@ -120,18 +120,20 @@ def proxies(args) -> None:
         policy.write_text(POLICY)
         confdir = make_confdir(tmp)
 
-        def proxy(name: str, state: str):
+        def proxy(name: str, state: str, **options):
             p = start_proxy(
                 policy=policy, confdir=confdir, workdir=tmp / name, origin=origin,
-                metrics=False, audit=False, state=state, quiet=True,
+                metrics=False, audit=False, state=state, quiet=True, options=options,
             )
             stack.callback(p.stop)
             return p
 
         redis_spec = redis_server.url(timeout=0.1)
         sqlite_one = proxy("sqlite", f"sqlite:{tmp / 'quota.sqlite3'}")
-        redis_one, redis_two = proxy("redis1", redis_spec), proxy("redis2", redis_spec)
-        balanced = stack.enter_context(running_haproxy([f"127.0.0.1:{p.port}" for p in (redis_one, redis_two)], balance="roundrobin"))
+        redis_one = proxy("redis1", redis_spec)
+        # Behind HAProxy, as deployed: they read its PROXY headers (so wrk cannot reach them directly).
+        pair = [proxy(f"redis{n}", redis_spec, accessgate_trusted_proxies="127.0.0.1/32") for n in (2, 3)]
+        balanced = stack.enter_context(running_haproxy([f"127.0.0.1:{p.port}" for p in pair], balance="roundrobin"))
         configs = {
             "1 proxy, sqlite:": sqlite_one.port,
             "1 proxy, redis://": redis_one.port,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from support.mitmlines import REPEATED_HOST_REFUSED
 from support.wire import Reply, basic, client_hello, h2, hello_then_read, pipelined, plain, request, tunnel
 
 AUTH = basic()
@@ -38,6 +39,17 @@ class Case:
     tunnel: str | None = None  # for uninspected tunnels: the audited decision ("allow"/"block")
     origin_lacks: str | None = None  # a header the origin must not receive
     tls_answer: bool = False  # the proxy answered the ClientHello itself: intercepted, not relayed
+    # Refused by mitmproxy's HTTP/2 library before any hook where it does so
+    # (support.mitmlines: h2 4.2+, mitmproxy 12): the connection closes, the
+    # origin sees nothing, and mitmproxy's log holds this text.
+    refused_first: str | None = None
+
+    @property
+    def refused_by_mitmproxy(self) -> bool:
+        """This mitmproxy line refuses the request itself, before accessgate sees it."""
+        from support.mitmlines import h2_refuses_repeated_host
+
+        return self.refused_first is not None and h2_refuses_repeated_host()
 
     @property
     def decision(self) -> str:
@@ -240,7 +252,8 @@ CASES: list[Case] = [
     Case("h2-authority-vs-host", "a host that disagrees with :authority is refused", "plain",
          h2req("example.test:443", pseudo("GET", FREE) + [("host", FB)]), CLOSED),
     Case("h2-duplicate-host-last-matches", "every HTTP/2 host header is decided, not only the last", "plain",
-         h2req("example.test:443", pseudo("GET", FREE) + [("host", FB), ("host", FREE)]), BLOCKED, "denied"),
+         h2req("example.test:443", pseudo("GET", FREE) + [("host", FB), ("host", FREE)]), BLOCKED, "denied",
+         refused_first=REPEATED_HOST_REFUSED),
     Case("h2-duplicate-host-first-matches", "a last host that disagrees is refused", "plain",
          h2req("example.test:443", pseudo("GET", FREE) + [("host", FREE), ("host", FB)]), CLOSED),
     Case("h2-authority-upper-case-trailing-dot", "an HTTP/2 :authority is normalized", "plain",
@@ -412,7 +425,8 @@ CASES: list[Case] = [
     Case("many-host-headers-in-tunnel", "the cap holds inside a tunnel", "plain",
          inside("example.test:443", None, sni=FREE, headers=MANY_HOSTS), BLOCKED, "denied"),
     Case("h2-many-host-headers", "the cap holds for HTTP/2 host headers", "plain",
-         h2req("example.test:443", pseudo("GET", FREE) + [("host", FREE)] * 50), BLOCKED, "denied"),
+         h2req("example.test:443", pseudo("GET", FREE) + [("host", FREE)] * 50), BLOCKED, "denied",
+         refused_first=REPEATED_HOST_REFUSED),
     # -- audit records every auditors' tool can read (fix/audittools, issue 14.6) --------
     # test_audit_records.py runs `accessgate audit` on the proxy's log after this case.
     Case("non-utf8-method-audited", "a method with a byte that is not UTF-8 is a write, audited readably", "plain",

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from cases import BLOCKED, CASES, FREE, Case
+from cases import BLOCKED, CASES, CLOSED, FREE, Case
+from support.mitmlines import logged
 from support.wire import basic, h2, plain, request, tunnel
 
 pytestmark = pytest.mark.e2e
@@ -24,8 +25,13 @@ def test_bypass_case(case: Case, proxies, origin):
 
     reply = case.send(proxy)
 
-    assert reply.status == case.status, f"{case.rule}: got {reply.status}, {getattr(reply, 'raw', b'')[:300]!r}"
-    if case.status == BLOCKED:
+    # Refused by mitmproxy itself (see Case.refused_first): a block only if
+    # it is closed, logged and nothing reached the origin (checked below).
+    expected = CLOSED if case.refused_by_mitmproxy else case.status
+    assert reply.status == expected, f"{case.rule}: got {reply.status}, {getattr(reply, 'raw', b'')[:300]!r}"
+    if case.refused_by_mitmproxy:
+        assert logged(proxy, case.refused_first), f"{case.id}: mitmproxy closed it without logging why"
+    elif case.status == BLOCKED:
         assert reply.header("x-accessgate-decision") == "block"
         assert reply.header("x-accessgate-reason") == case.reason
         assert reply.header("x-accessgate-request-id")
@@ -48,7 +54,8 @@ def test_every_block_is_audited_with_its_request_id(proxies, origin):
     proxy = proxies("plain")
     ids = {}
     for case in CASES:
-        if case.proxy == "plain" and case.status == BLOCKED and not case.reaches_origin:
+        if (case.proxy == "plain" and case.status == BLOCKED and not case.reaches_origin
+                and not case.refused_by_mitmproxy):
             reply = case.send(proxy)
             ids[reply.header("x-accessgate-request-id")] = case
     records = proxy.wait_audit(lambda rs: ids.keys() <= {r["request_id"] for r in rs}, timeout=10)

@@ -41,6 +41,7 @@ def compiled(tmp_path_factory) -> Path:
     done = subprocess.run(
         [str(REPO / "scripts" / "build-compiled"), str(target)],
         capture_output=True, text=True, timeout=240,
+        env={**os.environ, "PYTHON": sys.executable},  # built for the Python (and venv) running the tests
     )  # fmt: skip
     assert done.returncode == 0, f"scripts/build-compiled failed:\n{done.stderr[-3000:]}"
     return target
@@ -125,7 +126,7 @@ def test_a_compiled_build_ships_no_extension_left_in_build_by_an_earlier_one(tmp
     source = tmp_path / "source"
     shutil.copytree(
         REPO, source,
-        ignore=shutil.ignore_patterns(".git", ".venv", "build", "var", "node_modules", "__pycache__",
+        ignore=shutil.ignore_patterns(".git", ".venv", ".venv-*", "build", "var", "node_modules", "__pycache__",
                                       "*.egg-info", ".hypothesis", ".pytest_cache"),
     )  # fmt: skip
     left = source / "build" / f"lib.{sysconfig.get_platform()}-{sys.implementation.cache_tag}"

@@ -10,6 +10,7 @@ test_prometheus_live.py.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -148,6 +149,15 @@ def test_haproxy_balances_over_every_proxy():
     assert sorted(v for k, v in env.items() if k.startswith("ACCESSGATE_PROXY")) == [
         f"{p}:{listen_port}" for p in proxies
     ]
+
+
+def test_proxies_believe_proxy_headers_from_haproxy_alone():
+    haproxy = SERVICES["haproxy"]["networks"]["default"]["ipv4_address"]
+    subnet = ipaddress.ip_network(SPEC["networks"]["default"]["ipam"]["config"][0]["subnet"])
+    assert ipaddress.ip_address(haproxy) in subnet
+    for name in (s for s in SERVICES if s.startswith("accessgate-")):
+        assert _entrypoint_settings(name)["accessgate_trusted_proxies"] == f"{haproxy}/32"
+    assert "send-proxy-v2" in (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
 
 
 # --- the dashboard ----------------------------------------------------------

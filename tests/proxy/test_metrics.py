@@ -79,6 +79,7 @@ EXPECTED = {
     "accessgate_state_store_duration_seconds": child_of(
         "state_seconds", "histogram", "store", "operation"
     ),
+    "accessgate_proxy_header_refused": child_of("proxy_header_refused", "counter"),
 }  # fmt: skip
 
 

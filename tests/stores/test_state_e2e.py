@@ -60,6 +60,16 @@ def via(balancer, user: str, source: str):
     return curl(balancer, "http://facebook.test/", user=user, extra=["--interface", source])
 
 
+def clients_of(proxies: list[Proxy], user: str, timeout: float = 5.0) -> set[str]:
+    """The client addresses in `user`'s audit records, once every record written so far is on disk."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = {r["client_ip"] for p in proxies for r in p.audit_records() if r["user"] == user}
+        if len(seen) >= len(SOURCES) or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.2)
+
+
 def served_by(proxy: Proxy, user: str) -> int:
     return len([r for r in proxy.audit_records() if r.get("user") == user])
 
@@ -67,7 +77,8 @@ def served_by(proxy: Proxy, user: str) -> int:
 @pytest.mark.slow
 def test_two_proxies_behind_haproxy_share_one_quota(redis_server, proxy_factory, htpasswd, policy, origin):
     spec = redis_server.url(timeout=0.2)
-    options = {"proxyauth": f"@{htpasswd}"}
+    # HAProxy connects from 127.0.0.1 and names each client in a PROXY header.
+    options = {"proxyauth": f"@{htpasswd}", "accessgate_trusted_proxies": "127.0.0.1/32"}
     proxies = [proxy_factory(policy=policy, state=spec, options=options) for _ in range(2)]
     with running_haproxy([f"127.0.0.1:{p.port}" for p in proxies]) as lb:
         balancer = Balancer(f"http://127.0.0.1:{lb.listen[1]}", proxies[0].ca)
@@ -82,6 +93,8 @@ def test_two_proxies_behind_haproxy_share_one_quota(redis_server, proxy_factory,
         for proxy in proxies:
             proxy.wait_audit(lambda records: any(r["user"] == "bob" for r in records))
         assert all(served_by(p, "bob") > 0 for p in proxies)
+        # Each proxy was told the client's own address (HAProxy's PROXY header).
+        assert clients_of(proxies, "carol") == set(SOURCES)
         key = open_store(spec).key("user:bob", "facebook", now.date())
         assert redis_server.client().scard(key) == 3
 

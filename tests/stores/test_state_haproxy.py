@@ -1,9 +1,11 @@
-"""deploy/haproxy/haproxy.cfg, run as shipped: valid, sticky by client address, fails over.
+"""deploy/haproxy/haproxy.cfg, run as shipped: valid, sticky by client address, fails over, names the client.
 
-The backends here are two real redis-servers, each answering with its own
-name: the config only forwards TCP, so any TCP server shows where a
-connection went.  (The end-to-end test with accessgate proxies is in
-test_state_e2e.py.)
+The backends here are two small TCP servers (support.whoami) that read the
+PROXY v2 header HAProxy sends and answer with their own name and the client
+address it named: the config only forwards TCP after that header, so they
+show where a connection went and for whom.  (The end-to-end tests with
+accessgate proxies are test_state_e2e.py and
+tests/ops/test_haproxy_client_address.py.)
 """
 
 from __future__ import annotations
@@ -16,28 +18,32 @@ import urllib.request
 import pytest
 
 from support.haproxy import HAPROXY_CFG, haproxy_env, running_haproxy
-from support.redis_server import running_redis
+from support.whoami import WhoAmI
 
 SOURCES = [f"127.0.0.{n}" for n in range(1, 41)]
 
 
 @pytest.fixture
-def two_backends(tmp_path):
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    with running_redis(tmp_path / "a") as a, running_redis(tmp_path / "b") as b:
-        a.client().set("who", "proxy1")
-        b.client().set("who", "proxy2")
+def two_backends():
+    with WhoAmI("proxy1") as a, WhoAmI("proxy2") as b:
         yield a, b
 
 
-def who_answers(listen: tuple[str, int], source: str) -> str | None:
+def answer(listen: tuple[str, int], source: str) -> tuple[str, str] | None:
+    """(backend name, client address it was told) for a connection from `source`; None if refused."""
     try:
         with socket.create_connection(listen, timeout=2, source_address=(source, 0)) as s:
-            s.sendall(b"GET who\r\n")
-            reply = s.recv(64)
+            s.sendall(b"who\n")
+            reply = s.recv(64).decode()
     except OSError:
         return None
-    return reply.split(b"\r\n")[1].decode() if reply.startswith(b"$") else None
+    name, _, client = reply.strip().partition(" ")
+    return (name, client) if client else None
+
+
+def who_answers(listen: tuple[str, int], source: str) -> str | None:
+    got = answer(listen, source)
+    return got[0] if got else None
 
 
 @pytest.mark.parametrize(
@@ -84,3 +90,17 @@ def test_haproxy_exports_prometheus_metrics(two_backends):
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
     assert 'haproxy_backend_active_servers{proxy="accessgate_proxies"} 2' in text
+
+
+def test_each_proxy_is_told_the_clients_own_address(two_backends):
+    a, b = two_backends
+    with running_haproxy([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]) as lb:
+        told = {src: answer(lb.listen, src) for src in SOURCES[:8]}
+    assert {src: got[1] for src, got in told.items() if got} == {src: src for src in SOURCES[:8]}
+
+
+def test_health_checks_send_a_local_header(two_backends):
+    a, b = two_backends
+    with running_haproxy([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]):
+        time.sleep(2.5)
+    assert a.checks >= 1 and b.checks >= 1

@@ -210,6 +210,7 @@ def start_proxy(
     accessgate: bool = True,
     core: int | None = None,
     quiet: bool = False,
+    mitmdump: Path = MITMDUMP,
 ) -> Proxy:
     """Start mitmdump + accessgate (+ routing to `origin`) and wait until it listens.
 
@@ -217,12 +218,13 @@ def start_proxy(
     `policy`, `state`, `metrics` and `audit` then do not apply).  `core` pins
     the process to one CPU core; `quiet` runs `mitmdump -q` (no line per
     flow or connection) on a port picked here, since it then does not say
-    which one it bound.
+    which one it bound.  `mitmdump` is this environment's unless another
+    virtual environment's is named (tests/e2e/test_mitmproxy_lines.py).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port() if quiet else 0
     args = [
-        str(MITMDUMP), *(["-q"] if quiet else []),
+        str(mitmdump), *(["-q"] if quiet else []),
         "--listen-host", "127.0.0.1",
         "--listen-port", str(port),
         "--set", f"confdir={confdir}",

@@ -7,6 +7,9 @@ each other concern has its module:
 - tunnels.py: CONNECT targets, TLS passthroughs, a tunnel's first bytes and
   relays that nothing reads (with `accessgate_next_layer`, a small addon at
   the end of mitmproxy's chain);
+- balancer.py: the client's own address from a trusted load balancer's
+  PROXY header (`accessgate_trusted_proxies`; called through tunnels.py's
+  `accessgate_next_layer`);
 - sessions.py: WebSockets, streamed bodies and raw relays, decided again
   every second while they stay open, charged per minute, closed when blocked;
 - gate.py: the block page or a kill, and failing closed;
@@ -43,6 +46,7 @@ from accessgate.decision import Decision, Identity
 from accessgate.oplog import get_logger
 from accessgate.policy.model import Policy
 from accessgate.proxy import options, resources
+from accessgate.proxy.balancer import TrustedBalancers
 from accessgate.proxy.flows import request_of, scan_request
 from accessgate.proxy.gate import (
     answer_blocked,
@@ -105,6 +109,7 @@ class AccessGate:
         self._minutes = QuotaMinutes(self.metrics)
         self.reloads = PolicyReloads(self)
         self.sessions = Sessions(self)
+        self.balancers = TrustedBalancers(self.metrics)  # accessgate_trusted_proxies
         self.tunnels = Tunnels(self, self.sessions)
         # accessgate_auth and directory groups: an addon of its own, before this one in the chain.
         self.signin = SignIn(self)
@@ -152,6 +157,11 @@ class AccessGate:
         if "accessgate_upstream_allow" in updated:
             try:
                 self.upstream.allow(parse_allowed(o.accessgate_upstream_allow))
+            except ValueError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
+        if updated & {"accessgate_trusted_proxies", "mode"}:
+            try:
+                self.balancers.configure(o.accessgate_trusted_proxies, getattr(o, "mode", ()))
             except ValueError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
         loaded = self.reloads.load_option(o.accessgate_policy) if "accessgate_policy" in updated else None
@@ -342,6 +352,7 @@ class AccessGate:
 
     def client_disconnected(self, client) -> None:
         self._identities.forget(client.id)
+        self.balancers.forget(client.id)
         self.connect_names.pop(client.id, None)
         tunnel = self.sessions.relays.get(client.id)
         if tunnel is not None:

@@ -115,6 +115,10 @@ class Metrics:
             "accessgate_audit_dropped_records",
             "Audit records lost: backlog full, unserializable, or unwritable at shutdown.",
         )
+        self.proxy_header_refused = counter(
+            "accessgate_proxy_header_refused",
+            "Connections from a trusted balancer closed because they did not start with a valid PROXY header.",
+        )
         self.state_errors = counter(
             "accessgate_state_store_errors", "Failed calls to the quota state store, by store (sqlite, redis, memory).",
             "store",

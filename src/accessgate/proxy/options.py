@@ -159,3 +159,16 @@ def declare(loader) -> None:
         alice@CORP.EXAMPLE); users of other allowed realms keep theirs.
         """,
     )
+    loader.add_option(
+        "accessgate_trusted_proxies",
+        Sequence[str],
+        [],
+        """
+        Addresses or CIDR networks of load balancers (HAProxy with
+        send-proxy-v2) in front of this proxy.  A connection from one of them
+        must start with a PROXY protocol header (version 1 or 2), whose client
+        address then counts for net: members and the audit log; one without
+        a valid header is closed.  From any other address a PROXY header is
+        refused like any other garbage.  Empty (the default): no balancer.
+        """,
+    )

@@ -182,6 +182,8 @@ class Tunnels:
     def next_layer_chosen(self, nextlayer: layer.NextLayer) -> None:
         """mitmproxy has chosen the next layer of a connection (called by LastWord, after it)."""
         try:
+            if self._gate.balancers.claim(nextlayer):
+                return  # a trusted balancer's PROXY header comes first (balancer.py)
             self._next_layer(nextlayer)
         except Exception as exc:
             self._gate.fail(None, "next_layer", exc)
