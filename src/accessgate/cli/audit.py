@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from accessgate.audit.tools.export import FORMATS as EXPORT_FORMATS
 from accessgate.audit.tools.output import FORMATS, safe_text, write
 from accessgate.cli.common import exit_2_on_error, open_log
 
@@ -38,11 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     q.add_argument("--host", action="append", help="host or any subdomain of it (repeatable)")
     q.add_argument("--decision", choices=("allow", "block"))
     q.add_argument("--reason", action="append", help="reason code (repeatable), e.g. denied, quota-exhausted")
-    q.add_argument("--event", action="append", help="record kind (repeatable): access, policy_loaded, policy_rejected, ...")
+    q.add_argument("--event", action="append",
+                   help="record kind (repeatable): access (the default), policy_loaded, policy_rejected, sealed, ...; "
+                   "all for every kind")  # fmt: skip
     q.add_argument("--since", help="from this time on: ISO date/time (UTC unless an offset is given) or an age: 30m, 12h, 7d")
     q.add_argument("--until", help="before this time (same forms as --since)")
     q.add_argument("--key-file", help="pseudonymization key, to filter --user by real name")
-    q.add_argument("--format", choices=FORMATS, default="table")
+    q.add_argument("--format", choices=("table", *EXPORT_FORMATS), default="table",
+                   help="table for people (the default); csv, json (an array), jsonl or parquet for tools, "
+                   "written by DuckDB")  # fmt: skip
+    q.add_argument("--output", "-o", metavar="FILE", help="write csv, json, jsonl or parquet to FILE (default: stdout)")
     q.add_argument("--limit", type=int, help=f"at most N records (table default: {TABLE_DEFAULT_LIMIT})")
     q.set_defaults(_audit=_query)
 
@@ -97,8 +104,9 @@ def run(args: argparse.Namespace) -> int:
 
 def build_query(args: argparse.Namespace, key: bytes | None = None) -> tuple[str, list[Any]]:
     """SELECT for `audit query` filters; values always go in as parameters."""
-    from accessgate.audit.reader import parse_time
     from accessgate.audit.pseudonym import is_pseudonym, pseudonymize
+    from accessgate.audit.reader import parse_time
+    from accessgate.audit.schema import ACCESS_EVENT
 
     where: list[str] = []
     params: list[Any] = []
@@ -134,7 +142,9 @@ def build_query(args: argparse.Namespace, key: bytes | None = None) -> tuple[str
         where.append("decision = ?")
         params.append(args.decision)
     any_of("reason", args.reason)
-    any_of("event", args.event)
+    events = args.event or [ACCESS_EVENT]
+    if "all" not in events:
+        any_of("event", events)
     now = dt.datetime.now(dt.timezone.utc)
     if args.since:
         where.append("ts >= ?")
@@ -157,30 +167,46 @@ def _query(args: argparse.Namespace) -> int:
     limit = args.limit
     if limit is None and args.format == "table":
         limit = TABLE_DEFAULT_LIMIT
-    streamed = args.format in ("csv", "jsonl")  # a month of records need not fit in memory
-    if limit is not None:
-        if limit < 0:
-            raise ValueError("--limit must be 0 or more")
-        # For people, one more row tells whether some were left out.
-        sql += f" LIMIT {int(limit) + (0 if streamed else 1)}"
+    if limit is not None and limit < 0:
+        raise ValueError("--limit must be 0 or more")
+    if args.format != "table":
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return _export(args, sql, params)
+    if args.output:
+        raise ValueError("--output writes csv, json, jsonl or parquet: add --format, e.g. --format csv")
+    sql += f" LIMIT {int(limit) + 1}"  # one more row tells whether some were left out
     with open_log(args, "query") as log:
         columns, rows = log.stream(sql, params)
-        if streamed:
-            write(columns, rows, args.format, sys.stdout)
-            return 0
         rows = list(rows)
-    more = limit is not None and len(rows) > limit
-    rows = rows[:limit] if limit is not None else rows
-    if args.format == "table":
-        keep = [columns.index(c) for c in TABLE_COLUMNS]
-        columns = list(TABLE_COLUMNS)
-        rows = [tuple(row[i] for i in keep) for row in rows]
-    write(columns, rows, args.format, sys.stdout)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    keep = [columns.index(c) for c in TABLE_COLUMNS]
+    rows = [tuple(row[i] for i in keep) for row in rows]
+    write(TABLE_COLUMNS, rows, "table", sys.stdout)
     if more:
         print(
             f"(more records match than the {limit} shown: use --limit N, or --format csv/json for all)",
             file=sys.stderr,
         )
+    return 0
+
+
+def _export(args: argparse.Namespace, sql: str, params: list[Any]) -> int:
+    """Rows through DuckDB's own writer, to --output or standard output."""
+    if args.output is None and args.format == "parquet" and sys.stdout.isatty():
+        raise ValueError("parquet is binary: write it to a file with --output FILE, or redirect standard output")
+    with open_log(args, "query") as log:
+        if args.output is not None:
+            log.export(sql, params, args.format, args.output)
+            return 0
+        sys.stdout.flush()
+        try:
+            log.export(sql, params, args.format, sys.stdout.buffer)
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
     return 0
 
 
