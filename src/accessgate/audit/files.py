@@ -162,20 +162,21 @@ class Appender:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: int | None = None
-        self.lines: deque[tuple[bytes, Head | None]] = deque()  # (bytes, the record's head; None: no record)
+        # (bytes, the record's seq and the sha256 of its line; None, None: bytes that are no record)
+        self.lines: deque[tuple[bytes, int | None, str | None]] = deque()
         self.records = 0  # records in `lines`
         self.written = 0  # records written
         self.head: Head | None = None  # the last record written to the file
         self._head_done = 0  # bytes of lines[0] already in the file
 
-    def push(self, line: bytes, head: Head) -> None:
-        """A record's line (with its newline), and what it makes the file's head."""
-        self.lines.append((line, head))
+    def push(self, line: bytes, seq: int, digest: str) -> None:
+        """A record's line (with its newline), its seq and the sha256 of the line without the newline."""
+        self.lines.append((line, seq, digest))
         self.records += 1
 
     def push_bytes(self, data: bytes) -> None:
         """Bytes that are no record (the newline that ends a torn line)."""
-        self.lines.append((data, None))
+        self.lines.append((data, None, None))
 
     def open(self) -> None:
         """Open the file for appending, 0640; raises OSError."""
@@ -216,7 +217,7 @@ class Appender:
         while self.lines:
             parts: list[bytes] = []
             size = 0
-            for i, (data, _) in enumerate(self.lines):
+            for i, (data, _, _) in enumerate(self.lines):
                 if i == 0 and self._head_done:
                     data = data[self._head_done :]
                 parts.append(data)
@@ -236,11 +237,14 @@ class Appender:
         """Pop what `done` bytes completed; remember how far into the next line we got."""
         done += self._head_done
         self._head_done = 0
+        last = None
         while self.lines and done >= len(self.lines[0][0]):
-            data, head = self.lines.popleft()
-            done -= len(data)
-            if head is not None:
+            entry = self.lines.popleft()
+            done -= len(entry[0])
+            if entry[1] is not None:
                 self.records -= 1
                 self.written += 1
-                self.head = head
+                last = entry
+        if last is not None:
+            self.head = Head(last[1], last[2])  # type: ignore[arg-type]
         self._head_done = done if self.lines else 0

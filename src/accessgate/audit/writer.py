@@ -352,7 +352,7 @@ class AuditWriter:
             self._push_sealed(self._sealer.tick(time.time(), encoder.seq, encoder.prev))
         room = self._max_backlog - len(file.lines)
         if self._unannounced_drops and room > 0:
-            file.push(encode(self._drop_notice()), _new_tuple(Head, (encoder.seq, encoder.prev)))
+            file.push(encode(self._drop_notice()), encoder.seq, encoder.prev)
             room -= 1
         while queue:
             rec = queue.popleft()
@@ -367,7 +367,7 @@ class AuditWriter:
                 self._drop(1)
                 self._report(exc)
                 continue
-            file.push(line, _new_tuple(Head, (encoder.seq, encoder.prev)))
+            file.push(line, encoder.seq, encoder.prev)
             room -= 1
 
     def _push_sealed(self, out: Emitted) -> None:
@@ -375,7 +375,7 @@ class AuditWriter:
         seq = self._encoder.seq
         for line in out.lines:
             seq += 1
-            self._file.push(line + b"\n", Head(seq, hashlib.sha256(line).hexdigest()))
+            self._file.push(line + b"\n", seq, hashlib.sha256(line).hexdigest())
         self._encoder.seq, self._encoder.prev = out.seq, out.prev
 
     def _commit_key(self) -> None:
