@@ -13,8 +13,11 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -272,6 +275,35 @@ def test_the_writer_refuses_a_key_others_can_read_and_says_what_to_do(tmp_path):
     with pytest.raises(SealingKeyError, match="run `chmod 600"):
         AuditWriter(tmp_path / "audit.jsonl", seal_key=seal)
     assert not (tmp_path / "audit.jsonl").exists()
+
+
+def test_the_writer_refuses_a_key_in_a_directory_it_cannot_write(tmp_path):
+    """The key file is replaced every epoch: in a read-only place the old key would stay on disk for good.
+
+    As root, the directory is made read-only as systemd's ProtectSystem makes /etc: a read-only bind
+    mount in a mount namespace of the writer's own (root may write anywhere else)."""
+    seal = tmp_path / "keys" / "seal.key"
+    seal.parent.mkdir()
+    keygen(seal, tmp_path / "verify.key")
+    opening = [sys.executable, "-c", "import sys; from accessgate.audit.writer import AuditWriter; "
+               "AuditWriter(sys.argv[2], seal_key=sys.argv[1])", str(seal), str(tmp_path / "audit.jsonl")]  # fmt: skip
+    if os.geteuid() == 0:
+        if shutil.which("unshare") is None:
+            pytest.skip("unshare (util-linux) is needed to make a read-only directory for root")
+        keys = shlex.quote(str(seal.parent))
+        script = f"mount --bind {keys} {keys} && mount -o remount,bind,ro {keys} && exec {shlex.join(opening)}"
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+    else:
+        seal.parent.chmod(0o500)
+        command = opening
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    finally:
+        seal.parent.chmod(0o700)
+    assert done.returncode != 0, done.stdout
+    assert f"{seal.parent} cannot be written by this user" in done.stderr, done.stderr
+    assert "/var/lib/accessgate" in done.stderr
+    assert json.loads(seal.read_text())["key"] not in done.stderr
 
 
 def test_verify_with_a_sealing_key_instead_of_the_verification_key_says_so(cli, sealed):
