@@ -222,6 +222,41 @@ def test_the_real_writer_with_a_later_key_cannot_rewrite_what_was_sealed(cli, co
     assert "epoch 0 was never closed" in first
 
 
+# -- a clean stop loses nothing ------------------------------------------------------------------
+
+
+def test_a_clean_stop_right_after_a_burst_across_an_epoch_end_writes_every_record_sealed(cli, tmp_path):
+    """More records than wake the writer early, queued (by write and by defer) until the moment of close(),
+    while an epoch ends: every one is in the file, sealed, and the key file moved on no further than the log."""
+    seal, verify, log = tmp_path / "seal.key", tmp_path / "verify.key", tmp_path / "audit.jsonl"
+    clock = Clock()
+    keygen(seal, verify, interval=EPOCH, now=clock.t0)
+    writer = AuditWriter(log, seal_key=seal, flush_interval=60)  # only the burst and close() make it write
+    clock.until(0.9)
+    count = 25_000
+    for i in range(count):
+        if i % 2:
+            writer.defer(access, f"r{i}", time.time(), f"user{i % 7}", "facebook")
+        else:
+            writer.write(access(f"r{i}", time.time(), f"user{i % 7}", "facebook"))
+    clock.until(1.2)  # epoch 0 has ended with records still queued
+    writer.write(access("last", time.time(), "zoe", "linkedin"))
+    writer.close()
+    stats = writer.stats()
+    recs = [json.loads(line) for line in lines_of(log)]
+    assert (stats.written, stats.pending, stats.dropped) == (len(recs), 0, 0)
+    got = [r["request_id"] for r in recs if r["event"] == "access"]
+    assert got == [f"r{i}" for i in range(count)] + ["last"]
+    assert all("mac" in r for r in recs), "every line sealed"
+    status, out, err = cli("audit", "verify", "--key", verify, log)
+    assert status == 0 and f"OK: {len(recs)} records, chain intact, sealed with key" in out, out + err
+    again = AuditWriter(log, seal_key=seal)  # the key file is where the log left it: the next start goes on
+    again.write(access("next", time.time(), "zoe", "linkedin"))
+    again.close()
+    assert "sealing_resumed" not in events(log) and events(log).count("access") == count + 2
+    assert cli("audit", "verify", "--key", verify, log)[0] == 0
+
+
 # -- crashes and restarts are not tampering -------------------------------------------------------
 
 
