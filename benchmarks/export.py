@@ -178,8 +178,12 @@ def main() -> int:
                 line += f"; accessgate/duckdb {spread([a / b for a, b in zip(ours, table[('duckdb', fmt)])])}"
                 if ("jq", fmt) in table:
                     line += f"; jq/accessgate {spread([b / a for a, b in zip(ours, table[('jq', fmt)])])}"
+                    # what DuckDB itself gains over jq here: the ceiling of jq/accessgate on this host's cores
+                    raw = zip(table[("duckdb", fmt)], table[("jq", fmt)])
+                    line += f"; jq/duckdb {spread([b / a for a, b in raw])}"
                 print(line)
-        print("goal: jq/accessgate >= 10 and accessgate/duckdb <= 1.5, in seconds")
+        print(f"goal: jq/accessgate >= 10 and accessgate/duckdb <= 1.5, in seconds ({os.cpu_count()} CPUs here: "
+              "DuckDB reads on every core, jq on one)")
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
