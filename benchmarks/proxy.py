@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/proxy.py --squid [--rounds 3] [--seconds 10]
     .venv/bin/python benchmarks/proxy.py --together [--rounds 6] [--build compiled]
+    .venv/bin/python benchmarks/proxy.py --seal --together [--rounds 6]
 
 The proxies (pinned to one core; nginx and the load generators share the
 other), all with proxyauth and every request routed to the local nginx:
@@ -37,6 +38,12 @@ their costs per request.  That is how accessgate's overhead is read.
 
 --build compiled runs accessgate with its compiled engine (ACCESSGATE_COMPILE=1,
 as deploy/ installs it), built for the run by scripts/build-compiled.
+
+--seal adds a fourth configuration, `sealed`: accessgate with its audit log
+sealed (accessgate_audit_seal_key, a key made for the run, epochs of
+--seal-interval seconds).  With --together it is loaded beside accessgate
+unsealed (instead of bare beside accessgate), and the ratio sealed/accessgate
+is sealing's cost; the CPU per request between the two is printed in µs.
 """
 
 from __future__ import annotations
@@ -83,6 +90,9 @@ class Sample:
     @property
     def per_cpu_second(self) -> float:
         return self.rps / self.cpu if self.cpu else 0.0
+
+
+SUBJECTS = ("accessgate", "sealed")  # the configurations whose ratios to the others are printed
 
 
 @dataclass
@@ -199,11 +209,14 @@ def measure(configs: list[Config], proto: str, args, ca: Path, load_core: int) -
 
 
 def batches(configs: list[Config], proto: str, r: int, together: bool) -> list[list[Config]]:
-    """What one round loads at once, in order: pairs of bare and accessgate, or each configuration alone."""
+    """What one round loads at once, in order: pairs (bare and accessgate, or accessgate and sealed),
+    or each configuration alone."""
     present = [c for c in configs if proto == "http" or c.name != "squid"]
     if together:
-        bare, gate = present[0], present[1]
-        return [[bare, gate] if r % 2 == 0 else [gate, bare]]
+        names = [c.name for c in present]
+        first, second = ("accessgate", "sealed") if "sealed" in names else ("bare", "accessgate")
+        one, two = present[names.index(first)], present[names.index(second)]
+        return [[one, two] if r % 2 == 0 else [two, one]]
     # Each round starts with the next configuration, so that none is always
     # measured first (or right after another).
     order = present[r % len(present):] + present[: r % len(present)]
@@ -211,18 +224,27 @@ def batches(configs: list[Config], proto: str, r: int, together: bool) -> list[l
 
 
 def summarize(samples: list[Sample], proto: str, names: list[str]) -> dict:
-    """Medians per configuration, and accessgate's ratio to each other configuration per round."""
+    """Medians per configuration, and accessgate's (and sealed's) ratio to each other configuration per round."""
     by = {name: [s for s in samples if s.proto == proto and s.config == name] for name in names}
     by = {name: rows for name, rows in by.items() if rows}
     out: dict = {"ratios": {}}
-    for name in by:
-        if name == "accessgate":
+    for subject in SUBJECTS:
+        if subject not in by:
             continue
-        pairs = [(a, b) for a in by["accessgate"] for b in by[name] if a.batch == b.batch]
-        out["ratios"][name] = {
-            "rps": _spread([a.rps / b.rps for a, b in pairs if b.rps]),
-            "per_cpu_second": _spread([a.per_cpu_second / b.per_cpu_second for a, b in pairs if b.per_cpu_second]),
-        }
+        # accessgate against the proxies that are not accessgate; sealed against all the others
+        others = [n for n in by if n not in SUBJECTS] if subject == "accessgate" else [n for n in by if n != subject]
+        for name in others:
+            pairs = [(a, b) for a in by[subject] for b in by[name] if a.batch == b.batch]
+            if not pairs:
+                continue
+            key = name if subject == "accessgate" else f"{subject}/{name}"
+            out["ratios"][key] = {
+                "rps": _spread([a.rps / b.rps for a, b in pairs if b.rps]),
+                "per_cpu_second": _spread([a.per_cpu_second / b.per_cpu_second for a, b in pairs if b.per_cpu_second]),
+                # CPU microseconds per request the subject spends beyond the other, per pair
+                "cpu_us_more": _spread([1e6 / a.per_cpu_second - 1e6 / b.per_cpu_second for a, b in pairs
+                                        if a.per_cpu_second and b.per_cpu_second]),
+            }
     for name, rows in by.items():
         out[name] = {
             "rps": statistics.median(s.rps for s in rows),
@@ -250,10 +272,12 @@ def report(result: dict, names: list[str]) -> None:
                 print(f"{proto:6}{name:11}{row['rps']:8.0f}{row['p50_ms']:8.1f}{row['p99_ms']:8.1f}"
                       f"{row['cpu']:6.2f}{row['per_cpu_second']:10.0f}")
         for other, ratio in result[proto]["ratios"].items():
-            rps, per_cpu = ratio["rps"], ratio["per_cpu_second"]
-            print(f"{proto:6}accessgate/{other:6} req/s: median {rps['median']:.3f} (min {rps['min']:.3f}, "
+            rps, per_cpu, more = ratio["rps"], ratio["per_cpu_second"], ratio["cpu_us_more"]
+            label = other if "/" in other else f"accessgate/{other}"
+            print(f"{proto:6}{label:17} req/s: median {rps['median']:.3f} (min {rps['min']:.3f}, "
                   f"max {rps['max']:.3f}, {rps['n']} pairs); per CPU-second: median {per_cpu['median']:.3f} "
-                  f"(min {per_cpu['min']:.3f}, max {per_cpu['max']:.3f})")
+                  f"(min {per_cpu['min']:.3f}, max {per_cpu['max']:.3f}); CPU per request "
+                  f"{more['median']:+.1f} µs (min {more['min']:+.1f}, max {more['max']:+.1f})")
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -272,6 +296,10 @@ def main() -> int:
                         help="load bare and accessgate at the same time on their shared core instead of in turn")
     parser.add_argument("--build", choices=("python", "compiled"), default="python",
                         help="accessgate's engine as an editable install has it (python) or compiled with mypyc")
+    parser.add_argument("--seal", action="store_true",
+                        help="also run accessgate with its audit log sealed; with --together, beside accessgate")
+    parser.add_argument("--seal-interval", type=int, default=900,
+                        help="the sealed proxy's key epoch in seconds (default 900, the product's)")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit log)")
     args = parser.parse_args()
@@ -280,6 +308,8 @@ def main() -> int:
         return 2
     if args.rounds < 1 or not 1 <= args.seconds <= 600 or args.rounds * args.seconds > 3600:
         parser.error("--rounds >= 1, --seconds between 1 and 600, rounds x seconds at most an hour")
+    if args.seal and args.squid:
+        parser.error("--seal compares accessgate with itself sealed: leave Squid to a run of its own")
     if args.squid and args.together:
         parser.error("--squid measures in turn: Squid is ten times as fast, two proxies at once would not split the core evenly")
 
@@ -306,6 +336,15 @@ def main() -> int:
         if engine != args.build:
             raise RuntimeError(f"asked for the {args.build} engine, but accessgate runs the {engine!r} one")
         configs = [Config("bare", bare.port, bare.pid), Config("accessgate", gate.port, gate.pid)]
+        sealed = None
+        if args.seal:
+            from accessgate.audit.sealing import keygen
+
+            keygen(work / "seal.key", work / "verify.key", interval=args.seal_interval)
+            sealed = lg.bench_proxy(work / "sealed", state=args.state,
+                                    options={"accessgate_audit_seal_key": str(work / "seal.key")}, **common)  # fmt: skip
+            started.append(sealed)
+            configs.append(Config("sealed", sealed.port, sealed.pid))
         if args.squid:
             from accessgate.policy.loader import load_policy
 
@@ -334,6 +373,13 @@ def main() -> int:
         load_after = os.getloadavg()
         names = [c.name for c in configs]
         gate.stop(timeout=60)
+        sealed_check = None
+        if sealed is not None:
+            from accessgate.audit.sealing import load_verification_key, read_lines, verify_sealed
+
+            sealed.stop(timeout=60)
+            verdict = verify_sealed(read_lines([sealed.audit_path]), load_verification_key(work / "verify.key"))
+            sealed_check = {"records": verdict.records, "ok": verdict.ok, "breaks": [str(b) for b in verdict.breaks[:3]]}
         result = {
             "http": summarize(samples, "http", names),
             "https": summarize(samples, "https", names),
@@ -342,11 +388,15 @@ def main() -> int:
             "engine": engine,
             "load_average": [load_before[0], load_after[0]],
             "audit_records": len(gate.audit_records()),
+            "sealed_log": sealed_check,
             "samples": [dataclasses.asdict(s) for s in samples],
         }
         report(result, names)
         print(f"audit records written by the accessgate proxy: {result['audit_records']}; "
               f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after ({ncores} cores)")
+        if sealed_check is not None:
+            print(f"sealed proxy's log: {sealed_check['records']} records, verify --key "
+                  f"{'OK' if sealed_check['ok'] else 'FAILED: ' + '; '.join(sealed_check['breaks'])}")
         errors = sum(result[p][n]["errors"] for p in ("http", "https") for n in names if n in result[p])
         if errors:
             print(f"WARNING: {errors} requests failed or were not answered 200; see {work}", file=sys.stderr)

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import re
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from accessgate.audit import schema
 from accessgate.audit.reader import AuditReader
+from accessgate.audit.sealing import keygen
 from accessgate.audit.writer import AuditWriter
 from accessgate.decision import Decision, Identity
 from accessgate.policy.model import Level
@@ -37,8 +39,8 @@ def test_the_proxy_builds_an_access_record_in_the_schemas_order():
     assert tuple(proxy_record("r2")) == schema.ACCESS_ORDER[:-1]  # `error` only when there is one
 
 
-def every_kind_of_line(log: Path) -> None:
-    """Every field the writer writes, each in a line of its own kind, by the real writer."""
+def every_kind_of_line(log: Path) -> list[Path]:
+    """Every field the writer writes, each in a line of its own kind, by the real writer; returns the files."""
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(b'{"event":"access","ts":"2026-11-23T11:59:0')  # a torn line: log_resumed
     old = log.with_name(log.name + ".9.gz")
@@ -66,27 +68,68 @@ def every_kind_of_line(log: Path) -> None:
     full.unlink()
     dropping.write(proxy_record("r6"))
     dropping.close()
+    return [log, full, *sealed_lines(log.parent)]
 
 
-def test_every_field_the_writer_writes_is_a_column_the_tools_select(cli, tmp_path):
-    log = tmp_path / "logs" / "audit.jsonl"
-    every_kind_of_line(log)
-    files = [log, log.with_name("full.jsonl")]
-    written = [json.loads(line) for path in files for line in path.read_bytes().splitlines()[1:]]
+def sealed_lines(directory: Path) -> list[Path]:
+    """A log sealed in epochs of a second: started, an epoch sealed, a stop over epochs; one resumed."""
+    seal_key = directory / "seal.key"
+    t0 = time.time() // 1
+    keygen(seal_key, directory / "verify.key", interval=1, now=t0)
+
+    def until(second: float) -> None:
+        time.sleep(max(0.0, t0 + second - time.time()))
+
+    sealed, resumed = directory / "sealed.jsonl", directory / "resumed.jsonl"
+    writer = AuditWriter(sealed, seal_key=seal_key, flush_interval=0.05)  # sealing_started
+    writer.write(proxy_record("s1"))
+    until(1.3)  # epoch 0 ends: sealed
+    writer.write(proxy_record("s2"))
+    writer.close()
+    until(3.3)  # the restart closes epoch 1 (sealed) and skips epoch 2 (epochs_skipped)
+    writer = AuditWriter(sealed, seal_key=seal_key)
+    writer.write(proxy_record("s3"))
+    writer.close()
+    writer = AuditWriter(resumed, seal_key=seal_key)  # the key goes on in another file: sealing_resumed
+    writer.write(proxy_record("s4"))
+    writer.close()
+    return [sealed, resumed]
+
+
+def records_in(path: Path) -> list[dict]:
+    """The records of a file, without its torn line."""
+    out = []
+    for line in path.read_bytes().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+@pytest.fixture(scope="module")
+def every_kind(tmp_path_factory) -> list[Path]:
+    return every_kind_of_line(tmp_path_factory.mktemp("every-kind") / "logs" / "audit.jsonl")
+
+
+def test_every_field_the_writer_writes_is_a_column_the_tools_select(cli, every_kind):
+    written = [record for path in every_kind for record in records_in(path)]
     assert {r["event"] for r in written} == {e.name for e in schema.EVENTS}, "a line of every kind"
     assert set().union(*written) == set(schema.COLUMNS), "every field of the schema, and no other"
-    status, out, err = cli("audit", "query", *files, "--format", "jsonl")
+    status, out, err = cli("audit", "query", *every_kind, "--event", "all", "--format", "jsonl")
     assert status == 0, err
-    selected = {(r["seq"], r["prev"]): r for r in map(json.loads, out.splitlines())}
+    def key(r: dict) -> tuple:  # each file's chain starts at seq 1
+        return r["seq"], r["prev"], r["event"], r.get("request_id")
+
+    selected = {key(r): r for r in map(json.loads, out.splitlines())}
+    assert len(selected) == len(written)
     for record in written:
-        row = selected[record["seq"], record["prev"]]
+        row = selected[key(record)]
         assert {key: row[key] for key in record} == record, "each field reads back as it was written"
 
 
-def test_the_tools_view_has_a_column_for_each_field_in_line_order(tmp_path):
-    log = tmp_path / "audit.jsonl"
-    every_kind_of_line(log)
-    with AuditReader([str(log)]) as reader:
+def test_the_tools_view_has_a_column_for_each_field_in_line_order(every_kind):
+    with AuditReader([str(path) for path in every_kind]) as reader:
         assert reader.sql("SELECT * FROM audit LIMIT 0").columns == list(schema.COLUMNS)
 
 

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from accessgate.audit.files import Head
 from accessgate.audit.writer import AuditStats
 from accessgate.decision import Decision
 from accessgate.proxy.metrics import Metrics, MetricsServer, parse_address
@@ -74,6 +75,8 @@ EXPECTED = {
     "accessgate_audit_write_errors": child_of("audit_errors", "counter"),
     "accessgate_audit_pending_records": child_of("audit_pending", "gauge"),
     "accessgate_audit_dropped_records": child_of("audit_dropped", "counter"),
+    "accessgate_audit_head_seq": ("gauge", set(), lambda m: m.watch_audit_head(lambda: Head(3, "ab" * 32))),
+    "accessgate_audit_head_hash": ("gauge", {"part"}, lambda m: m.watch_audit_head(lambda: Head(3, "ab" * 32))),
     "accessgate_state_store_errors": child_of("state_errors", "counter", "store"),
     "accessgate_upstream_refused": child_of("upstream_refused", "counter", "reason"),
     "accessgate_state_store_duration_seconds": child_of(

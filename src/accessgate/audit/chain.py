@@ -8,7 +8,8 @@ where records went missing or out of order.
 
 Two things a crash leaves behind are not breaks: an incomplete last line of
 the live file, and a torn line followed by the writer's `log_resumed` record
-that accounts for it (the writer keeps the chain going from the line before).
+that accounts for it (the writer keeps the chain going from the line before;
+in a sealed log the sealer's records may come between the two).
 
 A record the auditors' tools cannot read is a finding of its own
 (`readable`).  Memory stays bounded whatever the files hold: lines are read
@@ -26,7 +27,7 @@ from typing import Callable
 
 from accessgate.audit.lines import JUNK_RUN, TAIL, chain_fields, items, opened
 from accessgate.audit.readable import unread
-from accessgate.audit.schema import MAX_LINE_BYTES, ZERO_HASH
+from accessgate.audit.schema import CONTROL_EVENTS, LOG_RESUMED, MAX_LINE_BYTES, ZERO_HASH
 
 MAX_KEPT = 100  # findings of each kind kept for the report; the rest are counted
 
@@ -184,14 +185,16 @@ def verify(
                 if torn is not None:
                     if rec is None:
                         rec = _parse(line)
-                    if rec.get("event") == "log_resumed" and rec.get("truncated_bytes") == torn[1]:
+                    event = rec.get("event")
+                    if event == LOG_RESUMED and rec.get("truncated_bytes") == torn[1]:
                         verdict.add_note(
                             f"{torn[0].file}:{torn[0].line}: torn line of {torn[1]} bytes from a crash, "
                             f"accounted for by the log_resumed record on line {pos.line}"
                         )
-                    else:
+                        torn = None
+                    elif event not in CONTROL_EVENTS:  # a sealer closes epochs before log_resumed
                         verdict.add_break(_not_a_record(*torn))
-                    torn = None
+                        torn = None
                 verdict.records += 1
                 if prev_hash is None:
                     verdict.first_seq = seq

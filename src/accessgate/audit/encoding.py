@@ -7,7 +7,8 @@ escapes and its field named in `escaped`, and no line is longer than
 `MAX_RECORD_BYTES`: a larger record is written shortened, its cut fields
 named in `truncated`.  Each line ends with `seq` and `prev` (sha256 of the
 line before), which `Encoder` carries from one line to the next
-(docs/audit-log.md).
+(docs/audit-log.md), and, in a sealed log, with the seal that `seal` adds
+(`accessgate.audit.sealing`).
 """
 
 from __future__ import annotations
@@ -21,32 +22,41 @@ from datetime import date, datetime, timezone
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
+from typing import Callable
 
 import orjson
 
 from accessgate.audit.pseudonym import pseudonymize
-from accessgate.audit.schema import ACCESS_ORDER, CHAIN_KEYS, MAX_RECORD_BYTES, ZERO_HASH
+from accessgate.audit.schema import ACCESS_ORDER, CHAIN_KEYS, MAX_RECORD_BYTES, SEAL_KEYS, ZERO_HASH
 
 _ORDER_AFTER_EVENT = ACCESS_ORDER[1:]
 # Key sequences already in that order: an access record, with and without `error`.
 _IN_ORDER = frozenset({ACCESS_ORDER, ACCESS_ORDER[:-1]})
-_CHAIN_KEYS = frozenset(CHAIN_KEYS)
+_CHAIN_KEYS = frozenset(CHAIN_KEYS + SEAL_KEYS)  # the writer's to set: a caller's are left out
 
 
 class Encoder:
     """Makes the lines of a chain: each `encode()` links to the line made before.
 
     `seq` and `prev` are where the chain stands (the writer sets them from
-    the log when it opens it); `key` pseudonymizes `user` when given.
+    the log when it opens it); `key` pseudonymizes `user` when given;
+    `seal` (`Sealer.seal`) seals each line before it is hashed for the next.
     """
 
-    __slots__ = ("seq", "prev", "_key", "_max_record")
+    __slots__ = ("seq", "prev", "_key", "_max_record", "_seal")
 
-    def __init__(self, pseudonymize_key: bytes | None = None, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
+    def __init__(
+        self,
+        pseudonymize_key: bytes | None = None,
+        max_record_bytes: int = MAX_RECORD_BYTES,
+        seal: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         self.seq = 0
         self.prev = ZERO_HASH
         self._key = pseudonymize_key
-        self._max_record = max_record_bytes
+        # A seal adds about 60 bytes: a sealed line stays within the bound too.
+        self._max_record = max_record_bytes - (_SEAL_ROOM if seal is not None else 0)
+        self._seal = seal
 
     def encode(self, rec: dict) -> bytes:
         """The line of `rec` (a mapping of fields), newline included; the chain moves on by one."""
@@ -76,6 +86,8 @@ class Encoder:
             line = _dumps(out)
         if len(line) > self._max_record:
             line = _shortened(out, len(line), self._max_record)
+        if self._seal is not None:
+            line = self._seal(line)
         self.seq += 1
         self.prev = hashlib.sha256(line).hexdigest()
         return line + b"\n"
@@ -266,6 +278,7 @@ def _cut(value: object, room: int) -> tuple[object, int]:
 
 
 _MARK_ROOM = 512  # bytes kept free for `truncated` and the chain fields
+_SEAL_ROOM = 128  # bytes kept free for a seal: `,"epoch":E,"mac":"…"`
 
 
 def _shortened(rec: dict, size: int, limit: int) -> bytes:

@@ -3,7 +3,9 @@
 `resume_point()` reads where the chain of a log continues when the writer
 opens it: after the last complete line, or, in a new or emptied file, after
 the last line of its newest rotation.  `Appender` holds the lines waiting
-for the file and writes them, whole lines across short writes and reopens.
+for the file and writes them, whole lines across short writes and reopens,
+and knows the `Head` of the file: the last record written to it, which a
+witness keeps (`accessgate.audit.witness`).
 """
 
 from __future__ import annotations
@@ -91,11 +93,23 @@ def delete_rotated(path: Path, before: float, on_error: Callable[[OSError], None
     return deleted
 
 
+class Head(NamedTuple):
+    """A log's newest record: its seq and the sha256 (hex) of its line's exact bytes, without the newline."""
+
+    seq: int
+    hash: str
+
+
 class ResumePoint(NamedTuple):
     seq: int  # of the last record: the next one is seq + 1
     prev: str  # sha256 of the line the next record follows
     torn: int  # bytes of an incomplete last line (a crash mid-write), 0 if none
     foreign: bool  # the last complete line is no accessgate record: a new chain starts
+    line: bytes | None = None  # that last record's line (without its newline), if it is one
+
+    @property
+    def head(self) -> Head | None:
+        return Head(self.seq, self.prev) if self.line is not None else None
 
 
 def resume_point(path: Path) -> ResumePoint:
@@ -103,16 +117,17 @@ def resume_point(path: Path) -> ResumePoint:
     tail = read_last_line(path)
     if tail.line is None and not tail.fragment:
         return _after_rotation(path)
-    seq, prev, foreign = 0, ZERO_HASH, False
+    seq, prev, foreign, line = 0, ZERO_HASH, False, None
     if tail.line is not None:
         try:
             seq = json.loads(tail.line)["seq"]
             if not isinstance(seq, int):
                 raise TypeError
             prev = hashlib.sha256(tail.line).hexdigest()
+            line = tail.line
         except (ValueError, KeyError, TypeError):
             seq, foreign = 0, True
-    return ResumePoint(seq, prev, len(tail.fragment), foreign)
+    return ResumePoint(seq, prev, len(tail.fragment), foreign, line)
 
 
 def _after_rotation(path: Path) -> ResumePoint:
@@ -124,7 +139,7 @@ def _after_rotation(path: Path) -> ResumePoint:
         except (OSError, EOFError, ValueError, KeyError, TypeError):
             continue
         if isinstance(seq, int) and line is not None:
-            return ResumePoint(seq, hashlib.sha256(line).hexdigest(), 0, False)
+            return ResumePoint(seq, hashlib.sha256(line).hexdigest(), 0, False, line)
     return ResumePoint(0, ZERO_HASH, 0, False)
 
 
@@ -140,24 +155,28 @@ class Appender:
 
     `write()` writes what waits in chunks; a line that a failed or short
     write cut is finished first, and written whole again after a reopen.
-    `records` and `written` may be read from any thread.
+    `records`, `written` and `head` may be read from any thread: `head` is
+    replaced whole, never changed in place.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: int | None = None
-        self.lines: deque[tuple[bytes, bool]] = deque()  # (bytes, is a record)
+        # (bytes, the record's seq and the sha256 of its line; None, None: bytes that are no record)
+        self.lines: deque[tuple[bytes, int | None, str | None]] = deque()
         self.records = 0  # records in `lines`
         self.written = 0  # records written
+        self.head: Head | None = None  # the last record written to the file
         self._head_done = 0  # bytes of lines[0] already in the file
 
-    def push(self, line: bytes) -> None:
-        self.lines.append((line, True))
+    def push(self, line: bytes, seq: int, digest: str) -> None:
+        """A record's line (with its newline), its seq and the sha256 of the line without the newline."""
+        self.lines.append((line, seq, digest))
         self.records += 1
 
     def push_bytes(self, data: bytes) -> None:
         """Bytes that are no record (the newline that ends a torn line)."""
-        self.lines.append((data, False))
+        self.lines.append((data, None, None))
 
     def open(self) -> None:
         """Open the file for appending, 0640; raises OSError."""
@@ -198,7 +217,7 @@ class Appender:
         while self.lines:
             parts: list[bytes] = []
             size = 0
-            for i, (data, _) in enumerate(self.lines):
+            for i, (data, _, _) in enumerate(self.lines):
                 if i == 0 and self._head_done:
                     data = data[self._head_done :]
                 parts.append(data)
@@ -218,10 +237,14 @@ class Appender:
         """Pop what `done` bytes completed; remember how far into the next line we got."""
         done += self._head_done
         self._head_done = 0
+        last = None
         while self.lines and done >= len(self.lines[0][0]):
-            data, is_record = self.lines.popleft()
-            done -= len(data)
-            if is_record:
+            entry = self.lines.popleft()
+            done -= len(entry[0])
+            if entry[1] is not None:
                 self.records -= 1
                 self.written += 1
+                last = entry
+        if last is not None:
+            self.head = Head(last[1], last[2])  # type: ignore[arg-type]
         self._head_done = done if self.lines else 0

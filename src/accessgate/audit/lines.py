@@ -16,12 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from accessgate.audit.schema import CHAIN_TAIL
+from accessgate.audit.schema import CHAIN_TAIL, SEAL_TAIL
 
 JUNK_RUN, LONG = 1, 2  # the first field of what items() yields for a run of junk, a long line
 # The writer puts the chain last; reading it from the line's end avoids a
 # full JSON parse per record.  Anything else takes the slow, exact path.
-TAIL = re.compile(CHAIN_TAIL + rb"\}\s*$")
+# A sealed line has its epoch and MAC after the chain.
+TAIL = re.compile(CHAIN_TAIL + rb"(?:" + SEAL_TAIL + rb")?\}\s*$")
+TAIL_BYTES = 200  # enough for the longest tail TAIL matches
 
 
 @contextmanager
@@ -40,7 +42,7 @@ def items(fh, limit: int) -> Iterator[bytes | tuple]:
 
     a line as bytes, with its newline (the last line may have none);
     (JUNK_RUN, number of lines, bytes) for two or more blank or non-JSON lines;
-    (LONG, length, sha256 hex, last 128 bytes, had a newline) for a line over `limit`.
+    (LONG, length, sha256 hex, last TAIL_BYTES bytes, had a newline) for a line over `limit`.
     """
     peek, readline, read = fh.peek, fh.readline, fh.read
     while line := readline(limit + 1):
@@ -64,13 +66,13 @@ def items(fh, limit: int) -> Iterator[bytes | tuple]:
             yield line  # the last line, without a newline
         else:
             digest = hashlib.sha256(line)
-            tail, length, newline = line[-128:], len(line), False
+            tail, length, newline = line[-TAIL_BYTES:], len(line), False
             while more := readline(1 << 20):
                 if more.endswith(b"\n"):
                     more, newline = more[:-1], True
                 digest.update(more)
                 length += len(more)
-                tail = (tail + more)[-128:]
+                tail = (tail + more)[-TAIL_BYTES:]
                 if newline:
                     break
             yield LONG, length, digest.hexdigest(), tail, newline
@@ -78,7 +80,7 @@ def items(fh, limit: int) -> Iterator[bytes | tuple]:
 
 def chain_fields(line: bytes) -> tuple[int, str, dict | None] | None:
     """(seq, prev, parsed record or None) of a chained record; None if it is not one."""
-    match = TAIL.search(line[-120:])
+    match = TAIL.search(line[-TAIL_BYTES:])
     if match:
         return int(match.group(1)), match.group(2).decode(), None
     try:

@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 import duckdb
 
@@ -194,6 +194,17 @@ class AuditReader:
                 raise AuditLogError(explain_duckdb(exc)) from None
 
         return columns, rows()
+
+    def export(self, query: str, params: Sequence[Any] | None, fmt: str, out: str | IO[bytes]) -> None:
+        """Write the rows of `query` in `fmt` (csv, json, jsonl, parquet) to a file name or a binary stream,
+        through DuckDB's own writers (`accessgate.audit.tools.export`)."""
+        from accessgate.audit.tools.export import export
+
+        params = [naive_utc(p) if isinstance(p, datetime) else p for p in (params or [])]
+        try:
+            export(self.con, query, params, fmt, out, self._run)
+        except duckdb.Error as exc:
+            raise AuditLogError(explain_duckdb(exc)) from None
 
     def rows(self, query: str, params: Sequence[Any] | None = None) -> Iterator[dict[str, Any]]:
         """Stream the rows of `query` as dicts."""

@@ -70,6 +70,8 @@ escaped   | list of strings | VARCHAR[]            | only when a field held byte
 truncated | object          | MAP(VARCHAR, BIGINT) | only when the record was over the size bound: each shortened field and its length before (see [the size bound](#the-size-bound))
 seq       | integer         | BIGINT               | position in the chain: 1, 2, 3, … never restarting; see [the chain](#the-chain-seq-and-prev)
 prev      | string          | VARCHAR              | sha256 (hex) of the previous line; 64 zeros for the first record ever
+epoch     | integer         | BIGINT               | only in a [sealed](#sealed-lines-epoch-and-mac) log: the key epoch that sealed the line
+mac       | string          | VARCHAR              | only in a sealed log: the line's seal, 32 hex digits (HMAC-SHA256 of the line up to it, under that epoch's key)
 """)
 
 # Fields that only the other events have; EVENTS says what each holds.
@@ -83,13 +85,22 @@ since           | string          | TIMESTAMP |
 files           | list of strings | VARCHAR[] |
 days            | integer         | BIGINT    |
 note            | string          | VARCHAR   |
+key             | string          | VARCHAR   |
+t0              | string          | TIMESTAMP |
+interval        | integer         | BIGINT    |
+from            | string          | TIMESTAMP |
+until           | string          | TIMESTAMP |
+through         | integer         | BIGINT    |
 """)
 
 ACCESS_ORDER = tuple(f.name for f in ACCESS)
 CHAIN_KEYS = ("seq", "prev")
+SEAL_KEYS = ("epoch", "mac")  # after the chain, in a sealed line
 ZERO_HASH = "0" * 64  # `prev` of the first record ever
 # The chain at the end of a line as the writer writes it; read without parsing the JSON.
 CHAIN_TAIL = rb',"seq":(\d+),"prev":"([0-9a-f]{64})"'
+# What sealing adds after the chain (accessgate.audit.sealing.line has the exact form).
+SEAL_TAIL = rb',"epoch":(\d+),"mac":"([0-9a-f]{32})"'
 TS_TEXT = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z"  # `ts` as the writer writes it
 
 # The longest line the writer writes: far above any request's record.
@@ -104,6 +115,12 @@ FLOW_CLOSED = "flow_closed"
 LOG_RESUMED = "log_resumed"
 RECORDS_DROPPED = "records_dropped"
 RETENTION_DELETED = "retention_deleted"
+# The sealer's own records (accessgate.audit.sealing), sealed in a domain of their own.
+SEALING_STARTED = "sealing_started"
+SEALED = "sealed"
+EPOCHS_SKIPPED = "epochs_skipped"
+SEALING_RESUMED = "sealing_resumed"
+CONTROL_EVENTS = (SEALING_STARTED, SEALED, EPOCHS_SKIPPED, SEALING_RESUMED)
 
 
 class Event(NamedTuple):
@@ -127,6 +144,14 @@ EVENTS: tuple[Event, ...] = (
           (("count", ""), ("since", "time of the first loss"), ("note", ""))),
     Event(RETENTION_DELETED, "rotated logs older than `accessgate_audit_retention_days` were deleted",
           (("files", "names"), ("days", ""))),
+    Event(SEALING_STARTED, "a [sealing key](#sealed-lines-epoch-and-mac) was used for the first time; sealed in epoch 0",
+          (("key", "the key id"), ("t0", "when epoch 0 began"), ("interval", "seconds per epoch"))),
+    Event(SEALED, "a key epoch ended (within a second while the proxy runs, or at the next start): its last line",
+          (("key", ""), ("from", "the epoch's start"), ("until", "its end"), ("note", "when closed at a restart"))),
+    Event(EPOCHS_SKIPPED, "the proxy started after epochs in which it wrote nothing; one record closes them all",
+          (("key", ""), ("through", "the last epoch skipped"), ("from", ""), ("until", ""), ("note", ""))),
+    Event(SEALING_RESUMED, "the proxy started on a log that does not end with its key's records (a replaced file, or one that lost its end)",
+          (("key", ""), ("note", ""))),
 )  # fmt: skip
 
 FIELDS: tuple[Field, ...] = ACCESS + OTHER + WRITTEN

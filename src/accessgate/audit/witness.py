@@ -40,8 +40,9 @@ from typing import IO, Callable, Iterable, Iterator, NamedTuple
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from accessgate.errors import AuditLogError
+from accessgate.audit.files import Head
 from accessgate.audit.sealing import LogLine, chain_fields
+from accessgate.errors import AuditLogError
 
 HEAD_SEQ = "accessgate_audit_head_seq"
 HEAD_HASH = "accessgate_audit_head_hash"
@@ -53,11 +54,6 @@ _PART_HEX = PART_BITS // 4
 
 class WitnessError(AuditLogError):
     """A witness cannot be read: the file is malformed, or Prometheus did not answer usefully."""
-
-
-class Head(NamedTuple):
-    seq: int
-    hash: str  # sha256 hex of the line's exact bytes, without its newline
 
 
 class WitnessPoint(NamedTuple):
@@ -219,8 +215,8 @@ def read_prometheus(
     if len(series) > 1:
         names = "; ".join(", ".join(f'{k}="{v}"' for k, v in key) or "(no labels)" for key in sorted(series))
         raise WitnessError(
-            f"several proxies publish an audit head at {url}: {names}. Choose one with a selector, "
-            'e.g. instance="proxy1:9464"'
+            f"several proxies publish an audit head at {url}: {names}. Choose one: `--instance HOST:PORT` "
+            'in accessgate audit, a selector such as instance="proxy1:9464" here'
         )
     points = []
     for samples in series.values():

@@ -12,11 +12,18 @@ be written, records wait in a bounded backlog and are retried every flush;
 records beyond the bound are dropped, counted, and announced by a
 `records_dropped` record once writing works again, so a gap is never silent.
 How a record becomes a line is `encoding`'s; the files are `files`'.
+
+With a sealing key (`seal_key`), every line is also sealed with the key of
+the current epoch, and each epoch is closed as it ends, from this thread
+(`accessgate.audit.sealing.Sealer`); the key file moves on only after the
+lines sealed with the old key are in the file.  `head` is the last record
+written to the file, for a witness (`accessgate.audit.witness`).
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import threading
 import time
@@ -24,12 +31,15 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from accessgate.audit.encoding import Encoder, format_ts
-from accessgate.audit.files import Appender, delete_rotated, resume_point
+from accessgate.audit.files import Appender, Head, delete_rotated, resume_point
 from accessgate.audit.schema import LOG_RESUMED, MAX_RECORD_BYTES, RECORDS_DROPPED, RETENTION_DELETED
 from accessgate.oplog import get_logger
+
+if TYPE_CHECKING:
+    from accessgate.audit.sealing import Emitted, Sealer
 
 DEFAULT_MAX_BACKLOG = 100_000
 _WAKE_AT = 20_000  # queue length that wakes the writer before the interval ends
@@ -44,7 +54,7 @@ class _Deferred(NamedTuple):
     args: tuple
 
 
-_new_deferred = tuple.__new__  # a NamedTuple's own constructor is Python code; this runs per request
+_new_tuple = tuple.__new__  # a NamedTuple's own constructor is Python code; this runs per request
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +79,15 @@ class AuditWriter:
         max_backlog: int = DEFAULT_MAX_BACKLOG,
         close_timeout: float = 5.0,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        seal_key: str | os.PathLike[str] | None = None,
     ) -> None:
+        """Raises SealingKeyError when `seal_key` is given and is not a safe sealing key file."""
         self.path = Path(path)
+        self._sealer: Sealer | None = None
+        if seal_key:
+            from accessgate.audit.sealing import Sealer
+
+            self._sealer = Sealer.open(seal_key)
         self._interval = flush_interval
         self._on_error = on_error
         self._on_flush = on_flush
@@ -82,12 +99,15 @@ class AuditWriter:
         self._queue: deque[dict] = deque()
         # Writer-thread state only.
         self._file = Appender(self.path)  # and the lines waiting for it
-        self._encoder = Encoder(pseudonymize_key, max_record_bytes)
+        self._encoder = Encoder(
+            pseudonymize_key, max_record_bytes, seal=self._sealer.seal if self._sealer is not None else None
+        )
         self._resumed = False
         self._failing_since: float | None = None
         self._last_error_log = 0.0
         self._unannounced_drops = 0
         self._first_drop_ts: float | None = None
+        self._key_failing = False
 
         self._dropped = 0  # by the writer thread
         self._refused = 0  # by write(): the callers' thread, so a counter of its own
@@ -137,7 +157,7 @@ class AuditWriter:
         if self._closed:
             self._refused += 1
             return
-        self._queue.append(_new_deferred(_Deferred, (make, args)))
+        self._queue.append(_new_tuple(_Deferred, (make, args)))
         if len(self._queue) == _WAKE_AT:
             self._poke()
 
@@ -178,6 +198,15 @@ class AuditWriter:
             self._thread.join(self._close_timeout + 10.0)
         if not already:
             atexit.unregister(self.close)
+
+    @property
+    def head(self) -> Head | None:
+        """The last record written to the file (seq, sha256 of its line); None before the first."""
+        return self._file.head
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealer is not None
 
     def stats(self) -> AuditStats:
         return AuditStats(
@@ -238,6 +267,8 @@ class AuditWriter:
                 break
             time.sleep(_RETRY_ON_CLOSE)
         self._file.close()
+        if self._sealer is not None:
+            self._sealer.close()  # erases the key; the open epoch is closed at the next start
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -263,6 +294,8 @@ class AuditWriter:
         self._chain_or_hold()
         if file.fd is not None and file.lines:
             self._write_waiting()
+        if self._sealer is not None and file.fd is not None and not file.lines:
+            self._commit_key()
 
     def _chain_or_hold(self) -> None:
         if self._resumed:
@@ -291,6 +324,7 @@ class AuditWriter:
         """Continue the chain where the log (or its newest rotation) ends."""
         point = resume_point(self.path)
         self._encoder.seq, self._encoder.prev = point.seq, point.prev
+        self._file.head = point.head
         notes: list[str] = []
         if point.foreign:
             notes.append("the last complete line is not an accessgate record; a new chain starts")
@@ -301,6 +335,9 @@ class AuditWriter:
                 f"the log ended in an incomplete line of {point.torn} bytes "
                 "(a crash mid-write); it is left as it was and is not part of the chain"
             )
+        if self._sealer is not None:
+            # The sealer's records come first: they close the epochs that ended while the proxy was down.
+            self._push_sealed(self._sealer.resume(point.line, point.seq, point.prev, time.time()))
         self._resumed = True
         if notes:
             self._queue.appendleft(
@@ -308,10 +345,14 @@ class AuditWriter:
             )
 
     def _chain_queue(self) -> None:
-        file, queue, encode = self._file, self._queue, self._encoder.encode
+        file, queue, encoder = self._file, self._queue, self._encoder
+        encode = encoder.encode
+        if self._sealer is not None:
+            # Epochs end whether records come or not; their closing records are never dropped.
+            self._push_sealed(self._sealer.tick(time.time(), encoder.seq, encoder.prev))
         room = self._max_backlog - len(file.lines)
         if self._unannounced_drops and room > 0:
-            file.push(encode(self._drop_notice()))
+            file.push(encode(self._drop_notice()), encoder.seq, encoder.prev)
             room -= 1
         while queue:
             rec = queue.popleft()
@@ -326,9 +367,37 @@ class AuditWriter:
                 self._drop(1)
                 self._report(exc)
                 continue
-            file.push(line)
+            file.push(line, encoder.seq, encoder.prev)
             room -= 1
 
+    def _push_sealed(self, out: Emitted) -> None:
+        """The sealer's own records, already chained and sealed; the chain goes on after them."""
+        seq = self._encoder.seq
+        for line in out.lines:
+            seq += 1
+            self._file.push(line + b"\n", seq, hashlib.sha256(line).hexdigest())
+        self._encoder.seq, self._encoder.prev = out.seq, out.prev
+
+    def _commit_key(self) -> None:
+        """Move the key file on to the current epoch, now that what the old key sealed is written."""
+        from accessgate.audit.sealing import SealingKeyError
+
+        assert self._sealer is not None
+        try:
+            self._sealer.commit()
+        except SealingKeyError as exc:
+            self._report(exc)
+            if not self._key_failing:
+                self._oplog(
+                    "error", "audit_seal_key_not_replaced", path=str(self._sealer.path), error=str(exc),
+                    hint="the sealing key file keeps an older epoch's key until it can be replaced (retried "
+                    "every second); make its directory writable",
+                )  # fmt: skip
+            self._key_failing = True
+            return
+        if self._key_failing:
+            self._oplog("info", "audit_seal_key_replaced", path=str(self._sealer.path))
+            self._key_failing = False
     def _write_waiting(self) -> bool:
         try:
             self._file.write()

@@ -1,22 +1,26 @@
-"""`accessgate audit`: query, report on, verify and re-identify the audit log.
+"""`accessgate audit`: query, report on, verify and re-identify the audit log; keys and witnesses for sealing.
 
-Subcommands: query, sql, report, verify, reveal, index.  Every one takes
-LOG arguments that are files or globs (rotated and .gz files included) and
-exits 0 on success, 1 when `verify` finds a break, 2 on errors.
+Subcommands: query, sql, report, verify, reveal, index, keygen, witness.
+Those that read the log take LOG arguments that are files or globs (rotated
+and .gz files included).  Every one exits 0 on success, 1 when `verify`
+finds a break, 2 on errors.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from accessgate.audit.sealing.keys import DEFAULT_INTERVAL
+from accessgate.audit.tools.export import FORMATS as EXPORT_FORMATS
 from accessgate.audit.tools.output import FORMATS, safe_text, write
 from accessgate.cli.common import exit_2_on_error, open_log
 
-HELP = "query, report on, verify and re-identify the audit log"
+HELP = "query, report on, verify and re-identify the audit log; make sealing keys, export witnesses"
 
 # What a person reading `query --format table` needs first; tools get every column.
 TABLE_COLUMNS = ("ts", "user", "client_ip", "method", "host", "path", "site", "decision", "reason")
@@ -38,11 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     q.add_argument("--host", action="append", help="host or any subdomain of it (repeatable)")
     q.add_argument("--decision", choices=("allow", "block"))
     q.add_argument("--reason", action="append", help="reason code (repeatable), e.g. denied, quota-exhausted")
-    q.add_argument("--event", action="append", help="record kind (repeatable): access, policy_loaded, policy_rejected, ...")
+    q.add_argument("--event", action="append",
+                   help="record kind (repeatable): access (the default), policy_loaded, policy_rejected, sealed, ...; "
+                   "all for every kind")  # fmt: skip
     q.add_argument("--since", help="from this time on: ISO date/time (UTC unless an offset is given) or an age: 30m, 12h, 7d")
     q.add_argument("--until", help="before this time (same forms as --since)")
     q.add_argument("--key-file", help="pseudonymization key, to filter --user by real name")
-    q.add_argument("--format", choices=FORMATS, default="table")
+    q.add_argument("--format", choices=("table", *EXPORT_FORMATS), default="table",
+                   help="table for people (the default); csv, json (an array), jsonl or parquet for tools, "
+                   "written by DuckDB")  # fmt: skip
+    q.add_argument("--output", "-o", metavar="FILE", help="write csv, json, jsonl or parquet to FILE (default: stdout)")
     q.add_argument("--limit", type=int, help=f"at most N records (table default: {TABLE_DEFAULT_LIMIT})")
     q.set_defaults(_audit=_query)
 
@@ -62,13 +71,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--top", type=int, default=20, help="rows per table in the text summary (default 20)")
     r.set_defaults(_audit=_report)
 
-    v = sub.add_parser("verify", help="check the hash chain: nothing edited, deleted, inserted or reordered",
+    v = sub.add_parser("verify", help="check the hash chain, the seals and a witness: nothing edited, deleted, "
+                       "inserted, reordered or cut off",
                        description="Check the hash chain through the given files, oldest first, and that the "
-                       "query tools read every record. Exit 1 on any break or unreadable record.")  # fmt: skip
+                       "query tools read every record; with --key every seal, with --witness every head a "
+                       "witness kept. Exit 1 on any break or unreadable record.")  # fmt: skip
     v.add_argument("logs", nargs="+", metavar="LOG")
     v.add_argument("--from-start", action="store_true",
                    help="the files hold the log from its very first record: a chain that starts "
                    "anywhere else is a break (without it, a missing start is only reported)")  # fmt: skip
+    v.add_argument("--key", metavar="VERIFICATION-KEY",
+                   help="the auditors' verification key (from `audit keygen`): check every record's seal")
+    v.add_argument("--witness", metavar="URL|FILE",
+                   help="compare with the heads a witness kept: a Prometheus URL (http://HOST:9090) or a file "
+                   "that `audit witness` exported")  # fmt: skip
+    witness_period(v)
     v.set_defaults(_audit=_verify)
 
     rv = sub.add_parser("reveal", help="map pseudonyms in the log back to names, with the key",
@@ -87,6 +104,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ix.add_argument("logs", nargs="+", metavar="LOG")
     ix.set_defaults(_audit=_index, no_cache=False)
 
+    kg = sub.add_parser("keygen", help="make a sealing key for the proxy and a verification key for the auditors",
+                        description="Make a key pair for sealing the audit log: the sealing key, which the proxy "
+                        "reads (accessgate_audit_seal_key) and evolves every epoch, and the verification key, "
+                        "which belongs to the auditors, off the proxy (audit verify --key). Both files are "
+                        "created 0600 and never overwritten.")  # fmt: skip
+    kg.add_argument("--sealing-key", required=True, metavar="FILE", help="where to write the proxy's sealing key")
+    kg.add_argument("--verification-key", required=True, metavar="FILE",
+                    help="where to write the auditors' verification key")  # fmt: skip
+    kg.add_argument("--interval", type=int, default=DEFAULT_INTERVAL, metavar="SECONDS",
+                    help=f"length of a key epoch (default {DEFAULT_INTERVAL}: 15 minutes; 1 to 86400)")  # fmt: skip
+    kg.set_defaults(_audit=_keygen)
+
+    w = sub.add_parser("witness", help="export a witness file: the heads Prometheus kept, or the log's head now",
+                       description="Write witness points (JSON lines of ts, seq and hash) for `audit verify "
+                       "--witness FILE`: every head of the log that Prometheus kept (--prometheus), or the head "
+                       "of the LOG files given, now. Keep the file where the proxy's host cannot write.")  # fmt: skip
+    w.add_argument("logs", nargs="*", metavar="LOG", help="without --prometheus: the log whose head to write")
+    w.add_argument("--prometheus", metavar="URL", help="the Prometheus that scrapes the proxy (http://HOST:9090)")
+    witness_period(w)
+    w.add_argument("--output", "-o", metavar="FILE", help="write to FILE (default: stdout)")
+    w.set_defaults(_audit=_witness)
+
+
+def witness_period(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--instance", metavar="HOST:PORT",
+                   help="a Prometheus witness: the proxy's metrics address as Prometheus names it "
+                   "(its instance label), when it scrapes several proxies")  # fmt: skip
+    p.add_argument("--since", help="a Prometheus witness: from when (ISO time or an age, 1d; default for verify: "
+                   "the first record given; for witness: 1d)")  # fmt: skip
+    p.add_argument("--until", help="a Prometheus witness: until when (default: now)")
+
 
 def run(args: argparse.Namespace) -> int:
     return exit_2_on_error(f"audit {args.audit_command}", lambda: args._audit(args))
@@ -97,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
 
 def build_query(args: argparse.Namespace, key: bytes | None = None) -> tuple[str, list[Any]]:
     """SELECT for `audit query` filters; values always go in as parameters."""
-    from accessgate.audit.reader import parse_time
     from accessgate.audit.pseudonym import is_pseudonym, pseudonymize
+    from accessgate.audit.reader import parse_time
+    from accessgate.audit.schema import ACCESS_EVENT
 
     where: list[str] = []
     params: list[Any] = []
@@ -134,7 +183,9 @@ def build_query(args: argparse.Namespace, key: bytes | None = None) -> tuple[str
         where.append("decision = ?")
         params.append(args.decision)
     any_of("reason", args.reason)
-    any_of("event", args.event)
+    events = args.event or [ACCESS_EVENT]
+    if "all" not in events:
+        any_of("event", events)
     now = dt.datetime.now(dt.timezone.utc)
     if args.since:
         where.append("ts >= ?")
@@ -157,30 +208,46 @@ def _query(args: argparse.Namespace) -> int:
     limit = args.limit
     if limit is None and args.format == "table":
         limit = TABLE_DEFAULT_LIMIT
-    streamed = args.format in ("csv", "jsonl")  # a month of records need not fit in memory
-    if limit is not None:
-        if limit < 0:
-            raise ValueError("--limit must be 0 or more")
-        # For people, one more row tells whether some were left out.
-        sql += f" LIMIT {int(limit) + (0 if streamed else 1)}"
+    if limit is not None and limit < 0:
+        raise ValueError("--limit must be 0 or more")
+    if args.format != "table":
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return _export(args, sql, params)
+    if args.output:
+        raise ValueError("--output writes csv, json, jsonl or parquet: add --format, e.g. --format csv")
+    sql += f" LIMIT {int(limit) + 1}"  # one more row tells whether some were left out
     with open_log(args, "query") as log:
         columns, rows = log.stream(sql, params)
-        if streamed:
-            write(columns, rows, args.format, sys.stdout)
-            return 0
         rows = list(rows)
-    more = limit is not None and len(rows) > limit
-    rows = rows[:limit] if limit is not None else rows
-    if args.format == "table":
-        keep = [columns.index(c) for c in TABLE_COLUMNS]
-        columns = list(TABLE_COLUMNS)
-        rows = [tuple(row[i] for i in keep) for row in rows]
-    write(columns, rows, args.format, sys.stdout)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    keep = [columns.index(c) for c in TABLE_COLUMNS]
+    rows = [tuple(row[i] for i in keep) for row in rows]
+    write(TABLE_COLUMNS, rows, "table", sys.stdout)
     if more:
         print(
             f"(more records match than the {limit} shown: use --limit N, or --format csv/json for all)",
             file=sys.stderr,
         )
+    return 0
+
+
+def _export(args: argparse.Namespace, sql: str, params: list[Any]) -> int:
+    """Rows through DuckDB's own writer, to --output or standard output."""
+    if args.output is None and args.format == "parquet" and sys.stdout.isatty():
+        raise ValueError("parquet is binary: write it to a file with --output FILE, or redirect standard output")
+    with open_log(args, "query") as log:
+        if args.output is not None:
+            log.export(sql, params, args.format, args.output)
+            return 0
+        sys.stdout.flush()
+        try:
+            log.export(sql, params, args.format, sys.stdout.buffer)
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
     return 0
 
 
@@ -216,17 +283,31 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from accessgate.audit.tools import progress
-    from accessgate.audit.sources import expand
     from accessgate.audit.chain import verify
+    from accessgate.audit.sources import expand
+    from accessgate.audit.tools import evidence, progress
 
     files = expand(args.logs)
+    key = _verification_key(args.key) if args.key else None
+    source = _witness_source(args, args.witness) if args.witness else None
+    points = source.points(files) if source is not None else None  # before the long work: a bad URL fails fast
     total = sum(p.stat().st_size for p in files)
     with progress.counting("verify", total) as step:
         verdict = verify(files, progress=step)
-    out = [f"note: {safe_text(note)}" for note in verdict.notes]
+    sealed = None
+    if key is not None:
+        from accessgate.audit.sealing import read_lines, verify_sealed
+
+        sealed = verify_sealed(read_lines(files), key)
+    witnessed = evidence.compare(files, points) if points is not None else None
+
+    out = [f"note: {safe_text(note)}" for note in verdict.notes if sealed is None or not _said_by_seals(note)]
     if verdict.note_count > len(verdict.notes):
         out.append(f"note: … and {verdict.note_count - len(verdict.notes)} more notes")
+    if sealed is not None:
+        out += [f"note: {safe_text(note)}" for note in sealed.notes]
+    if witnessed is not None:
+        out += [f"note: witness: {safe_text(note)}" for note in witnessed.notes]
     start_missing = verdict.records > 0 and not verdict.from_origin
     if start_missing and not args.from_start:
         out.append(
@@ -236,18 +317,26 @@ def _verify(args: argparse.Namespace) -> int:
             "(see retention_deleted records) or deleted without a trace all look alike: give every "
             "rotated file and --from-start to prove the start"
         )
-    if verdict.records > 0:
+    if verdict.records > 0 and witnessed is None:
         out.append(
             f"not proven: that no records came after seq {verdict.last_seq}: deleting the newest "
-            "records leaves an intact chain. Keep the last seq and the sha256 of its line "
-            f"({verdict.last_hash}) where the proxy host cannot write, and check later logs against them"
+            "records leaves an intact chain. Compare with a witness (--witness: the Prometheus that "
+            "keeps the proxy's accessgate_audit_head_*, or an exported witness file), or keep the last "
+            f"seq and the sha256 of its line ({verdict.last_hash}) where the proxy host cannot write"
         )
-    breaks = list(verdict.breaks)
-    break_count = verdict.break_count
+    breaks = [str(found) for found in evidence.findings(files, verdict, sealed)]
+    break_count = verdict.break_count + len(breaks) - len(verdict.breaks)
     if start_missing and args.from_start:
         breaks.insert(0, f"{safe_text(verdict.first_at)}: the chain starts at seq {verdict.first_seq}, "
                          "not at a first record (seq 1 after 64 zeros): records before it are missing")  # fmt: skip
         break_count += 1
+    if witnessed is not None:
+        breaks += [f"witness: {finding}" for finding in witnessed.findings]
+        break_count += len(witnessed.findings)
+        if not witnessed.findings and not witnessed.checked and verdict.records:
+            breaks.append("witness: no point the witness kept falls within these files: nothing was compared "
+                          "(a witness for another proxy or period?)")  # fmt: skip
+            break_count += 1
     for label, found, count in (("BROKEN", breaks, break_count),
                                 ("UNREADABLE", verdict.unreadable, verdict.unreadable_count)):  # fmt: skip
         if not count:
@@ -257,6 +346,11 @@ def _verify(args: argparse.Namespace) -> int:
         if count > 10:
             out.append(f"  … and {count - 10} more")
     where = f"{len(files)} file(s)"
+    checked = "chain intact"
+    if sealed is not None:
+        checked += f", sealed with key {sealed.key_id}" + _sealed_through(sealed)
+    if witnessed is not None:
+        checked += f", as the witness saw it ({witnessed.checked} point(s), up to seq {_newest(witnessed)})"
     if break_count:
         unread = ""
         if verdict.unreadable_count:
@@ -264,18 +358,90 @@ def _verify(args: argparse.Namespace) -> int:
         out.append(f"{break_count} break(s) in {verdict.records} records across {where}{unread}")
     elif verdict.unreadable_count:
         out.append(
-            f"chain intact (seq {verdict.first_seq}..{verdict.last_seq}, {where}), but "
+            f"{checked} (seq {verdict.first_seq}..{verdict.last_seq}, {where}), but "
             f"{verdict.unreadable_count} of {verdict.records} records cannot be read by query, sql, report "
             "and replay: see UNREADABLE above"
         )
     elif verdict.records == 0:
         out.append("FAILED: no chained records found (the files are empty or predate the hash chain)")
     else:
-        out.append(
-            f"OK: {verdict.records} records, chain intact (seq {verdict.first_seq}..{verdict.last_seq}, {where})"
-        )
+        out.append(f"OK: {verdict.records} records, {checked} (seq {verdict.first_seq}..{verdict.last_seq}, {where})")
     print("\n".join(out))
     return 0 if verdict.records and not break_count and not verdict.unreadable_count else 1
+
+
+def _said_by_seals(note: str) -> bool:
+    """A chain note the seals' notes say again (torn and incomplete lines)."""
+    return "torn line of" in note or "incomplete last line" in note
+
+
+def _sealed_through(sealed: Any) -> str:
+    if sealed.last_epoch is None:
+        return ""
+    return f" through epoch {sealed.last_epoch}" + ("" if sealed.last_epoch_closed else " (still open)")
+
+
+def _newest(witnessed: Any) -> str:
+    return str(witnessed.newest.seq) if witnessed.newest is not None else "-"
+
+
+def _verification_key(path: str) -> Any:
+    from accessgate.audit.sealing import load_verification_key
+
+    return load_verification_key(path)
+
+
+def _witness_source(args: argparse.Namespace, where: str) -> Any:
+    from accessgate.audit.reader import parse_time
+    from accessgate.audit.tools.evidence import WitnessSource
+
+    now = dt.datetime.now(dt.timezone.utc)
+    since = parse_time(args.since, now).timestamp() if args.since else None
+    until = parse_time(args.until, now).timestamp() if args.until else None
+    return WitnessSource(where, args.instance, since, until)
+
+
+# -- keys and witnesses ---------------------------------------------------------------
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from accessgate.audit.sealing import keygen
+
+    info = keygen(args.sealing_key, args.verification_key, interval=args.interval)
+    sys.stdout.write(info.advice())
+    return 0
+
+
+def _witness(args: argparse.Namespace) -> int:
+    from accessgate.audit.sources import expand
+    from accessgate.audit.tools import evidence
+    from accessgate.audit.witness import WitnessPoint, write_witness
+
+    if bool(args.prometheus) == bool(args.logs):
+        raise ValueError("give either --prometheus URL (the heads it kept) or LOG files (their head now)")
+    if args.prometheus:
+        since = args.since or "1d"
+        source = _witness_source(argparse.Namespace(**{**vars(args), "since": since}), args.prometheus)
+        if not source.is_prometheus:
+            raise ValueError(f"--prometheus takes an http:// or https:// URL, not {args.prometheus!r}")
+        points = source.points([])
+    else:
+        if args.instance or args.since or args.until:
+            raise ValueError("--instance, --since and --until go with --prometheus")
+        head = None
+        for head in evidence.log_heads(expand(args.logs)):
+            pass
+        if head is None:
+            raise ValueError("the files given hold no chained record: there is no head to witness")
+        points = [WitnessPoint(dt.datetime.now(dt.timezone.utc).timestamp(), head.seq, head.hash)]
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            count = write_witness(points, out)
+    else:
+        count = write_witness(points, sys.stdout)
+    seqs = f", seq {min(p.seq for p in points)}..{max(p.seq for p in points)}" if points else ""
+    print(f"{count} witness point(s){seqs}", file=sys.stderr)
+    return 0
 
 
 # -- reveal -------------------------------------------------------------------------

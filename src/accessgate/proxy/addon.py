@@ -91,6 +91,7 @@ class AccessGate:
         self.metrics = Metrics(self.registry)
         refused = self.metrics.upstream_refused
         self.upstream = UpstreamGuard(lambda reason: refused.labels(reason).inc())
+        self.metrics.watch_audit_head(lambda: self.audit.head if self.audit is not None else None)
         self.metrics_server: Any = None
         self.metrics_port: int | None = None
         self._pseudonym_key: bytes | None = None
@@ -175,11 +176,13 @@ class AccessGate:
             self._minutes.use(ledger)
             if old is not None:
                 quietly(old.close)
-        if updated & {"accessgate_audit_log", "accessgate_pseudonymize_key"}:
+        if updated & {"accessgate_audit_log", "accessgate_pseudonymize_key", "accessgate_audit_seal_key"}:
             old, self.audit = self.audit, None
             if old is not None:
                 quietly(old.close)
-            self.audit = resources.open_audit(o.accessgate_audit_log, self._pseudonym_key, self.metrics.observe_audit)
+            self.audit = resources.open_audit(
+                o.accessgate_audit_log, self._pseudonym_key, self.metrics.observe_audit, o.accessgate_audit_seal_key
+            )
         if "accessgate_metrics" in updated:
             old, self.metrics_server, self.metrics_port = self.metrics_server, None, None
             if old is not None:

@@ -29,7 +29,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from accessgate.audit.witness import HeadCollector
+
 if TYPE_CHECKING:
+    from accessgate.audit.files import Head
     from accessgate.audit.writer import AuditStats
     from accessgate.auth import Sample
     from accessgate.decision import Decision
@@ -140,6 +143,13 @@ class Metrics:
         self._policy_hash: str | None = None
         self._audit_seen: AuditStats | None = None
         self._lock = threading.Lock()
+        # The audit log's head (seq and hash of the last line written), for a witness: audit/witness.py.
+        self._audit_head: Callable[[], Head | None] = lambda: None
+        registry.register(HeadCollector(lambda: self._audit_head()))
+
+    def watch_audit_head(self, head: Callable[[], Head | None]) -> None:
+        """Export what `head()` returns at each scrape as accessgate_audit_head_seq and _hash."""
+        self._audit_head = head
 
     def observe_decision(self, decision: Decision, seconds: float | None = None) -> None:
         """Count one decision (and its duration, when timed)."""

@@ -172,3 +172,16 @@ def declare(loader) -> None:
         refused like any other garbage.  Empty (the default): no balancer.
         """,
     )
+    loader.add_option(
+        "accessgate_audit_seal_key",
+        str,
+        "",
+        """
+        Path of the audit log's sealing key (made by `accessgate audit
+        keygen`; mode 0600, the proxy refuses a file others can read).  When
+        set, every audit line is sealed with a key that moves on every epoch
+        (15 minutes by default), so that nobody who takes the proxy over can
+        change what was sealed before unseen: `accessgate audit verify --key`
+        with the auditors' verification key names the first record that fails.
+        """,
+    )

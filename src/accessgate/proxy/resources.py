@@ -45,11 +45,17 @@ def open_state(spec: str, key: bytes | None, on_error: Callable[[Exception], Non
     return TimedLedger(store, seconds)
 
 
-def open_audit(path: str, key: bytes | None, on_flush: Callable[..., None]) -> Any:
-    """The audit log's writer at `path`; None when the path is empty (no audit log)."""
+def open_audit(path: str, key: bytes | None, on_flush: Callable[..., None], seal_key: str = "") -> Any:
+    """The audit log's writer at `path`, sealing with the key file `seal_key` if given; None when the path is empty."""
+    from accessgate.audit.sealing import SealingKeyError
     from accessgate.audit.writer import AuditWriter
 
     if not path:
+        if seal_key:
+            raise exceptions.OptionsError(
+                "accessgate_audit_seal_key is set but accessgate_audit_log is empty: there is no log to seal; "
+                "set the log's path, or leave the sealing key empty"
+            )
         return None
     try:
         ensure_parent(path)
@@ -58,7 +64,10 @@ def open_audit(path: str, key: bytes | None, on_flush: Callable[..., None]) -> A
             pseudonymize_key=key,
             on_error=lambda exc: log.error("audit_write_failed", error=str(exc)),
             on_flush=on_flush,
+            seal_key=seal_key or None,
         )
+    except SealingKeyError as exc:  # its message names the file and what to do, never the key
+        raise exceptions.OptionsError(f"accessgate_audit_seal_key: {exc}") from None
     except OSError as exc:
         raise exceptions.OptionsError(f"accessgate_audit_log {path!r}: {exc}") from None
 

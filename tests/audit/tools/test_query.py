@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -37,7 +39,9 @@ def ids(out: str) -> list:
 @pytest.mark.parametrize(
     "args, expected",
     [
-        ((), [None, "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8"]),
+        ((), ["r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8"]),
+        (("--event", "all"), [None, "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8"]),
+        (("--event", "policy_loaded", "--event", "access", "--user", "carol"), ["r8"]),
         (("--user", "alice"), ["r1", "r2"]),
         (("--user", "alice", "--user", "carol"), ["r1", "r2", "r8"]),
         (("--role", "kiosk"), ["r6"]),
@@ -55,12 +59,14 @@ def ids(out: str) -> list:
         (("--until", "2026-11-03", "--event", "access"), ["r1", "r2", "r3"]),
         (("--since", "2026-11-02T09:00:30Z", "--until", "2026-11-02T09:05:00.000Z"), ["r2"]),
         (("--since", "2026-11-03T13:00+01:00", "--until", "2026-11-04"), ["r4", "r5"]),
-        (("--limit", "2"), [None, "r1"]),
+        (("--limit", "2"), ["r1", "r2"]),
         (("--limit", "0"), []),
         (("--user", "nobody"), []),
     ],
     ids=[
-        "no filter: every record, oldest first",
+        "no filter: every access record, oldest first",
+        "event all: every kind of record",
+        "event repeated: any of them",
         "user",
         "user repeated: any of them",
         "role: a role the client had",
@@ -135,6 +141,64 @@ def test_query_formats(cli, log):
     assert lines[0].split() == ["ts", "user", "client_ip", "method", "host", "path", "site", "decision", "reason"]
     assert len(lines) == 2 + 2
     assert lines[2].split()[:2] == ["2026-11-02T09:00:00.000Z", "alice"]
+
+
+def test_the_table_shows_access_records_unless_another_event_is_asked_for(cli, log):
+    status, out, _ = cli("audit", "query", log)
+    rows = out.splitlines()[2:]
+    assert status == 0 and len(rows) == 8
+    assert not any(set(row.split()[1:]) <= {"-"} for row in rows), "no event shown as a row of dashes"
+    status, out, _ = cli("audit", "query", log, "--event", "policy_loaded")
+    assert [row.split()[0] for row in out.splitlines()[2:]] == ["2026-11-01T23:59:00.000Z"]
+
+
+EXPORTS = {
+    "csv": lambda data: [r["request_id"] for r in csv.DictReader(io.StringIO(data.decode(), newline=""))],
+    "json": lambda data: [r["request_id"] for r in json.loads(data)],
+    "jsonl": lambda data: [json.loads(line)["request_id"] for line in data.splitlines()],
+}
+
+
+@pytest.mark.parametrize("fmt", EXPORTS)
+def test_an_export_goes_to_stdout_or_to_output_alike(cli, log, tmp_path, fmt):
+    status, out, err = cli("audit", "query", log, "--site", "facebook", "--format", fmt)
+    assert status == 0, err
+    target = tmp_path / f"out.{fmt}"
+    status, nothing, err = cli("audit", "query", log, "--site", "facebook", "--format", fmt, "--output", target)
+    assert (status, nothing) == (0, ""), err
+    assert target.read_bytes() == out.encode()
+    assert EXPORTS[fmt](target.read_bytes()) == ["r1", "r2", "r4", "r5"]
+
+
+def test_parquet_keeps_values_and_types_exactly(cli, log, tmp_path):
+    import duckdb
+
+    target = tmp_path / "out.parquet"
+    status, _, err = cli("audit", "query", log, "--event", "all", "--format", "parquet", "--output", target)
+    assert status == 0, err
+    status, out, _ = cli("audit", "query", log, "--event", "all", "--format", "jsonl")
+    with duckdb.connect() as con:
+        got = con.execute(f"SELECT request_id, ts, roles, duration_ms, seq FROM '{target}'").fetchall()
+        types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM '{target}')").fetchall())
+    expected = [json.loads(line) for line in out.splitlines()]
+    assert [(r[0], r[2], r[3], r[4]) for r in got] == [
+        (e["request_id"], e["roles"], e["duration_ms"], e["seq"]) for e in expected
+    ]
+    assert got[1][1] == datetime(2026, 11, 2, 9, 0)
+    assert (types["ts"], types["roles"], types["seq"], types["enforced"]) == ("TIMESTAMP", "VARCHAR[]", "BIGINT",
+                                                                               "BOOLEAN")  # fmt: skip
+
+
+def test_parquet_goes_to_a_pipe_too_and_output_needs_a_file_format(cli, log, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "accessgate", "audit", "query", str(log), "--format", "parquet"],
+                          capture_output=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    piped = tmp_path / "piped.parquet"
+    piped.write_bytes(done.stdout)
+    status, _, _ = cli("audit", "query", log, "--format", "parquet", "--output", tmp_path / "file.parquet")
+    assert status == 0 and done.stdout[:4] == b"PAR1" and piped.read_bytes() == (tmp_path / "file.parquet").read_bytes()
+    status, _, err = cli("audit", "query", log, "--output", tmp_path / "x.csv")
+    assert status == 2 and "add --format, e.g. --format csv" in err
 
 
 def test_table_shows_limit_note(cli, log):

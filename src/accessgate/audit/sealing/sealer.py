@@ -64,6 +64,13 @@ class Sealer:
         if fields["epoch"] == 0 and not hmac.compare_digest(key_id(key), fields["key_id"]):
             wipe(key)
             raise SealingKeyError(f"{path} is not a valid sealing key (its key does not match its key_id)")
+        if not os.access(path.parent, os.W_OK | os.X_OK):  # a read-only mount says no to root too
+            wipe(key)
+            raise SealingKeyError(
+                f"{path.parent} cannot be written by this user, and the sealing key is replaced there at "
+                "every epoch's end (an old key must not stay behind): keep the key in a directory only the "
+                "proxy's user can write, e.g. /var/lib/accessgate"
+            )
         return cls(path, fields, key)
 
     @property

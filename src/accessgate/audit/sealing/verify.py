@@ -6,7 +6,6 @@ show (records cut from its end) is left to a witness (`audit.witness`).
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import re
 import time
@@ -17,7 +16,8 @@ from typing import Iterable, Iterator, NamedTuple
 
 from accessgate.audit.chain import broken_link
 from accessgate.audit.encoding import format_ts
-from accessgate.audit.schema import TS_TEXT, ZERO_HASH
+from accessgate.audit.lines import JUNK_RUN, items, opened
+from accessgate.audit.schema import MAX_LINE_BYTES, TS_TEXT, ZERO_HASH
 from accessgate.audit.sealing.keys import Keyed, VerificationKey, epoch_at, evolve
 from accessgate.audit.sealing.line import (
     CONTROL, CONTROL_PREFIXES, EPOCHS_SKIPPED, RECORD, SEALED, SEALED_TAIL, SEALING_RESUMED, SEALING_STARTED,
@@ -35,14 +35,27 @@ class LogLine(NamedTuple):
     complete: bool  # it ended with a newline
 
 
-def read_lines(paths: Iterable[Path]) -> Iterator[LogLine]:
-    """Every line of `paths` (plain or gzip), oldest file first as given."""
+def read_lines(paths: Iterable[Path], limit: int = MAX_LINE_BYTES) -> Iterator[LogLine]:
+    """Every line of `paths` (plain or gzip), oldest file first as given, in bounded memory.
+
+    A run of blank or non-JSON lines comes as one empty line (no record); a
+    line over `limit` bytes, which the writer never writes, as its last bytes,
+    whose seal (if any) cannot match.
+    """
     for path in paths:
-        opener = gzip.open if str(path).endswith(".gz") else open
-        with opener(path, "rb") as fh:
-            for number, raw in enumerate(fh, 1):
-                complete = raw.endswith(b"\n")
-                yield LogLine(str(path), number, raw[:-1] if complete else raw, complete)
+        number = 0
+        with opened(Path(path)) as (fh, _):
+            for item in items(fh, limit):
+                if type(item) is bytes:
+                    number += 1
+                    complete = item[-1:] == b"\n"
+                    yield LogLine(str(path), number, item[:-1] if complete else item, complete)
+                elif item[0] == JUNK_RUN:
+                    yield LogLine(str(path), number + 1, b"", True)
+                    number += item[1]
+                else:
+                    number += 1
+                    yield LogLine(str(path), number, item[3], item[4])
 
 
 @dataclass(frozen=True, slots=True)
