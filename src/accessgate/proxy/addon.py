@@ -55,6 +55,7 @@ from accessgate.proxy.gate import (
 )
 from accessgate.proxy.hygiene import StripAltSvc, sanitize
 from accessgate.proxy.identity import IdentityCache
+from accessgate.proxy.inspection import Inspector
 from accessgate.proxy.metrics import site_label
 from accessgate.proxy.minutes import QuotaMinutes
 from accessgate.proxy.records import META, FlowState, access_record, body_size, flow_state
@@ -101,7 +102,8 @@ class AccessGate:
         self._minutes = QuotaMinutes(self.metrics)
         self.reloads = PolicyReloads(self)
         self.sessions = Sessions(self)
-        self.tunnels = Tunnels(self, self.sessions)
+        self.inspector = Inspector(self, self.sessions)
+        self.tunnels = Tunnels(self, self.sessions, self.inspector)
         # Bound once: the request hooks call these on every request.
         self.identity = self._identities.of_flow
         self.spend_quota = self._minutes.spend
@@ -133,6 +135,7 @@ class AccessGate:
         o = ctx.options
         # configure runs on every change (and again on a rollback), so these follow.
         self._enforce = o.accessgate_mode == "enforce"
+        self.inspector.configure(o.accessgate_inspect, o.accessgate_refuse_ech)
         self.log_query = bool(o.accessgate_log_query)
         # mitmproxy's own options; absent only where its proxy server is not loaded (unit tests).
         self._late_streaming = streams_late(
@@ -179,6 +182,7 @@ class AccessGate:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._housekeeping()))
         self._tasks.append(loop.create_task(self.sessions.review()))
+        self._tasks.append(loop.create_task(self.inspector.review()))
         try:
             # logrotate's postrotate (`systemctl reload`) sends SIGHUP; mitmdump
             # alone would die of it.
@@ -329,6 +333,7 @@ class AccessGate:
     def client_disconnected(self, client) -> None:
         self._identities.forget(client.id)
         self.connect_names.pop(client.id, None)
+        self.inspector.forget(client.id)
         tunnel = self.sessions.relays.get(client.id)
         if tunnel is not None:
             try:

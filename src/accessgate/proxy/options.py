@@ -6,6 +6,7 @@ docs/running.md has the table; `AccessGate.configure` applies them.
 from __future__ import annotations
 
 MODES = ("enforce", "audit")
+INSPECT_MODES = ("needed", "all")  # decision.inspection.MODES
 DEFAULTS = {
     "accessgate_audit_log": "var/accessgate-audit.jsonl",
     "accessgate_state": "sqlite:var/accessgate-state.sqlite",
@@ -100,5 +101,28 @@ def declare(loader) -> None:
         """
         Delete rotated audit logs older than this many days (checked at
         start and hourly).  0 keeps them forever.
+        """,
+    )
+    loader.add_option(
+        "accessgate_inspect",
+        str,
+        "needed",
+        """
+        needed: decrypt a TLS connection only when its decision depends on
+        what is inside it (a read-only or blocked site, always_inspect, a
+        server that also serves such a site); pass the rest through unread,
+        decided on its names.  all: decrypt every connection but those that
+        never_inspect names.  See docs/inspection.md.
+        """,
+        choices=INSPECT_MODES,
+    )
+    loader.add_option(
+        "accessgate_refuse_ech",
+        bool,
+        False,
+        """
+        Refuse TLS connections whose ClientHello carries Encrypted Client
+        Hello (the real server name hidden).  Off: they are decrypted and
+        decided on what the requests inside name.
         """,
     )
