@@ -248,7 +248,7 @@ class AccessGate:
                     scan = scan_request(flow, tunnel_names)
             request = scan.request
             if names_status(flow, scan.host_values):
-                answer_status(flow, identity, policy, now, self.ledger)
+                answer_status(flow, identity, policy, now, self.ledger, self.inspector.mode)
                 return
             decision = self.decide(request, identity, policy, now)
             enforced = self._enforce
