@@ -14,9 +14,9 @@ its decision depends on what is inside it, for this client, now.  In order:
    access (`content_matters`: a block page to show, a method to read, a
    record of every request the policy asks for);
 5. its server: not known yet, or its certificate or address names a site
-   whose decision would depend on what is inside: decrypted.  A browser
-   may send that site's requests over this connection, and so may anyone
-   fronting a domain;
+   whose decision would depend on what is inside, or another site with
+   daily minutes: decrypted.  A browser may send that site's requests over
+   this connection, and so may anyone fronting a domain;
 6. else it passes unread, decided on its names, and decided again while it
    stays open (the proxy's review).
 
@@ -121,7 +121,7 @@ def inspection(
         return Inspection(True, why, decision)
     if server is None:
         return Inspection(True, SERVER_UNKNOWN, decision)
-    if serves_more(server, identity, policy, now, ledger):
+    if serves_more(server, identity, policy, now, ledger, charged=decision.site):
         return Inspection(True, SERVER_GOVERNED, decision)
     return Inspection(False, UNLISTED if decision.site is None else FULL, decision)
 
@@ -148,10 +148,14 @@ def content_matters(decision: Decision, policy: Policy) -> str | None:
 
 
 def serves_more(server: Server, identity: Identity, policy: Policy, now: datetime,
-                ledger: QuotaLedger | None = None) -> bool:
+                ledger: QuotaLedger | None = None, *, charged: str | None = None) -> bool:
     """Whether the server's certificate or address names a site whose decision for this client
     depends on what is inside (`content_matters`): then requests for that site may come over
-    this connection too."""
+    this connection too.
+
+    So does a site with daily minutes other than `charged` (the site the passed-through
+    connection itself is charged to): its minutes are counted only on requests for it, and
+    only a decrypted connection tells which requests those are."""
     names = server.names
     if len(names) > MAX_CERTIFICATE_NAMES:
         return True
@@ -167,6 +171,8 @@ def serves_more(server: Server, identity: Identity, policy: Policy, now: datetim
     for host in dict.fromkeys(hosts):
         decision = decide(Request(TUNNEL_METHOD, (host,), "/"), identity, policy, now, ledger)
         if content_matters(decision, policy) is not None:
+            return True
+        if decision.counts_quota and decision.site != charged:
             return True
     return False
 
