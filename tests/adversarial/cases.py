@@ -509,6 +509,7 @@ CASES += [
 # facebook.test (tests/support/origin.py), like a CDN's shared certificate.
 
 MAIL, EDGE, BANK = "mail.test", "edge.test", "online.bank.test"
+ECH_PUBLIC = "ech-public.test"  # the public name of a server that decrypts real ECH: unlisted, not asked for
 PAYROLL, INTRANET = "payroll.bank.test", "intranet.test"
 
 
@@ -561,14 +562,15 @@ CASES += [
     Case("inspect-no-sni-harmless", "without SNI a harmless request is decrypted and passes", "inspect",
          unread("example.test:443", FREE, sni=None), OK, reaches_origin=True, certificate="proxy",
          inspection="decrypted"),
-    Case("inspect-ech-is-decrypted", "an Encrypted Client Hello is decrypted, decided on its outer name",
-         "inspect", hello("example.test:443", [FREE], ech=True), CLOSED, tls_answer=True, inspection="decrypted"),
+    Case("inspect-ech-is-decrypted", "an Encrypted Client Hello under a name not asked for is decrypted, "
+         "decided on its outer name", "inspect", hello("example.test:443", [ECH_PUBLIC], ech=True), CLOSED,
+         tls_answer=True, inspection="decrypted"),
     Case("inspect-ech-denied-outer-name", "an Encrypted Client Hello with a denied outer name is not passed "
          "through", "inspect", hello("example.test:443", [FB], ech=True), CLOSED, tls_answer=True,
          inspection="decrypted"),
-    Case("inspect-ech-refused", "with accessgate_refuse_ech an Encrypted Client Hello is refused",
-         "inspect-refuse-ech", hello("example.test:443", [FREE], ech=True), CLOSED, tunnel="block",
-         inspection="refused"),
+    Case("inspect-ech-refused", "with accessgate_refuse_ech an Encrypted Client Hello under a name not asked "
+         "for is refused", "inspect-refuse-ech", hello("example.test:443", [ECH_PUBLIC], ech=True), CLOSED,
+         tunnel="block", inspection="refused"),
     Case("inspect-unparseable-hello", "a ClientHello nobody can parse is never passed through", "inspect",
          lambda p: hello_then_read(p, "example.test:443", garbled_hello()), CLOSED, inspection="decrypted"),
     Case("inspect-split-hello-passes-through", "a ClientHello cut into pieces is decided whole, then passed "
@@ -590,4 +592,18 @@ CASES += [
     Case("inspect-never-inspect-cannot-carry-a-denied-sni", "a denied SNI behind a never-inspected CONNECT is "
          "refused", "inspect", unread("online.bank.test:443", FB, sni=FB), CLOSED, tunnel="block",
          inspection="refused"),
+]  # fmt: skip
+
+# Browsers put a decoy ECH extension (GREASE) under the name they asked the
+# proxy for into every ClientHello: that is an ordinary ClientHello.
+CASES += [
+    Case("inspect-ech-decoy-passes-through", "a decoy Encrypted Client Hello under the name asked for passes "
+         "through like any hello", "inspect", hello("example.test:443", [FREE], ech=True), CLOSED, tunnel="allow",
+         inspection="passed-through"),
+    Case("inspect-ech-decoy-denied-is-decrypted", "a decoy Encrypted Client Hello under a denied name is "
+         "decrypted for its block page", "inspect", hello("facebook.test:443", [FB], ech=True), CLOSED,
+         tls_answer=True, inspection="decrypted"),
+    Case("inspect-ech-decoy-not-refused", "accessgate_refuse_ech does not refuse a browser's decoy Encrypted "
+         "Client Hello", "inspect-refuse-ech", hello("example.test:443", [FREE], ech=True), CLOSED,
+         tunnel="allow", inspection="passed-through"),
 ]  # fmt: skip

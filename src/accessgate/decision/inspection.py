@@ -68,7 +68,7 @@ class Hello(NamedTuple):
 
     names: tuple[str, ...]  # CONNECT target, server address, every SNI name (at most MAX_HOST_NAMES + 1)
     sni: bool = True  # the ClientHello names its server
-    ech: bool = False  # it carries an encrypted_client_hello extension (0xfe0d)
+    ech: bool = False  # an encrypted_client_hello extension (0xfe0d) that may hide another server name
     readable: bool = True  # it could be read at all
 
 

@@ -15,7 +15,9 @@ segments), reads every name in it, and asks `decision.inspection`:
   decrypted).  It goes to the server whose certificate was read
   (certificates.py);
 - refuse: a connection that is never decrypted but whose names block it,
-  and, with `accessgate_refuse_ech`, one with Encrypted Client Hello.
+  and, with `accessgate_refuse_ech`, one whose Encrypted Client Hello may
+  hide another name (`hides_a_name`: a browser's decoy ECH under the name
+  it asked for is an ordinary ClientHello).
 
 While a passed-through tunnel stays open, `review` asks again every
 second: a reload, `always_inspect` or `accessgate_inspect=all` that now
@@ -35,6 +37,8 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from mitmproxy.proxy import layer, layers
 
 from accessgate.decision import BLOCK, DENIED, Decision, Identity, Request
+from accessgate.errors import InvalidHost
+from accessgate.policy.hosts import normalize_host
 from accessgate.decision import inspection as insp
 from accessgate.decision.inspection import Hello, Inspection, Server
 from accessgate.oplog import get_logger
@@ -112,7 +116,7 @@ class Inspector:
         hello = Hello(
             tunnel_request([*names, *read.names]).hosts,
             sni=bool(read.names),
-            ech=read.ech,
+            ech=read.ech and hides_a_name(read.names, self._asked(context)),
             readable=read.state is firstbytes.Hello.COMPLETE,
         )
         sni = read.names[0] if read.names else ""
@@ -134,6 +138,13 @@ class Inspector:
                 from accessgate.proxy.tunnels import Refuse
 
                 replace(nextlayer, Refuse(nextlayer.context))
+
+    def _asked(self, context) -> list[str]:
+        """The names the client asked the proxy for: CONNECT targets and their Host, the server's address."""
+        asked = list(self._gate.connect_names.get(context.client.id, ()))
+        if context.server.address:
+            asked.append(str(context.server.address[0]))
+        return asked
 
     def _inspect(self, hello: Hello, identity: Identity, known: Known | None) -> Inspection:
         gate = self._gate
@@ -235,6 +246,34 @@ class Inspector:
             )
             log.info("flow_closed", site=result.decision.site, reason=result.why)
             close_connection(tunnel.client)
+
+
+def hides_a_name(snis: tuple[str, ...] | list[str], asked: list[str]) -> bool:
+    """Whether a ClientHello with an encrypted_client_hello extension may hide another server's name.
+
+    Chromium and Firefox put a decoy ECH extension ("GREASE ECH", in the
+    ECH draft) in every ClientHello when they have no ECH key for the server,
+    which behind a proxy is always: the keys come from DNS records that
+    only the proxy resolves.  That decoy carries the real name as its SNI,
+    the name the client asked the proxy for.  Real ECH carries the public
+    name of the server that decrypts it instead, which is no name asked
+    for.  So ECH under an SNI that is one of `asked` is decided like any
+    ClientHello: on every name, the certificate's too.  By design nobody
+    but that server can tell a decoy from a real ECH under the same name:
+    a client that hides another site's name behind the one it asked for is
+    domain fronting, and is what docs/inspection.md says of that.
+    """
+    if not snis:
+        return True
+    wanted = {_host_name(name) for name in asked} - {None}
+    return any(_host_name(sni) not in wanted for sni in snis)
+
+
+def _host_name(raw: str) -> str | None:
+    try:
+        return normalize_host(raw).name
+    except InvalidHost:
+        return None
 
 
 def _inside_tls(nextlayer: layer.NextLayer) -> bool:

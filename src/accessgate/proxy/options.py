@@ -121,8 +121,10 @@ def declare(loader) -> None:
         bool,
         False,
         """
-        Refuse TLS connections whose ClientHello carries Encrypted Client
-        Hello (the real server name hidden).  Off: they are decrypted and
-        decided on what the requests inside name.
+        Refuse TLS connections whose Encrypted Client Hello may hide the
+        real server name (its outer name is not the one the client asked
+        for).  Off: they are decrypted and decided on what the requests
+        inside name.  A browser's decoy ECH under the name it asked for is
+        an ordinary ClientHello either way.
         """,
     )
