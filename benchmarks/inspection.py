@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import datetime
 import os
+import shutil
 import ssl
 import statistics
 import subprocess
@@ -291,6 +292,7 @@ def main() -> int:
         for proxy in proxies.values():
             proxy.stop()
         origin.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
