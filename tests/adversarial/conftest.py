@@ -23,10 +23,6 @@ KINDS = {
     "inspect-refuse-ech": {"accessgate_refuse_ech": True},
 }
 POLICIES = {"inspect": INSPECT_POLICY, "inspect-refuse-ech": INSPECT_POLICY}
-# The accessgate_inspect modes each kind's cases run under: the table holds
-# under both; the inspect kinds' cases are about what `needed` passes through.
-MODES = {"plain": ("needed", "all"), "passthrough": ("needed", "all"), "streaming": ("needed", "all"),
-         "inspect": ("needed",), "inspect-refuse-ech": ("needed",)}
 
 
 def quota_used_up(path: Path) -> str:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from cases import BLOCKED, CASES, FREE, Case
-from conftest import MODES
+from inspect_modes import MODES
 from support.wire import basic, h2, plain, request, tunnel
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +30,7 @@ def _tls_connections(proxy) -> dict[str, float]:
     return found
 
 
-# Every case under each accessgate_inspect mode its proxy kind runs (conftest.MODES).
+# Every case under each accessgate_inspect mode its proxy kind runs (inspect_modes.MODES).
 PARAMS = [pytest.param(c, mode, id=f"{c.id}[{mode}]") for c in CASES for mode in MODES[c.proxy]]
 
 
