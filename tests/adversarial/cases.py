@@ -31,7 +31,8 @@ OK, BLOCKED, BAD_REQUEST, AUTH_REQUIRED, TOO_LONG, CLOSED = 200, 403, 400, 407, 
 class Case:
     id: str
     rule: str  # the rule it checks, in one line
-    proxy: str  # "plain" (proxyauth), "passthrough" (+ignore_hosts), "streaming" (+stream_large_bodies)
+    proxy: str  # "plain" (proxyauth), "passthrough" (+ignore_hosts), "streaming" (+stream_large_bodies),
+    #             "inspect" (policy-inspect.yaml: TLS may pass through unread), "inspect-refuse-ech" (+refuse ECH)
     send: Callable[[object], Reply]
     status: int  # what the client gets; CLOSED: the connection ends without a response
     reason: str | None = None  # X-Accessgate-Reason of a block
@@ -43,6 +44,8 @@ class Case:
     # (support.mitmlines: h2 4.2+, mitmproxy 12): the connection closes, the
     # origin sees nothing, and mitmproxy's log holds this text.
     refused_first: str | None = None
+    certificate: str | None = None  # whose certificate the client saw: "proxy" (decrypted) or "origin" (not)
+    inspection: str | None = None  # how the proxy counted the TLS connection: decrypted, passed-through, refused
 
     @property
     def refused_by_mitmproxy(self) -> bool:
@@ -507,4 +510,114 @@ CASES += [
          "passthrough",
          lambda p: split_tunnel(p, "bank.test:443", request("GET", "/", [("Host", FB)]), tls=True, sni=FB,
                                 split=0, record_version=ODD_VERSION), CLOSED, tunnel="block"),
+]  # fmt: skip
+
+
+# -- decrypt only what the policy needs to see (issue 18) ------------------------------
+# The "inspect" proxies run accessgate_inspect=needed under policy-inspect.yaml,
+# where the origin's address belongs to no site: a TLS tunnel to an unlisted or
+# full-access name passes through to the origin unread, and the client sees the
+# origin's own certificate.  Every other tunnel must still be decrypted and each
+# request decided; never-inspected names are never decrypted, and refused when
+# their names block them.  The origin's certificate for edge.test also names
+# facebook.test (tests/support/origin.py), like a CDN's shared certificate.
+
+MAIL, EDGE, BANK = "mail.test", "edge.test", "online.bank.test"
+ECH_PUBLIC = "ech-public.test"  # the public name of a server that decrypts real ECH: unlisted, not asked for
+PAYROLL, INTRANET = "payroll.bank.test", "intranet.test"
+
+
+def unread(connect: str, host: str | None, *, sni: str | None = "", method: str = "GET", body: bytes = b""):
+    """`inside`, with a client that takes any certificate and keeps it (to tell who answered)."""
+    hdrs = [("Host", host)] if host is not None else []
+    return lambda p: tunnel(p, connect, request(method, "/", hdrs, body), sni=sni, verify=False)
+
+
+def garbled_hello() -> bytes:
+    """A whole handshake record whose ClientHello nobody can parse: its last extension claims to run past its end."""
+    hello = bytearray(client_hello([FREE]))
+    assert hello[-6:] == b"\x00\x0b\x00\x02\x01\x00"  # ec_point_formats, 2 bytes long
+    hello[-4:-2] = b"\x00\xff"
+    return bytes(hello)
+
+
+CASES += [
+    Case("inspect-unlisted-passes-through", "an unlisted HTTPS site is passed through: the client sees its own "
+         "certificate", "inspect", unread("example.test:443", FREE), OK, reaches_origin=True, tunnel="allow",
+         certificate="origin", inspection="passed-through"),
+    Case("inspect-full-access-passes-through", "a site with full access is passed through", "inspect",
+         unread("mail.test:443", MAIL, method="POST", body=b"x"), OK, reaches_origin=True, tunnel="allow",
+         certificate="origin", inspection="passed-through"),
+    Case("inspect-read-only-is-decrypted", "a read-only site is decrypted and its writes blocked", "inspect",
+         unread("linkedin.test:443", LI, method="POST", body=b"x"), BLOCKED, "read-only", certificate="proxy",
+         inspection="decrypted"),
+    Case("inspect-read-only-reads-pass", "a read on a decrypted read-only site passes", "inspect",
+         unread("linkedin.test:443", LI), OK, reaches_origin=True, certificate="proxy", inspection="decrypted"),
+    Case("inspect-denied-is-decrypted-for-its-block-page", "a denied site is decrypted to show its block page",
+         "inspect", unread("facebook.test:443", FB), BLOCKED, "denied", certificate="proxy",
+         inspection="decrypted"),
+    Case("inspect-spent-quota-is-decrypted", "a site whose minutes are spent is decrypted to say so", "inspect",
+         unread("video.test:443", VIDEO), BLOCKED, "quota-exhausted", certificate="proxy", inspection="decrypted"),
+    Case("inspect-denied-sni-behind-unlisted-connect", "every name decides: a denied SNI is decrypted and "
+         "blocked", "inspect", unread("example.test:443", FREE, sni=FB), BLOCKED, "denied", certificate="proxy",
+         inspection="decrypted"),
+    Case("inspect-fronting-shared-certificate", "a server whose certificate also names a governed site is "
+         "decrypted: fronting is blocked", "inspect", unread("edge.test:443", FB), BLOCKED, "denied",
+         certificate="proxy", inspection="decrypted"),
+    Case("inspect-h2-reuse-shared-certificate", "HTTP/2 reuse of a shared-certificate connection for a "
+         "governed name is decided", "inspect", h2req("edge.test:443", pseudo("GET", FB)), BLOCKED, "denied",
+         inspection="decrypted"),
+    Case("inspect-fronting-unrelated-certificate", "known limit: a server that serves a governed Host under "
+         "another name's certificate is reached", "inspect", unread("example.test:443", FB), OK,
+         reaches_origin=True, tunnel="allow", certificate="origin", inspection="passed-through"),
+    Case("inspect-no-sni-is-decrypted", "without SNI the Host inside decides: decrypted", "inspect",
+         unread("example.test:443", FB, sni=None), BLOCKED, "denied", certificate="proxy",
+         inspection="decrypted"),
+    Case("inspect-no-sni-harmless", "without SNI a harmless request is decrypted and passes", "inspect",
+         unread("example.test:443", FREE, sni=None), OK, reaches_origin=True, certificate="proxy",
+         inspection="decrypted"),
+    Case("inspect-ech-is-decrypted", "an Encrypted Client Hello under a name not asked for is decrypted, "
+         "decided on its outer name", "inspect", hello("example.test:443", [ECH_PUBLIC], ech=True), CLOSED,
+         tls_answer=True, inspection="decrypted"),
+    Case("inspect-ech-denied-outer-name", "an Encrypted Client Hello with a denied outer name is not passed "
+         "through", "inspect", hello("example.test:443", [FB], ech=True), CLOSED, tls_answer=True,
+         inspection="decrypted"),
+    Case("inspect-ech-refused", "with accessgate_refuse_ech an Encrypted Client Hello under a name not asked "
+         "for is refused", "inspect-refuse-ech", hello("example.test:443", [ECH_PUBLIC], ech=True), CLOSED,
+         tunnel="block", inspection="refused"),
+    Case("inspect-unparseable-hello", "a ClientHello nobody can parse is never passed through", "inspect",
+         lambda p: hello_then_read(p, "example.test:443", garbled_hello()), CLOSED, inspection="decrypted"),
+    Case("inspect-split-hello-passes-through", "a ClientHello cut into pieces is decided whole, then passed "
+         "through", "inspect", lambda p: split_tunnel(p, "example.test:443", request("GET", "/", [("Host", FREE)]),
+                                                      tls=True, sni=FREE),
+         OK, reaches_origin=True, tunnel="allow", certificate="origin", inspection="passed-through"),
+    Case("inspect-split-hello-denied-sni", "a ClientHello cut into pieces with a denied SNI is decrypted",
+         "inspect", lambda p: split_tunnel(p, "example.test:443", request("GET", "/", [("Host", FREE)]),
+                                           tls=True, sni=FB),
+         BLOCKED, "denied", certificate="proxy", inspection="decrypted"),
+    Case("inspect-never-inspect-passes-through", "a never-inspected name is passed through", "inspect",
+         unread("online.bank.test:443", BANK, method="POST", body=b"x"), OK, reaches_origin=True,
+         tunnel="allow", certificate="origin", inspection="passed-through"),
+    Case("inspect-never-inspect-denied-is-refused", "a never-inspected denied site is refused, not decrypted",
+         "inspect", unread("payroll.bank.test:443", PAYROLL), CLOSED, tunnel="block", inspection="refused"),
+    Case("inspect-never-inspect-read-only-is-refused", "a never-inspected site that is read-only for the user "
+         "is refused, not decrypted", "inspect", unread("intranet.test:443", INTRANET), CLOSED, tunnel="block",
+         inspection="refused"),
+    Case("inspect-never-inspect-cannot-carry-a-denied-sni", "a denied SNI behind a never-inspected CONNECT is "
+         "refused", "inspect", unread("online.bank.test:443", FB, sni=FB), CLOSED, tunnel="block",
+         inspection="refused"),
+]  # fmt: skip
+
+# Browsers put a decoy ECH extension (GREASE) under the name they asked the
+# proxy for into every ClientHello: that is an ordinary ClientHello.
+CASES += [
+    Case("inspect-ech-decoy-passes-through", "a decoy Encrypted Client Hello under the name asked for passes "
+         "through like any hello", "inspect", hello("example.test:443", [FREE], ech=True), CLOSED, tunnel="allow",
+         inspection="passed-through"),
+    Case("inspect-ech-decoy-denied-is-decrypted", "a decoy Encrypted Client Hello under a denied name is "
+         "decrypted for its block page", "inspect", hello("facebook.test:443", [FB], ech=True), CLOSED,
+         tls_answer=True, inspection="decrypted"),
+    Case("inspect-ech-decoy-not-refused", "accessgate_refuse_ech does not refuse a browser's decoy Encrypted "
+         "Client Hello", "inspect-refuse-ech", hello("example.test:443", [FREE], ech=True), CLOSED,
+         tunnel="allow", inspection="passed-through"),
 ]  # fmt: skip

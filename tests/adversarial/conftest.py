@@ -11,13 +11,18 @@ from accessgate.stores import open_store
 from support.proxy import start_proxy
 
 POLICY = Path(__file__).with_name("policy.yaml")
+INSPECT_POLICY = Path(__file__).with_name("policy-inspect.yaml")
 
 # Extra mitmproxy options per proxy kind in cases.py.
 KINDS = {
     "plain": {},
     "passthrough": {"ignore_hosts": [r"^bank\.test"]},
     "streaming": {"stream_large_bodies": "1k"},
+    # Where TLS tunnels may pass through unread: policy-inspect.yaml.
+    "inspect": {},
+    "inspect-refuse-ech": {"accessgate_refuse_ech": True},
 }
+POLICIES = {"inspect": INSPECT_POLICY, "inspect-refuse-ech": INSPECT_POLICY}
 
 
 def quota_used_up(path: Path) -> str:
@@ -37,11 +42,11 @@ def quota_used_up(path: Path) -> str:
 def proxies(mitm_confdir, session_origin, htpasswd, tmp_path_factory):
     started = {}
 
-    def get(kind: str):
-        if kind not in started:
-            workdir = tmp_path_factory.mktemp(f"adversarial-{kind}")
-            started[kind] = start_proxy(
-                policy=POLICY,
+    def get(kind: str, mode: str = "needed"):
+        if (kind, mode) not in started:
+            workdir = tmp_path_factory.mktemp(f"adversarial-{kind}-{mode}")
+            started[(kind, mode)] = start_proxy(
+                policy=POLICIES.get(kind, POLICY),
                 confdir=mitm_confdir,
                 origin=session_origin,
                 workdir=workdir,
@@ -50,9 +55,9 @@ def proxies(mitm_confdir, session_origin, htpasswd, tmp_path_factory):
                 # certificate is its own): whatever it carries is then on the
                 # origin's record.
                 options={"proxyauth": f"@{htpasswd}", "route_raw_to_origin": True, "ssl_insecure": True,
-                         **KINDS[kind]},
+                         "accessgate_inspect": mode, **KINDS[kind]},
             )
-        return started[kind]
+        return started[(kind, mode)]
 
     yield get
     for proxy in started.values():

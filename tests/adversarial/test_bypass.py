@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 
 from cases import BLOCKED, CASES, CLOSED, FREE, Case
+from inspect_modes import MODES
 from support.mitmlines import logged
 from support.wire import basic, h2, plain, request, tunnel
 
 pytestmark = pytest.mark.e2e
 
+UNREAD = ("tcp", "tls")  # the schemes of records of tunnels nothing read: raw relays, TLS passed through
+
 
 def _tunnel_records(proxy) -> list[dict]:
     """Audit records of uninspected tunnels (written when the tunnel is decided)."""
-    return [r for r in proxy.audit_records() if r.get("scheme") == "tcp"]
+    return [r for r in proxy.audit_records() if r.get("scheme") in UNREAD]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bypass_case(case: Case, proxies, origin):
-    proxy = proxies(case.proxy)
+def _tls_connections(proxy) -> dict[str, float]:
+    """accessgate_tls_connections_total summed by `inspection` (decrypted, passed-through, refused)."""
+    found: dict[str, float] = {}
+    for m in re.finditer(r'^accessgate_tls_connections_total\{([^}]*)\} (\S+)$', proxy.metrics(), re.M):
+        kind = re.search(r'inspection="([^"]+)"', m.group(1)).group(1)
+        found[kind] = found.get(kind, 0.0) + float(m.group(2))
+    return found
+
+
+# Every case under each accessgate_inspect mode its proxy kind runs (inspect_modes.MODES).
+PARAMS = [pytest.param(c, mode, id=f"{c.id}[{mode}]") for c in CASES for mode in MODES[c.proxy]]
+
+
+@pytest.mark.parametrize("case,mode", PARAMS)
+def test_bypass_case(case: Case, mode: str, proxies, origin):
+    proxy = proxies(case.proxy, mode)
     tunnels_before = len(_tunnel_records(proxy))
+    connections_before = _tls_connections(proxy) if case.inspection else {}
 
     reply = case.send(proxy)
 
@@ -37,6 +55,13 @@ def test_bypass_case(case: Case, proxies, origin):
         assert reply.header("x-accessgate-request-id")
     if case.tls_answer:
         assert reply.raw[:1] in (b"\x16", b"\x15"), "the proxy relayed the ClientHello instead of answering it"
+    if case.certificate is not None:
+        expected = "mitmproxy" if case.certificate == "proxy" else "origin.test"
+        assert reply.issuer == expected, f"the client saw a certificate issued by {reply.issuer}, not {expected}"
+    if case.inspection:
+        after = _tls_connections(proxy)
+        grew = {k for k in after if after[k] > connections_before.get(k, 0.0)}
+        assert grew == {case.inspection}, f"the tunnel was {grew or 'not counted'}, not {case.inspection}"
     if case.reaches_origin:
         seen = origin.wait_for(1)
         assert len(seen) == 1, seen
@@ -45,8 +70,8 @@ def test_bypass_case(case: Case, proxies, origin):
     else:
         assert origin.wait_for(1, timeout=0.3) == [], f"{case.id}: a refused request reached the origin"
     if case.tunnel is not None:
-        records = proxy.wait_audit(lambda rs: len([r for r in rs if r.get("scheme") == "tcp"]) > tunnels_before)
-        decided = [r for r in records if r.get("scheme") == "tcp"][tunnels_before:]
+        records = proxy.wait_audit(lambda rs: len([r for r in rs if r.get("scheme") in UNREAD]) > tunnels_before)
+        decided = [r for r in records if r.get("scheme") in UNREAD][tunnels_before:]
         assert [r["decision"] for r in decided] == [case.tunnel], decided
 
 

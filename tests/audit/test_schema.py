@@ -39,6 +39,16 @@ def test_the_proxy_builds_an_access_record_in_the_schemas_order():
     assert tuple(proxy_record("r2")) == schema.ACCESS_ORDER[:-1]  # `error` only when there is one
 
 
+def test_the_record_of_a_tls_connection_not_decrypted_ends_with_its_names_and_why():
+    decision = Decision(decision="allow", reason="unlisted", rule="unlisted", roles=("everyone",), host="example.org")
+    st = FlowState(request_id="t1", started=0.0, ts=T0, decision=decision, policy="ab12cd34ef56",
+                   identity=Identity(user="alice"), enforced=True, method="CONNECT", scheme="tls",
+                   host="example.org", path="", names=("example.org", "example.org:443"), inspection="unlisted")
+    record = access_record(st, decision, True, None, 700, 1400, 2.5, None)
+    assert tuple(record) == schema.ACCESS_ORDER[:-1] + tuple(f.name for f in schema.UNREAD)
+    assert (record["names"], record["inspection"]) == (["example.org", "example.org:443"], "unlisted")
+
+
 def every_kind_of_line(log: Path) -> list[Path]:
     """Every field the writer writes, each in a line of its own kind, by the real writer; returns the files."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +64,8 @@ def every_kind_of_line(log: Path) -> list[Path]:
     writer.write(proxy_record("r3", path="/\udcff"))  # escaped
     writer.write(proxy_record("r4", path="/" + "a" * schema.MAX_RECORD_BYTES))  # truncated
     writer.write(proxy_record("r5", ts="yesterday-ish"))  # ts_given
+    writer.write(proxy_record("r7", method="CONNECT", scheme="tls", path="", names=["example.org", "example.org"],
+                              inspection="unlisted"))  # a TLS connection passed through unread
     writer.write({"event": "policy_loaded", "ts": T0, "policy": "ab12", "sources": ["policy.yaml"]})
     writer.write({"event": "policy_rejected", "ts": T0, "file": "policy.yaml", "problems": ["policy.yaml:1:1: x"],
                   "policy": "ab12"})  # fmt: skip

@@ -102,6 +102,10 @@ def _summary(policy: Policy) -> dict:
             for t in policy.tests
         ],
         "sources": [os.path.relpath(s, CASES / "valid") for s in policy.sources],
+        **({"categories": {name: list(domains) for name, domains in policy.categories.items()}}
+           if policy.categories else {}),
+        **({"never_inspect": list(policy.never_inspect)} if policy.never_inspect else {}),
+        **({"always_inspect": list(policy.always_inspect)} if policy.always_inspect else {}),
     }
 
 
@@ -126,6 +130,8 @@ def test_dump_of_a_valid_policy_loads_back_the_same(case: Path) -> None:
     assert "include" not in yaml.safe_load(dump_policy(policy))
     assert (again.sites, again.roles, again.groups, again.ldap) == (policy.sites, policy.roles, policy.groups, policy.ldap)
     assert (again.timezone, again.unauthenticated, again.unlisted) == (policy.timezone, policy.unauthenticated, policy.unlisted)
+    assert (again.categories, again.never_inspect, again.always_inspect) == (
+        policy.categories, policy.never_inspect, policy.always_inspect)
     assert [_no_source(t) for t in again.tests] == [_no_source(t) for t in policy.tests]
 
 
@@ -438,3 +444,10 @@ def test_a_time_zone_that_is_not_a_zone_is_a_located_problem(name: str) -> None:
     (problem,) = error.problems
     assert (problem.line, problem.column) == (2, 11)
     assert problem.message.startswith("unknown timezone ")
+
+
+def test_a_never_inspected_site_read_only_through_a_star_is_valid_with_a_warning() -> None:
+    policy = load_policy(CASES / "valid" / "inspection-words.yaml")
+    (warning,) = policy.warnings
+    assert ":18:54: warning: never_inspect 'intranet.example' covers site 'intranet'" in warning
+    assert "reads only through its '*'" in warning and "refused, not decrypted" in warning

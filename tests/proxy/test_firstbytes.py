@@ -48,7 +48,18 @@ HELLOS = [
 
 @pytest.mark.parametrize("data,state,names", [h[1:] for h in HELLOS], ids=[h[0] for h in HELLOS])
 def test_a_client_hello_is_read_as_a_server_reads_it(data, state, names):
-    assert read_hello(data) == (state, names)
+    assert read_hello(data)[:2] == (state, names)
+
+
+@pytest.mark.parametrize("data,ech", [
+    (HELLO, False),
+    (client_hello(["example.test"], ech=True), True),
+    (two_records(client_hello(["example.test"], ech=True)), True),
+    (client_hello([], ech=True), True),
+], ids=["plain-hello", "encrypted-client-hello", "encrypted-client-hello-over-two-records", "ech-without-outer-sni"])
+def test_an_encrypted_client_hello_is_told_apart(data, ech):
+    got = read_hello(data)
+    assert got.state is Hello.COMPLETE and got.ech is ech
 
 
 @pytest.mark.parametrize("data,prefix", [

@@ -70,6 +70,7 @@ EXPECTED = {
     "accessgate_quota_exhausted": child_of("quota_exhausted", "counter", "site", "role"),
     "accessgate_quota_minutes": child_of("quota_minutes", "counter", "site", "role"),
     "accessgate_bytes": ("counter", {"site", "direction"}, lambda m: m.count_bytes("x", "in", 1)),
+    "accessgate_tls_connections": child_of("tls_connections", "counter", "site", "inspection", "why"),
     "accessgate_fail_closed": child_of("fail_closed", "counter", "stage"),
     "accessgate_audit_records": child_of("audit_records", "counter"),
     "accessgate_audit_write_errors": child_of("audit_errors", "counter"),

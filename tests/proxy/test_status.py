@@ -13,7 +13,7 @@ import pytest
 from accessgate.decision import Identity
 from accessgate.decision.quota import MemoryLedger
 from accessgate.policy.loader import load_policy
-from accessgate.proxy.status import SiteStanding, standing, status_response
+from accessgate.proxy.status import SiteStanding, decryption, standing, status_response
 from support.pagetext import HOSTILE, parse, text_of
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -165,3 +165,35 @@ def test_a_hostile_group_name_is_escaped() -> None:
     _, _, page = status_response(identity=Identity(user="alice"), roles=(), rows=[], now=NOW, accept=CHROME,
                                  groups=(GroupSource(HOSTILE, ("ldap",)),))
     assert HOSTILE.encode() not in page
+
+
+def test_each_user_is_told_which_of_their_sites_are_decrypted(policy) -> None:
+    """Decided as the proxy decides a connection: read-only and blocked sites are decrypted, full ones not."""
+    now = datetime(2026, 11, 23, 12, 30, tzinfo=BERLIN)  # lunch: facebook is open to everyone
+    carol = Identity(user="carol")
+    found = decryption(policy, carol, now, MemoryLedger(), "needed")
+    assert found == {
+        "facebook": (False, "full"),
+        "linkedin": (True, "read-only"),
+        "tiktok": (True, "blocked"),
+        "xing": (False, "full"),
+    }
+    rows = standing(policy, carol, now, MemoryLedger())
+    _, _, body = status_response(identity=carol, roles=("everyone",), rows=rows, now=now, accept=CHROME,
+                                 timezone=BERLIN, decryption=found)
+    text = text_of(body)
+    assert "Decrypted" in text
+    assert "linkedin Read-only any time no limit – Yes: to tell reading from writing" in text
+    assert "tiktok No access not allowed for your roles – – – Yes: to show why it is blocked" in text
+    assert "not listed here are not decrypted" in text
+    _, _, body = status_response(identity=carol, roles=("everyone",), rows=rows, now=now, accept="application/json",
+                                 timezone=BERLIN, decryption=found)
+    sites = {s["site"]: s for s in json.loads(body)["sites"]}
+    assert (sites["linkedin"]["decrypted"], sites["linkedin"]["decrypted_why"]) == (True, "read-only")
+    assert (sites["facebook"]["decrypted"], sites["facebook"]["decrypted_why"]) == (False, "full")
+
+
+def test_under_inspect_all_every_site_is_decrypted(policy) -> None:
+    now = datetime(2026, 11, 23, 12, 30, tzinfo=BERLIN)
+    found = decryption(policy, Identity(user="alice"), now, MemoryLedger(), "all")
+    assert set(found.values()) == {(True, "all")}

@@ -24,6 +24,7 @@ class Result:
     seconds: float
     exit_code: int
     stderr: str
+    stdout: str = ""  # what `-w/--write-out` printed
 
     def json(self):
         return json.loads(self.body)
@@ -96,6 +97,7 @@ def curl(
             seconds=seconds,
             exit_code=done.returncode,
             stderr=done.stderr.decode(errors="replace"),
+            stdout=done.stdout.decode(errors="replace"),
         )
 
 

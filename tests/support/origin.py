@@ -18,7 +18,10 @@ Paths it serves:
 It speaks TLS as well as plain HTTP on the same port (a connection that
 starts with a TLS handshake byte gets a self-signed certificate), so that a
 tunnel the proxy relays without reading still reaches it: what arrives
-through such a relay is recorded like any other request.
+through such a relay is recorded like any other request.  Its certificate
+names `origin.test` only, except for the server names in
+`SHARED_CERTIFICATES`, which get one that names other sites as well, as a
+CDN's shared certificate does.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+
+# SNI -> the names of the certificate the origin shows for it: a server that
+# serves these sites too (what a browser may reuse a connection for).
+SHARED_CERTIFICATES = {"edge.test": ("edge.test", "facebook.test", "*.facebook.test")}
 
 
 def payload(size: int) -> bytes:
@@ -210,7 +218,14 @@ class _Server(http.server.ThreadingHTTPServer):
     def tls(self) -> ssl.SSLContext:
         with self.lock:
             if self._tls is None:
+                shared = {sni: _self_signed_context(names) for sni, names in SHARED_CERTIFICATES.items()}
+
+                def by_name(sock, server_name, _context) -> None:
+                    if server_name in shared:
+                        sock.context = shared[server_name]
+
                 self._tls = _self_signed_context()
+                self._tls.sni_callback = by_name
             return self._tls
 
 
@@ -274,8 +289,9 @@ class Origin:
         self.stop()
 
 
-def _self_signed_context() -> ssl.SSLContext:
-    """A server context with a fresh self-signed certificate (clients here do not verify it)."""
+def _self_signed_context(names: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate (clients here do not verify it),
+    for `names` (subject alternative names) or else CN=origin.test alone."""
     from datetime import datetime, timedelta, timezone
 
     from cryptography import x509
@@ -286,12 +302,14 @@ def _self_signed_context() -> ssl.SSLContext:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "origin.test")])
     now = datetime.now(timezone.utc)
-    cert = (
+    builder = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
     )  # fmt: skip
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+    cert = builder.sign(key, hashes.SHA256())
     with tempfile.TemporaryDirectory(prefix="origin-tls-") as tmp:
         pem = Path(tmp) / "origin.pem"
         pem.write_bytes(

@@ -31,6 +31,18 @@ class Reply:
 
     raw: bytes
     connect_status: int | None = None  # the proxy's answer to CONNECT, when there was one
+    certificate: bytes | None = None  # DER of the certificate a TLS client saw, when it did not verify it
+
+    @property
+    def issuer(self) -> str | None:
+        """The common name of the issuer of `certificate` ('mitmproxy' when the proxy decrypted)."""
+        if self.certificate is None:
+            return None
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        cert = x509.load_der_x509_certificate(self.certificate)
+        return ",".join(str(a.value) for a in cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME))
 
     @property
     def status(self) -> int:
@@ -167,9 +179,11 @@ def _connect(proxy, target: str, auth: str | None, timeout: float) -> tuple[sock
     return sock, Reply(answer).status, answer
 
 
-def _tls(sock, proxy, sni: str | None, alpn: list[str] | None):
+def _tls(sock, proxy, sni: str | None, alpn: list[str] | None, verify: bool = True):
     context = ssl.create_default_context(cafile=str(proxy.ca))
     context.check_hostname = False  # the point is to send names that do not match
+    if not verify:  # whoever answers: the proxy (decrypted) or the site itself (passed through)
+        context.verify_mode = ssl.CERT_NONE
     if alpn:
         context.set_alpn_protocols(alpn)
     return context.wrap_socket(sock, server_hostname=sni)
@@ -184,25 +198,32 @@ def tunnel(
     tls: bool = True,
     auth: str | None = None,
     timeout: float = 10.0,
+    verify: bool = True,
 ) -> Reply:
-    """CONNECT `target`, then TLS with `sni` ('' = the CONNECT host, None = no SNI), then `data`."""
+    """CONNECT `target`, then TLS with `sni` ('' = the CONNECT host, None = no SNI), then `data`.
+
+    `verify=False` takes any certificate and returns it in the reply: the
+    proxy's (it decrypted the tunnel) or the site's own (it passed it through).
+    """
     auth = basic() if auth is None else auth
     sock, status, answer = _connect(proxy, target, auth, timeout)
     with sock:
         if status != 200:
             return Reply(answer, connect_status=status)
         conn = sock
+        certificate = None
         if tls:
             name = target.rsplit(":", 1)[0].strip("[]") if sni == "" else sni
             try:
-                conn = _tls(sock, proxy, name, None)
+                conn = _tls(sock, proxy, name, None, verify)
             except (ssl.SSLError, OSError):
                 return Reply(b"", connect_status=status)
+            certificate = None if verify else conn.getpeercert(binary_form=True)
         try:
             early = _send_like_a_client(conn, data)
         except OSError:
-            return Reply(b"", connect_status=status)
-        return Reply(_read_response(conn, timeout, early), connect_status=status)
+            return Reply(b"", connect_status=status, certificate=certificate)
+        return Reply(_read_response(conn, timeout, early), connect_status=status, certificate=certificate)
 
 
 PAUSE = 0.3  # between the pieces of a split first write: long enough to arrive as a segment of its own
@@ -251,6 +272,7 @@ class BioTLS:
                     raise ConnectionError("the proxy closed the connection during the handshake")
                 self._in.write(chunk)
         self._flush()
+        self.certificate = self._tls.getpeercert(binary_form=True)
 
     def _flush(self) -> None:
         data = self._out.read()
@@ -302,9 +324,11 @@ def split_tunnel(
         if status != 200:
             return Reply(answer, connect_status=status)
         conn = sock
+        certificate = None
         try:
             if tls:
                 conn = BioTLS(sock, sni, split=split, record_version=record_version)
+                certificate = conn.certificate
                 if split_data:
                     conn.sendall(data[:split_data])
                     time.sleep(PAUSE)
@@ -315,8 +339,8 @@ def split_tunnel(
                 data = data[split:]
             early = _send_like_a_client(conn, data)
         except (OSError, ssl.SSLError):
-            return Reply(b"", connect_status=status)
-        return Reply(_read_response(conn, timeout, early), connect_status=status)
+            return Reply(b"", connect_status=status, certificate=certificate)
+        return Reply(_read_response(conn, timeout, early), connect_status=status, certificate=certificate)
 
 
 def hello_then_read(proxy, target: str, hello: bytes, timeout: float = 5.0) -> Reply:

@@ -45,7 +45,7 @@ user        | string or null  | VARCHAR   | the user the proxy authenticated; `n
 roles       | list of strings | VARCHAR[] | every role the client had
 client_ip   | string          | VARCHAR   | the client's address as the proxy saw it
 method      | string          | VARCHAR   | HTTP method (`CONNECT` for a tunnel decided before TLS)
-scheme      | string          | VARCHAR   | `http` or `https`
+scheme      | string          | VARCHAR   | `http` or `https`; `tls` for a TLS connection passed through (or refused) without decryption, `tcp` for another connection relayed unread
 host        | string          | VARCHAR   | the normalized host that decided (lower case, A-label, no port)
 path        | string          | VARCHAR   | the path, without the query string unless `accessgate_log_query` is on
 site        | string or null  | VARCHAR   | the policy's site; `null` for a host in no site
@@ -61,6 +61,12 @@ duration_ms | number          | DOUBLE    | from decision to the end of the resp
 policy      | string          | VARCHAR   | short hash of the policy in force (`accessgate_policy_info{hash}` shows the same)
 enforced    | boolean         | BOOLEAN   | `false` in `accessgate_mode=audit`: the decision was logged but not enforced
 error       | string          | VARCHAR   | only when something went wrong with the flow (e.g. `killed`)
+""")
+
+# What only the record of a TLS connection not decrypted (scheme `tls`) has, after the fields above.
+UNREAD = _fields("""
+names      | list of strings | VARCHAR[] | only for a TLS connection that was not decrypted: every name it gave (CONNECT target and its `Host`, server address, every SNI name), as sent; `bytes_in`/`bytes_out` are then the connection's bytes each way, `duration_ms` how long it was open
+inspection | string          | VARCHAR   | only with `names`: why it was not decrypted: `unlisted` (no site), `full` (full access), `never-inspect`; for a refused one (`decision` `block`) `never-inspect` or `ech` (see docs/inspection.md)
 """)
 
 # What the writer adds to any record, after the fields it was given, in this order.
@@ -136,8 +142,9 @@ EVENTS: tuple[Event, ...] = (
     Event(POLICY_REJECTED, "a changed policy file was not valid; the last good one stays",
           (("file", ""), ("problems", "one sentence each, with file:line:column"), ("policy", "the one kept"))),
     Event(FLOW_CLOSED, "an open WebSocket or tunnel was closed: its window ended, its quota ran out or a reload took the access away",
-          (("request_id", "of the request that opened it"), ("user", ""), ("site", ""), ("reason", ""), ("rule", ""),
-           ("policy", ""))),
+          (("request_id", "of the request that opened it"), ("user", ""), ("site", ""),
+           ("reason", "the block's reason, or why a tunnel passed through must now be decrypted (an `inspection` code such as `records`, `all`)"),
+           ("rule", ""), ("policy", ""))),
     Event(LOG_RESUMED, "the proxy started on a log whose last line was torn by a crash, or whose last line is not an accessgate record",
           (("truncated_bytes", "length of the torn line, 0 if none"), ("note", ""))),
     Event(RECORDS_DROPPED, "writing works again after records had to be dropped (see [when the disk is full](#when-the-file-cannot-be-written))",
@@ -154,7 +161,7 @@ EVENTS: tuple[Event, ...] = (
           (("key", ""), ("note", ""))),
 )  # fmt: skip
 
-FIELDS: tuple[Field, ...] = ACCESS + OTHER + WRITTEN
+FIELDS: tuple[Field, ...] = ACCESS + UNREAD + OTHER + WRITTEN
 # The view's columns, in the order of a line: what the proxy writes, other events' fields, the writer's own.
 COLUMNS: dict[str, str] = {f.name: f.sql for f in FIELDS}
 
@@ -165,7 +172,7 @@ COLUMNS: dict[str, str] = {f.name: f.sql for f in FIELDS}
 def field_table() -> str:
     """docs/audit-log.md's table of an access record's fields."""
     rows = ["| field | type | meaning |", "|---|---|---|"]
-    rows += [f"| `{f.name}` | {f.json} | {f.meaning} |" for f in ACCESS + WRITTEN]
+    rows += [f"| `{f.name}` | {f.json} | {f.meaning} |" for f in ACCESS + UNREAD + WRITTEN]
     return "\n".join(rows) + "\n"
 
 

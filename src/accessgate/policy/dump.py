@@ -34,6 +34,12 @@ def dump_policy(policy: Policy) -> str:
     }
     data["unauthenticated"] = policy.unauthenticated
     data["unlisted"] = policy.unlisted.value
+    if policy.categories:
+        data["categories"] = {name: list(domains) for name, domains in policy.categories.items()}
+    if policy.never_inspect:
+        data["never_inspect"] = list(policy.never_inspect)
+    if policy.always_inspect:
+        data["always_inspect"] = list(policy.always_inspect)
     if policy.tests:
         data["tests"] = [_test(t) for t in policy.tests]
     head = "# accessgate policy, one file"

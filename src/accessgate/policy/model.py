@@ -176,6 +176,12 @@ class Policy:
     ldap: Mapping[str, object] | None = None  # directory.ldap settings, if any
     # "file:line:col: warning: ..." lines: valid, but worth a second look (`check` prints them).
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # Which TLS connections are decrypted (docs/inspection.md): named lists of
+    # domains, the domains and categories never decrypted ("category:NAME"
+    # or a domain, as written), and the sites always decrypted ("*": all).
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    never_inspect: tuple[str, ...] = ()
+    always_inspect: tuple[str, ...] = ()
 
     # Derived lookup tables, built once.
     domain_index: Mapping[str, str] = field(init=False, repr=False, compare=False)

@@ -30,7 +30,7 @@ from accessgate.policy.nodes import NULL, Checker, Entry, kind
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 MAIN_KEYS = ("version", "timezone", "include", "sites", "directory", "roles",
-             "unauthenticated", "unlisted", "tests")
+             "unauthenticated", "unlisted", "tests", "categories", "never_inspect", "always_inspect")
 MAIN_ONLY_KEYS = ("timezone", "unauthenticated", "unlisted")
 
 # An anchor (`&name`) and an alias (`*name`) as YAML writes them: after a line

@@ -21,6 +21,7 @@ import yaml
 from accessgate.errors import InvalidHost
 from accessgate.policy import model, suggest
 from accessgate.policy.hosts import normalize_host
+from accessgate.policy.inspection import InspectionWords
 from accessgate.policy.limits import quoted
 from accessgate.policy.nodes import INT, Checker, Entry, describe, int_of, text_of, where
 from accessgate.policy.sources import MAIN_KEYS, Source, digest_of
@@ -62,6 +63,7 @@ class Validator:
         self.site_names: dict[str, yaml.Node] = {}
         self.group_names: dict[str, yaml.Node] = {}
         self.role_names: dict[str, yaml.Node] = {}
+        self.grant_nodes: dict[tuple[str, str], yaml.Node] = {}  # (role, site or "*") -> its access key
 
     def policy(self, sources: list[Source]) -> model.Policy | None:
         ck = self.ck
@@ -84,6 +86,11 @@ class Validator:
         unauthenticated = self._unauthenticated(sections["unauthenticated"])
         unlisted = self._main_choice(sections["unlisted"], "'unlisted'", ("allow", "deny"), "allow")
         tests = tests_of(ck, sections["tests"])
+        words = InspectionWords(ck, self._domain)
+        categories = words.categories(sections["categories"])
+        never_inspect = words.never_inspect(sections["never_inspect"], categories)
+        always_inspect = words.always_inspect(sections["always_inspect"], self.site_names)
+        words.check(sites, roles, self.grant_nodes)
         if ck.count or main is None:
             return None
         self._warn_single_person_roles(roles, groups)
@@ -99,6 +106,9 @@ class Validator:
             sources=tuple(s.path for s in sources),
             ldap=MappingProxyType(ldap) if ldap is not None else None,
             warnings=tuple(text for _, text in sorted(ck.warnings)),
+            categories=MappingProxyType(categories),
+            never_inspect=never_inspect,
+            always_inspect=always_inspect,
         )
 
     def _warn_single_person_roles(self, roles: dict[str, model.Role], groups: dict[str, frozenset[str]]) -> None:
@@ -398,6 +408,7 @@ class Validator:
                                               f"{ck.suggest(site, self.site_names, 'sites are')}")
                     continue
                 grant = self._grant(entry.value, f"access of {owner} to '{site}'", f"roles.{name}.access.{site}")
+                self.grant_nodes[(name, site)] = entry.key
                 if grant is not None:
                     access[site] = grant
         if ck.raised > before:

@@ -59,6 +59,7 @@ from accessgate.proxy.gate import (
 )
 from accessgate.proxy.hygiene import StripAltSvc, sanitize
 from accessgate.proxy.identity import IdentityCache
+from accessgate.proxy.inspection import Inspector
 from accessgate.proxy.metrics import site_label
 from accessgate.proxy.minutes import QuotaMinutes
 from accessgate.proxy.records import META, FlowState, access_record, body_size, flow_state
@@ -111,7 +112,8 @@ class AccessGate:
         self.reloads = PolicyReloads(self)
         self.sessions = Sessions(self)
         self.balancers = TrustedBalancers(self.metrics)  # accessgate_trusted_proxies
-        self.tunnels = Tunnels(self, self.sessions)
+        self.inspector = Inspector(self, self.sessions)
+        self.tunnels = Tunnels(self, self.sessions, self.inspector)
         # accessgate_auth and directory groups: an addon of its own, before this one in the chain.
         self.signin = SignIn(self)
         self.metrics.watch_signin(self.signin.samples)
@@ -146,6 +148,7 @@ class AccessGate:
         o = ctx.options
         # configure runs on every change (and again on a rollback), so these follow.
         self._enforce = o.accessgate_mode == "enforce"
+        self.inspector.configure(o.accessgate_inspect, o.accessgate_refuse_ech)
         self.log_query = bool(o.accessgate_log_query)
         # mitmproxy's own options; absent only where its proxy server is not loaded (unit tests).
         self._late_streaming = streams_late(
@@ -205,6 +208,7 @@ class AccessGate:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._housekeeping()))
         self._tasks.append(loop.create_task(self.sessions.review()))
+        self._tasks.append(loop.create_task(self.inspector.review()))
         try:
             # logrotate's postrotate (`systemctl reload`) sends SIGHUP; mitmdump
             # alone would die of it.
@@ -271,7 +275,7 @@ class AccessGate:
                     scan = scan_request(flow, tunnel_names)
             request = scan.request
             if names_status(flow, scan.host_values):
-                answer_status(flow, identity, policy, now, self.ledger)
+                answer_status(flow, identity, policy, now, self.ledger, self.inspector.mode)
                 return
             decision = self.decide(request, identity, policy, now)
             enforced = self._enforce
@@ -357,6 +361,7 @@ class AccessGate:
         self._identities.forget(client.id)
         self.balancers.forget(client.id)
         self.connect_names.pop(client.id, None)
+        self.inspector.forget(client.id)
         tunnel = self.sessions.relays.get(client.id)
         if tunnel is not None:
             try:

@@ -29,6 +29,7 @@ WAIT_PIECES = 64
 
 _HANDSHAKE = 0x16
 _CLIENT_HELLO = 0x01
+_ENCRYPTED_CLIENT_HELLO = 0xFE0D  # draft-ietf-tls-esni: the outer hello's extension
 
 
 class Hello(Enum):
@@ -41,6 +42,7 @@ class Hello(Enum):
 class HelloRead(NamedTuple):
     state: Hello
     names: tuple[str, ...] = ()  # every name in every server_name extension
+    ech: bool = False  # it carries an encrypted_client_hello extension: its real server name is hidden
 
 
 def tls_prefix(data: bytes) -> bool:
@@ -89,13 +91,16 @@ def _parse_hello(body: bytes) -> HelloRead:
     try:
         hello = ClientHello(body)
         names = [hello.sni] if hello.sni else []
+        ech = False
         for ext in hello._client_hello.extensions.extensions:
             if ext.type == 0x00:  # server_name; mitmproxy reports none when it lists two
                 for entry in ext.body.server_names:
                     names.append(bytes(entry.host_name).decode("utf-8", "surrogateescape"))
+            elif ext.type == _ENCRYPTED_CLIENT_HELLO:
+                ech = True
     except Exception:
         return HelloRead(Hello.INVALID)
-    return HelloRead(Hello.COMPLETE, tuple(dict.fromkeys(names)))
+    return HelloRead(Hello.COMPLETE, tuple(dict.fromkeys(names)), ech)
 
 
 def could_become_http(data: bytes) -> bool:

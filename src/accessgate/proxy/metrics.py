@@ -103,6 +103,12 @@ class Metrics:
             ("site", "direction"),
             registry,
         )
+        self.tls_connections = counter(
+            "accessgate_tls_connections",
+            "TLS connections by site, by whether they were decrypted, passed through unread or refused "
+            "(inspection), and why (see docs/inspection.md).",
+            "site", "inspection", "why",
+        )
         self.fail_closed = counter(
             "accessgate_fail_closed", "Requests blocked because accessgate failed while deciding, by stage.", "stage"
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 MODES = ("enforce", "audit")
+INSPECT_MODES = ("needed", "all")  # decision.inspection.MODES
 DEFAULTS = {
     "accessgate_audit_log": "var/accessgate-audit.jsonl",
     "accessgate_state": "sqlite:var/accessgate-state.sqlite",
@@ -183,5 +184,30 @@ def declare(loader) -> None:
         (15 minutes by default), so that nobody who takes the proxy over can
         change what was sealed before unseen: `accessgate audit verify --key`
         with the auditors' verification key names the first record that fails.
+        """,
+    )
+    loader.add_option(
+        "accessgate_inspect",
+        str,
+        "needed",
+        """
+        needed: decrypt a TLS connection only when its decision depends on
+        what is inside it (a read-only or blocked site, always_inspect, a
+        server that also serves such a site); pass the rest through unread,
+        decided on its names.  all: decrypt every connection but those that
+        never_inspect names.  See docs/inspection.md.
+        """,
+        choices=INSPECT_MODES,
+    )
+    loader.add_option(
+        "accessgate_refuse_ech",
+        bool,
+        False,
+        """
+        Refuse TLS connections whose Encrypted Client Hello may hide the
+        real server name (its outer name is not the one the client asked
+        for).  Off: they are decrypted and decided on what the requests
+        inside name.  A browser's decoy ECH under the name it asked for is
+        an ordinary ClientHello either way.
         """,
     )

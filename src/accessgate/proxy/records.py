@@ -45,6 +45,9 @@ class FlowState:
     # Body bytes counted while mitmproxy streams them (it keeps no copy then).
     streamed_in: int | None = None  # from the client: the request body
     streamed_out: int | None = None  # to the client: the response body
+    # A TLS connection passed through (or refused) unread: every name it gave, and why it was not decrypted.
+    names: tuple[str, ...] = ()
+    inspection: str | None = None
 
 
 def flow_state(
@@ -120,6 +123,9 @@ def access_record(
     }
     if error is not None:
         record["error"] = error
+    if st.inspection is not None:
+        record["names"] = list(st.names)
+        record["inspection"] = st.inspection
     return record
 
 

@@ -2,8 +2,9 @@
 
 The request hook asks `names_status` (on the Host names it has read anyway)
 before it decides anything; such a request never reaches a site.  The page
-shows, per site of the policy, the level now, the hours it is open and the
-minutes left today, each computed by the engine as the proxy would decide.
+shows, per site of the policy, the level now, the hours it is open, the
+minutes left today and whether its connections are decrypted, each
+computed by the engine as the proxy would decide.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from mitmproxy import http
 
 from accessgate import decision as engine
 from accessgate.auth.groups import GroupSource, sources_of
+from accessgate.decision import inspection as insp
 from accessgate.decision.quota import NoQuotaUsed
 from accessgate.proxy.pages import (
     HTML_TYPE,
@@ -51,7 +53,8 @@ def names_status(flow: http.HTTPFlow, host_values: list[str]) -> bool:
 
 
 def answer_status(
-    flow: http.HTTPFlow, identity: Identity, policy: Policy, now: datetime, ledger: QuotaLedger | None
+    flow: http.HTTPFlow, identity: Identity, policy: Policy, now: datetime, ledger: QuotaLedger | None,
+    inspect_mode: str = insp.NEEDED,
 ) -> None:
     """Answer `flow` with the status page of `identity`."""
     roles = engine.roles_for(identity, policy)
@@ -64,6 +67,7 @@ def answer_status(
         now=now,
         accept=flow.request.headers.get("accept", ""),
         timezone=policy.timezone,
+        decryption=decryption(policy, identity, now, ledger, inspect_mode),
     )
     flow.response = http.Response.make(status, body, dict(headers))
 
@@ -124,6 +128,39 @@ def standing(
 
 
 _SOURCE_WORDS = {"yaml": "the policy", "ldap": "the directory"}
+
+
+def decryption(
+    policy: Policy, identity: Identity, now: datetime, ledger: QuotaLedger | None, mode: str
+) -> dict[str, tuple[bool, str]]:
+    """Per site of `policy`: whether `identity`'s connections to it are decrypted now, and why
+    (decision.inspection's code), as the proxy would choose for an ordinary connection."""
+    found = {}
+    for name, site in policy.sites.items():
+        host = site.domains[0] if site.domains else str(site.networks[0].network_address) if site.networks else None
+        if host is not None:
+            result = insp.site_inspection(host, identity, policy, now, ledger, mode)
+            found[name] = (result.decrypt, result.why)
+    return found
+
+
+# What the page says about decryption, by decision.inspection's code.
+_DECRYPTED_WORDS = {
+    insp.METHOD: "Yes: to tell reading from writing",
+    insp.LEVEL: "Yes: each request is decided",
+    insp.BLOCKED: "Yes: to show why it is blocked",
+    insp.RECORDS: "Yes: each request is recorded",
+    insp.EVERYTHING: "Yes: the proxy decrypts every site",
+    insp.FULL: "No",
+    insp.UNLISTED: "No",
+    insp.NEVER: "No, never",
+}
+_DECRYPTION_NOTE = {
+    insp.NEEDED: "Connections to sites that are not listed here are not decrypted, unless their server also "
+                 "serves a listed site.",
+    insp.ALL: "The proxy decrypts every connection but those its policy never decrypts.",
+}
+
 _LEVEL_WORDS = {"full": "Full", "read-only": "Read-only", "none": "No access"}
 _WHY_NONE = {
     "outside-window": "outside its hours",
@@ -142,13 +179,16 @@ def status_response(
     accept: str | None,
     timezone: tzinfo | None = None,
     groups: Sequence[GroupSource] = (),
+    decryption: dict[str, tuple[bool, str]] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """The page at http://accessgate.status/: (status, headers, body).
 
     `groups` are the user's groups with where each came from: the policy
-    (`yaml`), the directory (`ldap`), or both.
+    (`yaml`), the directory (`ldap`), or both. `decryption`, when given: per
+    site, whether its connections are decrypted and why.
     """
     rows = list(rows)
+    decryption = decryption if decryption is not None else {}
     tz = timezone or now.tzinfo
     headers = dict(SECURITY_HEADERS)
     if not prefers_html(accept):
@@ -168,6 +208,10 @@ def status_response(
                     "minutes_left": r.minutes_left,
                     "next_window": (
                         r.next_window.isoformat(timespec="seconds") if r.next_window else None
+                    ),
+                    **(
+                        {"decrypted": decryption[r.site][0], "decrypted_why": decryption[r.site][1]}
+                        if r.site in decryption else {}
                     ),
                 }
                 for r in rows
@@ -215,16 +259,23 @@ def status_response(
             opens = f'{esc(when_local(local, now))}<span class="why">{esc(relative(until(local, now)))}</span>'
         else:
             opens = dash
+        decrypted = ""
+        if decryption:
+            shown, why = decryption.get(r.site, (False, ""))
+            decrypted = f"<td>{esc(_DECRYPTED_WORDS.get(why, 'Yes' if shown else 'No'))}</td>"
         lines.append(
             f"        <tr><td>{esc(r.site)}</td><td>{level}</td><td>{when}</td>"
-            f"<td>{minutes}</td><td>{opens}</td></tr>"
+            f"<td>{minutes}</td><td>{opens}</td>{decrypted}</tr>"
         )
     if not lines:
         lines.append(
-            '        <tr><td colspan="5" class="empty">The policy names no sites.</td></tr>'
+            f'        <tr><td colspan="{6 if decryption else 5}" class="empty">The policy names no sites.</td></tr>'
         )
+    mode = insp.ALL if any(why == insp.EVERYTHING for _, why in decryption.values()) else insp.NEEDED
     page = template("status.html").substitute(
-        who=who, rows="\n".join(lines), time=esc(stamp(now, tz))
+        who=who, rows="\n".join(lines), time=esc(stamp(now, tz)),
+        decrypted_head="<th>Decrypted</th>" if decryption else "",
+        decryption_note=f" {esc(_DECRYPTION_NOTE[mode])}" if decryption else "",
     )
     headers["Content-Type"] = HTML_TYPE
     return 200, headers, page.encode("utf-8", "replace")

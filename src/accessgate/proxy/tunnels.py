@@ -8,8 +8,10 @@
   passthrough that another addon asks for, decided as a write on every
   name; blocked, it is intercepted instead, so that each request inside is
   decided.
-- `next_layer` (through `LastWord`, after mitmproxy's own choice): a tunnel
-  whose first bytes could still become TLS or HTTP waits for more; one that
+- `next_layer` (through `LastWord`, after mitmproxy's own choice): a TLS
+  tunnel mitmproxy would decrypt is decrypted only when the policy needs to
+  see inside it (`inspection.Inspector`), else passed through or refused;
+  a tunnel whose first bytes could still become TLS or HTTP waits for more; one that
   is neither where every tunnel is meant to be read is refused; one that
   will be relayed unread (ignore_hosts, allow_hosts, tcp_hosts) is decided
   on every name it has, as a write, and closed before a byte reaches the
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable
 
 from mitmproxy import ctx, http, tls
 from mitmproxy.proxy import commands, events, layer, layers, mode_specs
@@ -43,6 +45,7 @@ from accessgate.proxy.sessions import RawTunnel, Sessions
 
 if TYPE_CHECKING:
     from accessgate.proxy.addon import AccessGate
+    from accessgate.proxy.inspection import Inspector
 
 _UNINSPECTED = (layers.TCPLayer, layers.UDPLayer)
 _EXPLICIT_PROXY = (mode_specs.RegularMode, mode_specs.UpstreamMode)
@@ -97,9 +100,10 @@ class LastWord:
     def __init__(self, tunnels: Tunnels) -> None:
         self.tunnels: Tunnels | None = tunnels
 
-    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+    def next_layer(self, nextlayer: layer.NextLayer) -> Awaitable[None] | None:
         if self.tunnels is not None:
-            self.tunnels.next_layer_chosen(nextlayer)
+            return self.tunnels.next_layer_chosen(nextlayer)  # mitmproxy awaits what it returns
+        return None
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         if self.tunnels is not None:
@@ -109,9 +113,10 @@ class LastWord:
 class Tunnels:
     """Decides every tunnel on its names, and hands allowed raw relays to `sessions`."""
 
-    def __init__(self, gate: AccessGate, sessions: Sessions) -> None:
+    def __init__(self, gate: AccessGate, sessions: Sessions, inspector: Inspector | None = None) -> None:
         self._gate = gate
         self._sessions = sessions
+        self._inspector = inspector
 
     # -- LastWord at the end of mitmproxy's chain ---------------------------------
 
@@ -179,16 +184,28 @@ class Tunnels:
 
     # -- the first bytes of a tunnel ---------------------------------------------------
 
-    def next_layer_chosen(self, nextlayer: layer.NextLayer) -> None:
-        """mitmproxy has chosen the next layer of a connection (called by LastWord, after it)."""
+    def next_layer_chosen(self, nextlayer: layer.NextLayer) -> Awaitable[None] | None:
+        """mitmproxy has chosen the next layer of a connection (called by LastWord, after it).
+
+        Returns an awaitable when the choice waits for something (a server's
+        certificate, see inspection.py); mitmproxy waits for it.
+        """
         try:
             if self._gate.balancers.claim(nextlayer):
                 return  # a trusted balancer's PROXY header comes first (balancer.py)
+            chosen = nextlayer.layer
+            if isinstance(chosen, layers.ServerTLSLayer) and self._inspector is not None:
+                names = self._names(nextlayer.context)
+                if names and isinstance(nextlayer.context.client.proxy_mode, _EXPLICIT_PROXY):
+                    identity = _connection_identity(self._gate, nextlayer.context.client)
+                    return self._inspector.tls_chosen(nextlayer, names, identity, replace_layer)
+                return None
             self._next_layer(nextlayer)
         except Exception as exc:
             self._gate.fail(None, "next_layer", exc)
             if self._gate.enforcing:
                 replace_layer(nextlayer, Refuse(nextlayer.context))
+        return None
 
     def _next_layer(self, nextlayer: layer.NextLayer) -> None:
         chosen = nextlayer.layer
@@ -359,12 +376,16 @@ def replace_layer(nextlayer: layer.NextLayer, new: layer.Layer | None) -> None:
     """Put `new` where mitmproxy chose its layer (None: decide later, when more bytes came).
 
     A layer adds itself to its context's stack when it is made; the one
-    mitmproxy made and we drop must leave it, or the layers above would
-    find it as their parent.
+    mitmproxy made and we drop must leave it, with the layers it made (a
+    TLS layer's client half), or the layers above would find them as their
+    parent.
     """
     old = nextlayer.layer
-    if old is not None and old is not new and old in nextlayer.context.layers:
-        nextlayer.context.layers.remove(old)
+    stack = nextlayer.context.layers
+    if old is not None and old is not new and old in stack:
+        for made in stack[stack.index(old):]:
+            if made is not new:
+                stack.remove(made)
     nextlayer.layer = new
 
 
