@@ -159,7 +159,8 @@ class SignIn:
                                 "sign-in keeps the directory it had")
                 return
             methods = [_rebuilt(m, directory[0]) for m in auth.methods]
-            auth = Authenticator(methods, cache_ttl=auth.cache.ttl, counters=self.counters, workers=self.workers, nice=CHECK_NICE)
+            auth = Authenticator(methods, cache_ttl=auth.cache.ttl, counters=self.counters, workers=self.workers,
+                                 nice=CHECK_NICE)
         self._swap(auth, directory, policy)
         log.info("directory_configured", directory=self.directory.settings.url if self.directory else None)
 
