@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import statistics
 import threading
 import time
@@ -264,6 +265,25 @@ def test_a_check_that_takes_too_long_answers_unavailable(tmp_path):
     assert (result.outcome, result.reason) == (UNAVAILABLE_, "timeout")
     assert time.monotonic() - started < 0.5
     auth.close()
+
+
+@pytest.mark.skipif(not hasattr(threading, "get_native_id") or not hasattr(os, "getpriority"),
+                    reason="per-thread priorities are Linux's")
+def test_checks_run_nicer_than_the_caller_when_asked(users):
+    seen: list[int] = []
+
+    class Niceness(CountingHtpasswd):
+        def check(self, credentials):
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return super().check(credentials)
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    for nice, expected in ((0, mine), (10, min(19, mine + 10))):
+        auth = Authenticator([Niceness(users)], nice=nice)
+        assert auth.check(basic_header("alice", PASSWORD), "192.0.2.1").outcome == ACCEPTED
+        auth.close()
+        assert seen[-1] == expected
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the caller's own is unchanged
 
 
 class Broken:

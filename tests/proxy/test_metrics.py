@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from accessgate.audit.files import Head
 from accessgate.audit.writer import AuditStats
+from accessgate.auth import Sample
 from accessgate.decision import Decision
 from accessgate.proxy.metrics import Metrics, MetricsServer, parse_address
 from accessgate.policy.model import Level
@@ -30,7 +31,11 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 def metrics(registry: CollectorRegistry) -> Metrics:
-    return Metrics(registry)
+    m = Metrics(registry)
+    # As AccessGate does: the sign-in figures come from accessgate.auth's samples at each scrape.
+    m.signin_fed = []  # type: ignore[attr-defined]
+    m.watch_signin(lambda: list(m.signin_fed))  # type: ignore[attr-defined]
+    return m
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -50,6 +55,15 @@ def child_of(attribute: str, kind: str, *labels: str) -> tuple[str, set[str], Ca
         child = metric.labels(**{label: "x" for label in labels}) if labels else metric
         {"counter": lambda: child.inc(), "gauge": lambda: child.set(1),
          "histogram": lambda: child.observe(0.001)}[kind]()  # fmt: skip
+
+    return kind, set(labels), update
+
+
+def signin(name: str, kind: str, *labels: str) -> tuple[str, set[str], Callable]:
+    """An EXPECTED entry for a sign-in or directory metric: one sample as accessgate.auth reports it."""
+
+    def update(metrics: Metrics) -> None:
+        metrics.signin_fed.append(Sample(name, tuple((label, "x") for label in labels), 1.0))  # type: ignore
 
     return kind, set(labels), update
 
@@ -84,6 +98,26 @@ EXPECTED = {
         "state_seconds", "histogram", "store", "operation"
     ),
     "accessgate_proxy_header_refused": child_of("proxy_header_refused", "counter"),
+}  # fmt: skip
+
+# Sign-in and directory groups (proxy/signin.py, from accessgate.auth's counters).
+EXPECTED |= {
+    "accessgate_signin": signin("signin_total", "counter", "method", "result"),
+    "accessgate_signin_failures": signin("signin_failures_total", "counter", "method", "reason"),
+    "accessgate_signin_cache": signin("signin_cache_total", "counter", "result"),
+    "accessgate_signin_limited": signin("signin_limited_total", "counter", "scope"),
+    "accessgate_signin_coalesced": signin("signin_coalesced_total", "counter"),
+    "accessgate_signin_busy": signin("signin_busy_total", "counter"),
+    "accessgate_signin_check_seconds": signin("signin_check_seconds_total", "counter", "scheme"),
+    "accessgate_signin_cache_entries": signin("signin_cache_entries", "gauge"),
+    "accessgate_signin_pending_checks": signin("signin_pending_checks", "gauge"),
+    "accessgate_directory_up": signin("directory_up", "gauge"),
+    "accessgate_directory_users": signin("directory_users", "gauge", "state"),
+    "accessgate_directory_last_success_age_seconds": signin("directory_last_success_age_seconds", "gauge"),
+    "accessgate_directory_lookups": signin("directory_lookups_total", "counter", "result"),
+    "accessgate_directory_lookup_seconds": signin("directory_lookup_seconds_total", "counter"),
+    "accessgate_directory_group_changes": signin("directory_group_changes_total", "counter"),
+    "accessgate_directory_first_lookup": signin("directory_first_lookup_total", "counter", "result"),
 }  # fmt: skip
 
 

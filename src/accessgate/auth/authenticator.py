@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -100,6 +101,15 @@ class _LogThrottle:
         return True
 
 
+def lower_priority(nice: int) -> None:
+    """Make the calling thread `nice` steps nicer (Linux: niceness is per thread); else nothing."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError):  # no per-thread priorities here: the pool still works
+        pass
+
+
 class Authenticator:
     def __init__(
         self,
@@ -113,6 +123,7 @@ class Authenticator:
         timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         counters: Counters | None = None,
+        nice: int = 0,
     ) -> None:
         names = [m.name for m in methods]
         if len(set(names)) != len(names):
@@ -127,8 +138,12 @@ class Authenticator:
         self._by_name = {m.name: m for m in self.methods}
         self.cache = CredentialCache(cache_ttl, cache_size, clock)
         self.limiter = limiter if limiter is not None else FailureLimiter(clock=clock)
+        # nice > 0: the pool's threads run that much nicer than the caller, so that on a busy
+        # machine the scheduler gives the proxy's event loop the core before a bcrypt check.
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers,
-                                                           thread_name_prefix="accessgate-signin")
+                                                           thread_name_prefix="accessgate-signin",
+                                                           initializer=lower_priority if nice > 0 else None,
+                                                           initargs=(nice,) if nice > 0 else ())
         self._lock = threading.Lock()
         self._inflight: dict[bytes, concurrent.futures.Future[Verdict | tuple[str, Verdict]]] = {}
         self._pending = 0

@@ -71,6 +71,9 @@ _HOOKS = ("http_connect", "http_connected", "requestheaders", "responseheaders",
 # A client the failure limit refuses gets its 407 after this delay: a script that retries at once
 # would otherwise keep the event loop busy with refusals that cost it nothing.
 TARPIT_SECONDS = 1.0
+# The check pool's threads are this much nicer than the event loop: a flood of bcrypt checks
+# competing with other processes for the cores leaves the proxy's own requests first in line.
+CHECK_NICE = 10
 TARPIT_MAX = 10_000  # refusals waiting at once; beyond, they are answered at once and the connection closed
 
 log = get_logger("auth")
@@ -133,7 +136,7 @@ class SignIn:
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
         auth = (Authenticator(methods, cache_ttl=float(options.accessgate_auth_cache_seconds),
-                              counters=self.counters, workers=self.workers) if methods else None)
+                              counters=self.counters, workers=self.workers, nice=CHECK_NICE) if methods else None)
         self._swap(auth, directory, policy)
         log.info("signin_configured", methods=[m.name for m in methods],
                  directory=self.directory.settings.url if self.directory else None)
@@ -156,7 +159,8 @@ class SignIn:
                                 "sign-in keeps the directory it had")
                 return
             methods = [_rebuilt(m, directory[0]) for m in auth.methods]
-            auth = Authenticator(methods, cache_ttl=auth.cache.ttl, counters=self.counters, workers=self.workers)
+            auth = Authenticator(methods, cache_ttl=auth.cache.ttl, counters=self.counters, workers=self.workers,
+                                 nice=CHECK_NICE)
         self._swap(auth, directory, policy)
         log.info("directory_configured", directory=self.directory.settings.url if self.directory else None)
 
