@@ -19,6 +19,10 @@ class TimedLedger:
         # Children resolved once: labels() is too slow to call per request.
         self.usage = _timed(store.usage, histogram.labels(store=kind, operation="usage").observe)
         self.mark = _timed(store.mark, histogram.labels(store=kind, operation="mark").observe)
+        # Warn grants: rare next to quota calls, and not timed.
+        self.continued_until = store.continued_until
+        self.continue_until = store.continue_until
+        self.claim_nonce = store.claim_nonce
 
     @property
     def spec(self) -> Any:
