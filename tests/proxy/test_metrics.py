@@ -75,6 +75,11 @@ EXPECTED = {
     "accessgate_audit_pending_records": child_of("audit_pending", "gauge"),
     "accessgate_audit_dropped_records": child_of("audit_dropped", "counter"),
     "accessgate_state_store_errors": child_of("state_errors", "counter", "store"),
+    "accessgate_warn_pages": ("counter", {"site", "role"}, lambda m: m.warn_pages(blocked("x", "x", "justification-required"))),
+    "accessgate_warn_continues": (
+        "counter", {"site", "role"}, lambda m: m.warn_continues(blocked("x", "x", "justification-required")),
+    ),
+    "accessgate_warn_refused": ("counter", {"site"}, lambda m: m.warn_refused(blocked("x", "x", "justification-required"))),
     "accessgate_state_store_duration_seconds": child_of(
         "state_seconds", "histogram", "store", "operation"
     ),

@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MINUTES",
         help="assume MINUTES of every daily quota are already used today (default: 0)",
     )
+    parser.add_argument(
+        "--continued",
+        action="store_true",
+        help="assume the user gave a reason on every warn page just now (warn grants then allow)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -58,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"accessgate explain: {exc}", file=sys.stderr)
         return 2
     ledger = explain.UsedMinutes(args.quota_used) if args.quota_used else None
-    decision = decide(request, who, policy, at, ledger)
+    went_on = explain.ContinuedEverywhere(at.timestamp() + 60) if args.continued else None
+    decision = decide(request, who, policy, at, ledger, went_on)
     data = explain.report(decision, policy, request=request, who=who, at=at, url=args.url)
     print(json.dumps(data, indent=2) if args.json else explain.render(data))
     return 0
