@@ -263,15 +263,16 @@ class WarnForms:
     def intercept(self, flow: http.HTTPFlow, st: FlowState, policy: Policy) -> None:
         """`flow` is for CONTINUE_PATH: never forwarded.  Answered here when it cannot be a form
         post; else its body is read and `answer` (the request hook) decides."""
-        st.blocked_here = True
-        st.logged = True  # its record is the warn event
+        st.blocked_here = True  # its access record says so; a warn event adds what became of the form
         rq = flow.request
         if rq.method != "POST":
             self._refuse(flow, st, "only the warn page's form (a POST) may be sent here", status=405)
             return
         if rq.stream or declares_large_body(rq) or request_length_unknown(rq) or _length(rq) > BODY_MAX:
             self._audit_refused(st, "the form is larger than a reason can be")
+            self._count("warn_refused", st.decision)
             flow.kill()
+            self._gate.audit_flow(st, None, 0, 0, "killed")
             return
         # Until `answer` replaces it: whatever happens, nothing goes to the site.
         flow.response = http.Response.make(400, b"", {"Cache-Control": "no-store"})
@@ -336,12 +337,12 @@ class WarnForms:
         if fields.get("s") != st.identity.subject:
             raise Refused("the form was issued to someone else")
         d = st.decision
+        grant = warn_grant(d, policy)
+        if grant is None or (d.reason != engine.JUSTIFICATION_REQUIRED and d.rule != grant.continued_rule):
+            raise Refused(f"the policy does not ask for a reason for {d.site or 'this site'} now")
         site = fields.get("site")
         if not isinstance(site, str) or site != d.site:
             raise Refused("the form was issued for another site than the one it was sent to")
-        grant = warn_grant(d, policy)
-        if grant is None or d.reason != engine.JUSTIFICATION_REQUIRED and not d.rule.endswith("+continued"):
-            raise Refused(f"the policy does not ask for a reason for {d.site or 'this site'} now")
         back = fields.get("u")
         if not isinstance(back, str) or _site_of_url(back, policy) != site:
             raise Refused("the form would return to another site than its own")
