@@ -202,3 +202,43 @@ def test_a_token_issued_to_one_user_does_not_continue_another(proxy, origin):
     _refused(proxy, post_form(proxy, url, token, cookie, user="tom"), "someone else")
     assert curl(proxy, url, user="tom").reason == "justification-required"
     assert curl(proxy, url, user="uma").reason == "justification-required"
+
+
+def test_proxies_sharing_key_and_state_honour_each_others_forms_once(tmp_path, mitm_confdir, session_origin, origin):
+    """Behind a balancer the page may come from one proxy and the form go to another."""
+    from support.clients import write_htpasswd
+    from support.proxy import start_proxy
+
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", ["zoe"])
+    key = tmp_path / "warn.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o600)
+    shared = {"proxyauth": f"@{htpasswd}", "accessgate_warn_key": str(key)}
+    state = f"sqlite:{tmp_path / 'state.sqlite3'}"
+    one, two = (start_proxy(policy=tmp_path / "policy.yaml", confdir=mitm_confdir, origin=session_origin,
+                            workdir=tmp_path / name, state=state, options=shared) for name in ("one", "two"))
+    lone = start_proxy(policy=tmp_path / "policy.yaml", confdir=mitm_confdir, origin=session_origin,
+                       workdir=tmp_path / "lone", state=state, options={"proxyauth": f"@{htpasswd}"})
+    try:
+        url = "https://youtube.test/shared"
+        _, token, cookie = warn_page(one, url)
+        assert post_form(lone, url, token, cookie).status == 403  # another key: not its form
+        assert post_form(two, url, token, cookie).status == 303
+        assert post_form(one, url, token, cookie).status == 403  # spent, in the shared store
+        assert curl(one, url, user="zoe").status == 200 and curl(lone, url, user="zoe").status == 200
+    finally:
+        for proxy in (one, two, lone):
+            proxy.stop()
+
+
+def test_a_warn_key_others_can_read_is_refused(tmp_path, mitm_confdir):
+    from support.proxy import ProxyFailed, start_proxy
+
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    key = tmp_path / "warn.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o644)
+    with pytest.raises(ProxyFailed, match="chmod 600"):
+        start_proxy(policy=tmp_path / "policy.yaml", confdir=mitm_confdir, workdir=tmp_path / "p",
+                    options={"accessgate_warn_key": str(key)})
