@@ -117,6 +117,22 @@ def replay(proxy, f: Form) -> Result:
     return f.post(proxy)
 
 
+# What a browser sends for a script's fetch() on the page's own origin.
+SCRIPT_FETCH = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"}
+
+
+def harvested_by_a_script(proxy, f: Form) -> Result:
+    """A script of the site (or injected into it) fetches the warn page to read a token, then posts it."""
+    page = curl(proxy, f.url, user=f.user, headers={**PAGE, **SCRIPT_FETCH})
+    assert page.status == 403 and page.reason == "justification-required", page
+    assert b'name="token"' not in page.body and "set-cookie" not in page.headers  # nothing to read
+    framed = curl(proxy, f.url, user=f.user,
+                  headers={**PAGE, "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate",
+                           "Sec-Fetch-Dest": "iframe"})
+    assert b'name="token"' not in framed.body and "set-cookie" not in framed.headers
+    return f.post(proxy, headers=SCRIPT_FETCH)  # the token of a real page, posted by script: refused
+
+
 def twice_here(proxy, f: Form) -> Result:
     return f.post(proxy, reason=SCRIPT)
 
@@ -132,6 +148,12 @@ ATTACKS = [
            lambda p, f: f.post(p, origin=None), 403, "names no origin"),
     Attack("warn-form-cross-site-fetch", "Sec-Fetch-Site other than same-origin is refused", "alice",
            lambda p, f: f.post(p, headers={"Sec-Fetch-Site": "cross-site"}), 403, "another site"),
+    Attack("warn-form-posted-by-a-script", "a same-origin script's fetch() cannot post the form for the user "
+           "(Sec-Fetch-Mode must be navigate)", "alice",
+           lambda p, f: f.post(p, headers=SCRIPT_FETCH), 403, "sent by a script"),
+    Attack("warn-form-token-fetched-by-a-script", "a script's fetch or a frame of the warn page gets no token "
+           "and no cookie (Sec-Fetch-Dest must be document)", "alice", harvested_by_a_script, 403,
+           "sent by a script"),
     Attack("warn-form-without-cookie", "the SameSite=Strict cookie must come with the form", "alice",
            lambda p, f: f.post(p, cookie=None), 403, "cookie"),
     Attack("warn-form-cookie-of-another-form", "the cookie must be the one set with this form", "alice",

@@ -96,6 +96,7 @@ def test_warn_page_then_a_reason_opens_the_site_for_the_user(proxy, origin, sche
     assert page.headers["content-type"].startswith("text/html")
     assert b"Tell us why you need tiktok" in page.body and b'action="/__accessgate/continue"' in page.body
     assert "form-action 'self'" in page.headers["content-security-policy"]
+    assert page.headers["cross-origin-opener-policy"] == "same-origin"
     assert "SameSite=Strict" in page.headers["set-cookie"] and "Path=/__accessgate/continue" in page.headers["set-cookie"]
     assert ("Secure" in page.headers["set-cookie"]) == (scheme == "https")
     assert token and cookie and origin.requests == []

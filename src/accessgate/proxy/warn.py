@@ -18,8 +18,13 @@ another user sends it, when it is sent for another site than the one it
 names, when its nonce was spent already (replay; nonces live in the state
 store until the token expires), and unless the request comes from the
 site's own origin (Origin, else Referer; Sec-Fetch-Site when sent) with
-the nonce also in a SameSite=Strict cookie scoped to CONTINUE_PATH.  The
-reason is length-limited, kept only in the audit record, and HTML-escaped
+the nonce also in a SameSite=Strict cookie scoped to CONTINUE_PATH.  A
+browser that sends Fetch Metadata (Sec-Fetch-Mode, Sec-Fetch-Dest) gets the
+page and its token only for a top-level navigation, and its post counts
+only as one: a script on the site's own origin (the site's, or one injected
+into it) can neither read a token with fetch() nor post the form for the
+user.  The page also cuts itself off from any window that opened it
+(Cross-Origin-Opener-Policy).  The reason is length-limited, kept only in the audit record, and HTML-escaped
 wherever it is shown.
 """
 
@@ -181,6 +186,21 @@ def same_origin(flow: http.HTTPFlow) -> str | None:
     return "the form post names no origin (neither Origin nor Referer)"
 
 
+def not_navigation(headers: http.Headers) -> str | None:
+    """Why a request is not a browser's top-level navigation (by its Fetch Metadata), or None.
+
+    Clients that send no Fetch Metadata (older browsers, command-line tools)
+    are taken at their word: the token, the cookie and the origin checks still hold.
+    """
+    mode = headers.get("sec-fetch-mode")
+    if mode is not None and mode.strip().lower() != "navigate":
+        return f"it was sent by a script, not by the page (Sec-Fetch-Mode: {mode[:40]})"
+    dest = headers.get("sec-fetch-dest")
+    if dest is not None and dest.strip().lower() != "document":
+        return f"it was not sent as a page of its own (Sec-Fetch-Dest: {dest[:40]})"
+    return None
+
+
 def _cookie(flow: http.HTTPFlow) -> list[str]:
     values = []
     for header in flow.request.headers.get_all("cookie"):
@@ -216,6 +236,8 @@ class WarnForms:
             return None
         if not pages.prefers_html(rq.headers.get("accept", "")):
             return None
+        if not_navigation(rq.headers) is not None:
+            return None  # a script's fetch, a frame: no token for it to read
         grant = warn_grant(d, policy)
         if grant is None:
             return None
@@ -251,6 +273,8 @@ class WarnForms:
             # Same-origin: the form post then carries Origin and Referer for the check.
             "Referrer-Policy": "same-origin",
             "X-Frame-Options": "DENY",
+            # A window of the site that opened this page cannot reach into it for the token.
+            "Cross-Origin-Opener-Policy": "same-origin",
             "Content-Type": pages.HTML_TYPE,
             "Set-Cookie": f"{COOKIE}={nonce}; Path={CONTINUE_PATH}; Max-Age={TOKEN_SECONDS}; HttpOnly; "
                           f"SameSite=Strict{secure}",
@@ -316,6 +340,9 @@ class WarnForms:
         why = same_origin(flow)
         if why is not None:
             raise Refused(why)
+        why = not_navigation(rq.headers)
+        if why is not None:
+            raise Refused(f"the form was not sent from the warn page: {why}")
         content_type = rq.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":
             raise Refused("the form must be sent as application/x-www-form-urlencoded")
