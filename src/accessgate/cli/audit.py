@@ -20,6 +20,11 @@ HELP = "query, report on, verify and re-identify the audit log"
 
 # What a person reading `query --format table` needs first; tools get every column.
 TABLE_COLUMNS = ("ts", "user", "client_ip", "method", "host", "path", "site", "decision", "reason")
+# ... and for `--event` naming only these events, their own fields (the reason a user gave on a warn page).
+EVENT_TABLE_COLUMNS = {
+    "warn_continued": ("ts", "user", "client_ip", "host", "site", "role", "until", "justification"),
+    "warn_refused": ("ts", "user", "client_ip", "host", "site", "note"),
+}
 TABLE_DEFAULT_LIMIT = 100
 
 
@@ -38,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     q.add_argument("--host", action="append", help="host or any subdomain of it (repeatable)")
     q.add_argument("--decision", choices=("allow", "block"))
     q.add_argument("--reason", action="append", help="reason code (repeatable), e.g. denied, quota-exhausted")
-    q.add_argument("--event", action="append", help="record kind (repeatable): access, policy_loaded, policy_rejected, ...")
+    q.add_argument("--event", action="append", help="record kind (repeatable): access, policy_loaded, policy_rejected, "
+                   "warn_continued (the table shows the reason given), warn_refused, ...")
     q.add_argument("--since", help="from this time on: ISO date/time (UTC unless an offset is given) or an age: 30m, 12h, 7d")
     q.add_argument("--until", help="before this time (same forms as --since)")
     q.add_argument("--key-file", help="pseudonymization key, to filter --user by real name")
@@ -149,6 +155,13 @@ def build_query(args: argparse.Namespace, key: bytes | None = None) -> tuple[str
     return sql, params
 
 
+def table_columns(events: list[str] | None) -> tuple[str, ...]:
+    """The columns of `query --format table` for records of `events` (None: any)."""
+    if not events or any(e not in EVENT_TABLE_COLUMNS for e in events):
+        return TABLE_COLUMNS
+    return tuple(dict.fromkeys(c for e in events for c in EVENT_TABLE_COLUMNS[e]))
+
+
 def _query(args: argparse.Namespace) -> int:
     from accessgate.audit.pseudonym import read_key
 
@@ -172,8 +185,9 @@ def _query(args: argparse.Namespace) -> int:
     more = limit is not None and len(rows) > limit
     rows = rows[:limit] if limit is not None else rows
     if args.format == "table":
-        keep = [columns.index(c) for c in TABLE_COLUMNS]
-        columns = list(TABLE_COLUMNS)
+        shown = table_columns(args.event)
+        keep = [columns.index(c) for c in shown]
+        columns = list(shown)
         rows = [tuple(row[i] for i in keep) for row in rows]
     write(columns, rows, args.format, sys.stdout)
     if more:
