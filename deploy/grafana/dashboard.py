@@ -232,6 +232,21 @@ def panels() -> list[dict]:
     p.append(timeseries("Audit records pending", [target(
         "sum by (instance) (accessgate_audit_pending_records)", "{{instance}}")], 16, 74, w=8, unit="short",
         description="Records waiting to be written (alert over 10000)."))
+
+    p.append(row("Warn pages", 82))
+    p.append(timeseries("Warn pages shown and reasons given", [
+        target(f"sum by (site, role) (increase(accessgate_warn_pages_total{{{SEL}}}[$__rate_interval]))",
+               "{{site}} / {{role}} pages", "A"),
+        target(f"sum by (site, role) (increase(accessgate_warn_continues_total{{{SEL}}}[$__rate_interval]))",
+               "{{site}} / {{role}} continued", "B"),
+    ], 0, 83, unit="short",
+        description="Warn grants: pages that asked for a reason, and reasons given (the site then opens for "
+                    "the grant's continue_minutes; the reasons are in the audit log, event warn_continued)."))
+    p.append(timeseries("Warn forms refused", [target(
+        f'sum by (site) (increase(accessgate_warn_refused_total{{site=~"$site"}}[$__rate_interval])) {ZERO_PER_PROXY}',
+        "{{site}}")], 12, 83, unit="short",
+        description="Forms refused: forged, replayed, expired, from another origin or for another site or user. "
+                    "A steady rate is worth a look (audit event warn_refused says why)."))
     return p
 
 

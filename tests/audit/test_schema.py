@@ -71,6 +71,13 @@ def every_kind_of_line(log: Path) -> list[Path]:
                   "policy": "ab12"})  # fmt: skip
     writer.write({"event": "flow_closed", "ts": T0, "request_id": "r1", "user": "alice", "site": "facebook",
                   "reason": "outside-window", "rule": "roles.everyone.access.facebook", "policy": "ab12"})  # fmt: skip
+    writer.write({"event": "warn_continued", "ts": T0, "request_id": "r7", "user": "zoe", "client_ip": "10.0.0.7",
+                  "host": "www.tiktok.com", "site": "tiktok", "role": "everyone",
+                  "rule": "roles.everyone.access.tiktok+continued", "justification": "answering a customer",
+                  "until": T0, "policy": "ab12"})  # fmt: skip
+    writer.write({"event": "warn_refused", "ts": T0, "request_id": "r8", "user": "zoe", "client_ip": "10.0.0.7",
+                  "host": "www.tiktok.com", "site": "tiktok", "note": "the form was sent already",
+                  "policy": "ab12"})  # fmt: skip
     writer.prune_rotated(1, T0)
     writer.close()
     dropping = AuditWriter(full, flush_interval=60, max_backlog=1)

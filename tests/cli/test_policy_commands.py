@@ -396,3 +396,15 @@ def test_explain_reads_a_login_in_any_case_as_the_policy_does(capsys):
         outs.append(json.loads(out))
     assert outs[0]["decision"] == "allow" and outs[0]["role"] == "communications"
     assert all(o["decision"] == outs[0]["decision"] and o["role"] == outs[0]["role"] for o in outs)
+
+
+def test_explain_shows_a_warn_grant_and_what_happens_before_and_after_a_reason(capsys):
+    url = ("--url", "https://www.instagram.com/", "--user", "zoe", "--at", "2026-11-25T10:00:00")
+    status, out, _ = run(capsys, "explain", EXAMPLE, *url)
+    assert status == 0
+    assert re.search(r"^reason\s+justification-required$", out, re.M) and re.search(r"^level\s+warn$", out, re.M)
+    assert "a reason given there opens instagram for 30 minutes" in out
+    status, out, _ = run(capsys, "explain", EXAMPLE, *url, "--continued", "--json")
+    data = json.loads(out)
+    assert (data["decision"], data["level"], data["rule"], data["continue_minutes"]) == (
+        "allow", "warn", "roles.everyone.access.instagram+continued", 30)

@@ -44,6 +44,16 @@ class FixedUsage:
         raise AssertionError("decide() must never write to the ledger")
 
 
+class Continued:
+    """Continuations where every subject continued on every site until `until` (None: nobody did)."""
+
+    def __init__(self, until: datetime | None):
+        self.until = until.timestamp() if until is not None else None
+
+    def continued_until(self, subject, site):
+        return self.until
+
+
 def request_for(case) -> Request:
     headers = tuple(
         (name.strip().lower(), value.strip())
@@ -75,7 +85,8 @@ def test_decision(policy, case):
         client_ip=ipaddress.ip_address(case["client_ip"]) if "client_ip" in case else None,
     )
     ledger = FixedUsage(case.get("used", 0), case.get("current_counted", False))
-    decision = decide(request_for(case), identity, policy, time_for(case, policy), ledger)
+    continued = Continued(time_for({"at": case["continued_until"]}, policy) if "continued_until" in case else None)
+    decision = decide(request_for(case), identity, policy, time_for(case, policy), ledger, continued)
 
     assert decision.decision == case["expect"], decision
     expected = {k: case[k] for k in ("reason", "site", "role", "rule", "counts_quota") if k in case}

@@ -349,3 +349,59 @@ def test_state_store_failing_mid_load_never_lets_a_quota_request_through(
         recover(redis_server)
     assert wait_until(lambda: youtube("alice") == 200, timeout=15), "access did not come back with the store"
     assert proxy.alive()
+
+
+# -- the state store fails for a warn grant (SECURITY.md, "Failing closed") ---------------
+
+WARN = GOOD.replace(
+    "  linkedin:\n    domains: [linkedin.test]\n",
+    "  linkedin:\n    domains: [linkedin.test]\n  reddit:\n    domains: [reddit.test]\n",
+).replace("      linkedin: read-only\n", "      linkedin: read-only\n      reddit: {level: warn, continue_minutes: 5}\n")
+PAGE = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def _warn_form(proxy, user: str) -> tuple[str, str]:
+    import html
+    import re
+
+    page = curl(proxy, "http://reddit.test/r/work", user=user, headers=PAGE)
+    assert page.reason == "justification-required", page
+    token = html.unescape(re.search(rb'name="token" value="([^"]+)"', page.body).group(1).decode())
+    return token, re.match(r"accessgate_warn=([^;]*)", page.headers["set-cookie"]).group(1)
+
+
+def _post(proxy, user: str, form: tuple[str, str]):
+    from urllib.parse import urlencode
+
+    token, cookie = form
+    return curl(proxy, "http://reddit.test/__accessgate/continue", user=user, method="POST",
+                headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://reddit.test",
+                         "Cookie": f"accessgate_warn={cookie}", **PAGE},
+                data=urlencode({"token": token, "reason": "the vendor's support forum"}).encode(), timeout=10)
+
+
+@pytest.mark.parametrize("fail,recover", [f[1:] for f in STORE_FAULTS], ids=[f[0] for f in STORE_FAULTS])
+def test_state_store_failing_for_a_warn_grant_honours_no_form(start, origin, tmp_path, redis_server, fail, recover):
+    policy = tmp_path / "warn.yaml"
+    policy.write_text(WARN)
+    proxy = start(policy=policy, state=redis_server.url(timeout=0.05, on_error="closed"))
+    assert _post(proxy, "zoe", _warn_form(proxy, "zoe")).status == 303  # Redis up: zoe continues
+    assert curl(proxy, "http://reddit.test/r/work", user="zoe").status == 200
+    alice = _warn_form(proxy, "alice")
+    origin.clear()
+    fail(redis_server)
+    try:
+        refused = _post(proxy, "alice", alice)
+        assert refused.status == 403 and refused.reason == "justification-required"
+        assert b"state store cannot be reached" in refused.body
+        assert curl(proxy, "http://reddit.test/r/work", user="alice", timeout=10).reason == "justification-required"
+        # zoe's continuation was read moments ago: reused (stores/continued.py), never past its end.
+        assert curl(proxy, "http://reddit.test/r/work", user="zoe", timeout=10).status == 200
+        assert [r.path for r in origin.requests] == ["/r/work"]  # zoe's only
+        assert metric(proxy.metrics(), "accessgate_warn_refused_total") >= 1
+    finally:
+        recover(redis_server)
+    # The store back: the form that could not be spent is good once now.
+    assert wait_until(lambda: _post(proxy, "alice", alice).status == 303, timeout=15)
+    assert _post(proxy, "alice", alice).status == 403  # and only once
+    assert curl(proxy, "http://reddit.test/r/work", user="alice").status == 200

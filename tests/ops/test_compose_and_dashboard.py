@@ -228,6 +228,9 @@ def test_every_variable_used_is_defined():
         ('up{job="accessgate"}', "proxy health"),
         ("accessgate_fail_closed_total", "fail-closed blocks"),
         ("accessgate_audit_write_errors_total", "audit errors"),
+        ("accessgate_warn_pages_total", "warn pages shown"),
+        ("accessgate_warn_continues_total", "reasons given on warn pages"),
+        ("accessgate_warn_refused_total", "refused warn forms"),
     ],
     ids=lambda v: v if " " in v or v.isalpha() else None,
 )

@@ -12,6 +12,7 @@ AccessgatePolicyReloadFailing must fire, and clear once the file is fixed.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -37,6 +38,7 @@ sites:
   linkedin: {{domains: [linkedin.test]}}
   tiktok: {{domains: [tiktok.test]}}
   youtube: {{domains: [youtube.test]}}
+  reddit: {{domains: [reddit.test]}}
 roles:
   staff:
     members: [all]
@@ -44,6 +46,7 @@ roles:
       facebook: {{level: full, daily_minutes: 30}}
       linkedin: read-only
       youtube: {{level: full, daily_minutes: 1}}
+      reddit: warn
       "*": deny
 unauthenticated: staff
 unlisted: allow
@@ -58,6 +61,7 @@ LOAD = [
     ("GET", "http://tiktok.test/", "denied"),
     ("GET", "http://youtube.test/watch", "quota-exhausted"),
     ("GET", "http://news.test/", "unlisted"),
+    ("GET", "http://reddit.test/", "justification-required"),
 ]
 ROUNDS = 6
 
@@ -196,6 +200,17 @@ def _load(proxy_url: str) -> None:
                 if blocked:
                     assert response.headers["X-Accessgate-Reason"] == reason
             time.sleep(0.5)
+        _warn_page(client)
+
+
+def _warn_page(client: httpx.Client) -> None:
+    """A browser's warn page on reddit, a forged form (refused), then the real one (continued)."""
+    page = client.get("http://reddit.test/", headers={"Accept": "text/html"})
+    token = re.search(r'name="token" value="([^"]+)"', page.text).group(1)
+    form = "http://reddit.test/__accessgate/continue"
+    origin = {"Origin": "http://reddit.test"}
+    assert client.post(form, data={"token": token + "x", "reason": "metrics"}, headers=origin).status_code == 403
+    assert client.post(form, data={"token": token, "reason": "metrics"}, headers=origin).status_code == 303
 
 
 def _panel_queries() -> list[tuple[str, str]]:

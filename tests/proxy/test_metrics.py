@@ -94,6 +94,11 @@ EXPECTED = {
     "accessgate_audit_head_hash": ("gauge", {"part"}, lambda m: m.watch_audit_head(lambda: Head(3, "ab" * 32))),
     "accessgate_state_store_errors": child_of("state_errors", "counter", "store"),
     "accessgate_upstream_refused": child_of("upstream_refused", "counter", "reason"),
+    "accessgate_warn_pages": ("counter", {"site", "role"}, lambda m: m.warn_pages(blocked("x", "x", "justification-required"))),
+    "accessgate_warn_continues": (
+        "counter", {"site", "role"}, lambda m: m.warn_continues(blocked("x", "x", "justification-required")),
+    ),
+    "accessgate_warn_refused": ("counter", {"site"}, lambda m: m.warn_refused(blocked("x", "x", "justification-required"))),
     "accessgate_state_store_duration_seconds": child_of(
         "state_seconds", "histogram", "store", "operation"
     ),

@@ -102,7 +102,7 @@ def test_status_page_json_and_html_show_the_same_standing(policy) -> None:
     sites = {s["site"]: s for s in data["sites"]}
     assert sites["facebook"] == {
         "site": "facebook", "level": "full", "reason": "allowed", "window": "mon-fri 12:00-13:00",
-        "minutes_used": 5, "minutes_left": 15, "next_window": None,
+        "minutes_used": 5, "minutes_left": 15, "next_window": None, "continued_until": None, "continue_minutes": None,
     }  # fmt: skip
     assert sites["xing"]["next_window"] == "2026-11-24T00:00:00+01:00"
 
@@ -197,3 +197,43 @@ def test_under_inspect_all_every_site_is_decrypted(policy) -> None:
     now = datetime(2026, 11, 23, 12, 30, tzinfo=BERLIN)
     found = decryption(policy, Identity(user="alice"), now, MemoryLedger(), "all")
     assert set(found.values()) == {(True, "all")}
+
+
+WARN_POLICY = """
+version: 1
+timezone: Europe/Berlin
+sites:
+  tiktok: {domains: [tiktok.com]}
+roles:
+  everyone:
+    members: [all]
+    access:
+      tiktok: {level: warn, continue_minutes: 30}
+unauthenticated: deny
+unlisted: allow
+"""
+
+
+def test_status_page_shows_warn_sites_and_the_time_a_reason_has_left() -> None:
+    from accessgate.policy.loader import parse_policy
+    from accessgate.stores import MemoryStore
+
+    policy, store = parse_policy(WARN_POLICY), MemoryStore()
+    asked = rows_by_site(standing(policy, Identity(user="zoe"), NOW, store))["tiktok"]
+    assert (asked.level, asked.reason, asked.continue_minutes, asked.continued_until) == (
+        "none", "justification-required", 30, None)
+    _, _, body = status_response(identity=Identity(user="zoe"), roles=("everyone",), rows=[asked], now=NOW,
+                                 accept=CHROME, timezone=BERLIN)
+    assert "give a reason on its page to open it for 30 min" in text_of(body)
+
+    store.continue_until("user:zoe", "tiktok", (NOW + timedelta(minutes=23)).timestamp(), NOW.timestamp())
+    row = rows_by_site(standing(policy, Identity(user="zoe"), NOW, store))["tiktok"]
+    assert (row.level, row.reason) == ("warn", "allowed")
+    assert row.continued_until == NOW + timedelta(minutes=23)
+    _, _, body = status_response(identity=Identity(user="zoe"), roles=("everyone",), rows=[row], now=NOW,
+                                 accept=CHROME, timezone=BERLIN)
+    text = text_of(body)
+    assert "After a reason" in text and "open 23 min more, after your reason" in text
+    _, _, body = status_response(identity=Identity(user="zoe"), roles=("everyone",), rows=[row], now=NOW,
+                                 accept="application/json", timezone=BERLIN)
+    assert json.loads(body)["sites"][0]["continued_until"] == "2026-11-23T11:18:00+01:00"

@@ -50,9 +50,9 @@ host        | string          | VARCHAR   | the normalized host that decided (lo
 path        | string          | VARCHAR   | the path, without the query string unless `accessgate_log_query` is on
 site        | string or null  | VARCHAR   | the policy's site; `null` for a host in no site
 decision    | string          | VARCHAR   | `allow` or `block`
-reason      | string          | VARCHAR   | `allowed`, `unlisted`, `denied`, `read-only`, `outside-window`, `quota-exhausted`, `unauthenticated`
-level       | string or null  | VARCHAR   | the effective level: `full`, `read-only`, `deny`; `null` when no grant applied
-rule        | string          | VARCHAR   | the policy rule that decided, e.g. `roles.everyone.access.facebook`; `unlisted`, `unauthenticated`, `no-grant`, `invalid-host`, or `internal-error` for a fail-closed block
+reason      | string          | VARCHAR   | `allowed`, `unlisted`, `denied`, `read-only`, `outside-window`, `quota-exhausted`, `unauthenticated`, `justification-required`
+level       | string or null  | VARCHAR   | the effective level: `full`, `warn`, `read-only`, `deny`; `null` when no grant applied
+rule        | string          | VARCHAR   | the policy rule that decided, e.g. `roles.everyone.access.facebook` (with `+continued` when a warn grant allowed after the user gave a reason); `unlisted`, `unauthenticated`, `no-grant`, `invalid-host`, or `internal-error` for a fail-closed block
 role        | string or null  | VARCHAR   | the role whose grant decided
 status      | integer or null | INTEGER   | the HTTP status the client got (403 for a block page)
 bytes_in    | integer         | BIGINT    | body bytes from the client
@@ -97,6 +97,7 @@ interval        | integer         | BIGINT    |
 from            | string          | TIMESTAMP |
 until           | string          | TIMESTAMP |
 through         | integer         | BIGINT    |
+justification   | string          | VARCHAR   |
 """)
 
 ACCESS_ORDER = tuple(f.name for f in ACCESS)
@@ -127,6 +128,8 @@ SEALED = "sealed"
 EPOCHS_SKIPPED = "epochs_skipped"
 SEALING_RESUMED = "sealing_resumed"
 CONTROL_EVENTS = (SEALING_STARTED, SEALED, EPOCHS_SKIPPED, SEALING_RESUMED)
+WARN_CONTINUED = "warn_continued"
+WARN_REFUSED = "warn_refused"
 
 
 class Event(NamedTuple):
@@ -159,6 +162,14 @@ EVENTS: tuple[Event, ...] = (
           (("key", ""), ("through", "the last epoch skipped"), ("from", ""), ("until", ""), ("note", ""))),
     Event(SEALING_RESUMED, "the proxy started on a log that does not end with its key's records (a replaced file, or one that lost its end)",
           (("key", ""), ("note", ""))),
+    Event(WARN_CONTINUED, "a user gave a reason on a warn page: the site is open to them until `until`",
+          (("request_id", "of the form's post"), ("user", ""), ("client_ip", ""), ("host", ""), ("site", ""),
+           ("role", ""), ("rule", "the warn grant's, with `+continued`"),
+           ("justification", "the reason as given (whitespace runs made one space, at most 500 characters)"),
+           ("until", "when the site closes to them again"), ("policy", ""))),
+    Event(WARN_REFUSED, "a warn page's form was refused (forged, replayed, expired, from another origin, for another site or user)",
+          (("request_id", "of the form's post"), ("user", ""), ("client_ip", ""), ("host", ""), ("site", ""),
+           ("note", "why it was refused"), ("policy", ""))),
 )  # fmt: skip
 
 FIELDS: tuple[Field, ...] = ACCESS + UNREAD + OTHER + WRITTEN

@@ -24,6 +24,11 @@ HELP = "query, report on, verify and re-identify the audit log; make sealing key
 
 # What a person reading `query --format table` needs first; tools get every column.
 TABLE_COLUMNS = ("ts", "user", "client_ip", "method", "host", "path", "site", "decision", "reason")
+# ... and for `--event` naming only these events, their own fields (the reason a user gave on a warn page).
+EVENT_TABLE_COLUMNS = {
+    "warn_continued": ("ts", "user", "client_ip", "host", "site", "role", "until", "justification"),
+    "warn_refused": ("ts", "user", "client_ip", "host", "site", "note"),
+}
 TABLE_DEFAULT_LIMIT = 100
 
 
@@ -43,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     q.add_argument("--decision", choices=("allow", "block"))
     q.add_argument("--reason", action="append", help="reason code (repeatable), e.g. denied, quota-exhausted")
     q.add_argument("--event", action="append",
-                   help="record kind (repeatable): access (the default), policy_loaded, policy_rejected, sealed, ...; "
-                   "all for every kind")  # fmt: skip
+                   help="record kind (repeatable): access (the default), policy_loaded, policy_rejected, sealed, "
+                   "warn_continued (the table shows the reason given), warn_refused, ...; all for every kind")  # fmt: skip
     q.add_argument("--since", help="from this time on: ISO date/time (UTC unless an offset is given) or an age: 30m, 12h, 7d")
     q.add_argument("--until", help="before this time (same forms as --since)")
     q.add_argument("--key-file", help="pseudonymization key, to filter --user by real name")
@@ -200,6 +205,13 @@ def build_query(args: argparse.Namespace, key: bytes | None = None) -> tuple[str
     return sql, params
 
 
+def table_columns(events: list[str] | None) -> tuple[str, ...]:
+    """The columns of `query --format table` for records of `events` (None: any)."""
+    if not events or any(e not in EVENT_TABLE_COLUMNS for e in events):
+        return TABLE_COLUMNS
+    return tuple(dict.fromkeys(c for e in events for c in EVENT_TABLE_COLUMNS[e]))
+
+
 def _query(args: argparse.Namespace) -> int:
     from accessgate.audit.pseudonym import read_key
 
@@ -222,9 +234,10 @@ def _query(args: argparse.Namespace) -> int:
         rows = list(rows)
     more = len(rows) > limit
     rows = rows[:limit]
-    keep = [columns.index(c) for c in TABLE_COLUMNS]
+    shown = table_columns(args.event)
+    keep = [columns.index(c) for c in shown]
     rows = [tuple(row[i] for i in keep) for row in rows]
-    write(TABLE_COLUMNS, rows, "table", sys.stdout)
+    write(list(shown), rows, "table", sys.stdout)
     if more:
         print(
             f"(more records match than the {limit} shown: use --limit N, or --format csv/json for all)",

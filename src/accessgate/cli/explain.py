@@ -49,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --user, do not ask the policy's directory.ldap for the user's groups "
         "(only the policy's own groups count)",
     )
+    parser.add_argument(
+        "--continued",
+        action="store_true",
+        help="assume the user gave a reason on every warn page just now (warn grants then allow)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -69,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"accessgate explain: {exc}", file=sys.stderr)
         return 2
     ledger = explain.UsedMinutes(args.quota_used) if args.quota_used else None
-    decision = decide(request, who, policy, at, ledger)
+    went_on = explain.ContinuedEverywhere(at.timestamp() + 60) if args.continued else None
+    decision = decide(request, who, policy, at, ledger, went_on)
     groups = sources_of(policy.user_groups.get(user, ()), ldap_groups) if user else ()
     data = explain.report(decision, policy, request=request, who=who, at=at, url=args.url,
                           groups=groups, directory=directory)

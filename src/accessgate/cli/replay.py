@@ -36,13 +36,14 @@ def _run(args: argparse.Namespace) -> int:
     from accessgate.audit.pseudonym import read_key
     from accessgate.audit.reader import parse_time
     from accessgate.audit.tools import progress
-    from accessgate.audit.tools.replay import FIELDS, policy_users, pseudonym_table, render_text, replay
+    from accessgate.audit.tools.replay import EVENTS, FIELDS, policy_users, pseudonym_table, render_text, replay
 
     policy = load_or_report(args.policy, sys.stderr)
     if policy is None:
         return 2
     names = pseudonym_table(read_key(args.key_file), policy_users(policy)) if args.key_file else {}
-    where = ["event = 'access'", "decision IS NOT NULL"]
+    events = ", ".join(f"'{e}'" for e in EVENTS)
+    where = [f"event IN ({events})", "(decision IS NOT NULL OR event <> 'access')"]
     params = []
     if args.since:
         where.append("ts >= ?")

@@ -17,7 +17,7 @@ from datetime import date, datetime, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 from accessgate.decision.types import Decision, Identity, Request
-from accessgate.policy.model import Policy
+from accessgate.policy.model import Level, Policy
 from accessgate.decision.quota import QuotaUsage
 
 
@@ -112,6 +112,29 @@ class UsedMinutes:
         return self.minutes
 
 
+@dataclass(frozen=True, slots=True)
+class ContinuedEverywhere:
+    """Continuations in which the user gave a reason on every warn page, until `until` (Unix time).
+
+    For "what if" questions: `explain --continued` shows the decision after
+    the warn page.
+    """
+
+    until: float
+
+    def continued_until(self, subject: str, site: str) -> float | None:
+        return self.until
+
+
+def continue_minutes(decision: Decision, policy: Policy) -> int | None:
+    """How long a reason opens the site, when a warn grant decided `decision`."""
+    if decision.role is None or decision.site is None or decision.level is not Level.WARN:
+        return None
+    access = policy.roles[decision.role].access
+    grant = access.get(decision.site) or access.get("*")
+    return grant.continue_minutes if grant is not None else None
+
+
 def report(
     decision: Decision,
     policy: Policy,
@@ -139,6 +162,7 @@ def report(
         "roles": list(decision.roles),
         "host": decision.host,
         "opens_at": decision.opens_at.astimezone(tz).isoformat() if decision.opens_at else None,
+        "continue_minutes": continue_minutes(decision, policy),
         "message": decision.message,
         "user": who.user,
         "groups": [{"name": name, "sources": list(sources)} for name, sources in groups],
@@ -180,6 +204,13 @@ def render(data: dict[str, object]) -> str:
         ("host", data["host"] or dash),
         ("at", _when(str(data["at"]), str(data["timezone"]))),
     ]
+    if data.get("continue_minutes") is not None:
+        if data["decision"] == "block":
+            then = (f"a page load gets the warn page; a reason given there opens {data['site']} "
+                    f"for {data['continue_minutes']} minutes (other requests get the reason code)")
+        else:
+            then = f"allowed: the user gave a reason on the warn page ({data['continue_minutes']} minutes each)"
+        lines.append(("then", then))
     if data.get("opens_at"):
         lines.append(("opens at", _when(str(data["opens_at"]), str(data["timezone"]))))
     elif data["reason"] in ("outside-window", "quota-exhausted"):

@@ -22,16 +22,20 @@ from __future__ import annotations
 import fnmatch
 from datetime import date, datetime, timezone
 
-from accessgate.errors import StateStoreUnavailable
+from accessgate.errors import StateStoreError, StateStoreUnavailable
 from accessgate.policy.model import Grant, Level, Policy, Site
 from accessgate.policy.paths import readings as path_readings
 from accessgate.policy.windows import in_any_window, next_window_start, start_of_next_day
 from accessgate.decision.plan import Plan, PolicyIndex, allowed_by, denied_by, index_of, remember
+from accessgate.decision.continuations import Continuations, NoContinuations
 from accessgate.decision.quota import NoQuotaUsed, QuotaLedger
 from accessgate.decision.types import (
+    ALLOW,
+    ALLOWED,
     BLOCK,
     DENIED,
     HEADERS_READ,
+    JUSTIFICATION_REQUIRED,
     MAX_HOST_NAMES,
     OUTSIDE_WINDOW,
     QUOTA_EXHAUSTED,
@@ -49,6 +53,7 @@ from accessgate.decision.types import (
 BUILD = "python" if __file__.endswith(".py") else "compiled"
 
 _NO_QUOTA = NoQuotaUsed()
+_NO_CONTINUATIONS = NoContinuations()
 _NO_HOST = new_decision(BLOCK, DENIED, RULE_INVALID_HOST, message="The request names no host.")
 _TOO_MANY_NAMES = new_decision(
     BLOCK, DENIED, RULE_INVALID_HOST,
@@ -63,16 +68,20 @@ def decide(
     policy: Policy,
     now: datetime,
     quota: QuotaLedger | None = None,
+    continuations: Continuations | None = None,
 ) -> Decision:
     """Decide `request` from `identity` under `policy` at `now` (aware datetime).
 
     Every name in `request.hosts` is decided; the strictest decision stands,
     so a request cannot borrow a harmless name to reach a governed site.
+    `continuations` says who gave a reason on a `warn` grant's page, and
+    until when (none: nobody did).
     """
     hosts = request.hosts
     if not hosts:
         return _NO_HOST
     ledger = quota if quota is not None else _NO_QUOTA
+    went_on = continuations if continuations is not None else _NO_CONTINUATIONS
     index = index_of(policy)
     # Who the client is, as far as roles go; the address only when `net:` members make it count.
     key = (identity.user, identity.groups, identity.client_ip if index.by_network else None)
@@ -84,7 +93,7 @@ def decide(
         plan = plans.get(hosts[0])
         if plan is None:
             plan = index.plan(hosts[0], roleset, policy)
-        return _decided(plan, request, identity, policy, now, ledger)
+        return _decided(plan, request, identity, policy, now, ledger, went_on)
     if len(hosts) > MAX_HOST_NAMES:
         return _TOO_MANY_NAMES
     strictest: Decision | None = None
@@ -92,7 +101,7 @@ def decide(
         plan = plans.get(raw)
         if plan is None:
             plan = index.plan(raw, roleset, policy)
-        decision = _decided(plan, request, identity, policy, now, ledger)
+        decision = _decided(plan, request, identity, policy, now, ledger, went_on)
         if strictest is None or _strictness(decision) < _strictness(strictest):
             strictest = decision
     assert strictest is not None
@@ -101,12 +110,13 @@ def decide(
 
 def _strictness(decision: Decision) -> tuple[int, int]:
     """Lower is stricter: any block beats any allow, then the lower level."""
-    level = decision.level.rank if decision.level is not None else 3
+    level = decision.level.rank if decision.level is not None else 4
     return (0 if decision.decision == BLOCK else 1, level)
 
 
 def _decided(
-    plan: Decision | Plan, request: Request, identity: Identity, policy: Policy, now: datetime, ledger: QuotaLedger
+    plan: Decision | Plan, request: Request, identity: Identity, policy: Policy, now: datetime, ledger: QuotaLedger,
+    went_on: Continuations,
 ) -> Decision:
     """What a host's plan decides for this request: the method and the time finish it."""
     if isinstance(plan, Decision):  # nothing else can change it
@@ -114,11 +124,12 @@ def _decided(
     allow = plan.allow
     if plan.site_grants.static_best is not None and allow is not None:  # read-only, no windows or quotas
         return _read_only(allow, request, policy, plan.refusals)
-    return _decide_grants(plan, request, identity, policy, now, ledger)
+    return _decide_grants(plan, request, identity, policy, now, ledger, went_on)
 
 
 def _decide_grants(
-    plan: Plan, request: Request, identity: Identity, policy: Policy, now: datetime, ledger: QuotaLedger
+    plan: Plan, request: Request, identity: Identity, policy: Policy, now: datetime, ledger: QuotaLedger,
+    went_on: Continuations,
 ) -> Decision:
     """Grants with windows or quotas: which are active now decides (steps 4 and 5)."""
     site_grants, site, roles, host = plan.site_grants, plan.site, plan.roles, plan.host
@@ -128,6 +139,7 @@ def _decide_grants(
     outside_window: list[tuple[str, Grant]] = []
     exhausted: list[tuple[str, Grant]] = []
     uncounted: list[tuple[str, Grant]] = []  # quota grants whose usage the store cannot tell
+    warned: tuple[str, Grant] | None = None  # the first active warn grant
     for role, grant in site_grants.grants:
         if grant.windows and not index.window_open(grant, clock.minute, clock.local):
             outside_window.append((role, grant))
@@ -142,8 +154,14 @@ def _decide_grants(
             if usage.exhausted(grant.daily_minutes):
                 exhausted.append((role, grant))
                 continue
+        if grant.level is Level.WARN:
+            if warned is None:
+                warned = (role, grant)
+            continue
         if best is None or grant.rank > best[1].rank:
             best = (role, grant)
+    if warned is not None and (best is None or best[1].level is not Level.FULL):
+        return _warn(warned, best, plan, request, identity, policy, clock, went_on)
     if best is None:
         # No grant allows: the reason points the way to access.
         if exhausted:
@@ -170,6 +188,44 @@ def _decide_grants(
     if best[1].level is Level.READ_ONLY:
         return _read_only(allow, request, policy, plan.refusals)
     return allow
+
+
+def _warn(
+    warned: tuple[str, Grant], best: tuple[str, Grant] | None, plan: Plan, request: Request, identity: Identity,
+    policy: Policy, clock: Clock, went_on: Continuations,
+) -> Decision:
+    """An active warn grant, and no active full one: allowed as full while the user's
+    continuation lasts; else what the other grants allow, else a block that asks for a reason."""
+    site, role, grant = plan.site, warned[0], warned[1]
+    try:
+        until = went_on.continued_until(identity.subject, site)
+    except StateStoreError:
+        until = None  # the store cannot say: the warn page asks again
+    if until is not None and until > clock.now.timestamp():
+        allow = plan.allows.get(grant.continued_rule)
+        if allow is None:
+            allow = plan.allows[grant.continued_rule] = new_decision(
+                ALLOW, ALLOWED, grant.continued_rule, site, grant.level, role, plan.roles, plan.host,
+                counts_quota=plan.site_grants.counts_quota,
+            )  # fmt: skip
+        return allow
+    if best is not None and best[1].level is Level.READ_ONLY:
+        allow = plan.allows.get(best[0])
+        if allow is None:
+            allow = plan.allows[best[0]] = allowed_by(best, site, plan.roles, plan.host, plan.site_grants)
+        read = _read_only(allow, request, policy, plan.refusals)
+        if read.decision == ALLOW:
+            return read  # reading needs no reason
+    key = (role, JUSTIFICATION_REQUIRED)
+    blocked = plan.refusals.get(key)
+    if blocked is None:
+        blocked = by_grant(
+            BLOCK, JUSTIFICATION_REQUIRED, warned, site, plan.roles, plan.host,
+            message=f"{site} opens for {grant.continue_minutes} minutes once you give a reason for using it.",
+        )  # fmt: skip
+        if len(plan.refusals) < _REFUSALS_KEPT:
+            plan.refusals[key] = blocked
+    return blocked
 
 
 def _read_only(

@@ -19,6 +19,7 @@ from accessgate.policy.model import (  # noqa: F401 - re-exported: the codes a D
     BLOCK,
     BLOCK_REASONS,
     DENIED,
+    JUSTIFICATION_REQUIRED,
     OUTSIDE_WINDOW,
     QUOTA_EXHAUSTED,
     READ_ONLY,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import yaml
 
-from accessgate.policy.model import Grant, Member, MemberKind, Policy, PolicyTest, Site
+from accessgate.policy.model import Level, Grant, Member, MemberKind, Policy, PolicyTest, Site
 
 
 def dump_policy(policy: Policy) -> str:
@@ -84,13 +84,15 @@ def _member(member: Member) -> str:
 
 
 def _grant(grant: Grant) -> object:
-    if not grant.windows and grant.daily_minutes is None:
+    if not grant.windows and grant.daily_minutes is None and grant.level is not Level.WARN:
         return grant.level.value
     out: dict[str, object] = {"level": grant.level.value}
     if grant.windows:
         out["windows"] = [w.text for w in grant.windows]
     if grant.daily_minutes is not None:
         out["daily_minutes"] = grant.daily_minutes
+    if grant.level is Level.WARN:
+        out["continue_minutes"] = grant.continue_minutes
     return out
 
 

@@ -29,9 +29,11 @@ READ_ONLY = "read-only"
 OUTSIDE_WINDOW = "outside-window"
 QUOTA_EXHAUSTED = "quota-exhausted"
 UNAUTHENTICATED = "unauthenticated"
+# A `warn` grant: the user may go on after giving a reason (until then, blocked).
+JUSTIFICATION_REQUIRED = "justification-required"
 ALLOWED = "allowed"
 UNLISTED = "unlisted"
-BLOCK_REASONS = (DENIED, READ_ONLY, OUTSIDE_WINDOW, QUOTA_EXHAUSTED, UNAUTHENTICATED)
+BLOCK_REASONS = (DENIED, READ_ONLY, OUTSIDE_WINDOW, QUOTA_EXHAUSTED, UNAUTHENTICATED, JUSTIFICATION_REQUIRED)
 ALLOW_REASONS = (ALLOWED, UNLISTED)
 
 
@@ -46,10 +48,15 @@ def fold_user(name: str) -> str:
 
 
 class Level(str, Enum):
-    """How far a grant opens a site.  Ordered: DENY < READ_ONLY < FULL."""
+    """How far a grant opens a site.  Ordered: DENY < READ_ONLY < WARN < FULL.
+
+    WARN is full access once the user has given a reason (for the grant's
+    `continue_minutes`); a full grant elsewhere is never warned.
+    """
 
     DENY = "deny"
     READ_ONLY = "read-only"
+    WARN = "warn"
     FULL = "full"
 
     @property
@@ -57,7 +64,13 @@ class Level(str, Enum):
         return _LEVEL_RANK[self]
 
 
-_LEVEL_RANK = {Level.DENY: 0, Level.READ_ONLY: 1, Level.FULL: 2}
+_LEVEL_RANK = {Level.DENY: 0, Level.READ_ONLY: 1, Level.WARN: 2, Level.FULL: 3}
+
+# How long a reason given on a warn page opens the site, in minutes.
+CONTINUE_MINUTES_DEFAULT = 30
+CONTINUE_MINUTES_MAX = 1440
+# The rule of a warn grant's allow once the user gave a reason: "roles.staff.access.tiktok+continued".
+CONTINUED_SUFFIX = "+continued"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,13 +121,24 @@ class Grant:
     windows: tuple[Window, ...] = ()
     daily_minutes: int | None = None
     rule: str = ""  # e.g. "roles.everyone.access.facebook", names it in decisions
+    continue_minutes: int | None = None  # level WARN only: how long a reason opens the site
     # Derived once: an Enum hashes in Python, too slow for every decision.
     rank: int = field(init=False, repr=False, compare=False, default=0)
-    is_static: bool = field(init=False, repr=False, compare=False, default=True)  # no windows, no quota
+    # No windows, no quota, no warning: decided without a clock or a store.
+    is_static: bool = field(init=False, repr=False, compare=False, default=True)
+    # The rule of an allow after the user gave a reason (level WARN).
+    continued_rule: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rank", _LEVEL_RANK[self.level])
-        object.__setattr__(self, "is_static", not self.windows and self.daily_minutes is None)
+        object.__setattr__(
+            self, "is_static", not self.windows and self.daily_minutes is None and self.level is not Level.WARN
+        )
+        if self.level is Level.WARN:
+            object.__setattr__(self, "continued_rule", f"{self.rule}{CONTINUED_SUFFIX}")
+            if self.continue_minutes is None:
+                object.__setattr__(self, "continue_minutes", CONTINUE_MINUTES_DEFAULT)
+
 
 
 class MemberKind(str, Enum):

@@ -44,7 +44,7 @@ LDAP_NUMBERS = {"cache_seconds": (0, None), "stale_seconds": (0, None), "timeout
 _LDAP_ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9-]*\Z|[0-9]+(\.[0-9]+)+\Z")
 _BOOL = "tag:yaml.org,2002:bool"
 ROLE_KEYS = ("members", "access")
-GRANT_KEYS = ("level", "windows", "daily_minutes")
+GRANT_KEYS = ("level", "windows", "daily_minutes", "continue_minutes")
 LEVELS = tuple(level.value for level in model.Level)
 MEMBER_FORMS = "'user:NAME', 'group:NAME', 'net:CIDR' or 'all'"
 # Reserved: metric label values for "no site"/"no role", and `deny`, which
@@ -460,7 +460,7 @@ class Validator:
             if value is None:
                 return None
             if value not in LEVELS:
-                ck.problem(node, f"{owner}: {quoted(value)} is not valid; write full, read-only or deny, or a "
+                ck.problem(node, f"{owner}: {quoted(value)} is not valid; write full, read-only, warn or deny, or a "
                                  "mapping with 'level', 'windows' and 'daily_minutes'" + suggest.maybe(value, LEVELS))
                 return None
             return model.Grant(model.Level(value), rule=rule)
@@ -494,9 +494,22 @@ class Validator:
         if level == "deny" and ("windows" in fields or "daily_minutes" in fields):
             ck.problem(fields["level"].value, f"{owner}: windows and daily_minutes limit access, so they "
                                               "mean nothing with level 'deny'; write just 'deny'")
+        continue_minutes = self._continue_minutes(fields, owner, level)
         if ck.raised > before or level is None:
             return None
-        return model.Grant(model.Level(level), tuple(windows), minutes, rule)
+        return model.Grant(model.Level(level), tuple(windows), minutes, rule, continue_minutes)
+
+    def _continue_minutes(self, fields: dict[str, Entry], owner: str, level: str | None) -> int | None:
+        """`continue_minutes` of a warn grant: how long a reason given on the warn page opens the site."""
+        if "continue_minutes" not in fields:
+            return None
+        node = fields["continue_minutes"].value
+        if level is not None and level != "warn":
+            self.ck.problem(node, f"{owner}: 'continue_minutes' is how long a reason given on the warn page "
+                                  f"opens the site, so it needs 'level: warn', not {quoted(level)}")
+            return None
+        return self.ck.whole_number(node, f"'continue_minutes' of {owner} must be a whole number from 1 to "
+                                          f"{model.CONTINUE_MINUTES_MAX}", 1, model.CONTINUE_MINUTES_MAX)
 
 
 def _zone(name: str) -> ZoneInfo | None:

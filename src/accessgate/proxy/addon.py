@@ -15,7 +15,8 @@ each other concern has its module:
 - gate.py: the block page or a kill, and failing closed;
 - hygiene.py: private and folded request headers (`sanitize`, called here),
   and `StripAltSvc`, the addon that removes Alt-Svc from every response;
-- status.py: the status page; reload.py: the policy's loads and reloads;
+- status.py: the status page; warn.py: warn grants' page and continue form;
+  reload.py: the policy's loads and reloads;
   records.py: the flow's state and its audit record; minutes.py: quota
   minutes; resources.py and options.py: what the options open, and them.
 
@@ -69,6 +70,7 @@ from accessgate.proxy.signin import SignIn
 from accessgate.proxy.status import answer_status, names_status
 from accessgate.proxy.tunnels import Tunnels
 from accessgate.proxy.upstream import UpstreamGuard, parse_allowed
+from accessgate.proxy.warn import CONTINUE_PATH, META_CONTINUE, WarnForms
 
 log = get_logger("addon")
 
@@ -117,6 +119,7 @@ class AccessGate:
         # accessgate_auth and directory groups: an addon of its own, before this one in the chain.
         self.signin = SignIn(self)
         self.metrics.watch_signin(self.signin.samples)
+        self.warn = WarnForms(self)
         # Bound once: the request hooks call these on every request.
         self.identity = self._identities.of_flow
         self.spend_quota = self._minutes.spend
@@ -171,6 +174,8 @@ class AccessGate:
         loaded = self.reloads.load_option(o.accessgate_policy) if "accessgate_policy" in updated else None
         if "accessgate_pseudonymize_key" in updated:
             self._pseudonym_key = resources.read_key(o.accessgate_pseudonymize_key)
+        if "accessgate_warn_key" in updated:
+            self.warn.use_key(resources.read_warn_key(o.accessgate_warn_key))
         if updated & {"accessgate_state", "accessgate_pseudonymize_key"}:
             ledger = resources.open_state(
                 o.accessgate_state, self._pseudonym_key, self._state_error, self.metrics.state_seconds
@@ -280,6 +285,9 @@ class AccessGate:
             decision = self.decide(request, identity, policy, now)
             enforced = self._enforce
             st = flow_state(flow, decision, identity, now, started, policy, enforced, self.log_query, request)
+            if request.path.startswith(CONTINUE_PATH) and request.path.partition("?")[0] == CONTINUE_PATH:
+                self.warn.intercept(flow, st, policy)  # a warn page's form: answered here, never forwarded
+                return
             if not decision.allowed and enforced:
                 status = self.block(flow, st)
                 self.audit_flow(st, status, 0, st.streamed_out or 0, None if status else "killed")
@@ -293,6 +301,13 @@ class AccessGate:
                 flow.request.stream = self.sessions.stream_counter(flow, st, "streamed_in", request)
         except Exception as exc:
             self.fail(flow, "requestheaders", exc)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if META_CONTINUE in flow.metadata:  # the body of a warn page's form is here now
+            try:
+                self.warn.answer(flow)
+            except Exception as exc:
+                self.fail(flow, "request", exc)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         try:
@@ -384,7 +399,7 @@ class AccessGate:
     def decide(self, request: engine.Request, identity: Identity, policy: Policy, now: datetime) -> Decision:
         """engine.decide, timed and counted."""
         t0 = time.perf_counter()
-        decision = engine.decide(request, identity, policy, now, self.ledger)
+        decision = engine.decide(request, identity, policy, now, self.ledger, self.ledger)
         try:  # as quietly(), without a closure per request
             self.metrics.observe_decision(decision, time.perf_counter() - t0)
         except Exception:
@@ -393,10 +408,15 @@ class AccessGate:
 
     def block(self, flow: http.HTTPFlow, st: FlowState, accept: str | None = None) -> int | None:
         """Answer `flow` with the block page; returns the status sent (None: killed)."""
+        contact = ctx.options.accessgate_contact
+        page = None
+        if st.decision.reason == engine.JUSTIFICATION_REQUIRED and accept is None:
+            page = self.warn.page(flow, st, contact)  # a page load: the form that asks for a reason
         return answer_blocked(
             flow,
             st,
-            contact=ctx.options.accessgate_contact,
+            contact=contact,
+            page=page,
             timezone=self.policy.timezone if self.policy is not None else None,
             late_streaming=self._late_streaming,
             metrics=self.metrics,

@@ -55,8 +55,9 @@ def answer_blocked(
     late_streaming: bool,
     metrics: Any,
     accept: str | None = None,
+    page: tuple[int, dict[str, str], bytes] | None = None,
 ) -> int | None:
-    """Answer `flow` with the block page; returns the status sent (None: killed).
+    """Answer `flow` with the block page (or `page`, e.g. a warn page); returns the status sent (None: killed).
 
     `timezone` is the policy's ("opens again at 12:00" as the policy is
     written); `late_streaming` says mitmproxy may switch a body of unknown
@@ -64,7 +65,7 @@ def answer_blocked(
     """
     d = st.decision
     try:
-        status, headers, body = pages.block_response(
+        status, headers, body = page if page is not None else pages.block_response(
             d,
             request_id=st.request_id,
             contact=contact,

@@ -138,6 +138,20 @@ class Metrics:
             "(loopback, link-local, unspecified, multicast, this-host).",
             "reason",
         )
+        self._warn_pages = counter(
+            "accessgate_warn_pages", "Warn pages shown: a warn grant asked for a reason before opening the site.",
+            "site", "role",
+        )
+        self._warn_continues = counter(
+            "accessgate_warn_continues", "Reasons accepted on warn pages: the site opened for continue_minutes.",
+            "site", "role",
+        )
+        self._warn_refused = counter(
+            "accessgate_warn_refused",
+            "Warn forms refused (forged, replayed, expired, from another origin or for another site), by the "
+            "site they were sent to.",
+            "site",
+        )
         self.state_seconds = Histogram(
             "accessgate_state_store_duration_seconds",
             "Time calls to the quota state store took, by store and operation.",
@@ -169,6 +183,15 @@ class Metrics:
             histogram = self._decision_seconds
             histogram.sum += seconds
             histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
+
+    def warn_pages(self, decision: Decision) -> None:
+        self._warn_pages.labels(site_label(decision), decision.role or NO_ROLE).inc()
+
+    def warn_continues(self, decision: Decision) -> None:
+        self._warn_continues.labels(site_label(decision), decision.role or NO_ROLE).inc()
+
+    def warn_refused(self, decision: Decision) -> None:
+        self._warn_refused.labels(site_label(decision)).inc()
 
     def count_bytes(self, site: str, direction: str, amount: int) -> None:
         """Add `amount` body bytes for `site` in `direction` (in|out)."""

@@ -97,6 +97,17 @@ def declare(loader) -> None:
         """,
     )
     loader.add_option(
+        "accessgate_warn_key",
+        str,
+        "",
+        """
+        Path of a key file (at least 16 random bytes) that signs the forms
+        of warn pages.  Proxies behind one balancer must share it (and the
+        state store).  Empty: a random key per start, so forms shown before
+        a restart are refused.
+        """,
+    )
+    loader.add_option(
         "accessgate_audit_retention_days",
         int,
         0,

@@ -41,6 +41,11 @@ REASONS: dict[str, tuple[str, str]] = {
         "Daily time used up",
         "You have used up today's time allowance for {site}.",
     ),
+    "justification-required": (
+        "Tell us why you need it",
+        "Your organization's web access policy lets you use {site} when you say why you need it: "
+        "open it in your browser to get the page that asks for a reason.",
+    ),
     "unauthenticated": (
         "Sign-in required",
         "{site} is only available once you have signed in to the company proxy, "
@@ -57,7 +62,7 @@ INTERNAL_ERROR_RULE = "internal-error"  # the addon's rule for a fail-closed blo
 UNLISTED_DENIED = "This website is not on your organization's list of allowed websites."
 INVALID_HOST = "The address of this request is not a valid website name, so it was blocked."
 
-_ACCENT = {"read-only": "#d69e2e", "outside-window": "#3182ce", "quota-exhausted": "#3182ce"}
+_ACCENT = {"read-only": "#d69e2e", "justification-required": "#d69e2e", "outside-window": "#3182ce", "quota-exhausted": "#3182ce"}
 _ACCENT_DEFAULT = "#c53030"
 
 SECURITY_HEADERS = {

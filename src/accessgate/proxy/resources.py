@@ -30,6 +30,16 @@ def read_key(path: str) -> bytes | None:
         raise exceptions.OptionsError(f"accessgate_pseudonymize_key: {exc}") from None
 
 
+def read_warn_key(path: str) -> bytes:
+    """The key of warn pages' forms at `path`; a fresh random key (good on this proxy only) when empty."""
+    from accessgate.proxy.warn import read_key as read
+
+    try:
+        return read(path)
+    except (OSError, ValueError) as exc:
+        raise exceptions.OptionsError(f"accessgate_warn_key: {exc}") from None
+
+
 def open_state(spec: str, key: bytes | None, on_error: Callable[[Exception], None], seconds: Any) -> TimedLedger:
     """The quota store `spec` names, its calls timed in the `seconds` histogram."""
     from accessgate.stores import open_store

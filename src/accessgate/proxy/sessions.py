@@ -85,7 +85,9 @@ class LongLivedFlows(Generic[F]):
         """The open flows that `policy` blocks at `now`, with the blocking decision."""
         closing = []
         for key, entry in list(self._open.items()):
-            decision = decide(entry.request, entry.identity, policy, now, ledger)
+            # The ledger is the state store, which also knows who continued past a warn page.
+            went_on = ledger if hasattr(ledger, "continued_until") else None
+            decision = decide(entry.request, entry.identity, policy, now, ledger, went_on)
             if not decision.allowed:
                 closing.append((key, entry, decision))
         return closing

@@ -10,7 +10,7 @@ computed by the engine as the proxy would decide.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import datetime, timezone, tzinfo
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from mitmproxy import http
@@ -19,6 +19,7 @@ from accessgate import decision as engine
 from accessgate.auth.groups import GroupSource, sources_of
 from accessgate.decision import inspection as insp
 from accessgate.decision.quota import NoQuotaUsed
+from accessgate.policy.model import Level
 from accessgate.proxy.pages import (
     HTML_TYPE,
     JSON_TYPE,
@@ -83,6 +84,8 @@ class SiteStanding:
     minutes_left: int | None
     next_window: datetime | None  # when a blocked site opens again
     reason: str = ""  # the decision's reason code
+    continued_until: datetime | None = None  # a warn grant: open after a reason until then
+    continue_minutes: int | None = None  # a warn grant: how long a reason opens it
 
 
 def standing(
@@ -94,6 +97,7 @@ def standing(
     exactly what the proxy would do; the deciding grant gives window and quota.
     """
     ledger = ledger if ledger is not None else NoQuotaUsed()
+    went_on = ledger if hasattr(ledger, "continued_until") else None  # the state store knows who continued
     rows: list[SiteStanding] = []
     for name in sorted(policy.sites):
         site = policy.sites[name]
@@ -103,9 +107,9 @@ def standing(
             host = str(site.networks[0].network_address)
         else:
             continue
-        decision = engine.decide(engine.Request("GET", (host,), "/", "https"), identity, policy, now, ledger)
+        decision = engine.decide(engine.Request("GET", (host,), "/", "https"), identity, policy, now, ledger, went_on)
         grants = engine.grants_for(decision.roles, name, policy) if decision.roles else ()
-        grant = next((g for _, g in grants if g.rule == decision.rule), None)
+        grant = next((g for _, g in grants if decision.rule in (g.rule, g.continued_rule)), None)
         if grant is None and grants:
             grant = max((g for _, g in grants), key=lambda g: g.level.rank)
         used = left = None
@@ -122,6 +126,7 @@ def standing(
                 minutes_left=left,
                 next_window=None if decision.allowed else opens,
                 reason=decision.reason,
+                **_continuation(decision, grant, identity, went_on),
             )
         )
     return rows
@@ -161,8 +166,21 @@ _DECRYPTION_NOTE = {
     insp.ALL: "The proxy decrypts every connection but those its policy never decrypts.",
 }
 
-_LEVEL_WORDS = {"full": "Full", "read-only": "Read-only", "none": "No access"}
+
+def _continuation(decision, grant, identity: Identity, went_on) -> dict:
+    """A warn grant's part of a row: until when the user's reason keeps the site open, and for how long one does."""
+    if grant is None or grant.continue_minutes is None or decision.level is not Level.WARN:
+        return {}
+    until = None
+    if decision.allowed and went_on is not None:
+        stamp = went_on.continued_until(identity.subject, decision.site)
+        until = datetime.fromtimestamp(stamp, timezone.utc) if stamp is not None else None
+    return {"continued_until": until, "continue_minutes": grant.continue_minutes}
+
+
+_LEVEL_WORDS = {"full": "Full", "warn": "After a reason", "read-only": "Read-only", "none": "No access"}
 _WHY_NONE = {
+    "justification-required": "give a reason on its page to open it",
     "outside-window": "outside its hours",
     "quota-exhausted": "today's minutes are used up",
     "unauthenticated": "sign in to the proxy first",
@@ -213,6 +231,10 @@ def status_response(
                         {"decrypted": decryption[r.site][0], "decrypted_why": decryption[r.site][1]}
                         if r.site in decryption else {}
                     ),
+                    "continued_until": (
+                        r.continued_until.astimezone(tz).isoformat(timespec="seconds") if r.continued_until else None
+                    ),
+                    "continue_minutes": r.continue_minutes,
                 }
                 for r in rows
             ],
@@ -239,6 +261,11 @@ def status_response(
     lines = []
     for r in rows:
         why = _WHY_NONE.get(r.reason, "") if r.level == "none" else ""
+        if r.continued_until is not None:
+            left = relative(until(r.continued_until, now)).removeprefix("in ")
+            why = f"open {left} more, after your reason"
+        elif r.continue_minutes is not None and r.reason == engine.JUSTIFICATION_REQUIRED:
+            why = f"give a reason on its page to open it for {r.continue_minutes} min"
         level = (
             f'<span class="lvl {esc(r.level)}">{esc(_LEVEL_WORDS.get(r.level, r.level))}</span>'
             + (f'<span class="why">{esc(why)}</span>' if why else "")

@@ -85,6 +85,12 @@ class PseudonymousSubjects:
     def mark(self, subject: str, site: str, day: date, minute: int) -> int:
         return self.store.mark(self.subject(subject), site, day, minute)
 
+    def continued_until(self, subject: str, site: str) -> float | None:
+        return self.store.continued_until(self.subject(subject), site)
+
+    def continue_until(self, subject: str, site: str, until: float, now: float) -> None:
+        self.store.continue_until(self.subject(subject), site, until, now)
+
     def close(self) -> None:
         self.store.close()
 

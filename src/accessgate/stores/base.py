@@ -1,7 +1,8 @@
 """What every quota store offers, and the parts the stores share.
 
-Every store implements `quota.QuotaLedger` (usage, mark) plus `close()` and
-`stats()`.  A minute is a member of a set keyed by (subject, site, day), so
+Every store implements `quota.QuotaLedger` (usage, mark),
+`continuations.ContinuationStore` (warn grants: continued_until,
+continue_until, claim_nonce) plus `close()` and `stats()`.  A minute is a member of a set keyed by (subject, site, day), so
 marking is idempotent: a minute counts once however many requests, threads
 and proxies mark it.  How long calls take is measured once, around the
 store (`timed.TimedLedger`, into the Prometheus histogram), not inside it.
@@ -15,6 +16,7 @@ from datetime import date, timedelta
 from typing import Callable, Protocol
 
 from accessgate.errors import StateStoreError
+from accessgate.decision.continuations import ContinuationStore
 from accessgate.decision.quota import QuotaLedger
 from accessgate.stores.spec import StateSpec
 
@@ -33,7 +35,7 @@ class StoreStats:
     last_error: str = ""
 
 
-class QuotaStore(QuotaLedger, Protocol):
+class QuotaStore(QuotaLedger, ContinuationStore, Protocol):
     spec: StateSpec
 
     def close(self) -> None: ...

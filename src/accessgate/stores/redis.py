@@ -155,6 +155,43 @@ class RedisStore:
             self._on_error(error)
         return error
 
+    # -- warn grants (decision.continuations.ContinuationStore) --
+    # Never counted locally: while Redis is away nobody continues (the warn
+    # page says the store cannot be reached) and no nonce can be replayed.
+
+    def continue_key(self, subject: str, site: str) -> str:
+        return f"{self.spec.prefix}:continue:{len(site)}:{site}:{subject}"
+
+    def continued_until(self, subject: str, site: str) -> float | None:
+        value = self._remote_only(lambda: self._client.get(self.continue_key(subject, site)))
+        return float(value) if value is not None else None
+
+    def continue_until(self, subject: str, site: str, until: float, now: float) -> None:
+        # Expiry relative to the proxy's clock, as quota sets (see time_to_live).
+        ttl = max(1, int(until - now) + 60)
+        self._remote_only(lambda: self._client.set(self.continue_key(subject, site), repr(until), ex=ttl))
+
+    def claim_nonce(self, nonce: str, until: float, now: float) -> bool:
+        ttl = max(1, int(until - now) + 60)
+        key = f"{self.spec.prefix}:nonce:{nonce}"
+        return bool(self._remote_only(lambda: self._client.set(key, "1", nx=True, ex=ttl)))
+
+    def _remote_only(self, remote):
+        if time.monotonic() < self._down_until:
+            error = StateStoreUnavailable(
+                f"Redis state store {self.spec} is unreachable; retrying at most every {self.spec.retry:g} s"
+            )
+            self._counters.done(error, local_minutes=self._pending_count())
+            raise error
+        try:
+            result = remote()
+        except self._redis_errors as exc:
+            error = self._went_down(exc)
+            self._counters.done(error, local_minutes=self._pending_count())
+            raise error from exc
+        self._counters.done(local_minutes=self._pending_count())
+        return result
+
     # on_error=local: count on from the last count Redis gave.
 
     def _local_usage(self, k: tuple[str, str, date], minute: int) -> QuotaUsage:

@@ -21,6 +21,18 @@ CREATE TABLE IF NOT EXISTS quota_minutes (
     PRIMARY KEY (subject, site, day, minute)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS quota_minutes_day ON quota_minutes (day);
+-- warn grants: who gave a reason for which site, until when (Unix time)
+CREATE TABLE IF NOT EXISTS continuations (
+    subject TEXT NOT NULL,
+    site    TEXT NOT NULL,
+    until   REAL NOT NULL,
+    PRIMARY KEY (subject, site)
+) WITHOUT ROWID;
+-- warn forms' one-time nonces, kept until their form expires
+CREATE TABLE IF NOT EXISTS used_nonces (
+    nonce TEXT PRIMARY KEY,
+    until REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -118,6 +130,50 @@ class SqliteStore:
         self._counters.done()
         self._counted.put((subject, site, day), used, minute)
         return used
+
+    # -- warn grants (decision.continuations.ContinuationStore) --
+
+    def continued_until(self, subject: str, site: str) -> float | None:
+        row = self._run("read", "SELECT until FROM continuations WHERE subject = ? AND site = ?", (subject, site))
+        return float(row[0]) if row is not None else None
+
+    def continue_until(self, subject: str, site: str, until: float, now: float) -> None:
+        self._write("DELETE FROM continuations WHERE until <= ?", (now,),
+                    "INSERT OR REPLACE INTO continuations VALUES (?, ?, ?)", (subject, site, until))
+
+    def claim_nonce(self, nonce: str, until: float, now: float) -> bool:
+        return self._write("DELETE FROM used_nonces WHERE until <= ?", (now,),
+                           "INSERT OR IGNORE INTO used_nonces VALUES (?, ?)", (nonce, until)) == 1
+
+    def _run(self, what: str, sql: str, args: tuple) -> tuple | None:
+        try:
+            with self._lock:
+                row = self._db.execute(sql, args).fetchone()
+        except sqlite3.Error as exc:
+            error = self._fail(what, exc)
+            self._counters.done(error)
+            raise error from exc
+        self._counters.done()
+        return row
+
+    def _write(self, prune: str, prune_args: tuple, sql: str, args: tuple) -> int:
+        """Prune the expired, then `sql`, in one transaction; returns the rows `sql` changed."""
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute(prune, prune_args)
+                    changed = self._db.execute(sql, args).rowcount
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            error = self._fail("write", exc)
+            self._counters.done(error)
+            raise error from exc
+        self._counters.done()
+        return changed
 
     def prune(self, before: date) -> None:
         """Delete every minute of days before `before`."""

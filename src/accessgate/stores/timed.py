@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from accessgate.stores.continued import RememberedContinuations
+
 
 class TimedLedger:
     def __init__(self, store: Any, histogram: Any) -> None:
@@ -19,6 +21,12 @@ class TimedLedger:
         # Children resolved once: labels() is too slow to call per request.
         self.usage = _timed(store.usage, histogram.labels(store=kind, operation="usage").observe)
         self.mark = _timed(store.mark, histogram.labels(store=kind, operation="mark").observe)
+        # Warn grants, not timed: a continuation read is remembered for a few
+        # seconds (stores/continued.py), so a continued site asks the store rarely.
+        continued = RememberedContinuations(store)
+        self.continued_until = continued.continued_until
+        self.continue_until = continued.continue_until
+        self.claim_nonce = store.claim_nonce
 
     @property
     def spec(self) -> Any:

@@ -284,3 +284,32 @@ def test_bad_arguments_say_what_to_do(cli, log, tmp_path):
     assert status == 2 and "cannot read 'last tuesday' as a time" in err
     status, _, err = cli("audit", "query", str(tmp_path / "nothing*.jsonl"))
     assert status == 2 and "no audit log matches" in err
+
+
+WARN_RECORDS = [
+    access("w1", "2026-11-02T09:00:05.000Z", "zoe", "tiktok", "block", reason="justification-required"),
+    {"event": "warn_continued", "ts": "2026-11-02T09:00:20.000Z", "request_id": "w2", "user": "zoe",
+     "client_ip": "10.0.0.1", "host": "www.tiktok.com", "site": "tiktok", "role": "everyone",
+     "rule": "roles.everyone.access.tiktok+continued", "justification": "a customer asked <b>there</b>\x1b[2J",
+     "until": "2026-11-02T09:30:20.000Z", "policy": "abc123abc123"},
+    {"event": "warn_refused", "ts": "2026-11-02T09:01:00.000Z", "request_id": "w3", "user": "bob",
+     "client_ip": "10.0.0.2", "host": "www.tiktok.com", "site": "tiktok",
+     "note": "the form was sent already (a form is good once)", "policy": "abc123abc123"},
+]
+
+
+def test_the_table_of_warn_events_shows_the_reason_given(cli, tmp_path):
+    log = write_log(tmp_path / "warn.jsonl", WARN_RECORDS)
+    status, out, _ = cli("audit", "query", log, "--no-cache", "--event", "warn_continued")
+    assert status == 0
+    head, _, row = out.splitlines()
+    assert head.split() == ["ts", "user", "client_ip", "host", "site", "role", "until", "justification"]
+    # As text, its control characters made visible: a reason cannot drive the reader's terminal.
+    assert row.split(None, 7)[7] == "a customer asked <b>there</b>\\x1b[2J"
+    assert "\x1b" not in out
+    status, out, _ = cli("audit", "query", log, "--no-cache", "--event", "warn_refused")
+    assert out.splitlines()[0].split() == ["ts", "user", "client_ip", "host", "site", "note"]
+    assert "good once" in out
+    # Any other event among them: the usual columns.
+    status, out, _ = cli("audit", "query", log, "--no-cache", "--event", "warn_continued", "--event", "access")
+    assert out.splitlines()[0].split()[-2:] == ["decision", "reason"] and len(out.splitlines()) == 4

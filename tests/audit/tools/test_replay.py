@@ -189,3 +189,60 @@ def test_errors_exit_2(cli, log, policies, tmp_path):
     assert status == 2 and "not valid" in err
     status, _, err = cli("replay", policies(CURRENT), tmp_path / "missing.jsonl")
     assert status == 2 and "no such audit log" in err
+
+
+# -- warn grants: a logged reason opens the site for the candidate's continue_minutes --------
+
+WARN = """
+version: 1
+timezone: UTC
+sites:
+  tiktok: {domains: [tiktok.com]}
+roles:
+  everyone:
+    members: [all]
+    access:
+      tiktok: {level: warn, continue_minutes: 30}
+unauthenticated: deny
+unlisted: allow
+"""
+
+
+def warn_log(tmp_path) -> Path:
+    """zoe is warned at 09:00, gives a reason at 09:01 and browses at 09:02 and 09:20 (as WARN logged it)."""
+    def at(clock: str) -> datetime:
+        return datetime.fromisoformat(f"2026-11-02T{clock}+00:00")
+
+    def access(rid: str, clock: str, decision: str, reason: str, rule: str) -> dict:
+        return {"event": "access", "ts": at(clock), "request_id": rid, "user": "zoe", "roles": ["everyone"],
+                "client_ip": "10.0.0.7", "method": "GET", "scheme": "https", "host": "www.tiktok.com", "path": "/",
+                "site": "tiktok", "decision": decision, "reason": reason, "level": "warn", "rule": rule,
+                "status": 200 if decision == "allow" else 403}  # fmt: skip
+
+    return write_log(tmp_path / "warn.jsonl", [
+        access("w1", "09:00:00", "block", "justification-required", "roles.everyone.access.tiktok"),
+        {"event": "warn_continued", "ts": at("09:01:00"), "request_id": "w2", "user": "zoe", "client_ip": "10.0.0.7",
+         "host": "www.tiktok.com", "site": "tiktok", "role": "everyone", "justification": "a customer asked",
+         "rule": "roles.everyone.access.tiktok+continued", "until": at("09:31:00")},
+        access("w3", "09:02:00", "allow", "allowed", "roles.everyone.access.tiktok+continued"),
+        access("w4", "09:20:00", "allow", "allowed", "roles.everyone.access.tiktok+continued"),
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("candidate, changed", [
+    pytest.param(WARN, {}, id="the-same-warn-grant-changes-nothing"),
+    pytest.param(WARN.replace("continue_minutes: 30", "continue_minutes: 10"), {"w4": "justification-required"},
+                 id="a-shorter-continuation-closes-later-requests"),
+    pytest.param(WARN.replace("{level: warn, continue_minutes: 30}", "deny"),
+                 {"w3": "denied", "w4": "denied"}, id="no-warn-grant-no-continuation"),
+    pytest.param(WARN.replace("{level: warn, continue_minutes: 30}", "full"), {"w1": "allowed"},
+                 id="full-access-needs-no-reason"),
+])  # fmt: skip
+def test_replay_continues_warn_grants_as_logged(cli, tmp_path, policies, candidate, changed):
+    status, out, err = cli("replay", str(policies(candidate)), str(warn_log(tmp_path)), "--json", "--no-cache")
+    assert status == (1 if changed else 0), err
+    report = json.loads(out)
+    assert report["records"] == 3  # access records; the reason is not one
+    examples = {rid for group in report["by_user"].values() for rid in group["examples"]}
+    assert examples == set(changed)
+    assert {r["to"] for r in report["reasons"]} == set(changed.values())

@@ -8,7 +8,7 @@ from datetime import date, datetime, timezone
 import pytest
 
 from accessgate.audit.reader import AuditReader
-from accessgate.audit.tools.report import Day, RoleSite, UserSite, build_report, render_html
+from accessgate.audit.tools.report import Day, RoleSite, UserSite, WarnSite, build_report, render_html
 
 from ..conftest import access, write_log
 
@@ -117,3 +117,45 @@ def test_cli_prints_summary_and_writes_html(cli, log, tmp_path):
 def test_cli_rejects_an_empty_period(cli, log):
     status, _, err = cli("audit", "report", log, "--since", "2026-11-04", "--until", "2026-11-02")
     assert status == 2 and "must be after --since" in err
+
+
+def _warn_event(event: str, ts: str, user: str | None, site: str, **extra) -> dict:
+    rec = {"event": event, "ts": ts, "request_id": ts[-8:], "user": user, "client_ip": "10.0.0.9",
+           "host": f"www.{site}.com", "site": site, "policy": "abc123abc123"}
+    if event == "warn_continued":
+        rec.update(role="everyone", rule=f"roles.everyone.access.{site}+continued", justification="<b>work</b>",
+                   until="2026-11-02T10:00:00.000Z")
+    else:
+        rec.update(note="the form was sent already (a form is good once)")
+    rec.update(extra)
+    return rec
+
+
+WARN_RECORDS = [
+    _warn_event("warn_continued", "2026-11-01T09:00:00.000Z", "zoe", "tiktok"),  # before --since
+    _warn_event("warn_continued", "2026-11-02T09:00:00.000Z", "zoe", "tiktok"),
+    _warn_event("warn_continued", "2026-11-02T09:40:00.000Z", "zoe", "tiktok"),
+    _warn_event("warn_continued", "2026-11-02T09:41:00.000Z", "yann", "tiktok"),
+    _warn_event("warn_continued", "2026-11-02T09:42:00.000Z", None, "tiktok"),  # anonymous: per address
+    _warn_event("warn_refused", "2026-11-02T09:43:00.000Z", "zoe", "tiktok"),
+    _warn_event("warn_refused", "2026-11-03T09:00:00.000Z", "mallory", "<i>x</i>"),
+    access("w1", "2026-11-02T09:00:01.000Z", "zoe", "tiktok", level="warn"),
+]
+
+
+def test_warn_pages_are_counted_per_site_and_shown_escaped(tmp_path, cli):
+    log = write_log(tmp_path / "warn.jsonl", RECORDS + WARN_RECORDS)
+    with AuditReader([str(log)]) as audit:
+        report = build_report(audit, SINCE, UNTIL)
+    assert report.warn_by_site == [WarnSite("tiktok", continued=4, users=3, refused=1),
+                                   WarnSite("<i>x</i>", continued=0, users=0, refused=1)]
+    assert report.requests == 17  # warn events are no requests
+    page = render_html(report)
+    assert "<h2>Warn pages</h2>" in page and "<i>x" not in page and "&lt;i&gt;x&lt;/i&gt;" in page
+    assert "<b>work" not in page and "&lt;b&gt;work" not in page  # the reasons themselves are not in the report
+    status, out, _ = cli("audit", "report", log, "--since", "2026-11-02", "--until", "2026-11-04")
+    assert status == 0 and ["tiktok", "4", "3", "1"] in [line.split() for line in out.splitlines()]
+
+
+def test_without_warn_events_there_is_no_warn_section(report):
+    assert report.warn_by_site == [] and "Warn pages" not in render_html(report)

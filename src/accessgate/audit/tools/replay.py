@@ -5,7 +5,9 @@ Each logged access record becomes the request and identity it came from
 `engine.decide` at the record's own time, so windows judge the hour it
 happened.  Group membership comes from the candidate policy's directory.
 Quotas replay realistically: a fresh `MemoryLedger` counts the minutes that
-the candidate policy itself allows, in log order.
+the candidate policy itself allows, in log order.  Warn grants too: each
+`warn_continued` record (a user gave a reason) opens the site for that user
+for the candidate policy's `continue_minutes`, if it warns there at all.
 
 Not replayable from the log: request headers (method overrides, WebSocket
 upgrades) and the other names a request gave for its host, so such requests
@@ -26,7 +28,10 @@ from typing import Any, Iterable, Mapping
 from accessgate.audit.pseudonym import is_pseudonym, pseudonymize
 from accessgate.audit.tools.output import safe_text, table
 from accessgate.decision import Identity, Request, decide, local_day, minute_of
+from accessgate.decision.continuations import MemoryContinuations
+from accessgate.decision.explain import continue_minutes
 from accessgate.decision.quota import MemoryLedger
+from accessgate.decision.types import JUSTIFICATION_REQUIRED
 from accessgate.policy.model import MemberKind, Policy
 
 ALLOW_TO_BLOCK = "allow_to_block"
@@ -37,7 +42,8 @@ ANONYMOUS = "(anonymous)"
 EXAMPLES = 3
 
 # The columns replay needs, in the order `replay()` reads them.
-FIELDS = ("ts", "request_id", "user", "client_ip", "method", "scheme", "host", "path", "decision", "reason")
+FIELDS = ("event", "ts", "request_id", "user", "client_ip", "method", "scheme", "host", "path", "decision", "reason")
+EVENTS = ("access", "warn_continued")  # the records replay reads
 
 
 @dataclass
@@ -159,10 +165,14 @@ def replay(
     """
     names = names or {}
     ledger = MemoryLedger()
+    went_on = MemoryContinuations()
     summary = Summary()
     for count, rec in enumerate(records, 1):
         if progress is not None and count % 4096 == 0:
             progress(count)
+        if rec.get("event") == "warn_continued":
+            _continue(rec, policy, names, went_on)
+            continue
         now = _as_utc(rec.get("ts"))
         old = rec.get("decision")
         host = rec.get("host")
@@ -179,7 +189,7 @@ def replay(
             path=rec.get("path") or "/",
             scheme=rec.get("scheme") or "http",
         )
-        decision = decide(request, identity, policy, now, ledger)
+        decision = decide(request, identity, policy, now, ledger, went_on)
         if decision.allowed and decision.counts_quota and decision.site is not None:
             ledger.mark(identity.subject, decision.site, local_day(now, policy), minute_of(now))
         summary.records += 1
@@ -199,6 +209,22 @@ def replay(
         who = user or f"{ANONYMOUS[:-1]} {rec.get('client_ip') or '?'})"
         summary.by_user.setdefault(who, Group()).add(direction, request_id)
     return summary
+
+
+def _continue(rec: Mapping[str, Any], policy: Policy, names: Mapping[str, str], went_on: MemoryContinuations) -> None:
+    """A logged reason on a warn page: the site opens for the candidate's continue_minutes, if it warns there."""
+    now, host = _as_utc(rec.get("ts")), rec.get("host")
+    if now is None or not host:
+        return
+    user = rec.get("user")
+    if user is not None and is_pseudonym(user):
+        user = names.get(user, user)
+    identity = Identity(user=user, client_ip=_ip(rec.get("client_ip")))
+    asked = decide(Request("GET", (host,), "/", "https"), identity, policy, now)
+    minutes = continue_minutes(asked, policy)
+    if asked.reason == JUSTIFICATION_REQUIRED and minutes is not None and asked.site is not None:
+        stamp = now.timestamp()
+        went_on.continue_until(identity.subject, asked.site, stamp + minutes * 60, stamp)
 
 
 def render_text(summary: Summary, path: str, digest: str) -> str:

@@ -1,4 +1,4 @@
-"""The usage report: who used which site how much, what was blocked, per day.
+"""The usage report: who used which site how much, what was blocked, per day, warn pages.
 
 Active minutes are counted the way quotas count them: a minute counts for a
 user and a site when the user made at least one allowed request to the site
@@ -45,6 +45,16 @@ class RoleSite:
 
 
 @dataclass(frozen=True)
+class WarnSite:
+    """What became of warn pages' forms for a site: reasons given (by how many users), forms refused."""
+
+    site: str
+    continued: int
+    users: int
+    refused: int
+
+
+@dataclass(frozen=True)
 class Day:
     day: date
     minutes: int
@@ -68,6 +78,7 @@ class Report:
     blocked_by_site: list[tuple[str, str, int]] = field(default_factory=list)  # site, reason, count
     top_sites_per_role: list[RoleSite] = field(default_factory=list)
     days: list[Day] = field(default_factory=list)
+    warn_by_site: list[WarnSite] = field(default_factory=list)
 
 
 TOP_PER_ROLE = 5
@@ -143,6 +154,21 @@ def build_report(log: AuditReader, since: datetime, until: datetime) -> Report:
             """
         )
     }
+    warn_by_site = [
+        WarnSite(*row)
+        for row in log.sql(
+            f"""
+            SELECT coalesce(site, 'unlisted'),
+                   count(*) FILTER (event = 'warn_continued'),
+                   count(DISTINCT {_WHO}) FILTER (event = 'warn_continued'),
+                   count(*) FILTER (event = 'warn_refused')
+            FROM audit
+            WHERE event IN ('warn_continued', 'warn_refused') AND ts >= ? AND ts < ?
+            GROUP BY 1 ORDER BY 2 DESC, 4 DESC, 1
+            """,
+            [since, until],
+        ).rows
+    ]
     days = []
     day = naive_utc(since).date()
     last = (naive_utc(until) - timedelta(microseconds=1)).date()
@@ -154,7 +180,7 @@ def build_report(log: AuditReader, since: datetime, until: datetime) -> Report:
         since=since, until=until, files=len(log.files),
         requests=requests, allowed=allowed, blocked=blocked, unlisted=unlisted, users=users,
         user_sites=user_sites, blocked_by_reason=by_reason, blocked_by_site=by_site,
-        top_sites_per_role=top, days=days,
+        top_sites_per_role=top, days=days, warn_by_site=warn_by_site,
     )  # fmt: skip
 
 
@@ -192,6 +218,12 @@ def render_text(report: Report, top: int = 20) -> str:
         ("role", "site", "minutes", "allowed", "users"),
         [(r.role, r.site, r.minutes, r.allowed, r.users) for r in report.top_sites_per_role],
     )
+    if report.warn_by_site:
+        out.append("Warn pages: reasons given (audit query --event warn_continued shows them) and forms refused")
+        section(
+            ("site", "continued", "users", "refused"),
+            [(w.site, w.continued, w.users, w.refused) for w in report.warn_by_site],
+        )
     out.append("Per day (UTC)")
     out.append(
         table(
@@ -332,6 +364,17 @@ def render_html(report: Report) -> str:
             (2, 3, 4),
         ),
     ]
+    if report.warn_by_site:
+        body += [
+            "<h2>Warn pages</h2><p>Reasons given on warn pages (the site then opened for the user) and "
+            "forms the proxy refused; <code>accessgate audit query --event warn_continued</code> lists "
+            "the reasons.</p>",
+            _html_table(
+                ("site", "reasons given", "users", "forms refused"),
+                [(w.site, w.continued, w.users, w.refused) for w in report.warn_by_site],
+                (1, 2, 3),
+            ),
+        ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
