@@ -351,8 +351,8 @@ def remember(cache: dict, key, value) -> None:
 def roles_for(identity: Identity, policy: Policy) -> tuple[str, ...]:
     """Contract step 2: every role the client has, in the policy's order.
 
-    Members that match give roles; an anonymous client that no `net:` member
-    matches gets the role named by `unauthenticated` (none when it is `deny`).
+    Members that match give roles; an anonymous client has its `net:` roles
+    and the role named by `unauthenticated` too (none when it is `deny`).
     """
     index = index_of(policy)
     roles = index.user_roles(identity.user, identity.groups, policy) if identity.user is not None else ()
@@ -360,8 +360,9 @@ def roles_for(identity: Identity, policy: Policy) -> tuple[str, ...]:
         net_roles = index.network_roles(identity.client_ip)
         if net_roles:
             roles = tuple(sorted(set(roles) | set(net_roles), key=index.order.__getitem__))
-    if not roles and identity.user is None and policy.unauthenticated != "deny":
-        roles = (policy.unauthenticated,)
+    if identity.user is None and policy.unauthenticated != "deny":
+        anonymous = policy.unauthenticated
+        roles = tuple(sorted({*roles, anonymous}, key=index.order.__getitem__)) if roles else (anonymous,)
     return roles
 
 
