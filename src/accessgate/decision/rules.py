@@ -157,7 +157,7 @@ def _decide_grants(
             return decided
         refused = decided  # a write: a full grant that is not active may point the way
     elif best is not None and not inactive:
-        return denied_by(best, site, roles, host)
+        return denied_by(best, site, roles, host, index.titles.get(site, site))
     return _pointing(plan, request, identity, policy, clock, ledger, best, refused,
                      outside_window, exhausted, uncounted)
 
@@ -175,6 +175,7 @@ def _pointing(
     read-only for a write an active grant may read, else denied.
     """
     site, roles, host = plan.site, plan.roles, plan.host
+    title = index_of(policy).titles.get(site, site)
     # Whether reading allows the request, i.e. read-only grants would: a refused write is no read.
     reads = refused is None and read_only_refusal(request, policy.sites[site]) is None
     waiting = [(r, g) for r, g in outside_window if g.level is Level.FULL or reads]
@@ -192,33 +193,33 @@ def _pointing(
         return by_grant(
             BLOCK, QUOTA_EXHAUSTED, named, site, roles, host,
             opens_at=_opening(openings, clock, policy),
-            message=f"Today's {minutes} minutes on {site} are used up.",
+            message=f"Today's {minutes} minutes on {title} are used up.",
         )  # fmt: skip
     unknown = [(r, g) for r, g in uncounted if g.level is Level.FULL or reads]
     if unknown:
         return by_grant(
             BLOCK, DENIED, unknown[0], site, roles, host,
-            message=f"Time-limited access to {site} is closed while the quota store cannot be reached.",
+            message=f"Time-limited access to {title} is closed while the quota store cannot be reached.",
         )  # fmt: skip
     if waiting:
         texts = _window_texts(waiting)
         return by_grant(
             BLOCK, OUTSIDE_WINDOW, waiting[0], site, roles, host,
             opens_at=_opening([(g, False) for _, g in waiting], clock, policy),
-            message=(f"{site} is read-only for you now; full access is open only at set times ({texts})."
-                     if refused is not None else f"{site} is open only at set times ({texts})."),
+            message=(f"{title} is read-only for you now; full access is open only at set times ({texts})."
+                     if refused is not None else f"{title} is open only at set times ({texts})."),
         )  # fmt: skip
     if refused is not None:
         return refused
     if best is not None:  # an active deny
-        return denied_by(best, site, roles, host)
+        return denied_by(best, site, roles, host, title)
     # Nothing is active, and nothing that would allow this opens later: a
     # write where every grant is read-only and closed now.
     role, grant = (outside_window or exhausted or uncounted)[0]
     why = read_only_refusal(request, policy.sites[site]) or "it is a write"
     return new_decision(
         BLOCK, DENIED, grant.rule, site, None, role, roles, host,
-        message=f"None of your grants allows this request to {site} ({why}), and your read-only access is closed now.",
+        message=f"None of your grants allows this request to {title} ({why}), and your read-only access is closed now.",
     )  # fmt: skip
 
 
@@ -248,7 +249,7 @@ def _read_only(
             decision=BLOCK,
             reason=READ_ONLY,
             counts_quota=False,
-            message=f"{allow.site} is read-only for you: {refusal}.",
+            message=f"{index_of(policy).titles.get(allow.site, allow.site)} is read-only for you: {refusal}.",
         )
         if len(refusals) < _REFUSALS_KEPT:
             refusals[key] = blocked
