@@ -101,7 +101,7 @@ def test_status_page_json_and_html_show_the_same_standing(policy) -> None:
     assert data["user"] == "carol" and data["roles"] == ["everyone"]
     sites = {s["site"]: s for s in data["sites"]}
     assert sites["facebook"] == {
-        "site": "facebook", "level": "full", "reason": "allowed", "window": "mon-fri 12:00-13:00",
+        "site": "facebook", "name": "facebook", "level": "full", "reason": "allowed", "window": "mon-fri 12:00-13:00",
         "minutes_used": 5, "minutes_left": 15, "next_window": None,
     }  # fmt: skip
     assert sites["xing"]["next_window"] == "2026-11-24T00:00:00+01:00"
@@ -139,3 +139,32 @@ def test_status_page_for_a_client_without_roles_or_sites() -> None:
     assert "Not signed in; your computer is 2001:db8::7" in text
     assert "You have no role in the web access policy." in text
     assert "The policy names no sites." in text
+
+
+NAMED = """\
+version: 1
+timezone: Europe/Berlin
+sites:
+  tiktok: {name: TikTok, domains: [tiktok.com]}
+  x: {name: X, domains: [x.com]}
+  linkedin: {name: LinkedIn, domains: [linkedin.com]}
+  plain: {domains: [plain.example]}
+roles:
+  everyone: {members: [all], access: {linkedin: read-only, "*": deny}}
+"""
+
+
+def test_status_page_shows_display_names_in_their_order(tmp_path) -> None:
+    from accessgate.policy.loader import parse_policy
+
+    policy = parse_policy(NAMED, "<named>")
+    identity = Identity(user="carol")
+    rows = standing(policy, identity, NOW, None)
+    assert [(r.site, r.shown) for r in rows] == [
+        ("linkedin", "LinkedIn"), ("plain", "plain"), ("tiktok", "TikTok"), ("x", "X"),
+    ]  # fmt: skip
+    text = text_of(status_response(identity=identity, roles=("everyone",), rows=rows, now=NOW, accept=CHROME)[2])
+    assert "LinkedIn Read-only" in text and "TikTok No access" in text and "X No access" in text
+    assert "tiktok" not in text
+    data = json.loads(status_response(identity=identity, roles=("everyone",), rows=rows, now=NOW, accept=None)[2])
+    assert [(s["site"], s["name"]) for s in data["sites"]][2] == ("tiktok", "TikTok")

@@ -360,14 +360,16 @@ class AccessGate:
 
     def block(self, flow: http.HTTPFlow, st: FlowState, accept: str | None = None) -> int | None:
         """Answer `flow` with the block page; returns the status sent (None: killed)."""
+        policy = self.policy
         return answer_blocked(
             flow,
             st,
             contact=ctx.options.accessgate_contact,
-            timezone=self.policy.timezone if self.policy is not None else None,
+            timezone=policy.timezone if policy is not None else None,
             late_streaming=self._late_streaming,
             metrics=self.metrics,
             accept=accept,
+            site_name=policy.site_title(st.decision.site) if policy is not None else None,
         )
 
     def fail(self, flow: http.HTTPFlow | None, stage: str, exc: BaseException) -> None:

@@ -76,19 +76,25 @@ class SiteStanding:
     minutes_left: int | None
     next_window: datetime | None  # when a blocked site opens again
     reason: str = ""  # the decision's reason code
+    title: str = ""  # the site's display name (`name:`), "" when it has none
+
+    @property
+    def shown(self) -> str:
+        """What the page calls the site."""
+        return self.title or self.site
 
 
 def standing(
     policy: Policy, identity: Identity, now: datetime, ledger: QuotaLedger | None
 ) -> list[SiteStanding]:
-    """Where `identity` stands with every site of `policy` at `now`, by site name.
+    """Where `identity` stands with every site of `policy` at `now`, by the name people read.
 
     Each site is decided like a GET to its first domain, so the page shows
     exactly what the proxy would do; the deciding grant gives window and quota.
     """
     ledger = ledger if ledger is not None else NoQuotaUsed()
     rows: list[SiteStanding] = []
-    for name in sorted(policy.sites):
+    for name in sorted(policy.sites, key=lambda key: (policy.sites[key].title.casefold(), key)):
         site = policy.sites[name]
         if site.domains:
             host = site.domains[0]
@@ -115,6 +121,7 @@ def standing(
                 minutes_left=left,
                 next_window=None if decision.allowed else opens,
                 reason=decision.reason,
+                title=site.display_name,
             )
         )
     return rows
@@ -151,6 +158,7 @@ def status_response(
             "sites": [
                 {
                     "site": r.site,
+                    "name": r.shown,
                     "level": r.level,
                     "reason": r.reason,
                     "window": r.window_text or None,
@@ -201,7 +209,7 @@ def status_response(
         else:
             opens = dash
         lines.append(
-            f"        <tr><td>{esc(r.site)}</td><td>{level}</td><td>{when}</td>"
+            f"        <tr><td>{esc(r.shown)}</td><td>{level}</td><td>{when}</td>"
             f"<td>{minutes}</td><td>{opens}</td></tr>"
         )
     if not lines:
