@@ -189,3 +189,17 @@ def test_errors_exit_2(cli, log, policies, tmp_path):
     assert status == 2 and "not valid" in err
     status, _, err = cli("replay", policies(CURRENT), tmp_path / "missing.jsonl")
     assert status == 2 and "no such audit log" in err
+
+
+def test_text_report_calls_sites_by_their_display_names_json_keeps_the_keys(cli, log, policies):
+    named = STRICTER.replace("facebook: {domains: [facebook.com]}",
+                             'facebook: {domains: [facebook.com], name: "Facebook (Meta)"}')
+    candidate = policies(named)
+    status, out, _ = cli("replay", candidate, log)
+    assert status == 1
+    by_site = out.split("By site:", 1)[1].split("By user:", 1)[0]
+    assert any(line.lstrip().startswith("Facebook (Meta)") for line in by_site.splitlines()), by_site
+    assert not any(line.split()[:1] == ["facebook"] for line in by_site.splitlines()), by_site
+    assert any(line.split()[:1] == ["x"] for line in by_site.splitlines()), "a site without a name keeps its key"
+    _, out, _ = cli("replay", candidate, log, "--json")
+    assert set(json.loads(out)["by_site"]) == {"facebook", "x"}
