@@ -189,12 +189,12 @@ EXPLAIN_CASES = [
     ),
     pytest.param(
         ["--user", "alice", "--url", "https://intranet.example.com/"],
-        dict(decision="allow", reason="unlisted", site=None, level=None, rule="unlisted"),
+        dict(decision="allow", reason="unlisted", site=None, site_name=None, level=None, rule="unlisted"),
         id="a-host-in-no-site-is-unlisted",
     ),
     pytest.param(
         ["--user", "alice", "--url", "www.tiktok.com/upload", "--method", "PUT"],
-        dict(decision="allow", site="tiktok", level="full", role="communications",
+        dict(decision="allow", site="tiktok", site_name="TikTok", level="full", role="communications",
              roles=["communications", "everyone"]),
         id="a-url-without-scheme-is-read-as-http",
     ),
@@ -221,7 +221,7 @@ def test_explain_text_names_everything_that_decided(capsys):
     fields = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in out.splitlines() if re.match(r"\S", line))
     assert fields["decision"] == "block"
     assert fields["reason"] == "outside-window"
-    assert fields["site"] == "facebook"
+    assert fields["site"] == "Facebook (facebook)"  # the catalog's display name, and the key
     assert fields["level"] == "full"
     assert fields["role"] == "everyone"
     assert fields["rule"] == "roles.everyone.access.facebook"
@@ -231,6 +231,44 @@ def test_explain_text_names_everything_that_decided(capsys):
     # Saturday's block lifts when Monday's window opens, not on Sunday.
     assert fields["opens at"] == "Mon 2026-11-30 12:00:00 CET (Europe/Berlin)"
     assert re.fullmatch(r"[0-9a-f]{12}", fields["policy"])
+
+
+NIGHT_SHIFT = """\
+version: 1
+timezone: Europe/Berlin
+sites:
+  youtube: {domains: [youtube.com]}
+directory:
+  groups:
+    night: [nora]
+roles:
+  night:
+    members: ["group:night"]
+    access:
+      youtube: {level: full, windows: ["mon-fri 22:00-24:00"]}
+  everyone:
+    members: [all]
+    access:
+      "*": deny
+unauthenticated: deny
+"""
+
+
+def test_explain_shows_the_reason_and_when_access_opens_whatever_a_catch_all_deny_says(capsys, tmp_path):
+    policy = write(tmp_path, NIGHT_SHIFT)
+    status, out, _ = run(capsys, "explain", policy, "--user", "nora", "--url", "https://www.youtube.com/",
+                         "--at", "2026-11-24T01:30")
+    assert status == 0
+    fields = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in out.splitlines() if re.match(r"\S", line))
+    assert (fields["decision"], fields["reason"]) == ("block", "outside-window")
+    assert (fields["role"], fields["rule"]) == ("night", "roles.night.access.youtube")
+    assert fields["site"] == "youtube"  # no display name: the key alone
+    assert fields["opens at"] == "Tue 2026-11-24 22:00:00 CET (Europe/Berlin)"
+    assert "mon-fri 22:00-24:00" in out
+    status, out, _ = run(capsys, "explain", policy, "--user", "nora", "--url", "https://www.youtube.com/",
+                         "--at", "2026-11-24T01:30", "--json")
+    got = json.loads(out)
+    assert (got["reason"], got["opens_at"]) == ("outside-window", "2026-11-24T22:00:00+01:00")
 
 
 @pytest.mark.parametrize(

@@ -100,6 +100,8 @@ def test_decision(policy, case):
         assert decision.opens_at == datetime.fromisoformat(case["opens_at"]), decision
     if decision.decision == "block":
         assert decision.message, "every block explains itself in a sentence"
+    if "message" in case:
+        assert case["message"] in decision.message, decision
 
 
 class UnreachableStore:

@@ -196,7 +196,7 @@ def test_a_site_no_role_names_is_planned_the_short_way_as_the_long_way():
                 if roleset.unnamed is None or not (naming is None or naming.isdisjoint(roleset.roles)):
                     continue
                 long_way = plan._site_plan(roleset, site, f"www.{site}.test", index)
-                assert placed(roleset.unnamed, site, f"www.{site}.test") == long_way
+                assert placed(roleset.unnamed, site, f"www.{site}.test", index.titles[site]) == long_way
                 checked += 1
         assert checked > 0
 

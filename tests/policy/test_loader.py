@@ -82,7 +82,8 @@ def _summary(policy: Policy) -> dict:
         "timezone": policy.timezone.key,
         "sites": {
             name: {"domains": list(s.domains), "networks": [str(n) for n in s.networks],
-                   "read_only_allow": [[r.method, r.path] for r in s.read_only_allow]}
+                   "read_only_allow": [[r.method, r.path] for r in s.read_only_allow],
+                   **({"name": s.display_name} if s.display_name else {})}
             for name, s in policy.sites.items()
         },
         "groups": {g: sorted(u) for g, u in policy.groups.items()},

@@ -261,3 +261,16 @@ def test_an_exception_in_a_hook_blocks_is_counted_and_audited(tmp_path, monkeypa
             assert failed == []
         else:
             assert [(r["decision"], r["status"], r.get("error")) for r in failed] == [("block", *record)]
+
+
+def test_the_block_page_calls_the_site_by_the_catalogs_display_name(tmp_path):
+    # The example policy includes the catalog, which names tiktok "TikTok".
+    with loaded(tmp_path) as proxy:
+        flow = request("GET", "http://www.tiktok.com/", [("Host", "www.tiktok.com"), ("Accept", "text/html")], user="zoe")
+        proxy.hook("requestheaders", flow)
+        assert outcome(flow) == 403
+        page = flow.response.get_text()
+        assert "(part of TikTok) was blocked" in page and "TikTok is not available to your role everyone." in page
+        assert "Tiktok" not in page
+        [audited] = proxy.records()
+        assert audited["site"] == "tiktok"  # the log and metrics keep the key

@@ -251,3 +251,20 @@ def test_the_contact_is_named_and_linked_when_it_is_an_address(contact, link) ->
     assert hrefs == ([link] if link else [])
     assert (contact or "your IT service desk") in text_of(body)
     assert "req-42" in text_of(body)
+
+
+@pytest.mark.parametrize("reason", BLOCK_REASONS)
+def test_the_page_calls_the_site_by_its_display_name(reason) -> None:
+    d = decision(reason, site="tiktok", host="www.tiktok.com", rule="roles.everyone.access.tiktok")
+    text = text_of(block(d, site_name="TikTok", url="https://www.tiktok.com/")[2])
+    assert "www.tiktok.com (part of TikTok) was blocked." in text
+    assert reason_sentence(d, "TikTok") in text and "TikTok" in reason_sentence(d, "TikTok")
+    assert "Tiktok" not in text and "tiktok" not in text.replace("www.tiktok.com", "").replace("access.tiktok", "")
+
+
+def test_a_site_without_a_display_name_is_called_by_its_key_as_written() -> None:
+    d = decision("outside-window", site="x", host="x.com", message="x is open only at set times (sat 10:00-12:00).")
+    text = text_of(block(d, url="https://x.com/")[2])
+    assert "x.com (part of x) was blocked." in text
+    assert "You can use x only at set times" in text
+    assert "x is open only at set times" in text and "X is" not in text

@@ -101,7 +101,7 @@ def test_status_page_json_and_html_show_the_same_standing(policy) -> None:
     assert data["user"] == "carol" and data["roles"] == ["everyone"]
     sites = {s["site"]: s for s in data["sites"]}
     assert sites["facebook"] == {
-        "site": "facebook", "level": "full", "reason": "allowed", "window": "mon-fri 12:00-13:00",
+        "site": "facebook", "name": "facebook", "level": "full", "reason": "allowed", "window": "mon-fri 12:00-13:00",
         "minutes_used": 5, "minutes_left": 15, "next_window": None, "continued_until": None, "continue_minutes": None,
     }  # fmt: skip
     assert sites["xing"]["next_window"] == "2026-11-24T00:00:00+01:00"
@@ -237,3 +237,32 @@ def test_status_page_shows_warn_sites_and_the_time_a_reason_has_left() -> None:
     _, _, body = status_response(identity=Identity(user="zoe"), roles=("everyone",), rows=[row], now=NOW,
                                  accept="application/json", timezone=BERLIN)
     assert json.loads(body)["sites"][0]["continued_until"] == "2026-11-23T11:18:00+01:00"
+
+
+NAMED = """\
+version: 1
+timezone: Europe/Berlin
+sites:
+  tiktok: {name: TikTok, domains: [tiktok.com]}
+  x: {name: X, domains: [x.com]}
+  linkedin: {name: LinkedIn, domains: [linkedin.com]}
+  plain: {domains: [plain.example]}
+roles:
+  everyone: {members: [all], access: {linkedin: read-only, "*": deny}}
+"""
+
+
+def test_status_page_shows_display_names_in_their_order(tmp_path) -> None:
+    from accessgate.policy.loader import parse_policy
+
+    policy = parse_policy(NAMED, "<named>")
+    identity = Identity(user="carol")
+    rows = standing(policy, identity, NOW, None)
+    assert [(r.site, r.shown) for r in rows] == [
+        ("linkedin", "LinkedIn"), ("plain", "plain"), ("tiktok", "TikTok"), ("x", "X"),
+    ]  # fmt: skip
+    text = text_of(status_response(identity=identity, roles=("everyone",), rows=rows, now=NOW, accept=CHROME)[2])
+    assert "LinkedIn Read-only" in text and "TikTok No access" in text and "X No access" in text
+    assert "tiktok" not in text
+    data = json.loads(status_response(identity=identity, roles=("everyone",), rows=rows, now=NOW, accept=None)[2])
+    assert [(s["site"], s["name"]) for s in data["sites"]][2] == ("tiktok", "TikTok")

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "replay": "replay",
     "audit": "audit",
     "pac": "pac",
+    "schema": "schema",
 }
 
 

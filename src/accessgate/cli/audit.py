@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--until", help="end, exclusive (default: now)")
     r.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with charts")
     r.add_argument("--top", type=int, default=20, help="rows per table in the text summary (default 20)")
+    r.add_argument("--policy", metavar="FILE",
+                   help="call sites by the display names (name:) this policy gives them (default: their keys)")
     r.set_defaults(_audit=_report)
 
     v = sub.add_parser("verify", help="check the hash chain, the seals and a witness: nothing edited, deleted, "
@@ -283,11 +285,19 @@ def _report(args: argparse.Namespace) -> int:
     until = parse_time(args.until, now) if args.until else now
     if until <= since:
         raise ValueError(f"--until ({until:%Y-%m-%d %H:%M}) must be after --since ({since:%Y-%m-%d %H:%M})")
+    names = None
+    if args.policy:
+        from accessgate.cli.common import load_or_report
+
+        policy = load_or_report(args.policy, sys.stderr)
+        if policy is None:
+            return 1
+        names = {key: site.title for key, site in policy.sites.items()}
     with open_log(args, "report") as log:
         data = build_report(log, since, until)
-    sys.stdout.write(render_text(data, top=args.top))
+    sys.stdout.write(render_text(data, top=args.top, names=names))
     if args.html:
-        Path(args.html).write_text(render_html(data), encoding="utf-8")
+        Path(args.html).write_text(render_html(data, names=names), encoding="utf-8")
         print(f"HTML report written to {args.html}", file=sys.stderr)
     return 0
 

@@ -67,5 +67,5 @@ def _run(args: argparse.Namespace) -> int:
         json.dump(data, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render_text(summary, args.policy, policy.short_digest))
+        sys.stdout.write(render_text(summary, args.policy, policy.short_digest, policy))
     return 1 if summary.changes else 0

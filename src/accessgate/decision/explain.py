@@ -156,6 +156,7 @@ def report(
         "decision": decision.decision,
         "reason": decision.reason,
         "site": decision.site,
+        "site_name": policy.site_title(decision.site),
         "level": decision.level.value if decision.level is not None else None,
         "rule": decision.rule,
         "role": decision.role,
@@ -187,7 +188,7 @@ def render(data: dict[str, object]) -> str:
     if data.get("message"):
         lines.append(("", data["message"]))
     lines += [
-        ("site", data["site"] or "(none: the host is in no site)"),
+        ("site", _site(data)),
         ("level", data["level"] or dash),
         ("role", data["role"] or dash),
         ("rule", data["rule"] or dash),
@@ -217,6 +218,14 @@ def render(data: dict[str, object]) -> str:
         lines.append(("opens at", "(never: no window of this grant opens again)"))
     lines.append(("policy", str(data["policy"])[:12]))
     return "\n".join(f"{label:<10}{value}".rstrip() for label, value in lines)
+
+
+def _site(data: dict[str, object]) -> str:
+    """The site as people read it, with the key that rules and the audit log use."""
+    site, name = data["site"], data.get("site_name")
+    if not site:
+        return "(none: the host is in no site)"
+    return f"{name} ({site})" if name and name != site else str(site)
 
 
 def _when(iso: str, zone: str) -> str:

@@ -86,20 +86,21 @@ def allowed_by(best: tuple[str, Grant], site: str, roles: tuple[str, ...], host:
     return by_grant(ALLOW, ALLOWED, best, site, roles, host, counts_quota=site_grants.counts_quota)
 
 
-def denied_by(best: tuple[str, Grant], site: str, roles: tuple[str, ...], host: str | None) -> Decision:
-    return by_grant(BLOCK, DENIED, best, site, roles, host, message=f"{site} is not available to your role {best[0]}.")
+def denied_by(best: tuple[str, Grant], site: str, roles: tuple[str, ...], host: str | None, title: str) -> Decision:
+    return by_grant(BLOCK, DENIED, best, site, roles, host, message=f"{title} is not available to your role {best[0]}.")
 
 
 def _site_plan(roleset: RoleSet, site: str, host: str, index: PolicyIndex) -> Decision | Plan:
     """What `site` decides for `roleset` at `host`; for its other hosts, `_at_host`."""
     roles = roleset.roles
+    title = index.titles.get(site, site)
     if roleset.anonymous:  # `unauthenticated: deny`
         return new_decision(
             BLOCK, UNAUTHENTICATED, RULE_UNAUTHENTICATED, site=site, host=host,
-            message=f"{site} is only available after signing in to the proxy.",
+            message=f"{title} is only available after signing in to the proxy.",
         )  # fmt: skip
     site_grants = index.grants(roles, site)
-    decided = _without_clock(site_grants, site, roles, host)
+    decided = _without_clock(site_grants, site, roles, host, title)
     if decided is not None:
         return decided
     best = site_grants.static_best
@@ -109,19 +110,24 @@ def _site_plan(roleset: RoleSet, site: str, host: str, index: PolicyIndex) -> De
 
 def _unnamed_template(roles: tuple[str, ...], anonymous: bool, defaults: SiteGrants) -> Decision | None:
     """`_site_plan` for every site no role of `roles` names, with ANY_SITE for the site; None if it needs a clock."""
-    return None if anonymous else _without_clock(defaults, ANY_SITE, roles, None)
+    return None if anonymous else _without_clock(defaults, ANY_SITE, roles, None, ANY_SITE)
 
 
-def _without_clock(site_grants: SiteGrants, site: str, roles: tuple[str, ...], host: str | None) -> Decision | None:
-    """The decision when no grant, or a static deny or full grant, makes it; None for read-only or timed grants."""
+def _without_clock(
+    site_grants: SiteGrants, site: str, roles: tuple[str, ...], host: str | None, title: str
+) -> Decision | None:
+    """The decision when no grant, or a static deny or full grant, makes it; None for read-only or timed grants.
+
+    `title` is what its message calls the site (its display name).
+    """
     if not site_grants.grants:
         return new_decision(
             BLOCK, DENIED, RULE_NO_GRANT, site=site, roles=roles, host=host,
-            message=f"No role of yours grants access to {site}.",
+            message=f"No role of yours grants access to {title}.",
         )  # fmt: skip
     best = site_grants.static_best
     if best is not None and best[1].level is Level.DENY:
-        return denied_by(best, site, roles, host)
+        return denied_by(best, site, roles, host, title)
     if best is not None and best[1].level is Level.FULL:
         return allowed_by(best, site, roles, host, site_grants)
     return None
@@ -165,6 +171,8 @@ class PolicyIndex:
         # domain -> (site, roles naming it): what a new host needs, from one lookup.
         by_site = {site: (site, self.naming.get(site, NAMED_BY_NONE)) for site in policy.sites}
         self.domains = {domain: by_site[site] for domain, site in policy.domain_index.items()}
+        # site -> what messages call it: its display name, else its key.
+        self.titles: dict[str, str] = {name: site.title for name, site in policy.sites.items()}
         # Every user the policy knows, with the roles its own directory gives:
         # worked out now, so that a user's first request costs no more than later ones.
         self.everyone_roles = self._sorted(self.everyone)
@@ -244,7 +252,7 @@ class PolicyIndex:
                 # Most sites of a large catalog: no per-site state at all, so
                 # a role set's first request to a rarely visited site touches
                 # nothing but the template.
-                plan = placed(unnamed, site, host.name)
+                plan = placed(unnamed, site, host.name, self.titles.get(site, site))
             else:
                 planned = roleset.sites.get(site)
                 if planned is None:
@@ -351,8 +359,8 @@ def remember(cache: dict, key, value) -> None:
 def roles_for(identity: Identity, policy: Policy) -> tuple[str, ...]:
     """Contract step 2: every role the client has, in the policy's order.
 
-    Members that match give roles; an anonymous client that no `net:` member
-    matches gets the role named by `unauthenticated` (none when it is `deny`).
+    Members that match give roles; an anonymous client has its `net:` roles
+    and the role named by `unauthenticated` too (none when it is `deny`).
     """
     index = index_of(policy)
     roles = index.user_roles(identity.user, identity.groups, policy) if identity.user is not None else ()
@@ -360,8 +368,9 @@ def roles_for(identity: Identity, policy: Policy) -> tuple[str, ...]:
         net_roles = index.network_roles(identity.client_ip)
         if net_roles:
             roles = tuple(sorted(set(roles) | set(net_roles), key=index.order.__getitem__))
-    if not roles and identity.user is None and policy.unauthenticated != "deny":
-        roles = (policy.unauthenticated,)
+    if identity.user is None and policy.unauthenticated != "deny":
+        anonymous = policy.unauthenticated
+        roles = tuple(sorted({*roles, anonymous}, key=index.order.__getitem__)) if roles else (anonymous,)
     return roles
 
 

@@ -162,32 +162,92 @@ def _decide_grants(
             best = (role, grant)
     if warned is not None and (best is None or best[1].level is not Level.FULL):
         return _warn(warned, best, plan, request, identity, policy, clock, went_on)
-    if best is None:
-        # No grant allows: the reason points the way to access.
-        if exhausted:
-            return by_grant(
-                BLOCK, QUOTA_EXHAUSTED, exhausted[0], site, roles, host,
-                opens_at=_opening(exhausted + outside_window, clock, policy),
-                message=f"Today's {exhausted[0][1].daily_minutes} minutes on {site} are used up.",
-            )  # fmt: skip
-        if uncounted:
-            return by_grant(
-                BLOCK, DENIED, uncounted[0], site, roles, host,
-                message=f"Time-limited access to {site} is closed while the quota store cannot be reached.",
-            )  # fmt: skip
+    inactive = outside_window or exhausted or uncounted
+    refused: Decision | None = None
+    if best is not None and best[1].level is not Level.DENY:
+        allow = plan.allows.get(best[0])
+        if allow is None:
+            allow = plan.allows[best[0]] = allowed_by(best, site, roles, host, site_grants)
+        if best[1].level is Level.FULL:
+            return allow
+        decided = _read_only(allow, request, policy, plan.refusals)
+        if decided.decision != BLOCK or not inactive:
+            return decided
+        refused = decided  # a write: a full grant that is not active may point the way
+    elif best is not None and not inactive:
+        return denied_by(best, site, roles, host, index.titles.get(site, site))
+    return _pointing(plan, request, identity, policy, clock, ledger, best, refused,
+                     outside_window, exhausted, uncounted)
+
+
+def _pointing(
+    plan: Plan, request: Request, identity: Identity, policy: Policy, clock: Clock, ledger: QuotaLedger,
+    best: tuple[str, Grant] | None, refused: Decision | None, outside_window: list[tuple[str, Grant]],
+    exhausted: list[tuple[str, Grant]], uncounted: list[tuple[str, Grant]],
+) -> Decision:
+    """No active grant allows the request: the reason points the way to access (step 5).
+
+    Only grants that would allow the request count, whatever a catch-all
+    `deny` says: `full` ones, and `read-only` ones if reading allows it.
+    Then quota-exhausted (whatever the grant's windows say), outside-window,
+    read-only for a write an active grant may read, else denied.
+    """
+    site, roles, host = plan.site, plan.roles, plan.host
+    title = index_of(policy).titles.get(site, site)
+    # Whether reading allows the request, i.e. read-only grants would: a refused write is no read.
+    reads = refused is None and read_only_refusal(request, policy.sites[site]) is None
+    waiting = [(r, g) for r, g in outside_window if g.level is Level.FULL or reads]
+    # Used up today whatever its windows say: a grant outside them may be spent too.
+    spent = [(r, g) for r, g in exhausted if g.level is Level.FULL or reads]
+    for role, grant in waiting:
+        if grant.daily_minutes is not None and _used_up(grant, identity, site, clock, ledger):
+            spent.append((role, grant))
+    if spent:
+        order = index_of(policy).order
+        named = min(spent, key=lambda by: order[by[0]])  # the first in the policy's role order
+        minutes = named[1].daily_minutes
+        used_up = {id(g) for _, g in spent}
+        openings = [(g, True) for _, g in spent] + [(g, False) for _, g in waiting if id(g) not in used_up]
         return by_grant(
-            BLOCK, OUTSIDE_WINDOW, outside_window[0], site, roles, host,
-            opens_at=_opening(outside_window, clock, policy),
-            message=f"{site} is open only at set times ({_window_texts(outside_window)}).",
+            BLOCK, QUOTA_EXHAUSTED, named, site, roles, host,
+            opens_at=_opening(openings, clock, policy),
+            message=f"Today's {minutes} minutes on {title} are used up.",
         )  # fmt: skip
-    if best[1].level is Level.DENY:
-        return denied_by(best, site, roles, host)
-    allow = plan.allows.get(best[0])
-    if allow is None:
-        allow = plan.allows[best[0]] = allowed_by(best, site, roles, host, site_grants)
-    if best[1].level is Level.READ_ONLY:
-        return _read_only(allow, request, policy, plan.refusals)
-    return allow
+    unknown = [(r, g) for r, g in uncounted if g.level is Level.FULL or reads]
+    if unknown:
+        return by_grant(
+            BLOCK, DENIED, unknown[0], site, roles, host,
+            message=f"Time-limited access to {title} is closed while the quota store cannot be reached.",
+        )  # fmt: skip
+    if waiting:
+        texts = _window_texts(waiting)
+        return by_grant(
+            BLOCK, OUTSIDE_WINDOW, waiting[0], site, roles, host,
+            opens_at=_opening([(g, False) for _, g in waiting], clock, policy),
+            message=(f"{title} is read-only for you now; full access is open only at set times ({texts})."
+                     if refused is not None else f"{title} is open only at set times ({texts})."),
+        )  # fmt: skip
+    if refused is not None:
+        return refused
+    if best is not None:  # an active deny
+        return denied_by(best, site, roles, host, title)
+    # Nothing is active, and nothing that would allow this opens later: a
+    # write where every grant is read-only and closed now.
+    role, grant = (outside_window or exhausted or uncounted)[0]
+    why = read_only_refusal(request, policy.sites[site]) or "it is a write"
+    return new_decision(
+        BLOCK, DENIED, grant.rule, site, None, role, roles, host,
+        message=f"None of your grants allows this request to {title} ({why}), and your read-only access is closed now.",
+    )  # fmt: skip
+
+
+def _used_up(grant: Grant, identity: Identity, site: str, clock: Clock, ledger: QuotaLedger) -> bool:
+    """Whether `grant`'s quota is used up today; False when the store cannot tell."""
+    assert grant.daily_minutes is not None
+    try:
+        return ledger.usage(identity.subject, site, clock.day, clock.minute).exhausted(grant.daily_minutes)
+    except StateStoreUnavailable:
+        return False
 
 
 def _warn(
@@ -245,7 +305,7 @@ def _read_only(
             decision=BLOCK,
             reason=READ_ONLY,
             counts_quota=False,
-            message=f"{allow.site} is read-only for you: {refusal}.",
+            message=f"{index_of(policy).titles.get(allow.site, allow.site)} is read-only for you: {refusal}.",
         )
         if len(refusals) < _REFUSALS_KEPT:
             refusals[key] = blocked
@@ -321,22 +381,23 @@ def local_day(now: datetime, policy: Policy) -> date:
     return now.astimezone(policy.timezone).date()
 
 
-def _opening(blocked: list[tuple[str, Grant]], clock: Clock, policy: Policy) -> datetime | None:
+def _opening(blocked: list[tuple[Grant, bool]], clock: Clock, policy: Policy) -> datetime | None:
+    """When the first of the `blocked` grants (each with: its quota is used up) opens again."""
     # The same grants blocked in the same minute open at the same time.
     openings = index_of(policy).openings
-    key = (tuple(id(grant) for _, grant in blocked), clock.minute)
+    key = (tuple((id(grant), spent) for grant, spent in blocked), clock.minute)
     if key not in openings:
         remember(openings, key, _earliest_opening(blocked, clock, policy))
     return openings[key]
 
 
-def _earliest_opening(blocked: list[tuple[str, Grant]], clock: Clock, policy: Policy) -> datetime | None:
+def _earliest_opening(blocked: list[tuple[Grant, bool]], clock: Clock, policy: Policy) -> datetime | None:
     """When the first of the blocked grants opens again (window start or new day)."""
     tz = policy.timezone
     candidates: list[datetime] = []
-    for _, grant in blocked:
-        if grant.windows and not in_any_window(grant.windows, clock.local):
-            opening = next_window_start(grant.windows, clock.now, tz)
+    for grant, spent in blocked:
+        if not spent:
+            opening = next_window_start(grant.windows, clock.now, tz) if grant.windows else None
         else:
             # Quota used up: a new day, then the first window in it (if any).
             opening = start_of_next_day(clock.now, tz)

@@ -153,10 +153,11 @@ def by_grant(
 ANY_SITE: Final = "{site}"
 
 
-def placed(decision: Decision, site: str | None, host: str | None) -> Decision:
+def placed(decision: Decision, site: str | None, host: str | None, title: str | None = None) -> Decision:
     """`decision` for `site` at `host`: a role set's template (site ANY_SITE)
-    with its site filled in, or a site's decision moved to another of its hosts."""
+    with its site filled in (its message calls it `title`, default `site`),
+    or a site's decision moved to another of its hosts."""
     verdict, reason, rule, was, level, role, roles, _, opens_at, counts_quota, message = decision
     if was == ANY_SITE and site is not None and message:  # only a template's message names ANY_SITE
-        message = message.replace(ANY_SITE, site)
+        message = message.replace(ANY_SITE, title if title is not None else site)
     return new_decision(verdict, reason, rule, site, level, role, roles, host, opens_at, counts_quota, message)

@@ -63,6 +63,8 @@ _Dumper.add_representer(list, _flow_list)
 
 def _site(site: Site) -> dict[str, object]:
     out: dict[str, object] = {}
+    if site.display_name:
+        out["name"] = site.display_name
     if site.domains:
         out["domains"] = list(site.domains)
     if site.networks:

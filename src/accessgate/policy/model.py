@@ -88,10 +88,16 @@ class ReadOnlyRule:
 
 @dataclass(frozen=True, slots=True)
 class Site:
-    name: str
+    name: str  # the key: rules, the audit log and metric labels use it
     domains: tuple[str, ...]  # normalized A-label form, no trailing dot
     networks: tuple[IPNetwork, ...] = ()
     read_only_allow: tuple[ReadOnlyRule, ...] = ()
+    display_name: str = ""  # `name:` as people read it ("LinkedIn"); "" when not given
+
+    @property
+    def title(self) -> str:
+        """What pages and reports call the site: its display name, else its key."""
+        return self.display_name or self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,3 +245,10 @@ class Policy:
     @property
     def short_digest(self) -> str:
         return self.digest[:12]
+
+    def site_title(self, site: str | None) -> str | None:
+        """The display name of `site` (its key when it has none); None for no site."""
+        if site is None:
+            return None
+        found = self.sites.get(site)
+        return found.title if found is not None else site

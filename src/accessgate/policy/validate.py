@@ -28,7 +28,7 @@ from accessgate.policy.sources import MAIN_KEYS, Source, digest_of
 from accessgate.policy.testcases import tests_of
 from accessgate.policy.windows import parse_window
 
-SITE_KEYS = ("domains", "networks", "read_only_allow")
+SITE_KEYS = ("domains", "networks", "read_only_allow", "name")
 RULE_KEYS = ("method", "path")
 DIRECTORY_KEYS = ("groups", "ldap")
 # directory.ldap: the keys accessgate.auth's LdapSettings reads (tests/auth checks they agree).
@@ -51,6 +51,7 @@ MEMBER_FORMS = "'user:NAME', 'group:NAME', 'net:CIDR' or 'all'"
 # `unauthenticated: deny` would make ambiguous as a role name.
 RESERVED_SITE_NAMES = ("none", "unlisted")
 RESERVED_ROLE_NAMES = ("none", "deny")
+DISPLAY_NAME_CHARS = 64  # a site's `name:`: a heading on the block page, a column in reports
 # Characters of a URL's scheme, port, path or userinfo: no place in a domain.
 _NOT_A_BARE_HOST = re.compile(r"[:/?#@]")
 
@@ -64,6 +65,7 @@ class Validator:
         self.group_names: dict[str, yaml.Node] = {}
         self.role_names: dict[str, yaml.Node] = {}
         self.grant_nodes: dict[tuple[str, str], yaml.Node] = {}  # (role, site or "*") -> its access key
+        self.display_names: dict[str, tuple[yaml.Node, str]] = {}  # case-folded -> where, and its site
 
     def policy(self, sources: list[Source]) -> model.Policy | None:
         ck = self.ck
@@ -203,9 +205,29 @@ class Validator:
                 rule = self._read_only_rule(node, owner)
                 if rule is not None:
                     rules.append(rule)
+        display = self._display_name(fields["name"].value, name) if "name" in fields else ""
         if ck.raised > before:
             return None
-        return model.Site(name, tuple(site_domains), tuple(site_networks), tuple(rules))
+        return model.Site(name, tuple(site_domains), tuple(site_networks), tuple(rules), display or "")
+
+    def _display_name(self, node: yaml.Node, site: str) -> str | None:
+        """A site's `name:` as people read it: plain text, one site's only."""
+        ck = self.ck
+        raw = ck.text(node, f"the name of site '{site}'")
+        if raw is None:
+            return None
+        text = raw.strip()
+        if not text or len(raw) > DISPLAY_NAME_CHARS or not text.isprintable():
+            ck.problem(node, f"the name of site '{site}' is {quoted(raw)}; write the name people know it by, "
+                             f"like 'LinkedIn': 1 to {DISPLAY_NAME_CHARS} printable characters")
+            return None
+        first = self.display_names.get(text.casefold())
+        if first is not None:
+            ck.problem(node, f"the name {quoted(text)} of site '{site}' is also the name of site '{first[1]}' "
+                             f"({where(first[0])}); give each site a name of its own")
+            return None
+        self.display_names[text.casefold()] = (node, site)
+        return text
 
     def _owned(self, owners: dict[object, tuple[yaml.Node, str]], item: object, node: yaml.Node, site: str,
                what: str) -> bool:

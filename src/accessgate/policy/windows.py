@@ -4,13 +4,16 @@ A window includes its start and excludes its end; `24:00` ends a day; a
 window that ends before it starts crosses midnight and belongs to its
 starting day (`fri 22:00-02:00` is open Friday night into Saturday).
 Wall-clock reading means a window follows daylight-saving changes: a lunch
-window is 12:00-13:00 local time in summer and in winter.
+window is 12:00-13:00 local time in summer and in winter.  A start in an
+hour the clock skips opens the window when the clock jumps past it; in an
+hour the clock repeats, the wall clock shows a start twice, and a window
+that the clock went back out of opens again.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Iterable
 
 from accessgate.policy.model import Window
@@ -93,18 +96,22 @@ def in_any_window(windows: Iterable[Window], local: datetime) -> bool:
 
 
 def next_window_start(windows: Iterable[Window], after: datetime, tz: tzinfo) -> datetime | None:
-    """The first start of any of `windows` strictly after `after` (aware), in `tz`."""
+    """The first moment strictly after `after` (aware) at which one of `windows` opens, in `tz`."""
     local = after.astimezone(tz)
+    after_ts = after.timestamp()  # instants compare as instants, never as wall clocks
     best: datetime | None = None
+    best_ts = 0.0
     windows = tuple(windows)
     for offset in range(8):
         day: date = local.date() + timedelta(days=offset)
         for window in windows:
             if day.weekday() not in window.days:
                 continue
-            start = datetime.combine(day, window.start, tzinfo=tz)
-            if start > after and (best is None or start < best):
-                best = start
+            for start in wall_clock_instants(day, window.start, tz):
+                ts = start.timestamp()
+                # A window wholly inside a skipped hour never shows on the clock that day.
+                if ts > after_ts and (best is None or ts < best_ts) and in_window(window, start):
+                    best, best_ts = start, ts
         if best is not None:
             return best
     return best
@@ -113,4 +120,32 @@ def next_window_start(windows: Iterable[Window], after: datetime, tz: tzinfo) ->
 def start_of_next_day(after: datetime, tz: tzinfo) -> datetime:
     """Local midnight after `after`: when daily quotas start again."""
     local = after.astimezone(tz)
-    return datetime.combine(local.date() + timedelta(days=1), time(0, 0), tzinfo=tz)
+    return wall_clock_instants(local.date() + timedelta(days=1), time(0, 0), tz)[0]
+
+
+def wall_clock_instants(day: date, at: time, tz: tzinfo) -> tuple[datetime, ...]:
+    """The moments at which the clock of `tz` shows `at` on `day`, in `tz`.
+
+    One as a rule; two, in order, when the clock goes back over `at`; and
+    when it jumps over `at`, the moment of the jump.
+    """
+    naive = datetime.combine(day, at)
+    first = naive.replace(tzinfo=tz)  # fold 0: the earlier of two, or the offset before a jump
+    second = first.replace(fold=1)
+    if _wall(first, tz) == naive:
+        return (first, second) if second.utcoffset() != first.utcoffset() else (first,)
+    # Skipped: read with the offset after the jump it is an instant before it,
+    # with the offset before the jump one after it; the jump lies between.
+    low, high = int(second.timestamp()), int(first.timestamp())
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _wall(datetime.fromtimestamp(middle, timezone.utc), tz) >= naive:
+            high = middle
+        else:
+            low = middle
+    return (datetime.fromtimestamp(high, tz),)
+
+
+def _wall(moment: datetime, tz: tzinfo) -> datetime:
+    """What the clock of `tz` shows at `moment`, as a naive datetime."""
+    return moment.astimezone(timezone.utc).astimezone(tz).replace(tzinfo=None)

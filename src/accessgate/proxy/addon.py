@@ -408,6 +408,7 @@ class AccessGate:
 
     def block(self, flow: http.HTTPFlow, st: FlowState, accept: str | None = None) -> int | None:
         """Answer `flow` with the block page; returns the status sent (None: killed)."""
+        policy = self.policy
         contact = ctx.options.accessgate_contact
         page = None
         if st.decision.reason == engine.JUSTIFICATION_REQUIRED and accept is None:
@@ -417,10 +418,11 @@ class AccessGate:
             st,
             contact=contact,
             page=page,
-            timezone=self.policy.timezone if self.policy is not None else None,
+            timezone=policy.timezone if policy is not None else None,
             late_streaming=self._late_streaming,
             metrics=self.metrics,
             accept=accept,
+            site_name=policy.site_title(st.decision.site) if policy is not None else None,
         )
 
     def fail(self, flow: http.HTTPFlow | None, stage: str, exc: BaseException) -> None:

@@ -56,12 +56,13 @@ def answer_blocked(
     metrics: Any,
     accept: str | None = None,
     page: tuple[int, dict[str, str], bytes] | None = None,
+    site_name: str | None = None,
 ) -> int | None:
     """Answer `flow` with the block page (or `page`, e.g. a warn page); returns the status sent (None: killed).
 
     `timezone` is the policy's ("opens again at 12:00" as the policy is
     written); `late_streaming` says mitmproxy may switch a body of unknown
-    length to streaming while it reads it.
+    length to streaming while it reads it; `site_name` is the site's display name.
     """
     d = st.decision
     try:
@@ -73,6 +74,7 @@ def answer_blocked(
             now=st.ts,
             accept=accept if accept is not None else flow.request.headers.get("accept", ""),
             timezone=timezone,
+            site_name=site_name,
         )
     except Exception:
         log.exception("block_page_failed", request_id=st.request_id)

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from accessgate.decision import Decision
 
-# One plain sentence per reason code: (title, why).  `{site}` is filled in.
+# One plain sentence per reason code: (title, why).  `{site}` is filled in
+# with the site's display name, as written: no sentence starts with it.
 REASONS: dict[str, tuple[str, str]] = {
     "denied": (
         "Access blocked",
@@ -35,7 +36,7 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     "outside-window": (
         "Not available right now",
-        "{site} is open to you only at set times, and this is not one of them.",
+        "You can use {site} only at set times, and this is not one of them.",
     ),
     "quota-exhausted": (
         "Daily time used up",
@@ -48,7 +49,7 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     "unauthenticated": (
         "Sign-in required",
-        "{site} is only available once you have signed in to the company proxy, "
+        "You can use {site} only once you have signed in to the company proxy, "
         "and this request came without a sign-in.",
     ),
 }
@@ -87,11 +88,13 @@ def block_response(
     now: datetime,
     accept: str | None,
     timezone: tzinfo | None = None,
+    site_name: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """The 403 for a blocked request: (status, headers, body).
 
     `timezone` is the policy's, for "opens again at"; without it times show
-    in the zone of `now`.
+    in the zone of `now`.  `site_name` is the site's display name (the
+    policy's `name:`), shown wherever the page names the site.
     """
     tz = timezone or now.tzinfo
     opens_at = decision.opens_at.astimezone(tz) if decision.opens_at and tz else decision.opens_at
@@ -108,7 +111,7 @@ def block_response(
             "site": decision.site,
             "rule": decision.rule,
             "request_id": request_id,
-            "message": decision.message or reason_sentence(decision),
+            "message": decision.message or reason_sentence(decision, site_name),
             "opens_at": opens_at.isoformat(timespec="seconds") if opens_at else None,
             "contact": contact or None,
         }
@@ -117,17 +120,19 @@ def block_response(
 
     title = REASONS.get(decision.reason, UNKNOWN_REASON)[0]
     host = decision.host or _host_of(url)
-    name = decision.site or host or "this website"
-    if decision.site and host:
-        what = f"<strong>{esc(host)}</strong> (part of {esc(decision.site)}) was blocked."
+    site = site_name or decision.site
+    name = site or host or "this website"
+    if site and host:
+        what = f"<strong>{esc(host)}</strong> (part of {esc(site)}) was blocked."
     elif host:
         what = f"<strong>{esc(host)}</strong> was blocked."
     else:
         what = "This request was blocked."
-    why = esc(reason_sentence(decision))
+    sentence = reason_sentence(decision, site_name)
+    why = esc(sentence)
     detail = ""
-    if decision.message and decision.message != reason_sentence(decision):
-        detail = f'<p class="detail">{esc(_sentence(decision.message))}</p>'
+    if decision.message and decision.message != sentence:
+        detail = f'<p class="detail">{esc(decision.message)}</p>'
     opens = ""
     if opens_at is not None and decision.reason in ("outside-window", "quota-exhausted"):
         opens = (
@@ -158,19 +163,14 @@ def block_response(
     return 403, headers, page.encode("utf-8", "replace")
 
 
-def reason_sentence(decision: Decision) -> str:
-    """Why, in one plain sentence, for the reason code of `decision`."""
+def reason_sentence(decision: Decision, site_name: str | None = None) -> str:
+    """Why, in one plain sentence, for the reason code of `decision` (the site called `site_name`)."""
     if decision.rule == INTERNAL_ERROR_RULE:
         return UNKNOWN_REASON[1]
     if decision.reason == "denied" and decision.site is None:
         return INVALID_HOST if decision.rule == "invalid-host" else UNLISTED_DENIED
     _, why = REASONS.get(decision.reason, UNKNOWN_REASON)
-    return _sentence(why.format(site=decision.site or decision.host or "this website"))
-
-
-def _sentence(text: str) -> str:
-    # Site names are policy keys, often lower case; a sentence starts with a capital.
-    return text[:1].upper() + text[1:]
+    return why.format(site=site_name or decision.site or decision.host or "this website")
 
 
 # -- shared with the status page -------------------------------------------------------

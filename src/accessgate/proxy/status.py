@@ -86,12 +86,18 @@ class SiteStanding:
     reason: str = ""  # the decision's reason code
     continued_until: datetime | None = None  # a warn grant: open after a reason until then
     continue_minutes: int | None = None  # a warn grant: how long a reason opens it
+    title: str = ""  # the site's display name (`name:`), "" when it has none
+
+    @property
+    def shown(self) -> str:
+        """What the page calls the site."""
+        return self.title or self.site
 
 
 def standing(
     policy: Policy, identity: Identity, now: datetime, ledger: QuotaLedger | None
 ) -> list[SiteStanding]:
-    """Where `identity` stands with every site of `policy` at `now`, by site name.
+    """Where `identity` stands with every site of `policy` at `now`, by the name people read.
 
     Each site is decided like a GET to its first domain, so the page shows
     exactly what the proxy would do; the deciding grant gives window and quota.
@@ -99,7 +105,7 @@ def standing(
     ledger = ledger if ledger is not None else NoQuotaUsed()
     went_on = ledger if hasattr(ledger, "continued_until") else None  # the state store knows who continued
     rows: list[SiteStanding] = []
-    for name in sorted(policy.sites):
+    for name in sorted(policy.sites, key=lambda key: (policy.sites[key].title.casefold(), key)):
         site = policy.sites[name]
         if site.domains:
             host = site.domains[0]
@@ -127,6 +133,7 @@ def standing(
                 next_window=None if decision.allowed else opens,
                 reason=decision.reason,
                 **_continuation(decision, grant, identity, went_on),
+                title=site.display_name,
             )
         )
     return rows
@@ -219,6 +226,7 @@ def status_response(
             "sites": [
                 {
                     "site": r.site,
+                    "name": r.shown,
                     "level": r.level,
                     "reason": r.reason,
                     "window": r.window_text or None,
@@ -291,7 +299,7 @@ def status_response(
             shown, why = decryption.get(r.site, (False, ""))
             decrypted = f"<td>{esc(_DECRYPTED_WORDS.get(why, 'Yes' if shown else 'No'))}</td>"
         lines.append(
-            f"        <tr><td>{esc(r.site)}</td><td>{level}</td><td>{when}</td>"
+            f"        <tr><td>{esc(r.shown)}</td><td>{level}</td><td>{when}</td>"
             f"<td>{minutes}</td><td>{opens}</td>{decrypted}</tr>"
         )
     if not lines:

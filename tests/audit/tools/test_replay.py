@@ -246,3 +246,17 @@ def test_replay_continues_warn_grants_as_logged(cli, tmp_path, policies, candida
     examples = {rid for group in report["by_user"].values() for rid in group["examples"]}
     assert examples == set(changed)
     assert {r["to"] for r in report["reasons"]} == set(changed.values())
+
+
+def test_text_report_calls_sites_by_their_display_names_json_keeps_the_keys(cli, log, policies):
+    named = STRICTER.replace("facebook: {domains: [facebook.com]}",
+                             'facebook: {domains: [facebook.com], name: "Facebook (Meta)"}')
+    candidate = policies(named)
+    status, out, _ = cli("replay", candidate, log)
+    assert status == 1
+    by_site = out.split("By site:", 1)[1].split("By user:", 1)[0]
+    assert any(line.lstrip().startswith("Facebook (Meta)") for line in by_site.splitlines()), by_site
+    assert not any(line.split()[:1] == ["facebook"] for line in by_site.splitlines()), by_site
+    assert any(line.split()[:1] == ["x"] for line in by_site.splitlines()), "a site without a name keeps its key"
+    _, out, _ = cli("replay", candidate, log, "--json")
+    assert set(json.loads(out)["by_site"]) == {"facebook", "x"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,27 @@ def test_warn_pages_are_counted_per_site_and_shown_escaped(tmp_path, cli):
 
 def test_without_warn_events_there_is_no_warn_section(report):
     assert report.warn_by_site == [] and "Warn pages" not in render_html(report)
+
+
+def test_cli_calls_sites_by_the_policys_display_names(cli, log, tmp_path):
+    # The example policy's catalog names facebook "Facebook", x "X", youtube "YouTube".
+    policy = Path(__file__).resolve().parents[3] / "policy" / "example.yaml"
+    html = tmp_path / "report.html"
+    status, out, _ = cli("audit", "report", log, "--since", "2026-11-02", "--until", "2026-11-04",
+                         "--policy", policy, "--html", html)
+    assert status == 0
+    rows = [line.split() for line in out.splitlines()]
+    assert ["alice", "Facebook", "3", "4", "0"] in rows and ["kiosk", "YouTube", "1", "2", "1"] in rows
+    assert not any("facebook" in row for row in rows)
+    page = html.read_text()
+    assert '<td class="">alice</td><td class="">Facebook</td>' in page and '<td class="">X</td>' in page
+    assert '<td class="">facebook</td>' not in page
+
+
+def test_cli_without_a_policy_shows_the_keys_and_with_a_broken_one_fails(cli, log, tmp_path):
+    status, out, _ = cli("audit", "report", log, "--since", "2026-11-02", "--until", "2026-11-04")
+    assert ["alice", "facebook", "3", "4", "0"] in [line.split() for line in out.splitlines()]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: 2\n")
+    status, out, err = cli("audit", "report", log, "--since", "2026-11-02", "--policy", broken)
+    assert status == 1 and out == "" and "version 2 is not supported" in err

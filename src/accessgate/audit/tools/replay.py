@@ -227,8 +227,11 @@ def _continue(rec: Mapping[str, Any], policy: Policy, names: Mapping[str, str], 
         went_on.continue_until(identity.subject, asked.site, stamp + minutes * 60, stamp)
 
 
-def render_text(summary: Summary, path: str, digest: str) -> str:
-    """The report for people: what would change, by role, site and user, with examples."""
+def render_text(summary: Summary, path: str, digest: str, policy: Policy | None = None) -> str:
+    """The report for people: what would change, by role, site and user, with examples.
+
+    With `policy`, sites are called by its display names (the JSON keeps the keys).
+    """
     span = ""
     if summary.first_ts is not None:
         span = f" from {summary.first_ts:%Y-%m-%d %H:%M} to {summary.last_ts:%Y-%m-%d %H:%M} UTC"
@@ -250,7 +253,8 @@ def render_text(summary: Summary, path: str, digest: str) -> str:
         out.append(
             table(
                 (title, "allow->block", "block->allow", "examples (request ids)"),
-                [(name, g.allow_to_block, g.block_to_allow, " ".join(g.examples)) for name, g in shown],
+                [(_shown(title, name, policy), g.allow_to_block, g.block_to_allow, " ".join(g.examples))
+                 for name, g in shown],
                 max_width=80,
             ).rstrip("\n")
         )
@@ -261,3 +265,10 @@ def render_text(summary: Summary, path: str, digest: str) -> str:
     for (old, new), count in sorted(summary.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
         out.append(f"  {safe_text(old)} -> {safe_text(new)}: {count}")
     return "\n".join(out) + "\n"
+
+
+def _shown(title: str, name: str, policy: Policy | None) -> str:
+    """A row's name in the text report: a site by its display name when the policy gives one."""
+    if title == "site" and policy is not None and name in policy.sites:
+        return policy.site_title(name) or name
+    return name

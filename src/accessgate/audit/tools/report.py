@@ -12,11 +12,14 @@ self-contained file: inline CSS and SVG, no scripts, no external references,
 so it can be mailed or archived as evidence.  Values from the log (user
 names, sites, reasons) come from clients in the end: both renderings show
 their control characters as visible escapes, and the HTML escapes markup.
+Sites are shown by the display names given (a policy's `name:`s, `names`);
+the log itself records their keys.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
@@ -191,7 +194,13 @@ def _fmt_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def render_text(report: Report, top: int = 20) -> str:
+def _named(site: str, names: Mapping[str, str] | None) -> str:
+    """What the report calls `site`: its display name, else its key."""
+    return names.get(site, site) if names else site
+
+
+def render_text(report: Report, top: int = 20, names: Mapping[str, str] | None = None) -> str:
+    """The report as text; `names` maps site keys to display names."""
     out = [
         f"Usage report {_fmt_time(report.since)} .. {_fmt_time(report.until)} ({report.files} file(s))",
         f"{report.requests} requests: {report.allowed} allowed, {report.blocked} blocked; "
@@ -209,14 +218,14 @@ def render_text(report: Report, top: int = 20) -> str:
 
     section(
         ("user", "site", "minutes", "allowed", "blocked"),
-        [(r.user, r.site, r.minutes, r.allowed, r.blocked) for r in report.user_sites],
+        [(r.user, _named(r.site, names), r.minutes, r.allowed, r.blocked) for r in report.user_sites],
     )
     out.append("Blocked attempts by reason")
     section(("reason", "blocked"), report.blocked_by_reason)
     out.append(f"Top sites per role (by active minutes, at most {TOP_PER_ROLE} each)")
     section(
         ("role", "site", "minutes", "allowed", "users"),
-        [(r.role, r.site, r.minutes, r.allowed, r.users) for r in report.top_sites_per_role],
+        [(r.role, _named(r.site, names), r.minutes, r.allowed, r.users) for r in report.top_sites_per_role],
     )
     if report.warn_by_site:
         out.append("Warn pages: reasons given (audit query --event warn_continued shows them) and forms refused")
@@ -325,7 +334,8 @@ def bar_chart(items: list[tuple[str, int]], color: str = _BLOCK_COLOR, width: in
     return "".join(parts)
 
 
-def render_html(report: Report) -> str:
+def render_html(report: Report, names: Mapping[str, str] | None = None) -> str:
+    """The report as one self-contained HTML page; `names` maps site keys to display names."""
     title = f"accessgate usage {report.since:%Y-%m-%d} .. {report.until:%Y-%m-%d}"
     kpis = [
         ("requests", report.requests), ("allowed", report.allowed), ("blocked", report.blocked),
@@ -349,18 +359,19 @@ def render_html(report: Report) -> str:
         ),
         "<h2>Blocked attempts by reason</h2>",
         bar_chart(report.blocked_by_reason),
-        _html_table(("site", "reason", "blocked"), report.blocked_by_site, (2,)),
+        _html_table(("site", "reason", "blocked"),
+                    [(_named(site, names), reason, n) for site, reason, n in report.blocked_by_site], (2,)),
         f"<h2>Top sites per role</h2><p>By active minutes, at most {TOP_PER_ROLE} per role; "
         "a client with several roles counts in each.</p>",
         _html_table(
             ("role", "site", "active minutes", "allowed", "users"),
-            [(r.role, r.site, r.minutes, r.allowed, r.users) for r in report.top_sites_per_role],
+            [(r.role, _named(r.site, names), r.minutes, r.allowed, r.users) for r in report.top_sites_per_role],
             (2, 3, 4),
         ),
         "<h2>Per user and site</h2>",
         _html_table(
             ("user", "site", "active minutes", "allowed", "blocked"),
-            [(r.user, r.site, r.minutes, r.allowed, r.blocked) for r in report.user_sites],
+            [(r.user, _named(r.site, names), r.minutes, r.allowed, r.blocked) for r in report.user_sites],
             (2, 3, 4),
         ),
     ]
