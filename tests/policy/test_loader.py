@@ -81,7 +81,7 @@ def _summary(policy: Policy) -> dict:
         "timezone": policy.timezone.key,
         "sites": {
             name: {"domains": list(s.domains), "networks": [str(n) for n in s.networks],
-                   "read_only_allow": [[r.method, r.path] for r in s.read_only_allow]}
+                   "read_only_allow": [[r.method, r.path, *_operation(r.operation)] for r in s.read_only_allow]}
             for name, s in policy.sites.items()
         },
         "groups": {g: sorted(u) for g, u in policy.groups.items()},
@@ -102,6 +102,14 @@ def _summary(policy: Policy) -> dict:
         ],
         "sources": [os.path.relpath(s, CASES / "valid") for s in policy.sources],
     }
+
+
+def _operation(operation) -> list:
+    """A rule's operation as plain data (nothing for a rule on method and path alone)."""
+    if operation is None:
+        return []
+    return [{"names": list(operation.names), "named_in": [[s.kind, s.name] for s in operation.named_in],
+             "graphql": [operation.graphql.kind, operation.graphql.name] if operation.graphql else None}]
 
 
 @pytest.mark.parametrize("case", _cases("valid"), ids=lambda p: p.stem)

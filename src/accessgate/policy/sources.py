@@ -30,8 +30,8 @@ from accessgate.policy.nodes import NULL, Checker, Entry, kind
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 MAIN_KEYS = ("version", "timezone", "include", "sites", "directory", "roles",
-             "unauthenticated", "unlisted", "tests")
-MAIN_ONLY_KEYS = ("timezone", "unauthenticated", "unlisted")
+             "unauthenticated", "unlisted", "tests", "read_only_operations")
+MAIN_ONLY_KEYS = ("timezone", "unauthenticated", "unlisted", "read_only_operations")
 
 # An anchor (`&name`) and an alias (`*name`) as YAML writes them: after a line
 # start, a space, a flow indicator or (after a quoted key) a colon.  A file
