@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from accessgate.decision import Identity, Request, decide
+from accessgate.decision import Claimed, Content, Identity, Request, decide
 from accessgate.errors import StateStoreUnavailable
 from accessgate.policy.loader import parse_policy
 from accessgate.decision.quota import QuotaUsage
@@ -44,6 +44,19 @@ class FixedUsage:
         raise AssertionError("decide() must never write to the ledger")
 
 
+def content_for(case, headers) -> Content | Claimed | None:
+    """What the request says it does: `body` (padded with 'x' to `body_size`
+    bytes), a body the proxy did not read (`unread`), or an `operation`."""
+    if "operation" in case:
+        return Claimed(case["operation"])
+    if "unread" in case:
+        return Content(headers, None, case["unread"])
+    if "body" in case:
+        body = case["body"].encode()
+        return Content(headers, body + b"x" * (case.get("body_size", len(body)) - len(body)))
+    return None
+
+
 def request_for(case) -> Request:
     headers = tuple(
         (name.strip().lower(), value.strip())
@@ -59,6 +72,7 @@ def request_for(case) -> Request:
         path=path or "/",
         scheme=url.scheme,
         headers=headers,
+        content=content_for(case, headers),
     )
 
 
