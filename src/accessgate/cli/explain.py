@@ -34,6 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a request header; repeat for more (Host headers are decided as well)",
     )
     parser.add_argument(
+        "--body",
+        metavar="FILE",
+        help="the request body, from FILE or - for standard input (give its Content-Type with --header); "
+        "read_only_allow rules with an operation read it",
+    )
+    parser.add_argument(
+        "--operation",
+        metavar="NAME",
+        help="the operation the request says it runs, as the audit log names it: a name like "
+        "CometNewsFeedPaginationQuery, or 'query Feed' / 'mutation CreatePost' for a GraphQL document",
+    )
+    parser.add_argument(
         "--quota-used",
         type=int,
         default=0,
@@ -50,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         headers = tuple(explain.parse_header(h) for h in args.header)
         request = explain.request_from_url(args.url, args.method, headers)
+        if args.body is not None and args.operation is not None:
+            raise ValueError("give --body or --operation, not both")
+        body = _read_body(args.body) if args.body is not None else None
+        request = explain.with_content(request, headers, body, args.operation)
         who = explain.identity(fold_user(args.user) if args.user else None, args.client_ip)
         at = explain.parse_time(args.at, policy.timezone)
         if args.quota_used < 0:
@@ -62,3 +78,17 @@ def run(args: argparse.Namespace) -> int:
     data = explain.report(decision, policy, request=request, who=who, at=at, url=args.url)
     print(json.dumps(data, indent=2) if args.json else explain.render(data))
     return 0
+
+
+def _read_body(where: str) -> bytes:
+    """The body from a file, or standard input for `-`: at most one byte more than
+    the proxy reads, which is enough to know it would not read it."""
+    from accessgate.decision import BODY_LIMIT
+
+    try:
+        if where == "-":
+            return sys.stdin.buffer.read(BODY_LIMIT + 1)
+        with open(where, "rb") as f:
+            return f.read(BODY_LIMIT + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read the body from {where}: {exc.strerror}") from None
