@@ -14,7 +14,10 @@ each other concern has its module:
   and `StripAltSvc`, the addon that removes Alt-Svc from every response;
 - status.py: the status page; reload.py: the policy's loads and reloads;
   records.py: the flow's state and its audit record; minutes.py: quota
-  minutes; resources.py and options.py: what the options open, and them.
+  minutes; resources.py and options.py: what the options open, and them;
+- operations.py: writes decided on what they say they do (a header, a
+  small body: `read_only_allow` rules with an `operation`), whose decision
+  may wait for the body, in the `request` hook.
 
 `requestheaders` decides every HTTP request on every name it gives for its
 host plus its connection's CONNECT target and SNI; the strictest decision
@@ -30,6 +33,7 @@ undecided.
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import sys
 import time
@@ -39,7 +43,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from accessgate import decision as engine
-from accessgate.decision import Decision, Identity
+from accessgate.decision import SAFE_METHODS, Decision, Identity
 from accessgate.oplog import get_logger
 from accessgate.policy.model import Policy
 from accessgate.proxy import options, resources
@@ -57,6 +61,7 @@ from accessgate.proxy.hygiene import StripAltSvc, sanitize
 from accessgate.proxy.identity import IdentityCache
 from accessgate.proxy.metrics import site_label
 from accessgate.proxy.minutes import QuotaMinutes
+from accessgate.proxy.operations import Operations, stream_limit
 from accessgate.proxy.records import META, FlowState, access_record, body_size, flow_state
 from accessgate.proxy.reload import PolicyReloads
 from accessgate.proxy.sessions import Sessions
@@ -94,6 +99,7 @@ class AccessGate:
         # stream_large_bodies may switch a body of unknown length to streaming
         # after the headers hooks (see requestheaders).
         self._late_streaming = False
+        self.stream_limit = math.inf  # stream_large_bodies: bodies past it stream
         # Per client connection (by its id; dropped in client_disconnected):
         # its CONNECT targets, for the requests inside, and its users' identities.
         self.connect_names: dict[str, tuple[str, ...]] = {}
@@ -102,6 +108,7 @@ class AccessGate:
         self.reloads = PolicyReloads(self)
         self.sessions = Sessions(self)
         self.tunnels = Tunnels(self, self.sessions)
+        self.operations = Operations(self)
         # Bound once: the request hooks call these on every request.
         self.identity = self._identities.of_flow
         self.spend_quota = self._minutes.spend
@@ -138,6 +145,7 @@ class AccessGate:
         self._late_streaming = streams_late(
             getattr(o, "stream_large_bodies", None), getattr(o, "body_size_limit", None)
         )
+        self.stream_limit = stream_limit(getattr(o, "stream_large_bodies", None))
         if "accessgate_audit_retention_days" in updated and o.accessgate_audit_retention_days < 0:
             raise exceptions.OptionsError(
                 "accessgate_audit_retention_days must be 0 (keep forever) or a number of days"
@@ -246,9 +254,17 @@ class AccessGate:
             if names_status(flow, scan.host_values):
                 answer_status(flow, identity, policy, now, self.ledger)
                 return
-            decision = self.decide(request, identity, policy, now)
+            if request.method in SAFE_METHODS and not request.headers:
+                decision = self.decide(request, identity, policy, now)
+                waits = False
+            else:  # a write: what it says it does may decide, or its body, in `request`
+                decision, request, waits = self.operations.decide(flow, request, identity, policy, now)
             enforced = self._enforce
             st = flow_state(flow, decision, identity, now, started, policy, enforced, self.log_query, request)
+            if request.content is not None:
+                self.operations.note(st, request, policy, waits)
+                if waits:
+                    return
             if not decision.allowed and enforced:
                 status = self.block(flow, st)
                 self.audit_flow(st, status, 0, st.streamed_out or 0, None if status else "killed")
@@ -263,13 +279,25 @@ class AccessGate:
         except Exception as exc:
             self.fail(flow, "requestheaders", exc)
 
+    def request(self, flow: http.HTTPFlow) -> Any:
+        """A flow whose decision waits for its body (operations.py) is decided here,
+        before mitmproxy forwards it; every other flow was decided already."""
+        st = flow.metadata.get(META)
+        if st is None or not st.awaiting:
+            return None
+        try:
+            return self.operations.body_arrived(flow, st)
+        except Exception as exc:
+            self.fail(flow, "request", exc)
+            return None
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         try:
             st = flow.metadata.get(META)
             if not isinstance(st, FlowState) or st.blocked_here:
                 return
             if flow.response.stream is True or (self._late_streaming and response_length_unknown(flow)):
-                request = request_of(flow, self.connect_names.get(flow.client_conn.id, ()))
+                request = st.said or request_of(flow, self.connect_names.get(flow.client_conn.id, ()))
                 flow.response.stream = self.sessions.stream_counter(flow, st, "streamed_out", request)
         except Exception as exc:
             self.fail(flow, "responseheaders", exc)

@@ -45,6 +45,12 @@ class FlowState:
     # Body bytes counted while mitmproxy streams them (it keeps no copy then).
     streamed_in: int | None = None  # from the client: the request body
     streamed_out: int | None = None  # to the client: the response body
+    # Decided on what it says it does (proxy/operations.py): the operation it
+    # names, for the record; the request with its content, for re-decisions;
+    # and whether its decision waits for its body (the `request` hook).
+    operation: str | None = None
+    said: Request | None = None
+    awaiting: bool = False
 
 
 def flow_state(
@@ -118,6 +124,8 @@ def access_record(
         "policy": st.policy,
         "enforced": enforced,
     }
+    if st.operation is not None:
+        record["operation"] = st.operation
     if error is not None:
         record["error"] = error
     return record
