@@ -47,13 +47,14 @@ class FixedUsage:
 def content_for(case, headers) -> Content | Claimed | None:
     """What the request says it does: `body` (padded with 'x' to `body_size`
     bytes), a body the proxy did not read (`unread`), or an `operation`."""
+    query = urlsplit(case.get("url", "")).query
     if "operation" in case:
         return Claimed(case["operation"])
     if "unread" in case:
-        return Content(headers, None, case["unread"])
+        return Content(headers, None, case["unread"], query)
     if "body" in case:
         body = case["body"].encode()
-        return Content(headers, body + b"x" * (case.get("body_size", len(body)) - len(body)))
+        return Content(headers, body + b"x" * (case.get("body_size", len(body)) - len(body)), query=query)
     return None
 
 

@@ -65,15 +65,20 @@ class Content:
 
     `headers` are (lower-case name, value), every header of the request;
     `body` the body bytes as sent, or None with `unread` saying why they
-    were not read ("its body is over 64 KiB").
+    were not read ("its body is over 64 KiB"); `query` the request
+    target's query string, which servers that merge it with the form
+    (PHP's $_REQUEST) read as more fields.
     """
 
-    __slots__ = ("headers", "body", "unread", "_form", "_json", "_documents")
+    __slots__ = ("headers", "body", "unread", "query", "_form", "_json", "_documents")
 
-    def __init__(self, headers: tuple[tuple[str, str], ...], body: bytes | None, unread: str = "") -> None:
+    def __init__(
+        self, headers: tuple[tuple[str, str], ...], body: bytes | None, unread: str = "", query: str = ""
+    ) -> None:
         self.headers = headers
         self.body = body
         self.unread = unread if body is None else ""
+        self.query = query
         self._form: tuple[tuple[tuple[str, str], ...], str] | None = None
         self._json: tuple[dict[str, object], str] | None = None
         self._documents: dict[Said, tuple[Document | None, str]] = {}
@@ -90,6 +95,8 @@ class Content:
             if problem:
                 return (), problem
             wanted = _merged(said.name)
+            if any(_merged(name) == wanted for name, _ in _query_fields(self.query)):
+                return (), f"it names field {said.name!r} in its URL as well"
             found = [(name, value) for name, value in pairs if _merged(name) == wanted]
             if any(name != said.name for name, _ in found):
                 return (), f"its form names field {said.name!r} in more than one spelling"
@@ -188,6 +195,11 @@ def _first_level_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
     for key, value in pairs:
         out[key] = _DUPLICATE if key in out else value
     return out
+
+
+def _query_fields(query: str) -> list[tuple[str, str]]:
+    """The query string's fields, as a lenient server reads them (undecodable bytes replaced)."""
+    return urllib.parse.parse_qsl(query, keep_blank_values=True, errors="replace") if query else []
 
 
 def _merged(name: str) -> str:

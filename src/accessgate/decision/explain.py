@@ -71,9 +71,10 @@ def with_content(
     if body is None:
         return request
     lowered = tuple((name.strip().lower(), value.strip()) for name, value in headers)
+    query = request.path.partition("?")[2]
     if len(body) > BODY_LIMIT:
-        return request._replace(content=Content(lowered, None, f"its body is over {BODY_LIMIT // 1024} KiB"))
-    return request._replace(content=Content(lowered, body))
+        return request._replace(content=Content(lowered, None, f"its body is over {BODY_LIMIT // 1024} KiB", query))
+    return request._replace(content=Content(lowered, body, query=query))
 
 
 def parse_header(text: str) -> tuple[str, str]:

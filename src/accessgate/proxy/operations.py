@@ -98,14 +98,15 @@ class Operations:
         """What the request says before its body is read, and whether the body is worth waiting for."""
         rq = flow.request
         headers = all_headers(rq)
+        query = rq.data.path.partition(b"?")[2].decode("utf-8", "surrogateescape")
         if not any(operation.reads_body for operation in asked):
-            return Content(headers, None, NOT_READ), False
+            return Content(headers, None, NOT_READ, query), False
         why = self._unreadable(rq)
         if why:
-            return Content(headers, None, why), False
+            return Content(headers, None, why, query), False
         if rq.data.http_version in _HTTP1 and "content-length" not in rq.headers:
-            return Content(headers, b""), False  # HTTP/1 without a length has no body
-        return Content(headers, None, NOT_READ), True
+            return Content(headers, b"", query=query), False  # HTTP/1 without a length has no body
+        return Content(headers, None, NOT_READ, query), True
 
     def _unreadable(self, rq: http.Request) -> str:
         """Why the body of `rq` will not be read whole before it could leave; "" if it will."""
@@ -137,15 +138,17 @@ class Operations:
         policy = self.gate.require_policy()
         said = st.said
         assert said is not None and isinstance(said.content, Content)
+        headers, query = said.content.headers, said.content.query
         if rq.stream:
             # Another addon made it stream after accessgate looked: the body has
             # left already.  Only killing keeps the site's answer from the client.
-            content = Content(said.content.headers, None, "its body streamed before it was read")
+            content = Content(headers, None, "its body streamed before it was read", query)
             return self._decided(flow, st, said._replace(content=content), policy)
         body = rq.raw_content or b""
-        content = Content(said.content.headers, body) if len(body) <= BODY_LIMIT else Content(
-            said.content.headers, None, f"its body is over {BODY_LIMIT // 1024} KiB"
-        )
+        if len(body) <= BODY_LIMIT:
+            content = Content(headers, body, query=query)
+        else:
+            content = Content(headers, None, f"its body is over {BODY_LIMIT // 1024} KiB", query)
         request = said._replace(content=content)
         site = policy.sites.get(st.decision.site) if st.decision.site is not None else None
         asked = engine.operations_asked(request, site) if site is not None else ()
