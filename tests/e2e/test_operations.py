@@ -129,6 +129,8 @@ WRITES = [
     ("a-missing-header-is-a-write", FB, None, form(READ), FORM, READ),
     ("a-missing-field-is-a-write", FB, READ, form(None), FORM, READ),
     ("header-and-field-disagreeing-is-a-write", FB, READ, form(POST), FORM, f"{READ} / {POST}"),
+    ("two-queries-disagreeing-is-a-write", FB, READ, form("CometPhotoRootContentQuery"), FORM,
+     f"{READ} / CometPhotoRootContentQuery"),
     ("a-body-over-64-kib-is-a-write", FB, READ, form(READ, pad=70_000), FORM, READ),
     ("a-body-that-does-not-parse-is-a-write", FB, READ, form(READ) + b"&x=%FF", FORM, READ),
     ("a-multipart-body-is-a-write", FB, READ, b"--b\r\nContent-Disposition: form-data; name=\"fb_api_req_friendly_name\""
