@@ -63,10 +63,14 @@ def make_flows(n: int) -> list[http.HTTPFlow]:
 def run(ag: AccessGate, flows: list[http.HTTPFlow]) -> dict[str, list[float]]:
     spent: dict[str, list[float]] = {h: [] for h in HOOKS}
     clock = time.perf_counter
+    request = getattr(ag, "request", None)  # the body arrived: since issue 21, for writes named by what they say
     for f in flows:
         t0 = clock()
         ag.requestheaders(f)
         t1 = clock()
+        if request is not None:
+            request(f)
+        t1b = clock()
         f.response = f._resp  # type: ignore[attr-defined]
         t2 = clock()
         ag.responseheaders(f)
@@ -74,7 +78,7 @@ def run(ag: AccessGate, flows: list[http.HTTPFlow]) -> dict[str, list[float]]:
         ag.response(f)
         t4 = clock()
         spent["requestheaders"].append(t1 - t0)
-        spent["request"].append(0.0)  # accessgate has no `request` hook
+        spent["request"].append(t1b - t1)
         spent["responseheaders"].append(t3 - t2)
         spent["response"].append(t4 - t3)
     return spent

@@ -37,6 +37,11 @@ their costs per request.  That is how accessgate's overhead is read.
 
 --build compiled runs accessgate with its compiled engine (ACCESSGATE_COMPILE=1,
 as deploy/ installs it), built for the run by scripts/build-compiled.
+
+--baseline REF adds accessgate as it was at git revision REF (its package,
+addon script and example policy, from `git archive`), named `baseline`:
+a change's cost is accessgate/baseline, before and after in one run.  With
+--together, baseline and accessgate are the pair loaded at once.
 """
 
 from __future__ import annotations
@@ -199,7 +204,8 @@ def measure(configs: list[Config], proto: str, args, ca: Path, load_core: int) -
 
 
 def batches(configs: list[Config], proto: str, r: int, together: bool) -> list[list[Config]]:
-    """What one round loads at once, in order: pairs of bare and accessgate, or each configuration alone."""
+    """What one round loads at once, in order: pairs of the first two (bare, or baseline, and
+    accessgate), or each configuration alone."""
     present = [c for c in configs if proto == "http" or c.name != "squid"]
     if together:
         bare, gate = present[0], present[1]
@@ -259,6 +265,16 @@ def report(result: dict, names: list[str]) -> None:
 # -- the run ---------------------------------------------------------------------------
 
 
+def checkout(ref: str, work: Path) -> Path:
+    """The repository at `ref` (`git archive`), unpacked under `work`."""
+    target = work / "baseline-src"
+    target.mkdir()
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", ref], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds per protocol (default 3)")
@@ -272,6 +288,8 @@ def main() -> int:
                         help="load bare and accessgate at the same time on their shared core instead of in turn")
     parser.add_argument("--build", choices=("python", "compiled"), default="python",
                         help="accessgate's engine as an editable install has it (python) or compiled with mypyc")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also run accessgate as at this git revision (Python build), to compare before and after")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit log)")
     args = parser.parse_args()
@@ -306,6 +324,12 @@ def main() -> int:
         if engine != args.build:
             raise RuntimeError(f"asked for the {args.build} engine, but accessgate runs the {engine!r} one")
         configs = [Config("bare", bare.port, bare.pid), Config("accessgate", gate.port, gate.pid)]
+        if args.baseline:
+            base = lg.bench_proxy(work / "baseline", state=args.state, source=checkout(args.baseline, work), **common)
+            started.append(base)
+            baseline = Config("baseline", base.port, base.pid)
+            # --together loads the first two at once: before and after.
+            configs = [baseline, configs[1], configs[0]] if args.together else [configs[0], baseline, configs[1]]
         if args.squid:
             from accessgate.policy.loader import load_policy
 

@@ -210,6 +210,7 @@ def start_proxy(
     accessgate: bool = True,
     core: int | None = None,
     quiet: bool = False,
+    source: Path | None = None,
 ) -> Proxy:
     """Start mitmdump + accessgate (+ routing to `origin`) and wait until it listens.
 
@@ -217,7 +218,8 @@ def start_proxy(
     `policy`, `state`, `metrics` and `audit` then do not apply).  `core` pins
     the process to one CPU core; `quiet` runs `mitmdump -q` (no line per
     flow or connection) on a port picked here, since it then does not say
-    which one it bound.
+    which one it bound.  `source`, a checkout of another revision, runs its
+    addon script and package instead of this one's (a benchmark's baseline).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port() if quiet else 0
@@ -231,7 +233,7 @@ def start_proxy(
     settings: dict[str, object] = {}
     audit_path = workdir / "audit.jsonl" if audit and accessgate else None
     if accessgate:
-        args += ["-s", str(ADDON)]
+        args += ["-s", str(source / "addons" / "accessgate.py" if source is not None else ADDON)]
         settings.update(
             accessgate_state=state,
             accessgate_audit_log=str(audit_path or ""),
@@ -246,7 +248,10 @@ def start_proxy(
     settings.update(options or {})
     args += _set_options(settings)
     metrics = metrics and accessgate
-    process, out, err = launch(pin(args, core), cwd=workdir)
+    env = None
+    if source is not None:  # its package first on the path, before the installed one
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(source / "src"), os.environ.get("PYTHONPATH")]))}
+    process, out, err = launch(pin(args, core), cwd=workdir, env=env)
     try:
         port, metrics_port = wait_ready(process, out, err, metrics=metrics, port=port or None)
         if os.environ.get(EXPECT_COMPILED) == "1" and accessgate and policy is not None:
