@@ -192,3 +192,41 @@ def test_many_reads_in_a_row_on_one_connection(proxies, origin):
     assert statuses == [200, 403, 200, 200]
     assert [s.body_sha256 for s in origin.wait_for(3)] == [sha(form(n)) for n in (READ, READ,
                                                                                    "CometPhotoRootContentQuery")]
+
+
+def test_a_body_that_stalls_holds_up_no_one_else_and_is_a_write_at_the_deadline(proxies, origin):
+    """A client sends a read's headers and half its body, then stops: other clients are
+    served meanwhile; at BODY_WAIT the request is decided a write and recorded; when the
+    rest of the body comes at last, the answer is the block page and nothing reached the site."""
+    import socket
+    import ssl
+    import time
+
+    from accessgate.proxy.operations import BODY_WAIT
+    from support.clients import PASSWORD, _connect, read_head
+
+    proxy = proxies()
+    body = form(READ)
+    head = (f"POST /api/graphql/ HTTP/1.1\r\nHost: www.facebook.com\r\nContent-Type: {FORM['Content-Type']}\r\n"
+            f"X-FB-Friendly-Name: {READ}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=BODY_WAIT + 10)
+    try:
+        status, _, _ = _connect(sock, "www.facebook.com:443", "zoe", PASSWORD)
+        assert status == 200
+        conn = ssl.create_default_context(cafile=str(proxy.ca)).wrap_socket(sock, server_hostname="www.facebook.com")
+        conn.sendall(head + body[:10])
+        started = time.monotonic()
+        other = curl(proxy, FB, user="zoe", method="POST", headers={**FORM, "X-FB-Friendly-Name": READ}, data=body)
+        assert other.status == 200 and time.monotonic() - started < BODY_WAIT / 2, "another client waited"
+        other_id = allowed_request_id(proxy, FB)
+        records = proxy.wait_audit(lambda rs: any(r["request_id"] != other_id for r in rs), timeout=BODY_WAIT + 5)
+        (late,) = [r for r in records if r["request_id"] != other_id]
+        assert time.monotonic() - started >= BODY_WAIT - 1, "decided before its deadline"
+        assert (late["decision"], late["reason"], late.get("operation")) == ("block", "read-only", READ)
+        conn.sendall(body[10:])
+        reply = read_head(conn)
+        assert reply.startswith(b"HTTP/1.1 403"), reply[:200]
+        assert b"x-accessgate-reason: read-only" in reply.lower()
+    finally:
+        sock.close()
+    assert [s.body_sha256 for s in origin.wait_for(2, timeout=0.5)] == [sha(body)], "only the other read arrived"

@@ -172,3 +172,60 @@ def test_requests_on_no_such_rule_never_wait(tmp_path):
         get = request("GET", GRAPHQL, [("Host", "www.facebook.com")], user="zoe")
         proxy.hook("requestheaders", get)
         assert outcome(get) == "passed" and not get.metadata["accessgate"].awaiting
+
+
+def test_a_body_that_arrives_too_late_is_a_write(tmp_path, monkeypatch):
+    from accessgate.proxy import operations
+
+    with loaded(tmp_path, POLICY) as proxy:
+        flow = graphql_post(READ, form(READ))
+        proxy.hook("requestheaders", flow)
+        st = flow.metadata["accessgate"]
+        assert st.awaiting
+        monkeypatch.setattr(operations.time, "monotonic", lambda: st.waiting_since + operations.BODY_WAIT + 1)
+        assert body_arrives(proxy, flow) == 403, "a read that came too slowly is still a write"
+        (record,) = proxy.records()
+        assert (record["decision"], record["reason"]) == ("block", "read-only")
+        assert requests_total(proxy, "block", "read-only") == 1
+
+
+def test_a_body_still_missing_at_the_deadline_is_decided_a_write_then(tmp_path, monkeypatch):
+    from accessgate.proxy import operations
+
+    monkeypatch.setattr(operations, "BODY_WAIT", 0.05)
+
+    async def scenario(proxy) -> tuple:
+        flow = graphql_post(READ, form(READ))
+        proxy.hook("requestheaders", flow)  # with an event loop running, as in mitmdump
+        assert flow.response is None and flow.metadata["accessgate"].awaiting
+        early = proxy.records()
+        await asyncio.sleep(0.3)  # the body never comes
+        at_deadline = outcome(flow), proxy.records()
+        # Should the body end after all, mitmproxy runs `request` and sends the block page set at the deadline.
+        after = body_arrives(proxy, flow)
+        return early, at_deadline, after, proxy.records()
+
+    with loaded(tmp_path, POLICY) as proxy:
+        early, (status, records), after, final = asyncio.run(scenario(proxy))
+    assert early == [], "nothing is recorded before the deadline"
+    assert status == 403 and after == 403
+    (record,) = records
+    assert (record["decision"], record["reason"], record.get("operation")) == ("block", "read-only", READ)
+    assert final == records, "recorded once"
+
+
+def test_a_body_in_time_cancels_its_deadline(tmp_path, monkeypatch):
+    from accessgate.proxy import operations
+
+    monkeypatch.setattr(operations, "BODY_WAIT", 0.05)
+
+    async def scenario(proxy):
+        flow = graphql_post(READ, form(READ))
+        proxy.hook("requestheaders", flow)
+        result = body_arrives(proxy, flow)
+        await asyncio.sleep(0.2)
+        return result, outcome(flow)
+
+    with loaded(tmp_path, POLICY) as proxy:
+        assert asyncio.run(scenario(proxy)) == ("passed", "passed")
+        assert proxy.records() == []

@@ -262,7 +262,7 @@ class AccessGate:
             enforced = self._enforce
             st = flow_state(flow, decision, identity, now, started, policy, enforced, self.log_query, request)
             if request.content is not None:
-                self.operations.note(st, request, policy, waits)
+                self.operations.note(flow, st, request, policy, waits)
                 if waits:
                     return
             if not decision.allowed and enforced:

@@ -13,6 +13,12 @@ or mitmproxy would already stream it).  Anything else is decided at once,
 as a body that says nothing: streamed, chunked, of unknown or excessive
 length.  An allowed body is forwarded as it came; a GraphQL document is
 parsed off the event loop, so that a large one stalls no other client.
+
+A body is waited for at most BODY_WAIT seconds.  mitmproxy reads each
+connection on its own, so a slow body holds up only its own request; once
+it is late, the request is decided as one whose body says nothing (a
+write): blocked and recorded at that moment, its block page sent if the
+body ever ends, nothing of it forwarded.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ if TYPE_CHECKING:
 
 _HTTP1 = (b"HTTP/1.1", b"HTTP/1.0")
 NOT_READ = "its body was not read"
+# Seconds a body is waited for: a form or document under BODY_LIMIT takes
+# milliseconds on any network a proxy's users sit on.
+BODY_WAIT = 10.0
+TOO_SLOW = f"its body did not arrive within {BODY_WAIT:g} s"
 
 log = get_logger("addon")
 
@@ -86,13 +96,37 @@ class Operations:
             _observe(self.gate, decision, t0)
         return decision, request, waits
 
-    def note(self, st: FlowState, request: Request, policy: Policy, waits: bool) -> None:
-        """Keep on `st` what `request` says it does: for the record, for re-decisions, and for `body_arrived`."""
+    def note(self, flow: http.HTTPFlow, st: FlowState, request: Request, policy: Policy, waits: bool) -> None:
+        """Keep on `st` what `request` says it does: for the record, for re-decisions, and for
+        `body_arrived`; when the decision waits for the body, set the deadline for it."""
         st.said = request
         st.awaiting = waits
-        if not waits:
+        if waits:
+            st.waiting_since = time.monotonic()
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop (hooks called directly): body_arrived checks the time
+                return
+            st.body_timer = loop.call_later(BODY_WAIT, self._too_slow, flow, st)
+        else:
             site = policy.sites.get(st.decision.site) if st.decision.site is not None else None
             st.operation = engine.operation_said(request, site) if site is not None else None
+
+    def _too_slow(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        """The deadline of a body still not arrived: decide the request a write now."""
+        if not st.awaiting or flow.response is not None or flow.error is not None:
+            return
+        st.awaiting = False
+        try:
+            self._unread(flow, st, TOO_SLOW)
+        except Exception as exc:
+            self.gate.fail(flow, "request", exc)
+
+    def _unread(self, flow: http.HTTPFlow, st: FlowState, why: str) -> None:
+        said = st.said
+        assert said is not None and isinstance(said.content, Content)
+        content = Content(said.content.headers, None, why, said.content.query)
+        self._decided(flow, st, said._replace(content=content), self.gate.require_policy())
 
     def _content_now(self, flow: http.HTTPFlow, asked: tuple[Operation, ...]) -> tuple[Content, bool]:
         """What the request says before its body is read, and whether the body is worth waiting for."""
@@ -132,6 +166,9 @@ class Operations:
         """The `request` hook of a flow whose decision waits for its body: decide
         now, or return the coroutine that parses a GraphQL document first."""
         st.awaiting = False
+        if st.body_timer is not None:
+            st.body_timer.cancel()
+            st.body_timer = None
         if flow.response is not None or flow.error is not None:
             return None
         rq = flow.request
@@ -142,8 +179,9 @@ class Operations:
         if rq.stream:
             # Another addon made it stream after accessgate looked: the body has
             # left already.  Only killing keeps the site's answer from the client.
-            content = Content(headers, None, "its body streamed before it was read", query)
-            return self._decided(flow, st, said._replace(content=content), policy)
+            return self._unread(flow, st, "its body streamed before it was read")
+        if time.monotonic() - st.waiting_since > BODY_WAIT:
+            return self._unread(flow, st, TOO_SLOW)
         body = rq.raw_content or b""
         if len(body) <= BODY_LIMIT:
             content = Content(headers, body, query=query)

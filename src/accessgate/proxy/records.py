@@ -51,6 +51,10 @@ class FlowState:
     operation: str | None = None
     said: Request | None = None
     awaiting: bool = False
+    # While it waits: since when (time.monotonic), and the timer that decides
+    # it a write once the body is BODY_WAIT late (asyncio.TimerHandle).
+    waiting_since: float = 0.0
+    body_timer: Any = None
 
 
 def flow_state(
