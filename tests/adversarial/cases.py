@@ -604,3 +604,32 @@ CASES += [
     Case("graphql-batch", "a batch of documents is a write", "plain",
          graphql("", raw_body=b'[{"query": "query Feed { a }", "operationName": "Feed"}]'), BLOCKED, "read-only"),
 ]  # fmt: skip
+
+
+def said_slowly(header: str, body: bytes, pause: float):
+    """A plain-HTTP POST to meta.test whose body stops after 10 bytes for `pause` seconds, then ends."""
+    import socket
+    import time
+
+    from support.wire import _read_response
+
+    data = request("POST", f"http://{META}/api/graphql/", [("Host", META), FORM_TYPE, ("X-FB-Friendly-Name", header)],
+                   body, "HTTP/1.1", auth=AUTH)
+    head, _, _ = data.partition(b"\r\n\r\n")
+
+    def send(proxy) -> Reply:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=pause + 10) as sock:
+            sock.sendall(head + b"\r\n\r\n" + body[:10])
+            time.sleep(pause)
+            sock.sendall(body[10:])
+            return Reply(_read_response(sock, 10.0))
+
+    return send
+
+
+from accessgate.proxy.operations import BODY_WAIT  # noqa: E402
+
+CASES += [
+    Case("operation-body-too-slow", "a read whose body comes after the 10 s deadline is a write", "plain",
+         said_slowly(READ, field(READ), BODY_WAIT + 1), BLOCKED, "read-only"),
+]  # fmt: skip
