@@ -56,14 +56,17 @@ def bench_htpasswd(path: Path, users: list[str]) -> Path:
 
 def bench_proxy(
     workdir: Path, *, confdir: Path, origin, htpasswd: Path, core: int | None,
-    accessgate: bool = True, state: str = "sqlite", options: dict | None = None,
+    accessgate: bool = True, state: str = "sqlite", options: dict | None = None, source: Path | None = None,
 ) -> Proxy:
     """`mitmdump -q` with proxyauth, routing every request to `origin`, pinned to `core`;
-    with accessgate (example policy, audit log, metrics endpoint, `state` quota store, `options`) or bare."""
+    with accessgate (example policy, audit log, metrics endpoint, `state` quota store, `options`) or bare.
+    `source`: accessgate (and its example policy) from that checkout of another revision."""
+    policy = (source / "policy" / "example.yaml") if source is not None else POLICY
     return start_proxy(
-        policy=POLICY if accessgate else None, confdir=confdir, workdir=workdir, origin=origin,
+        policy=policy if accessgate else None, confdir=confdir, workdir=workdir, origin=origin,
         state="memory:" if state == "memory" else f"sqlite:{workdir / 'state.sqlite'}",
         options={"proxyauth": f"@{htpasswd}", **(options or {})}, accessgate=accessgate, core=core, quiet=True,
+        source=source,
     )  # fmt: skip
 
 

@@ -44,6 +44,11 @@ sealed (accessgate_audit_seal_key, a key made for the run, epochs of
 --seal-interval seconds).  With --together it is loaded beside accessgate
 unsealed (instead of bare beside accessgate), and the ratio sealed/accessgate
 is sealing's cost; the CPU per request between the two is printed in µs.
+
+--baseline REF adds accessgate as it was at git revision REF (its package,
+addon script and example policy, from `git archive`), named `baseline`:
+a change's cost is accessgate/baseline, before and after in one run.  With
+--together, baseline and accessgate are the pair loaded at once.
 """
 
 from __future__ import annotations
@@ -209,8 +214,8 @@ def measure(configs: list[Config], proto: str, args, ca: Path, load_core: int) -
 
 
 def batches(configs: list[Config], proto: str, r: int, together: bool) -> list[list[Config]]:
-    """What one round loads at once, in order: pairs (bare and accessgate, or accessgate and sealed),
-    or each configuration alone."""
+    """What one round loads at once, in order: pairs (bare, or baseline, and accessgate; or accessgate
+    and sealed), or each configuration alone."""
     present = [c for c in configs if proto == "http" or c.name != "squid"]
     if together:
         names = [c.name for c in present]
@@ -283,6 +288,16 @@ def report(result: dict, names: list[str]) -> None:
 # -- the run ---------------------------------------------------------------------------
 
 
+def checkout(ref: str, work: Path) -> Path:
+    """The repository at `ref` (`git archive`), unpacked under `work`."""
+    target = work / "baseline-src"
+    target.mkdir()
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", ref], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds per protocol (default 3)")
@@ -300,6 +315,8 @@ def main() -> int:
                         help="also run accessgate with its audit log sealed; with --together, beside accessgate")
     parser.add_argument("--seal-interval", type=int, default=900,
                         help="the sealed proxy's key epoch in seconds (default 900, the product's)")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also run accessgate as at this git revision (Python build), to compare before and after")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit log)")
     args = parser.parse_args()
@@ -345,6 +362,14 @@ def main() -> int:
                                     options={"accessgate_audit_seal_key": str(work / "seal.key")}, **common)  # fmt: skip
             started.append(sealed)
             configs.append(Config("sealed", sealed.port, sealed.pid))
+        if args.baseline:
+            if args.seal:
+                raise SystemExit("--seal and --baseline each pair with accessgate: give one of them")
+            base = lg.bench_proxy(work / "baseline", state=args.state, source=checkout(args.baseline, work), **common)
+            started.append(base)
+            baseline = Config("baseline", base.port, base.pid)
+            # --together loads the first two at once: before and after.
+            configs = [baseline, configs[1], configs[0]] if args.together else [configs[0], baseline, configs[1]]
         if args.squid:
             from accessgate.policy.loader import load_policy
 

@@ -621,3 +621,143 @@ CASES += [
          "Client Hello", "inspect-refuse-ech", hello("example.test:443", [FREE], ech=True), CLOSED,
          tunnel="allow", inspection="passed-through"),
 ]  # fmt: skip
+
+
+# -- issue 21: writes that say they read (operation rules) ---------------------------
+# meta.test is read-only with the catalog's kind of rule: POST /api/graphql/
+# passes when X-FB-Friendly-Name and the form field fb_api_req_friendly_name
+# name the same query; graph.test reads a GraphQL document in a JSON body.
+import gzip  # noqa: E402
+import json  # noqa: E402
+
+META, GRAPH = "meta.test", "graph.test"
+READ, WRITE = "CometNewsFeedPaginationQuery", "ComposerStoryCreateMutation"
+FORM_TYPE = ("Content-Type", "application/x-www-form-urlencoded")
+H2_FORM_TYPE = ("content-type", "application/x-www-form-urlencoded")  # HTTP/2 names are lower case
+
+
+def said(header: str | None, body: bytes, *, more=(), path: str = "/api/graphql/", tls: bool = True,
+         content_type=FORM_TYPE):
+    """A POST to meta.test naming `header` in X-FB-Friendly-Name, `body` as its form, inside TLS or not."""
+    headers = [h for h in (content_type, ("X-FB-Friendly-Name", header) if header else None) if h] + list(more)
+    if tls:
+        return inside(f"{META}:443", META, method="POST", path=path, headers=headers, body=body)
+    return get(f"http://{META}{path}", method="POST", headers=headers, body=body)
+
+
+def field(*names: str, extra: bytes = b"") -> bytes:
+    return b"&".join([b"av=1", *(f"fb_api_req_friendly_name={n}".encode() for n in names), b"doc_id=1"]) + extra
+
+
+def graphql(document: str, operation: str | None = None, *, raw_body: bytes | None = None):
+    body = raw_body if raw_body is not None else json.dumps(
+        {"query": document, **({"operationName": operation} if operation else {})}).encode()
+    return inside(f"{GRAPH}:443", GRAPH, method="POST", path="/graphql",
+                  headers=[("Content-Type", "application/json")], body=body)
+
+
+CASES += [
+    Case("operation-read-passes", "a query named alike in header and form field passes read-only", "plain",
+         said(READ, field(READ)), OK, reaches_origin=True),
+    Case("operation-read-passes-plain-http", "so it does in plain HTTP", "plain",
+         said(READ, field(READ), tls=False), OK, reaches_origin=True),
+    Case("operation-read-passes-h2", "and over HTTP/2 with a Content-Length", "plain",
+         h2req(f"{META}:443", pseudo("POST", META, "/api/graphql/") + [H2_FORM_TYPE, ("x-fb-friendly-name", READ),
+               ("content-length", str(len(field(READ))))], field(READ)), OK, reaches_origin=True),
+    Case("operation-read-with-expect-100-continue", "a read that waits for 100 Continue is read, then decided",
+         "plain", said(READ, field(READ), more=[("Expect", "100-continue")]), OK, reaches_origin=True),
+    Case("operation-mutation", "a mutation's name is a write", "plain",
+         said(WRITE, field(WRITE)), BLOCKED, "read-only"),
+    Case("operation-mislabelled", "a name that is not a query's is a write", "plain",
+         said("CometQueryish", field("CometQueryish")), BLOCKED, "read-only"),
+    Case("operation-header-missing", "a name in the form alone is a write", "plain",
+         said(None, field(READ)), BLOCKED, "read-only"),
+    Case("operation-field-missing", "a name in the header alone is a write", "plain",
+         said(READ, field()), BLOCKED, "read-only"),
+    Case("operation-header-and-field-disagree", "a header and form field that disagree are a write", "plain",
+         said(READ, field(WRITE)), BLOCKED, "read-only"),
+    Case("operation-two-reads-disagree", "they must agree even when both name queries", "plain",
+         said(READ, field("CometPhotoRootContentQuery")), BLOCKED, "read-only"),
+    Case("operation-two-headers", "a name given in two headers is a write", "plain",
+         said(READ, field(READ), more=[("X-FB-Friendly-Name", WRITE)]), BLOCKED, "read-only"),
+    Case("operation-field-twice", "a form field given twice is a write", "plain",
+         said(READ, field(READ, WRITE)), BLOCKED, "read-only"),
+    Case("operation-field-php-spelling", "a second spelling of the field (fb.api..., PHP merges it) is a write",
+         "plain", said(READ, field(READ, extra=f"&fb.api.req.friendly.name={WRITE}".encode())), BLOCKED, "read-only"),
+    Case("operation-field-as-array", "the field as an array (name[]) beside it is a write", "plain",
+         said(READ, field(READ, extra=f"&fb_api_req_friendly_name[]={WRITE}".encode())), BLOCKED, "read-only"),
+    Case("operation-field-in-query-string", "the field in the URL's query string as well is a write", "plain",
+         said(READ, field(READ), path=f"/api/graphql/?fb_api_req_friendly_name={WRITE}"), BLOCKED, "read-only"),
+    Case("operation-name-not-a-graphql-name", "a name that is not a GraphQL name is a write", "plain",
+         said(f"{WRITE}, {READ}", field(f"{WRITE}%2C+{READ}")), BLOCKED, "read-only"),
+    Case("operation-body-over-limit", "a body over 64 KiB is a write", "plain",
+         said(READ, field(READ, extra=b"&pad=" + b"x" * 66_000)), BLOCKED, "read-only"),
+    Case("operation-body-not-utf8", "a body that does not decode is a write", "plain",
+         said(READ, field(READ, extra=b"&x=%FF")), BLOCKED, "read-only"),
+    Case("operation-body-compressed", "a compressed body is a write", "plain",
+         said(READ, gzip.compress(field(READ)), more=[("Content-Encoding", "gzip")]), BLOCKED, "read-only"),
+    Case("operation-body-multipart", "a multipart body is a write", "plain",
+         said(READ, b'--b\r\nContent-Disposition: form-data; name="fb_api_req_friendly_name"\r\n\r\n'
+              + READ.encode() + b"\r\n--b--\r\n", content_type=("Content-Type", "multipart/form-data; boundary=b")),
+         BLOCKED, "read-only"),
+    Case("operation-body-without-content-type", "a body of no stated type is a write", "plain",
+         said(READ, field(READ), content_type=None), BLOCKED, "read-only"),
+    Case("operation-body-chunked", "a chunked body is a write, killed before it is read", "plain",
+         said(READ, f"{len(field(READ)):x}\r\n".encode() + field(READ) + b"\r\n0\r\n\r\n",
+              more=[("Transfer-Encoding", "chunked")]), CLOSED),
+    Case("operation-h2-body-without-length", "an HTTP/2 body of no stated length is a write", "plain",
+         h2req(f"{META}:443", pseudo("POST", META, "/api/graphql/") + [H2_FORM_TYPE, ("x-fb-friendly-name", READ)],
+               field(READ)), BLOCKED, "read-only"),
+    Case("operation-body-streamed", "a body mitmproxy streams is a write, killed before it leaves", "streaming",
+         said(READ, field(READ, extra=b"&pad=" + BIG)), CLOSED),
+    Case("operation-rule-path-dot-segments", "dot segments are resolved before an operation rule matches", "plain",
+         said(READ, field(READ), path="/static/../api/graphql/"), BLOCKED, "read-only"),
+    Case("operation-method-override", "an override to another write needs a rule of its own", "plain",
+         said(READ, field(READ), more=[("X-HTTP-Method-Override", "DELETE")]), BLOCKED, "read-only"),
+    Case("graphql-query-passes", "a GraphQL document with queries only passes read-only", "plain",
+         graphql("query Feed { viewer { id } }", "Feed"), OK, reaches_origin=True),
+    Case("graphql-mutation-named-query", "a mutation is a write whatever its name says", "plain",
+         graphql("mutation FeedQuery { post(text: \"x\") { id } }", "FeedQuery"), BLOCKED, "read-only"),
+    Case("graphql-mutation-beside-query", "a document holding any mutation is a write", "plain",
+         graphql("query Feed { a } mutation M { b }", "Feed"), BLOCKED, "read-only"),
+    Case("graphql-subscription", "a subscription is a write", "plain",
+         graphql("subscription Feed { a }", "Feed"), BLOCKED, "read-only"),
+    Case("graphql-name-not-in-document", "an operationName the document lacks is a write", "plain",
+         graphql("query Other { a }", "Feed"), BLOCKED, "read-only"),
+    Case("graphql-unparseable", "a document that does not parse is a write", "plain",
+         graphql("query Feed { a", "Feed"), BLOCKED, "read-only"),
+    Case("graphql-json-duplicate-key", "a JSON key given twice is a write", "plain",
+         graphql("", raw_body=b'{"query": "query Feed { a }", "operationName": "Feed", "query": "mutation Feed { b }"}'),
+         BLOCKED, "read-only"),
+    Case("graphql-batch", "a batch of documents is a write", "plain",
+         graphql("", raw_body=b'[{"query": "query Feed { a }", "operationName": "Feed"}]'), BLOCKED, "read-only"),
+]  # fmt: skip
+
+
+def said_slowly(header: str, body: bytes, pause: float):
+    """A plain-HTTP POST to meta.test whose body stops after 10 bytes for `pause` seconds, then ends."""
+    import socket
+    import time
+
+    from support.wire import _read_response
+
+    data = request("POST", f"http://{META}/api/graphql/", [("Host", META), FORM_TYPE, ("X-FB-Friendly-Name", header)],
+                   body, "HTTP/1.1", auth=AUTH)
+    head, _, _ = data.partition(b"\r\n\r\n")
+
+    def send(proxy) -> Reply:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=pause + 10) as sock:
+            sock.sendall(head + b"\r\n\r\n" + body[:10])
+            time.sleep(pause)
+            sock.sendall(body[10:])
+            return Reply(_read_response(sock, 10.0))
+
+    return send
+
+
+from accessgate.proxy.operations import BODY_WAIT  # noqa: E402
+
+CASES += [
+    Case("operation-body-too-slow", "a read whose body comes after the 10 s deadline is a write", "plain",
+         said_slowly(READ, field(READ), BODY_WAIT + 1), BLOCKED, "read-only"),
+]  # fmt: skip

@@ -24,19 +24,22 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 T0 = datetime(2026, 11, 23, 12, 0, 0, 250000, tzinfo=timezone.utc)
 
 
-def proxy_record(request_id: str, error: str | None = None, **changes) -> dict:
+def proxy_record(request_id: str, error: str | None = None, operation: str | None = None, **changes) -> dict:
     """An access record as the proxy makes it."""
     decision = Decision(decision="allow", reason="allowed", rule="roles.everyone.access.facebook", site="facebook",
                         level=Level.FULL, role="everyone", roles=("everyone", "sales"), host="www.facebook.com")
     st = FlowState(request_id=request_id, started=0.0, ts=T0, decision=decision, policy="ab12cd34ef56",
                    identity=Identity(user="alice", client_ip=ipaddress.ip_address("10.0.0.7")), enforced=True,
-                   method="GET", scheme="https", host="www.facebook.com", path="/groups/feed/")  # fmt: skip
+                   method="GET", scheme="https", host="www.facebook.com", path="/groups/feed/",
+                   operation=operation)  # fmt: skip
     return access_record(st, decision, True, 200, 120, 5120, 0.0035, error) | changes
 
 
 def test_the_proxy_builds_an_access_record_in_the_schemas_order():
-    assert tuple(proxy_record("r1", error="killed")) == schema.ACCESS_ORDER
-    assert tuple(proxy_record("r2")) == schema.ACCESS_ORDER[:-1]  # `error` only when there is one
+    assert tuple(proxy_record("r1", error="killed", operation="CometNewsFeedPaginationQuery")) == schema.ACCESS_ORDER
+    # `operation` and `error` only when there is one
+    assert tuple(proxy_record("r2")) == tuple(k for k in schema.ACCESS_ORDER if k not in schema.SOMETIMES)
+    assert tuple(proxy_record("r3", operation="x")) == schema.ACCESS_ORDER[:-1]
 
 
 def test_the_record_of_a_tls_connection_not_decrypted_ends_with_its_names_and_why():
@@ -45,7 +48,8 @@ def test_the_record_of_a_tls_connection_not_decrypted_ends_with_its_names_and_wh
                    identity=Identity(user="alice"), enforced=True, method="CONNECT", scheme="tls",
                    host="example.org", path="", names=("example.org", "example.org:443"), inspection="unlisted")
     record = access_record(st, decision, True, None, 700, 1400, 2.5, None)
-    assert tuple(record) == schema.ACCESS_ORDER[:-1] + tuple(f.name for f in schema.UNREAD)
+    assert tuple(record) == (tuple(k for k in schema.ACCESS_ORDER if k not in schema.SOMETIMES)
+                             + tuple(f.name for f in schema.UNREAD))
     assert (record["names"], record["inspection"]) == (["example.org", "example.org:443"], "unlisted")
 
 
@@ -61,6 +65,7 @@ def every_kind_of_line(log: Path) -> list[Path]:
     writer = AuditWriter(log, flush_interval=60)
     writer.write(proxy_record("r1"))
     writer.write(proxy_record("r2", error="killed"))
+    writer.write(proxy_record("r2b", operation="CometNewsFeedPaginationQuery"))
     writer.write(proxy_record("r3", path="/\udcff"))  # escaped
     writer.write(proxy_record("r4", path="/" + "a" * schema.MAX_RECORD_BYTES))  # truncated
     writer.write(proxy_record("r5", ts="yesterday-ish"))  # ts_given

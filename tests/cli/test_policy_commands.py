@@ -446,3 +446,63 @@ def test_explain_shows_a_warn_grant_and_what_happens_before_and_after_a_reason(c
     data = json.loads(out)
     assert (data["decision"], data["level"], data["rule"], data["continue_minutes"]) == (
         "allow", "warn", "roles.everyone.access.instagram+continued", 30)
+
+
+# ---- explain --body / --operation (issue 21) -----------------------------------------
+
+META = str(ROOT / "policy" / "read-only-meta.yaml")  # zoe reads facebook under the catalog's operation rules
+GRAPHQL_URL = ["--user", "zoe", "--url", "https://www.facebook.com/api/graphql/", "--method", "POST"]
+FORM_HEADER = ["--header", "Content-Type: application/x-www-form-urlencoded"]
+
+
+def friendly(name: str) -> list[str]:
+    return ["--header", f"X-FB-Friendly-Name: {name}"]
+
+
+def form_body(name: str) -> bytes:
+    return f"av=1&fb_api_req_friendly_name={name}&doc_id=1".encode()
+
+
+@pytest.mark.parametrize("header, body, want", [
+    ("CometNewsFeedPaginationQuery", form_body("CometNewsFeedPaginationQuery"),
+     ("allow", "allowed", "CometNewsFeedPaginationQuery")),
+    ("ComposerStoryCreateMutation", form_body("ComposerStoryCreateMutation"),
+     ("block", "read-only", "ComposerStoryCreateMutation")),
+    ("CometNewsFeedPaginationQuery", form_body("ComposerStoryCreateMutation"),
+     ("block", "read-only", "CometNewsFeedPaginationQuery / ComposerStoryCreateMutation")),
+    ("CometNewsFeedPaginationQuery", form_body("CometNewsFeedPaginationQuery") + b"&pad=" + b"x" * 70_000,
+     ("block", "read-only", "CometNewsFeedPaginationQuery")),
+], ids=["a-read", "a-post", "names-disagree", "over-the-limit"])  # fmt: skip
+def test_explain_decides_on_a_body(capsys, tmp_path, header, body, want):
+    path = tmp_path / "body"
+    path.write_bytes(body)
+    status, out, _ = run(capsys, "explain", META, *GRAPHQL_URL, *FORM_HEADER, *friendly(header),
+                         "--body", str(path), "--json")
+    got = json.loads(out)
+    assert status == 0 and (got["decision"], got["reason"], got.get("operation")) == want
+
+
+def test_explain_reads_the_body_from_standard_input(capsys, monkeypatch):
+    import io
+
+    name = "CometNewsFeedPaginationQuery"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(form_body(name))))
+    status, out, _ = run(capsys, "explain", META, *GRAPHQL_URL, *FORM_HEADER, *friendly(name), "--body", "-", "--json")
+    assert status == 0 and json.loads(out)["decision"] == "allow"
+
+
+@pytest.mark.parametrize("operation, want", [
+    ("CometNewsFeedPaginationQuery", "allow"),
+    ("ComposerStoryCreateMutation", "block"),
+])  # fmt: skip
+def test_explain_decides_on_an_operation_written_down(capsys, operation, want):
+    status, out, _ = run(capsys, "explain", META, *GRAPHQL_URL, "--operation", operation, "--json")
+    got = json.loads(out)
+    assert status == 0 and (got["decision"], got["operation"]) == (want, operation)
+
+
+def test_explain_takes_a_body_or_an_operation_not_both(capsys, tmp_path):
+    path = tmp_path / "body"
+    path.write_bytes(b"x")
+    status, _, err = run(capsys, "explain", META, *GRAPHQL_URL, "--body", str(path), "--operation", "XQuery")
+    assert status == 2 and "not both" in err

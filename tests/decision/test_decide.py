@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from accessgate.decision import Identity, Request, decide
+from accessgate.decision import Claimed, Content, Identity, Request, decide
 from accessgate.errors import StateStoreUnavailable
 from accessgate.policy.loader import parse_policy
 from accessgate.decision.quota import QuotaUsage
@@ -54,6 +54,20 @@ class Continued:
         return self.until
 
 
+def content_for(case, headers) -> Content | Claimed | None:
+    """What the request says it does: `body` (padded with 'x' to `body_size`
+    bytes), a body the proxy did not read (`unread`), or an `operation`."""
+    query = urlsplit(case.get("url", "")).query
+    if "operation" in case:
+        return Claimed(case["operation"])
+    if "unread" in case:
+        return Content(headers, None, case["unread"], query)
+    if "body" in case:
+        body = case["body"].encode()
+        return Content(headers, body + b"x" * (case.get("body_size", len(body)) - len(body)), query=query)
+    return None
+
+
 def request_for(case) -> Request:
     headers = tuple(
         (name.strip().lower(), value.strip())
@@ -69,6 +83,7 @@ def request_for(case) -> Request:
         path=path or "/",
         scheme=url.scheme,
         headers=headers,
+        content=content_for(case, headers),
     )
 
 

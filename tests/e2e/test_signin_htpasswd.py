@@ -131,10 +131,11 @@ def test_credentials_reach_neither_the_origin_nor_any_log(proxy, origin):
             assert needle not in text
 
 
-def test_accessgate_auth_and_proxyauth_at_once_do_not_start(signin_policy, htfile, mitm_confdir, tmp_path):
+def test_accessgate_auth_and_proxyauth_at_once_do_not_start(signin_policy, htfile, htpasswd, mitm_confdir, tmp_path):
+    # proxyauth gets a file every mitmproxy line reads (bcrypt), so that accessgate's refusal is what stops it.
     with pytest.raises(ProxyFailed, match="accessgate_auth and mitmproxy's proxyauth are both set"):
         start_proxy(policy=signin_policy, confdir=mitm_confdir, workdir=tmp_path,
-                    options={"accessgate_auth": f"htpasswd:{htfile}", "proxyauth": f"@{htfile}"})
+                    options={"accessgate_auth": f"htpasswd:{htfile}", "proxyauth": f"@{htpasswd}"})
 
 
 def test_a_misspelt_method_does_not_start(signin_policy, mitm_confdir, tmp_path):

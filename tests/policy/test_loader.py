@@ -82,7 +82,7 @@ def _summary(policy: Policy) -> dict:
         "timezone": policy.timezone.key,
         "sites": {
             name: {"domains": list(s.domains), "networks": [str(n) for n in s.networks],
-                   "read_only_allow": [[r.method, r.path] for r in s.read_only_allow],
+                   "read_only_allow": [[r.method, r.path, *_operation(r.operation)] for r in s.read_only_allow],
                    **({"name": s.display_name} if s.display_name else {})}
             for name, s in policy.sites.items()
         },
@@ -116,6 +116,14 @@ def _as_addresses(summary: dict) -> dict:
         if "client_ip" in test:
             test["client_ip"] = ipaddress.ip_address(test["client_ip"])
     return summary
+
+
+def _operation(operation) -> list:
+    """A rule's operation as plain data (nothing for a rule on method and path alone)."""
+    if operation is None:
+        return []
+    return [{"names": list(operation.names), "named_in": [[s.kind, s.name] for s in operation.named_in],
+             "graphql": [operation.graphql.kind, operation.graphql.name] if operation.graphql else None}]
 
 
 @pytest.mark.parametrize("case", _cases("valid"), ids=lambda p: p.stem)

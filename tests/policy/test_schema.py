@@ -68,6 +68,9 @@ LOADER_ONLY = {
     "grants read-only": "no site a role grants read-only",
     "which always_inspect names": "or that is always inspected",
     "start_tls is for ldap:// URLs": "start_tls only with an ldap:// URL",
+    "says nowhere where the request names its operation": "an operation names where the request names it",
+    "so any name would pass": "without 'graphql', a 'name'",
+    "has both 'body' and 'operation'": "a test gives 'body' or 'operation', not both",
 }
 # Problems with the file rather than its values: an editor shows them itself.
 FILE_LEVEL = ("the file is not UTF-8", "YAML syntax error", "YAML error", "the policy file is empty",

@@ -211,6 +211,7 @@ def start_proxy(
     core: int | None = None,
     quiet: bool = False,
     mitmdump: Path = MITMDUMP,
+    source: Path | None = None,
 ) -> Proxy:
     """Start mitmdump + accessgate (+ routing to `origin`) and wait until it listens.
 
@@ -220,6 +221,8 @@ def start_proxy(
     flow or connection) on a port picked here, since it then does not say
     which one it bound.  `mitmdump` is this environment's unless another
     virtual environment's is named (tests/e2e/test_mitmproxy_lines.py).
+    `source`, a checkout of another revision, runs its
+    addon script and package instead of this one's (a benchmark's baseline).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port() if quiet else 0
@@ -233,7 +236,7 @@ def start_proxy(
     settings: dict[str, object] = {}
     audit_path = workdir / "audit.jsonl" if audit and accessgate else None
     if accessgate:
-        args += ["-s", str(ADDON)]
+        args += ["-s", str(source / "addons" / "accessgate.py" if source is not None else ADDON)]
         settings.update(
             accessgate_state=state,
             accessgate_audit_log=str(audit_path or ""),
@@ -245,13 +248,17 @@ def start_proxy(
         args += ["-s", str(script)]
     if origin is not None:
         args += ["-s", str(ROUTE), "--set", f"route_to_origin={origin.address}"]
-        if accessgate:
-            # The origin lives on this host, which accessgate otherwise never connects to.
+        if accessgate and (source is None or (source / "src/accessgate/proxy/upstream.py").exists()):
+            # The origin lives on this host, which accessgate otherwise never connects to
+            # (a baseline revision from before that guard has no such option).
             settings["accessgate_upstream_allow"] = [origin.address.rpartition(":")[0]]
     settings.update(options or {})
     args += _set_options(settings)
     metrics = metrics and accessgate
-    process, out, err = launch(pin(args, core), cwd=workdir)
+    env = None
+    if source is not None:  # its package first on the path, before the installed one
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(source / "src"), os.environ.get("PYTHONPATH")]))}
+    process, out, err = launch(pin(args, core), cwd=workdir, env=env)
     try:
         port, metrics_port = wait_ready(process, out, err, metrics=metrics, port=port or None)
         if os.environ.get(EXPECT_COMPILED) == "1" and accessgate and policy is not None:

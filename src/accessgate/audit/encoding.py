@@ -21,17 +21,22 @@ import time
 from datetime import date, datetime, timezone
 from enum import Enum
 from ipaddress import IPv4Address, IPv6Address
+from itertools import combinations
 from pathlib import Path
 from typing import Callable
 
 import orjson
 
 from accessgate.audit.pseudonym import pseudonymize
-from accessgate.audit.schema import ACCESS_ORDER, CHAIN_KEYS, MAX_RECORD_BYTES, SEAL_KEYS, ZERO_HASH
+from accessgate.audit.schema import ACCESS_ORDER, CHAIN_KEYS, MAX_RECORD_BYTES, SEAL_KEYS, SOMETIMES, ZERO_HASH
 
 _ORDER_AFTER_EVENT = ACCESS_ORDER[1:]
-# Key sequences already in that order: an access record, with and without `error`.
-_IN_ORDER = frozenset({ACCESS_ORDER, ACCESS_ORDER[:-1]})
+# Key sequences already in that order: an access record, with and without each field it has only sometimes.
+_IN_ORDER = frozenset(
+    tuple(key for key in ACCESS_ORDER if key not in left_out)
+    for n in range(len(SOMETIMES) + 1)
+    for left_out in combinations(SOMETIMES, n)
+)
 _CHAIN_KEYS = frozenset(CHAIN_KEYS + SEAL_KEYS)  # the writer's to set: a caller's are left out
 
 

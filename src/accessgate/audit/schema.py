@@ -60,8 +60,12 @@ bytes_out   | integer         | BIGINT    | body bytes to the client
 duration_ms | number          | DOUBLE    | from decision to the end of the response
 policy      | string          | VARCHAR   | short hash of the policy in force (`accessgate_policy_info{hash}` shows the same)
 enforced    | boolean         | BOOLEAN   | `false` in `accessgate_mode=audit`: the decision was logged but not enforced
+operation   | string          | VARCHAR   | only for a write decided on what it says it does (a `read_only_allow` rule with an `operation`): the operation it names, e.g. `CometNewsFeedPaginationQuery`, `query Feed` or `mutation CreatePost` for a GraphQL document (names that disagree joined by ` / `); set by the client (see [operations](policy-language.md#operations))
 error       | string          | VARCHAR   | only when something went wrong with the flow (e.g. `killed`)
 """)
+# Fields an access record has only sometimes, in ACCESS order; the writer's
+# fast path knows the record with and without each.
+SOMETIMES = ("operation", "error")
 
 # What only the record of a TLS connection not decrypted (scheme `tls`) has, after the fields above.
 UNREAD = _fields("""

@@ -37,6 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a request header; repeat for more (Host headers are decided as well)",
     )
     parser.add_argument(
+        "--body",
+        metavar="FILE",
+        help="the request body, from FILE or - for standard input (give its Content-Type with --header); "
+        "read_only_allow rules with an operation read it",
+    )
+    parser.add_argument(
+        "--operation",
+        metavar="NAME",
+        help="the operation the request says it runs, as the audit log names it: a name like "
+        "CometNewsFeedPaginationQuery, or 'query Feed' / 'mutation CreatePost' for a GraphQL document",
+    )
+    parser.add_argument(
         "--quota-used",
         type=int,
         default=0,
@@ -64,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         headers = tuple(explain.parse_header(h) for h in args.header)
         request = explain.request_from_url(args.url, args.method, headers)
+        if args.body is not None and args.operation is not None:
+            raise ValueError("give --body or --operation, not both")
+        body = _read_body(args.body) if args.body is not None else None
+        request = explain.with_content(request, headers, body, args.operation)
         user = fold_user(args.user) if args.user else None
         ldap_groups, directory = directory_groups(policy, user, skip=args.no_directory)
         who = explain.identity(user, args.client_ip, ldap_groups)
@@ -103,3 +119,17 @@ def directory_groups(policy: Policy, user: str | None, skip: bool) -> tuple[froz
     if found is None:
         return frozenset(), f"{directory.settings.url}: no such user"
     return found, f"{directory.settings.url}: {len(found)} group{'' if len(found) == 1 else 's'}"
+
+
+def _read_body(where: str) -> bytes:
+    """The body from a file, or standard input for `-`: at most one byte more than
+    the proxy reads, which is enough to know it would not read it."""
+    from accessgate.decision import BODY_LIMIT
+
+    try:
+        if where == "-":
+            return sys.stdin.buffer.read(BODY_LIMIT + 1)
+        with open(where, "rb") as f:
+            return f.read(BODY_LIMIT + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read the body from {where}: {exc.strerror}") from None

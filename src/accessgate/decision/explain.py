@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
-from accessgate.decision.types import Decision, Identity, Request
+from accessgate.decision.content import BODY_LIMIT, Claimed, Content
+from accessgate.decision.rules import operation_said, operations_asked
+from accessgate.decision.types import READ_ONLY, Decision, Identity, Request
 from accessgate.policy.model import Level, Policy
 from accessgate.decision.quota import QuotaUsage
 
@@ -57,6 +59,23 @@ def request_from_url(
         scheme=parts.scheme,
         headers=lowered,
     )
+
+
+def with_content(
+    request: Request, headers: tuple[tuple[str, str], ...], body: bytes | None, operation: str | None
+) -> Request:
+    """`request` with what it says it does: its headers and `body` (as the proxy
+    reads it: a body over BODY_LIMIT is not read), or an `operation` written
+    down (`CometNewsFeedPaginationQuery`, `query Feed`).  Neither: unchanged."""
+    if operation is not None:
+        return request._replace(content=Claimed(operation))
+    if body is None:
+        return request
+    lowered = tuple((name.strip().lower(), value.strip()) for name, value in headers)
+    query = request.path.partition("?")[2]
+    if len(body) > BODY_LIMIT:
+        return request._replace(content=Content(lowered, None, f"its body is over {BODY_LIMIT // 1024} KiB", query))
+    return request._replace(content=Content(lowered, body, query=query))
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -175,7 +194,23 @@ def report(
         "at": at.astimezone(tz).isoformat(),
         "timezone": str(tz),
         "policy": policy.digest,
+        **_operation(decision, policy, request),
     }
+
+
+def _operation(decision: Decision, policy: Policy, request: Request) -> dict[str, object]:
+    """`operation` (what the request says it runs) where a rule with an operation
+    decides it; and a hint where such a rule would, had it been told."""
+    site = policy.sites.get(decision.site) if decision.site is not None else None
+    if site is None or not operations_asked(request, site):
+        return {}
+    if request.content is None:
+        hint = "" if decision.reason != READ_ONLY else (
+            "a read_only_allow rule with an operation covers this request: give --body FILE "
+            "(with --header 'Content-Type: ...') or --operation NAME to decide it on what it says it does"
+        )
+        return {"operation": None, "hint": hint} if hint else {}
+    return {"operation": operation_said(request, site)}
 
 
 def render(data: dict[str, object]) -> str:
@@ -212,6 +247,10 @@ def render(data: dict[str, object]) -> str:
         else:
             then = f"allowed: the user gave a reason on the warn page ({data['continue_minutes']} minutes each)"
         lines.append(("then", then))
+    if "operation" in data:
+        lines.append(("operation", data["operation"] or "(none given)"))
+    if data.get("hint"):
+        lines.append(("hint", data["hint"]))
     if data.get("opens_at"):
         lines.append(("opens at", _when(str(data["opens_at"]), str(data["timezone"]))))
     elif data["reason"] in ("outside-window", "quota-exhausted"):

@@ -48,6 +48,9 @@ class CaseResult:
 def run_case(policy: Policy, case: PolicyTest, now: datetime) -> CaseResult:
     try:
         request = explain.request_from_url(case.url, case.method, case.headers)
+        request = explain.with_content(
+            request, case.headers, case.body.encode() if case.body is not None else None, case.operation
+        )
         who = explain.identity(case.user, case.client_ip)
         at = explain.parse_time(case.at, policy.timezone, now)
     except ValueError as exc:
@@ -72,6 +75,10 @@ def describe(case: PolicyTest) -> str:
     text = f"{who} {case.method} {case.url}"
     for name, value in case.headers:
         text += f" [{name}: {value}]"
+    if case.body is not None:
+        text += f" body {case.body[:60]!r}" + ("…" if len(case.body) > 60 else "")
+    if case.operation is not None:
+        text += f" operation {case.operation!r}"
     if case.at:
         text += f" at {case.at}"
     return text

@@ -23,11 +23,13 @@ import fnmatch
 from datetime import date, datetime, timezone
 
 from accessgate.errors import StateStoreError, StateStoreUnavailable
-from accessgate.policy.model import Grant, Level, Policy, Site
+from accessgate.policy.model import Grant, Level, Operation, Policy, ReadOnlyRule, Site
 from accessgate.policy.paths import readings as path_readings
 from accessgate.policy.windows import in_any_window, next_window_start, start_of_next_day
 from accessgate.decision.plan import Plan, PolicyIndex, allowed_by, denied_by, index_of, remember
 from accessgate.decision.continuations import Continuations, NoContinuations
+from accessgate.decision.content import described as _described
+from accessgate.decision.content import refusal as _operation_refusal
 from accessgate.decision.quota import NoQuotaUsed, QuotaLedger
 from accessgate.decision.types import (
     ALLOW,
@@ -330,7 +332,9 @@ def read_only_refusal(request: Request, site: Site) -> str | None:
                 writes.add(override)
     if not writes:
         return None
-    rules = site.read_only_allow
+    if site.operation_rules:
+        return _refusal_with_operations(request, site, writes)
+    rules = site.path_rules
     # Only a write gets here: reads never pay for reading the path.
     readings = path_readings(request.path.split("?", 1)[0]) if rules else ()
     for method in sorted(writes):
@@ -344,6 +348,69 @@ def read_only_refusal(request: Request, site: Site) -> str | None:
                 for rule in rules
             ):
                 return f"{method} requests are writes"
+    return None
+
+
+def _refusal_with_operations(request: Request, site: Site, writes: set[str]) -> str | None:
+    """`read_only_refusal` for a site with rules that read what a request says
+    it does: each write method and path reading needs a rule on method and
+    path, or an operation rule whose request says it reads (content.py)."""
+    readings = path_readings(request.path.split("?", 1)[0])
+    said: dict[int, str | None] = {}  # operation rule -> why it refuses, asked once
+    for method in sorted(writes):
+        if not readings:
+            return f"{method} requests are writes, and no exception covers a path servers may read differently"
+        for path in readings:
+            if any(
+                (rule.method is None or rule.method == method) and fnmatch.fnmatchcase(path, rule.path)
+                for rule in site.path_rules
+            ):
+                continue
+            why = ""
+            for i, rule in enumerate(site.operation_rules):
+                if (rule.method is None or rule.method == method) and fnmatch.fnmatchcase(path, rule.path):
+                    if i not in said:
+                        said[i] = _operation_refusal(_operation(rule), request.content)
+                    refused = said[i]
+                    if refused is None:
+                        break
+                    why = why or refused
+            else:
+                return f"{method} requests are writes, and {why}" if why else f"{method} requests are writes"
+    return None
+
+
+def _operation(rule: ReadOnlyRule) -> Operation:
+    assert rule.operation is not None  # Site.operation_rules have one
+    return rule.operation
+
+
+def operations_asked(request: Request, site: Site) -> tuple[Operation, ...]:
+    """The operation rules of `site` that would decide `request`, a write, by
+    what it says: those whose method and path match it (in some reading)."""
+    if not site.operation_rules:
+        return ()
+    method = request.method.upper()
+    methods = {method} if method not in SAFE_METHODS else set()
+    for name, value in request.headers:
+        if name in HEADERS_READ and name != "upgrade" and value.strip().upper() not in SAFE_METHODS:
+            methods.add(value.strip().upper())
+    readings = path_readings(request.path.split("?", 1)[0])
+    return tuple(
+        _operation(rule)
+        for rule in site.operation_rules
+        if any(rule.method is None or rule.method == m for m in methods)
+        and any(fnmatch.fnmatchcase(path, rule.path) for path in readings)
+    )
+
+
+def operation_said(request: Request, site: Site) -> str | None:
+    """What `request` says it does, as the first of `site`'s operation rules
+    that would decide it reads that (for the audit record); None if none would."""
+    if request.content is None:
+        return None
+    for operation in operations_asked(request, site):
+        return _described(operation, request.content)
     return None
 
 

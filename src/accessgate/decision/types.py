@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, NamedTuple
 
+from accessgate.decision.content import Claimed, Content
 from accessgate.policy.model import (  # noqa: F401 - re-exported: the codes a Decision carries
     ALLOW,
     ALLOW_REASONS,
@@ -56,8 +57,11 @@ class Request(NamedTuple):
     target, SNI, absolute-form authority, `:authority`, each `Host`
     header), raw as received; more than MAX_HOST_NAMES of them block.
     `headers` are (lower-case name, value); the engine reads only those
-    named in `HEADERS_READ`.  A NamedTuple, as Decision is: the proxy
-    builds one per request.
+    named in `HEADERS_READ`.  `content` is what the request says it does
+    beyond that (its headers and small body, or an operation written down):
+    only `read_only_allow` rules with an `operation` read it, and None
+    (not read) lets none of them through.  A NamedTuple, as Decision is:
+    the proxy builds one per request.
     """
 
     method: str
@@ -65,6 +69,7 @@ class Request(NamedTuple):
     path: str = "/"
     scheme: str = "http"
     headers: tuple[tuple[str, str], ...] = ()
+    content: Content | Claimed | None = None
 
     def header_values(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k == name]

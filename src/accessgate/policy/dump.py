@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import yaml
 
-from accessgate.policy.model import Level, Grant, Member, MemberKind, Policy, PolicyTest, Site
+from accessgate.policy.model import Level, Grant, Member, MemberKind, Policy, PolicyTest, ReadOnlyRule, Site
 
 
 def dump_policy(policy: Policy) -> str:
@@ -70,10 +70,23 @@ def _site(site: Site) -> dict[str, object]:
     if site.networks:
         out["networks"] = [str(n) for n in site.networks]
     if site.read_only_allow:
-        out["read_only_allow"] = [
-            {"method": r.method, "path": r.path} if r.method else {"path": r.path}
-            for r in site.read_only_allow
-        ]
+        out["read_only_allow"] = [_rule(r) for r in site.read_only_allow]
+    return out
+
+
+def _rule(rule: ReadOnlyRule) -> dict[str, object]:
+    out: dict[str, object] = {"method": rule.method} if rule.method else {}
+    out["path"] = rule.path
+    operation = rule.operation
+    if operation is not None:
+        said: dict[str, object] = {}
+        if operation.names:
+            said["name"] = list(operation.names)
+        if operation.named_in:
+            said["named_in"] = [str(s) for s in operation.named_in]
+        if operation.graphql is not None:
+            said["graphql"] = str(operation.graphql)
+        out["operation"] = said
     return out
 
 
@@ -106,4 +119,7 @@ def _test(test: PolicyTest) -> dict[str, object]:
             out[key] = value
     if test.headers:
         out["headers"] = [f"{name}: {value}" for name, value in test.headers]
+    for key in ("body", "operation"):
+        if getattr(test, key) is not None:
+            out[key] = getattr(test, key)
     return out

@@ -74,16 +74,54 @@ CONTINUED_SUFFIX = "+continued"
 
 
 @dataclass(frozen=True, slots=True)
+class Said:
+    """Where a request says something: a header, a field of its form body or
+    of its JSON body.  `name` is lower-case for a header, as sent otherwise."""
+
+    kind: str  # "header" | "form" | "json"
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+SAID_KINDS = ("header", "form", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What a request must say it does for a `read_only_allow` rule to let it through.
+
+    Every place in `named_in` must hold one value, the same in all of them:
+    the operation's name.  `graphql`, when given, holds the full text of a
+    GraphQL document, which must parse and hold no mutation or subscription;
+    the operation it runs (the one named, else its only one) gives the name
+    when `named_in` is empty.  The name must be a GraphQL name matching one
+    of `names` (globs; empty: any name, which only a `graphql` rule allows).
+    """
+
+    names: tuple[str, ...] = ()
+    named_in: tuple[Said, ...] = ()
+    graphql: Said | None = None
+
+    @property
+    def reads_body(self) -> bool:
+        return self.graphql is not None or any(s.kind != "header" for s in self.named_in)
+
+
+@dataclass(frozen=True, slots=True)
 class ReadOnlyRule:
     """A write that read-only access still allows (log in, search).
 
     `method` None matches every method; `path` is a glob (`*` crosses `/`)
     that must match the request's path, without its query string, in every
-    way a server may read it (`paths.readings`).
+    way a server may read it (`paths.readings`).  With `operation`, the
+    request must also say it does a read (decision/content.py).
     """
 
     method: str | None
     path: str
+    operation: Operation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +130,15 @@ class Site:
     domains: tuple[str, ...]  # normalized A-label form, no trailing dot
     networks: tuple[IPNetwork, ...] = ()
     read_only_allow: tuple[ReadOnlyRule, ...] = ()
+    # Derived once: the rules decided on method and path alone (at header
+    # time, at today's cost), and those that read what the request says.
+    path_rules: tuple[ReadOnlyRule, ...] = field(init=False, repr=False, compare=False, default=())
+    operation_rules: tuple[ReadOnlyRule, ...] = field(init=False, repr=False, compare=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path_rules", tuple(r for r in self.read_only_allow if r.operation is None))
+        object.__setattr__(self, "operation_rules", tuple(r for r in self.read_only_allow if r.operation is not None))
+
     display_name: str = ""  # `name:` as people read it ("LinkedIn"); "" when not given
 
     @property
@@ -188,6 +235,8 @@ class PolicyTest:
     name: str | None = None
     quota_used: int | None = None  # minutes already used today on the tested site
     source: str = ""  # "file:line" for failure messages
+    body: str | None = None  # the request body, as UTF-8 text (read by rules with an `operation`)
+    operation: str | None = None  # or the operation it says it runs, as the audit log names it
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ LOADER_ONLY = (
     "a domain is listed once in a category, and an entry once in never_inspect and always_inspect; "
     "never_inspect names known categories and no site a role grants read-only or that is always inspected",
     "directory.ldap's start_tls only with an ldap:// URL",
+    "an operation names where the request names it ('named_in' or 'graphql') and, without 'graphql', a 'name'; "
+    "a place once; 'graphql' is never a header; a test gives 'body' or 'operation', not both",
 )
 
 # ---- values ------------------------------------------------------------------------------------
@@ -116,6 +118,17 @@ RULE = {
     "method": _string("The method this rule allows (any method when left out).", pattern=f"^{_TOKEN}$"),
     "path": _string("A glob on the path without its query string, starting with '/'; '*' also crosses '/'.",
                     pattern="^/"),
+    "operation": _object(
+        "What the request must say it does (docs/policy-language.md, Operations): a write whose "
+        "operation is named alike everywhere and matches 'name', or a GraphQL document of queries only.",
+        {"name": {"description": "Globs the operation's name must match, like '*Query'.",
+                  "oneOf": [_text("A glob.", pattern=r"\S"),
+                            {"type": "array", "minItems": 1, "items": _text("A glob.", pattern=r"\S")}]},
+         "named_in": {"type": "array", "uniqueItems": True,
+                      "description": "Where the request names it: 'header NAME', 'form FIELD', 'json FIELD'.",
+                      "items": _string("A place.", pattern=rf"^\s*(header\s+{_TOKEN}|(form|json)\s+\S.*)$")},
+         "graphql": _string("Where the GraphQL document is: 'json FIELD' or 'form FIELD'.",
+                            pattern=r"^\s*(form|json)\s+\S.*$")}),
 }
 
 SITE = {
@@ -220,6 +233,8 @@ TEST = {
                 ]},
     "quota_used": {"type": "integer", "minimum": 0, "maximum": 1440,
                    "description": "Minutes already used today on the tested site."},
+    "body": _text("The request body, as text, for operation rules."),
+    "operation": _text("The operation the request names, as the audit log has it."),
 }
 
 _REASONS_WITH = [
@@ -244,6 +259,10 @@ TOP = {
     "unauthenticated": _string("'deny', or the name of a role every anonymous client gets. Main file only.",
                                pattern=f"^(deny|{_NAME})$"),
     "unlisted": {"enum": ["allow", "deny"], "description": "Hosts in no site: allow (not governed) or deny."},
+    "read_only_operations": {"type": "object", "description": "SITE: on or off; off drops the site's operation "
+                             "rules, so read-only blocks those endpoints again. Main file only.",
+                             "propertyNames": _names("A site name."),
+                             "additionalProperties": {"enum": ["on", "off"]}},
     "categories": {"type": ["object", "null"], "description": "Named lists of domains that are no governed site "
                    "(the catalog's banking and health), for never_inspect.",
                    "propertyNames": _names("A category name."),

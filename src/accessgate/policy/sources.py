@@ -30,8 +30,9 @@ from accessgate.policy.nodes import NULL, Checker, Entry, kind
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 MAIN_KEYS = ("version", "timezone", "include", "sites", "directory", "roles",
-             "unauthenticated", "unlisted", "tests", "categories", "never_inspect", "always_inspect")
-MAIN_ONLY_KEYS = ("timezone", "unauthenticated", "unlisted")
+             "unauthenticated", "unlisted", "tests", "categories", "never_inspect", "always_inspect",
+             "read_only_operations")
+MAIN_ONLY_KEYS = ("timezone", "unauthenticated", "unlisted", "read_only_operations")
 
 # An anchor (`&name`) and an alias (`*name`) as YAML writes them: after a line
 # start, a space, a flow indicator or (after a quoted key) a colon.  A file

@@ -18,7 +18,8 @@ from accessgate.policy import model
 from accessgate.policy.limits import quoted
 from accessgate.policy.nodes import TOKEN, Checker, Entry
 
-TEST_KEYS = ("name", "user", "url", "method", "at", "expect", "reason", "client_ip", "headers", "quota_used")
+TEST_KEYS = ("name", "user", "url", "method", "at", "expect", "reason", "client_ip", "headers", "quota_used",
+             "body", "operation")
 
 
 def tests_of(ck: Checker, sections: list[Entry]) -> list[model.PolicyTest]:
@@ -42,8 +43,11 @@ def _test(ck: Checker, node: yaml.Node) -> model.PolicyTest | None:
     for required in ("url", "expect"):
         if required not in fields:
             ck.problem(node, f"{where} has no '{required}'; every test needs 'url' and 'expect'")
-    texts = {key: ck.text(fields[key].value, f"'{key}' of {where}") for key in ("name", "user", "url", "at")
-             if key in fields}
+    texts = {key: ck.text(fields[key].value, f"'{key}' of {where}")
+             for key in ("name", "user", "url", "at", "body", "operation") if key in fields}
+    if "body" in fields and "operation" in fields:
+        ck.problem(fields["operation"].key, f"{where} has both 'body' and 'operation'; give the body the "
+                                            "request sends, or the operation it names, not both")
     url, at, user = texts.get("url"), texts.get("at"), texts.get("user")
     if url is not None:
         _check_url(ck, fields["url"].value, url, where)
@@ -85,6 +89,7 @@ def _test(ck: Checker, node: yaml.Node) -> model.PolicyTest | None:
         url=url, expect=expect, user=model.fold_user(user) if user is not None else None,
         method=method or "GET", at=at, reason=reason, client_ip=client_ip, headers=tuple(headers),
         name=texts.get("name"), quota_used=quota_used, source=f"{mark.name}:{mark.line + 1}",
+        body=texts.get("body"), operation=texts.get("operation"),
     )
 
 

@@ -11,6 +11,8 @@ docs/policy-errors.md for every message.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ipaddress
 import re
 from types import MappingProxyType
@@ -23,13 +25,15 @@ from accessgate.policy import model, suggest
 from accessgate.policy.hosts import normalize_host
 from accessgate.policy.inspection import InspectionWords
 from accessgate.policy.limits import quoted
-from accessgate.policy.nodes import INT, Checker, Entry, describe, int_of, text_of, where
+from accessgate.policy.nodes import INT, TOKEN, Checker, Entry, describe, int_of, text_of, where
 from accessgate.policy.sources import MAIN_KEYS, Source, digest_of
 from accessgate.policy.testcases import tests_of
 from accessgate.policy.windows import parse_window
 
 SITE_KEYS = ("domains", "networks", "read_only_allow", "name")
-RULE_KEYS = ("method", "path")
+RULE_KEYS = ("method", "path", "operation")
+OPERATION_KEYS = ("name", "named_in", "graphql")
+SWITCHES = ("on", "off")  # read_only_operations: SITE: on|off
 DIRECTORY_KEYS = ("groups", "ldap")
 # directory.ldap: the keys accessgate.auth's LdapSettings reads (tests/auth checks they agree).
 LDAP_KEYS = ("url", "bind_dn", "bind_password_file", "base_dn", "group_base_dn", "kind",
@@ -83,6 +87,7 @@ class Validator:
 
         timezone = self._timezone(sections["timezone"])
         sites = self._sites(sections["sites"])
+        sites = self._operations_switched(sites, sections["read_only_operations"])
         groups, ldap = self._directory(sections["directory"])
         roles = self._roles(sections["roles"], ldap is not None)
         unauthenticated = self._unauthenticated(sections["unauthenticated"])
@@ -298,7 +303,101 @@ class Validator:
             ck.problem(fields["path"].value, f"path {quoted(path)} of a read_only_allow rule of {owner} must "
                                              f"start with '/'; did you mean {quoted('/' + path)}?")
             return None
-        return model.ReadOnlyRule(method, path)
+        operation = None
+        if "operation" in fields:
+            operation = self._operation(fields["operation"].value, f"the operation of a read_only_allow rule of {owner}")
+            if operation is None:
+                return None
+        return model.ReadOnlyRule(method, path, operation)
+
+    def _operation(self, node: yaml.Node, owner: str) -> model.Operation | None:
+        """`operation: {name, named_in, graphql}`: what a request must say it does (docs/policy-language.md)."""
+        ck = self.ck
+        before = ck.raised
+        fields = ck.fields(node, owner, OPERATION_KEYS)
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        names: list[str] = []
+        if "name" in fields:
+            value = fields["name"].value
+            items = ck.seq(value, f"'name' of {owner}") if isinstance(value, yaml.SequenceNode) else [value]
+            for item in items:
+                glob = ck.text(item, f"a name of {owner}")
+                if glob is not None and not glob.strip():
+                    ck.problem(item, f"a name of {owner} is empty; write a glob like '*Query'")
+                elif glob is not None:
+                    names.append(glob)
+            if isinstance(value, yaml.SequenceNode) and not items:
+                ck.problem(value, f"'name' of {owner} is empty, so no operation would match; "
+                                  "list a glob like '*Query'")
+        named_in: list[model.Said] = []
+        if "named_in" in fields:
+            for item in ck.seq(fields["named_in"].value, f"'named_in' of {owner}"):
+                said = self._said(item, owner, "named_in")
+                if said is not None and said in named_in:
+                    ck.problem(item, f"{quoted(str(said))} is listed twice in 'named_in' of {owner}; keep one")
+                elif said is not None:
+                    named_in.append(said)
+        graphql = None
+        if "graphql" in fields:
+            graphql = self._said(fields["graphql"].value, owner, "graphql")
+            if graphql is not None and graphql.kind == "header":
+                ck.problem(fields["graphql"].value, f"'graphql' of {owner} is {quoted(str(graphql))}; the GraphQL "
+                                                    "document is read from the body: write 'json FIELD' or 'form FIELD'")
+        if ck.raised > before:
+            return None
+        if "graphql" not in fields and not named_in:
+            ck.problem(node, f"{owner} says nowhere where the request names its operation; add 'named_in' "
+                             "(like [header X-FB-Friendly-Name, form fb_api_req_friendly_name]) or 'graphql'")
+            return None
+        if "graphql" not in fields and not names:
+            ck.problem(node, f"{owner} has no 'name', so any name would pass; add the names that read, "
+                             "like name: '*Query'")
+            return None
+        return model.Operation(tuple(names), tuple(named_in), graphql)
+
+    def _said(self, node: yaml.Node, owner: str, key: str) -> model.Said | None:
+        """'header NAME', 'form FIELD' or 'json FIELD'."""
+        ck = self.ck
+        text = ck.text(node, f"an entry of '{key}' of {owner}")
+        if text is None:
+            return None
+        kind, _, name = text.strip().partition(" ")
+        name = name.strip()
+        if kind not in model.SAID_KINDS or not name:
+            ck.problem(node, f"{quoted(text)} in '{key}' of {owner} names no place in a request; write "
+                             "'header NAME', 'form FIELD' or 'json FIELD'")
+            return None
+        if kind == "header":
+            if not TOKEN.match(name):
+                ck.problem(node, f"{quoted(name)} in '{key}' of {owner} is not a header name; write it like "
+                                 "'header X-FB-Friendly-Name'")
+                return None
+            name = name.lower()
+        return model.Said(kind, name)
+
+    def _operations_switched(self, sites: dict[str, model.Site], entries: list[Entry]) -> dict[str, model.Site]:
+        """`read_only_operations: {SITE: off}`: that site's operation rules are dropped, so
+        read-only blocks the endpoints they covered again."""
+        ck = self.ck
+        for entry in entries:
+            for item in ck.entries(entry.value, "'read_only_operations'"):
+                name = item.name
+                switch = ck.choice(item.value, f"'read_only_operations' of {quoted(name)}", SWITCHES)
+                if name not in self.site_names:
+                    if not ck.incomplete:
+                        ck.problem(item.key, f"unknown site {quoted(name)} in 'read_only_operations'; "
+                                             f"{ck.suggest(name, self.site_names, 'sites are')}")
+                    continue
+                site = sites.get(name)
+                if site is None or switch is None:
+                    continue
+                if not site.operation_rules:
+                    ck.warn(item.key, f"site {quoted(name)} has no read_only_allow rule with an 'operation', "
+                                      f"so 'read_only_operations: {switch}' changes nothing for it")
+                elif switch == "off":
+                    sites[name] = dataclasses.replace(site, read_only_allow=site.path_rules)
+        return sites
 
     # ---- directory -----------------------------------------------------------
 

@@ -18,7 +18,10 @@ each other concern has its module:
 - status.py: the status page; warn.py: warn grants' page and continue form;
   reload.py: the policy's loads and reloads;
   records.py: the flow's state and its audit record; minutes.py: quota
-  minutes; resources.py and options.py: what the options open, and them.
+  minutes; resources.py and options.py: what the options open, and them;
+- operations.py: writes decided on what they say they do (a header, a
+  small body: `read_only_allow` rules with an `operation`), whose decision
+  may wait for the body, in the `request` hook.
 
 `requestheaders` decides every HTTP request on every name it gives for its
 host plus its connection's CONNECT target and SNI; the strictest decision
@@ -34,6 +37,7 @@ undecided.
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import sys
 import time
@@ -43,7 +47,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from accessgate import decision as engine
-from accessgate.decision import Decision, Identity
+from accessgate.decision import SAFE_METHODS, Decision, Identity
 from accessgate.oplog import get_logger
 from accessgate.policy.model import Policy
 from accessgate.proxy import options, resources
@@ -63,6 +67,7 @@ from accessgate.proxy.identity import IdentityCache
 from accessgate.proxy.inspection import Inspector
 from accessgate.proxy.metrics import site_label
 from accessgate.proxy.minutes import QuotaMinutes
+from accessgate.proxy.operations import Operations, stream_limit
 from accessgate.proxy.records import META, FlowState, access_record, body_size, flow_state
 from accessgate.proxy.reload import PolicyReloads
 from accessgate.proxy.sessions import Sessions
@@ -106,6 +111,7 @@ class AccessGate:
         # stream_large_bodies may switch a body of unknown length to streaming
         # after the headers hooks (see requestheaders).
         self._late_streaming = False
+        self.stream_limit = math.inf  # stream_large_bodies: bodies past it stream
         # Per client connection (by its id; dropped in client_disconnected):
         # its CONNECT targets, for the requests inside, and its users' identities.
         self.connect_names: dict[str, tuple[str, ...]] = {}
@@ -120,6 +126,7 @@ class AccessGate:
         self.signin = SignIn(self)
         self.metrics.watch_signin(self.signin.samples)
         self.warn = WarnForms(self)
+        self.operations = Operations(self)
         # Bound once: the request hooks call these on every request.
         self.identity = self._identities.of_flow
         self.spend_quota = self._minutes.spend
@@ -157,6 +164,7 @@ class AccessGate:
         self._late_streaming = streams_late(
             getattr(o, "stream_large_bodies", None), getattr(o, "body_size_limit", None)
         )
+        self.stream_limit = stream_limit(getattr(o, "stream_large_bodies", None))
         if "accessgate_audit_retention_days" in updated and o.accessgate_audit_retention_days < 0:
             raise exceptions.OptionsError(
                 "accessgate_audit_retention_days must be 0 (keep forever) or a number of days"
@@ -282,12 +290,20 @@ class AccessGate:
             if names_status(flow, scan.host_values):
                 answer_status(flow, identity, policy, now, self.ledger, self.inspector.mode)
                 return
-            decision = self.decide(request, identity, policy, now)
+            if request.method in SAFE_METHODS and not request.headers:
+                decision = self.decide(request, identity, policy, now)
+                waits = False
+            else:  # a write: what it says it does may decide, or its body, in `request`
+                decision, request, waits = self.operations.decide(flow, request, identity, policy, now)
             enforced = self._enforce
             st = flow_state(flow, decision, identity, now, started, policy, enforced, self.log_query, request)
             if request.path.startswith(CONTINUE_PATH) and request.path.partition("?")[0] == CONTINUE_PATH:
                 self.warn.intercept(flow, st, policy)  # a warn page's form: answered here, never forwarded
                 return
+            if request.content is not None:
+                self.operations.note(flow, st, request, policy, waits)
+                if waits:
+                    return
             if not decision.allowed and enforced:
                 status = self.block(flow, st)
                 self.audit_flow(st, status, 0, st.streamed_out or 0, None if status else "killed")
@@ -302,12 +318,24 @@ class AccessGate:
         except Exception as exc:
             self.fail(flow, "requestheaders", exc)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Any:
+        """A warn page's form (warn.py), and a flow whose decision waits for its body
+        (operations.py), are answered here, before mitmproxy forwards anything; every
+        other flow was decided already."""
         if META_CONTINUE in flow.metadata:  # the body of a warn page's form is here now
             try:
                 self.warn.answer(flow)
             except Exception as exc:
                 self.fail(flow, "request", exc)
+            return None
+        st = flow.metadata.get(META)
+        if st is None or not st.awaiting:
+            return None
+        try:
+            return self.operations.body_arrived(flow, st)
+        except Exception as exc:
+            self.fail(flow, "request", exc)
+            return None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         try:
@@ -315,7 +343,7 @@ class AccessGate:
             if not isinstance(st, FlowState) or st.blocked_here:
                 return
             if flow.response.stream is True or (self._late_streaming and response_length_unknown(flow)):
-                request = request_of(flow, self.connect_names.get(flow.client_conn.id, ()))
+                request = st.said or request_of(flow, self.connect_names.get(flow.client_conn.id, ()))
                 flow.response.stream = self.sessions.stream_counter(flow, st, "streamed_out", request)
         except Exception as exc:
             self.fail(flow, "responseheaders", exc)

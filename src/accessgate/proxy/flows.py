@@ -164,9 +164,18 @@ def scan_request(flow: http.HTTPFlow, tunnel_names: Iterable[str] = ()) -> Scann
             data.path.split(b"?", 1)[0].decode("utf-8", "surrogateescape"),
             data.scheme.decode("utf-8", "surrogateescape"),
             tuple(headers),
+            None,  # what it says it does: read only where a rule asks (proxy/operations.py)
         ),
     )
     return ScannedRequest(request, host_values, tuple(private), folded)
+
+
+def all_headers(rq: http.Request) -> tuple[tuple[str, str], ...]:
+    """Every header of `rq` as (lower-case name, value), decoded as mitmproxy's Headers would."""
+    return tuple(
+        (name.decode("utf-8", "surrogateescape").lower(), value.decode("utf-8", "surrogateescape"))
+        for name, value in rq.headers.fields
+    )
 
 
 def connect_request(flow: http.HTTPFlow) -> Request:

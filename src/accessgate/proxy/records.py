@@ -48,6 +48,16 @@ class FlowState:
     # A TLS connection passed through (or refused) unread: every name it gave, and why it was not decrypted.
     names: tuple[str, ...] = ()
     inspection: str | None = None
+    # Decided on what it says it does (proxy/operations.py): the operation it
+    # names, for the record; the request with its content, for re-decisions;
+    # and whether its decision waits for its body (the `request` hook).
+    operation: str | None = None
+    said: Request | None = None
+    awaiting: bool = False
+    # While it waits: since when (time.monotonic), and the timer that decides
+    # it a write once the body is BODY_WAIT late (asyncio.TimerHandle).
+    waiting_since: float = 0.0
+    body_timer: Any = None
 
 
 def flow_state(
@@ -121,6 +131,8 @@ def access_record(
         "policy": st.policy,
         "enforced": enforced,
     }
+    if st.operation is not None:
+        record["operation"] = st.operation
     if error is not None:
         record["error"] = error
     if st.inspection is not None:

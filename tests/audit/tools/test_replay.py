@@ -260,3 +260,56 @@ def test_text_report_calls_sites_by_their_display_names_json_keeps_the_keys(cli,
     assert any(line.split()[:1] == ["x"] for line in by_site.splitlines()), "a site without a name keeps its key"
     _, out, _ = cli("replay", candidate, log, "--json")
     assert set(json.loads(out)["by_site"]) == {"facebook", "x"}
+
+
+# -- writes decided on what they said they do (issue 21) ------------------------------
+
+META = """
+version: 1
+sites:
+  meta:
+    domains: [meta.test]
+    read_only_allow:
+      - method: POST
+        path: /api/graphql/
+        operation: {name: "*Query", named_in: [header X-FB-Friendly-Name, form fb_api_req_friendly_name]}
+roles:
+  everyone: {members: [all], access: {meta: read-only}}
+"""
+
+
+def meta_log(tmp_path) -> Path:
+    """What the proxy logged for zoe on meta: two reads (and their operation), a post, a read unnamed."""
+    rows = [("m1", "CometNewsFeedPaginationQuery", "allow", "allowed"),
+            ("m2", "ComposerStoryCreateMutation", "block", "read-only"),
+            ("m3", "CometPhotoRootContentQuery", "allow", "allowed"),
+            ("m4", None, "block", "read-only")]  # fmt: skip
+    records = []
+    for i, (rid, operation, decision, reason) in enumerate(rows):
+        record = {"event": "access", "ts": datetime.fromisoformat(f"2026-11-02T09:0{i}:00+00:00"),
+                  "request_id": rid, "user": "zoe", "roles": ["everyone"], "client_ip": "10.0.0.7",
+                  "method": "POST", "scheme": "https", "host": "www.meta.test", "path": "/api/graphql/",
+                  "site": "meta", "decision": decision, "reason": reason, "level": "read-only",
+                  "rule": "roles.everyone.access.meta", "status": 200 if decision == "allow" else 403}
+        if operation is not None:
+            record["operation"] = operation
+        records.append(record)
+    return write_log(tmp_path / "meta.jsonl", records)
+
+
+META_CANDIDATES = {
+    "the-same-rules-change-nothing": (META, 0, []),
+    "switched-off-blocks-the-reads-again": (META + "read_only_operations: {meta: off}\n", 2, ["m1", "m3"]),
+    "a-narrower-name-blocks-the-read-outside-it": (META.replace('"*Query"', '"*PaginationQuery"'), 1, ["m3"]),
+    "a-rule-on-the-path-alone-lets-the-post-through-too": (
+        META.replace("        operation: {name: \"*Query\", named_in: [header X-FB-Friendly-Name, form "
+                     "fb_api_req_friendly_name]}\n", ""), 2, ["m2", "m4"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("candidate, changes, examples", META_CANDIDATES.values(), ids=META_CANDIDATES.keys())
+def test_replay_decides_again_on_the_logged_operation(cli, tmp_path, policies, candidate, changes, examples):
+    status, out, err = cli("replay", policies(candidate), meta_log(tmp_path), "--json")
+    report = json.loads(out)
+    assert (status, report["changes"]) == (1 if changes else 0, changes), err
+    assert report["by_site"].get("meta", {"examples": []})["examples"] == examples

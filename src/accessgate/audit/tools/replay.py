@@ -11,7 +11,10 @@ for the candidate policy's `continue_minutes`, if it warns there at all.
 
 Not replayable from the log: request headers (method overrides, WebSocket
 upgrades) and the other names a request gave for its host, so such requests
-are decided on the logged host and method alone.
+are decided on the logged host and method alone.  A write decided on what it
+said it does replays with its logged `operation`, as every place a rule
+reads saying that name (`query Feed` for a GraphQL document); its body is
+not in the log.
 
 Pure: no I/O.  The command (`accessgate replay`) feeds records and prints
 `render_text()` or the summary's `as_dict()`.
@@ -27,7 +30,7 @@ from typing import Any, Iterable, Mapping
 
 from accessgate.audit.pseudonym import is_pseudonym, pseudonymize
 from accessgate.audit.tools.output import safe_text, table
-from accessgate.decision import Identity, Request, decide, local_day, minute_of
+from accessgate.decision import Claimed, Identity, Request, decide, local_day, minute_of
 from accessgate.decision.continuations import MemoryContinuations
 from accessgate.decision.explain import continue_minutes
 from accessgate.decision.quota import MemoryLedger
@@ -42,7 +45,8 @@ ANONYMOUS = "(anonymous)"
 EXAMPLES = 3
 
 # The columns replay needs, in the order `replay()` reads them.
-FIELDS = ("event", "ts", "request_id", "user", "client_ip", "method", "scheme", "host", "path", "decision", "reason")
+FIELDS = ("event", "ts", "request_id", "user", "client_ip", "method", "scheme", "host", "path", "decision", "reason",
+          "operation")
 EVENTS = ("access", "warn_continued")  # the records replay reads
 
 
@@ -188,6 +192,7 @@ def replay(
             hosts=(host,),
             path=rec.get("path") or "/",
             scheme=rec.get("scheme") or "http",
+            content=Claimed(operation) if isinstance(operation := rec.get("operation"), str) else None,
         )
         decision = decide(request, identity, policy, now, ledger, went_on)
         if decision.allowed and decision.counts_quota and decision.site is not None:
