@@ -17,6 +17,7 @@ KINDS = {
     "plain": {},
     "passthrough": {"ignore_hosts": [r"^bank\.test"]},
     "streaming": {"stream_large_bodies": "1k"},
+    "balanced": {"accessgate_trusted_proxies": ["127.0.0.9/32"]},  # a balancer; the client is not it
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from cases import CASES
 
 SECURITY_MD = Path(__file__).resolve().parents[2] / "SECURITY.md"
-ROW = re.compile(r"^\| `([a-z0-9.-]+)` \| (.+?) \| (plain|passthrough|streaming) \| (allow|block) \|$")
+ROW = re.compile(r"^\| `([a-z0-9.-]+)` \| (.+?) \| (plain|passthrough|streaming|balanced) \| (allow|block) \|$")
 
 
 def listed() -> dict[str, tuple[str, str]]:
