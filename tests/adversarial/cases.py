@@ -33,6 +33,7 @@ class Case:
     rule: str  # the rule it checks, in one line
     proxy: str  # "plain" (proxyauth), "passthrough" (+ignore_hosts), "streaming" (+stream_large_bodies),
     #             "inspect" (policy-inspect.yaml: TLS may pass through unread), "inspect-refuse-ech" (+refuse ECH)
+    #             "balanced" (+accessgate_trusted_proxies naming another address than the client's)
     send: Callable[[object], Reply]
     status: int  # what the client gets; CLOSED: the connection ends without a response
     reason: str | None = None  # X-Accessgate-Reason of a block
@@ -110,6 +111,12 @@ SPACE_BEFORE_COLON = (
 )  # fmt: skip
 WS = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
       ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]  # fmt: skip
+# A client's own PROXY headers (v1 text, v2 binary) naming another address, before a request it may make.
+PROXY_V1 = b"PROXY TCP4 10.1.2.3 127.0.0.1 40000 3128\r\n"
+PROXY_V2 = (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([10, 1, 2, 3, 127, 0, 0, 1])
+            + (40000).to_bytes(2, "big") + (3128).to_bytes(2, "big"))
+ALLOWED_GET = (b"GET http://example.test/ HTTP/1.1\r\nProxy-Authorization: " + AUTH.encode()
+               + b"\r\nHost: example.test\r\n\r\n")
 SMUGGLED = b"0\r\n\r\nPOST /feed HTTP/1.1\r\nHost: linkedin.test\r\nContent-Length: 1\r\n\r\nx"
 BIG = b"x" * 5000  # above the streaming proxy's stream_large_bodies=1k
 # 20,000 different Host headers, each with fullwidth dots (UTS-46 maps them): issue 14, hole 7.
@@ -510,6 +517,12 @@ CASES += [
          "passthrough",
          lambda p: split_tunnel(p, "bank.test:443", request("GET", "/", [("Host", FB)]), tls=True, sni=FB,
                                 split=0, record_version=ODD_VERSION), CLOSED, tunnel="block"),
+    # -- a forged client address (feat/mitm12, issue 17.4): the "balanced" proxy trusts a
+    # balancer at 127.0.0.9 alone, so a client's own PROXY header is not read as one ----------
+    Case("proxy-header-v1-from-a-client", "a PROXY header from a peer not in accessgate_trusted_proxies is not "
+         "believed", "balanced", raw(PROXY_V1 + ALLOWED_GET), BAD_REQUEST),
+    Case("proxy-header-v2-from-a-client", "a binary PROXY header from a peer not in accessgate_trusted_proxies "
+         "is not believed", "balanced", raw(PROXY_V2 + ALLOWED_GET), CLOSED),
 ]  # fmt: skip
 
 

@@ -21,6 +21,7 @@ KINDS = {
     # Where TLS tunnels may pass through unread: policy-inspect.yaml.
     "inspect": {},
     "inspect-refuse-ech": {"accessgate_refuse_ech": True},
+    "balanced": {"accessgate_trusted_proxies": ["127.0.0.9/32"]},  # a balancer; the client is not it
 }
 POLICIES = {"inspect": INSPECT_POLICY, "inspect-refuse-ech": INSPECT_POLICY}
 

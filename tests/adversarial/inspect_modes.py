@@ -5,4 +5,4 @@ The table holds under both; the inspect kinds' cases are about what `needed` pas
 """
 
 MODES = {"plain": ("needed", "all"), "passthrough": ("needed", "all"), "streaming": ("needed", "all"),
-         "inspect": ("needed",), "inspect-refuse-ech": ("needed",)}
+         "inspect": ("needed",), "inspect-refuse-ech": ("needed",), "balanced": ("needed",)}

@@ -8,7 +8,7 @@ from pathlib import Path
 from cases import CASES
 
 SECURITY_MD = Path(__file__).resolve().parents[2] / "SECURITY.md"
-ROW = re.compile(r"^\| `([a-z0-9.-]+)` \| (.+?) \| (plain|passthrough|streaming|inspect|inspect-refuse-ech) "
+ROW = re.compile(r"^\| `([a-z0-9.-]+)` \| (.+?) \| (plain|passthrough|streaming|inspect|inspect-refuse-ech|balanced) "
                  r"\| (allow|block) \|$")
 
 

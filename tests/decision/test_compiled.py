@@ -49,7 +49,9 @@ def compiled(tmp_path_factory) -> Path:
 
 def _env(compiled: Path) -> dict[str, str]:
     path = os.pathsep.join(filter(None, [str(compiled), os.environ.get("PYTHONPATH", "")]))
-    return {**os.environ, "PYTHONPATH": path, "ACCESSGATE_EXPECT_COMPILED": "1"}
+    # Without the caller's PYTEST_ADDOPTS: a second -q would hide the summary line read below.
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    return {**env, "PYTHONPATH": path, "ACCESSGATE_EXPECT_COMPILED": "1"}
 
 
 # As setup.py's COMPILED: every module a decision runs through.
