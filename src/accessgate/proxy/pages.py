@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from datetime import date, datetime, timedelta, tzinfo
 from datetime import timezone as dt_timezone
 from functools import lru_cache
@@ -293,6 +294,12 @@ def json_bytes(body: dict) -> bytes:
     return json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
+_INCLUDE = re.compile(r"^/\* include ([a-z]+\.css) \*/$", re.M)
+
+
 @lru_cache(maxsize=None)
 def template(name: str) -> Template:
-    return Template(resources.files("accessgate.proxy").joinpath("templates", name).read_text("utf-8"))
+    """A page template; a line `/* include NAME.css */` takes in a style sheet the pages share."""
+    folder = resources.files("accessgate.proxy").joinpath("templates")
+    text = folder.joinpath(name).read_text("utf-8")
+    return Template(_INCLUDE.sub(lambda m: folder.joinpath(m.group(1)).read_text("utf-8").rstrip("\n"), text))
