@@ -2,7 +2,7 @@
 
 In-process: accessgate's addons in mitmproxy's test context, hooks called as
 mitmproxy calls them (requestheaders, then request once the body is read).
-tests/e2e/test_operations.py shows the same through a real mitmdump over
+tests/e2e/test_operations_e2e.py shows the same through a real mitmdump over
 intercepted HTTPS, with the origin's record of the bytes it got.
 """
 
