@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import mmap
 import os
 import re
 import shutil
@@ -151,6 +152,87 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb", buffering=0)
 
 
+# Characters whose JSON encoding is not themselves (or may be written another way than themselves, as `\/`).
+_NOT_PLAIN = re.compile(r'["\\/\x00-\x1f\x7f]')
+
+
+def needles(value: str) -> bytes | None:
+    """The bytes every JSON encoding of the string `value` holds, unless it has an escape (`\\`); None when
+    `value` has a character JSON may write in another form than itself (quote, backslash, slash, controls)."""
+    if not value or _NOT_PLAIN.search(value):
+        return None
+    return value.encode("utf-8")
+
+
+def copy_matching_lines(
+    path: Path, dest, groups: Sequence[Sequence[bytes]], give_up: float = 0.25, most: int = 256 << 20
+) -> bool:
+    """Copy to `dest` the lines of `path` that hold, for every group, one of its byte strings, and every
+    line with a backslash (an escape, `\\u0062`, may spell any of them another way; a backslash is
+    found much faster than `\\u`, and is rare in an audit log): a superset of the lines whose
+    record has one of a group's values in each filtered field, so the exact filter on the copy is the
+    exact filter on the file.  Lines are copied whole and in order.
+
+    Returns False, having copied a part, when more than `give_up` of the bytes read match (a filter that
+    keeps many lines gains little from a copy) or more than `most` bytes (the copy may be in memory);
+    the caller then reads `path` itself.
+    """
+    first = sorted(groups, key=lambda g: len(g))[0]  # any group will do to find the candidates
+    rest = [g for g in groups if g is not first]
+    if not path.name.endswith(_COMPRESSED) and os.path.getsize(path) > 0:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            spans = _matching(data, first, rest)
+            kept = sum(end - start for start, end in spans)
+            if kept > most or (len(data) >= 64 << 20 and kept > give_up * len(data)):
+                return False
+            for start, end in spans:
+                dest.write(data[start:end])
+            return True
+    read = written = 0
+    tail = b""
+    with _open_bytes(path) as fh:
+        while True:
+            chunk = fh.read(_CHUNK)
+            data = tail + chunk
+            if chunk:
+                cut = data.rfind(b"\n") + 1
+                data, tail = data[:cut], data[cut:]
+            else:
+                tail = b""
+            if data:
+                read += len(data)
+                keep = _matching(data, first, rest)
+                for start, end in keep:
+                    dest.write(data[start:end])
+                    written += end - start
+                if written > most or (read >= 64 << 20 and written > give_up * read):
+                    return False
+            if not chunk:
+                return True
+
+
+def _matching(data, first: Sequence[bytes], rest: Sequence[Sequence[bytes]]) -> list[tuple[int, int]]:
+    """(start, end) of the lines of `data` (whole lines; bytes or mmap) to keep, in order."""
+    spans: dict[int, int] = {}
+    size = len(data)
+    find, rfind = data.find, data.rfind
+    for needle in [*first, b"\\"]:
+        escape = needle == b"\\"
+        at = find(needle)
+        while at >= 0:
+            start = rfind(b"\n", 0, at) + 1
+            end = find(b"\n", at)
+            end = size if end < 0 else end + 1
+            if start not in spans and (
+                escape
+                or find(b"\\", start, end) >= 0
+                or all(any(find(n, start, end) >= 0 for n in g) for g in rest)
+            ):
+                spans[start] = end
+            at = find(needle, end)
+    return sorted(spans.items())
+
+
 class ShortLines:
     """The file DuckDB can read for each log file: itself, or a private copy without its long lines.
 
@@ -181,6 +263,27 @@ class ShortLines:
             "in the chain)"
             for line, length in left_out
         ]
+        return Path(name)
+
+    def matching(self, path: Path, groups: Sequence[Sequence[str]]) -> Path:
+        """`path`, or a private copy of only the lines that may hold a record whose field has one of the
+        values of each group (`copy_matching_lines`): a smaller file for the same exact filter.
+
+        `path` must have no long line (`source(path) == path`).  A group with a value no needle can
+        stand for filters nothing here.
+        """
+        found = [[needles(v) for v in group] for group in groups]
+        found = [g for g in found if g and all(g)]
+        if not found:
+            return path
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="accessgate-audit-")  # private: 0700
+        fd, name = tempfile.mkstemp(dir=self._dir, suffix=".jsonl")
+        with os.fdopen(fd, "wb") as dest:
+            done = copy_matching_lines(path, dest, found)
+        if not done:
+            os.unlink(name)
+            return path
         return Path(name)
 
     def close(self) -> None:
