@@ -16,6 +16,7 @@ import mmap
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -177,11 +178,12 @@ def copy_matching_lines(
     keeps many lines gains little from a copy) or more than `most` bytes (the copy may be in memory);
     the caller then reads `path` itself.
     """
-    first = sorted(groups, key=lambda g: len(g))[0]  # any group will do to find the candidates
-    rest = [g for g in groups if g is not first]
     if not path.name.endswith(_COMPRESSED) and os.path.getsize(path) > 0:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            spans = _matching(data, first, rest)
+            first, rest = _rarest_first(data, groups)
+            spans = _grep(path, data, first, rest, most)
+            if spans is None:
+                spans = _matching(data, first, rest)
             kept = sum(end - start for start, end in spans)
             if kept > most or (len(data) >= 64 << 20 and kept > give_up * len(data)):
                 return False
@@ -190,6 +192,7 @@ def copy_matching_lines(
             return True
     read = written = 0
     tail = b""
+    first = rest = None
     with _open_bytes(path) as fh:
         while True:
             chunk = fh.read(_CHUNK)
@@ -200,6 +203,8 @@ def copy_matching_lines(
             else:
                 tail = b""
             if data:
+                if first is None:
+                    first, rest = _rarest_first(data, groups)
                 read += len(data)
                 keep = _matching(data, first, rest)
                 for start, end in keep:
@@ -216,21 +221,78 @@ def _matching(data, first: Sequence[bytes], rest: Sequence[Sequence[bytes]]) -> 
     spans: dict[int, int] = {}
     size = len(data)
     find, rfind = data.find, data.rfind
-    for needle in [*first, b"\\"]:
-        escape = needle == b"\\"
+    for needle in first:
         at = find(needle)
         while at >= 0:
             start = rfind(b"\n", 0, at) + 1
             end = find(b"\n", at)
             end = size if end < 0 else end + 1
-            if start not in spans and (
-                escape
-                or find(b"\\", start, end) >= 0
-                or all(any(find(n, start, end) >= 0 for n in g) for g in rest)
-            ):
-                spans[start] = end
+            if start not in spans:
+                for group in rest:
+                    for other in group:
+                        if find(other, start, end) >= 0:
+                            break
+                    else:
+                        break  # no value of this group
+                else:
+                    spans[start] = end
             at = find(needle, end)
+    # Every line with a backslash: an escape may spell a value another way.
+    at = find(b"\\")
+    while at >= 0:
+        start = rfind(b"\n", 0, at) + 1
+        end = find(b"\n", at)
+        end = size if end < 0 else end + 1
+        spans[start] = end
+        at = find(b"\\", end)
     return sorted(spans.items())
+
+
+def _grep(path: Path, data, first: Sequence[bytes], rest: Sequence[Sequence[bytes]], most: int):
+    """What `_matching` finds, with grep -F finding the candidates (several times faster than Python's
+    find on a big file); None when there is no grep, it fails, or its lines pass `most` bytes."""
+    grep = shutil.which("grep")
+    if grep is None:
+        return None
+    patterns = [arg for needle in first for arg in (b"-e", needle)]
+    env = {**os.environ, "LC_ALL": "C"}  # bytes, not characters
+    spans: dict[int, int] = {}
+    size = len(data)
+    try:
+        with subprocess.Popen([grep, "-a", "-b", "-F", *patterns, "--", path], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, env=env) as proc:  # fmt: skip
+            total = 0
+            for row in proc.stdout:
+                total += len(row)
+                if total > most:
+                    proc.kill()
+                    return None
+                offset, _, line = row.partition(b":")
+                if all(any(n in line for n in group) for group in rest):
+                    start = int(offset)
+                    spans[start] = min(size, start + len(line))  # grep ends every line it prints with \n
+            status = proc.wait()
+    except (OSError, ValueError):
+        return None
+    if status not in (0, 1):  # 1: no line matched
+        return None
+    find, rfind = data.find, data.rfind
+    at = find(b"\\")  # every line with a backslash, as in _matching
+    while at >= 0:
+        start = rfind(b"\n", 0, at) + 1
+        end = find(b"\n", at)
+        end = size if end < 0 else end + 1
+        spans[start] = end
+        at = find(b"\\", end)
+    return sorted(spans.items())
+
+
+def _rarest_first(data, groups: Sequence[Sequence[bytes]]) -> tuple[Sequence[bytes], list[Sequence[bytes]]]:
+    """(the group whose values are found least often in the first MB of `data`, the others): the
+    candidates are the lines holding the first group's values."""
+    sample = bytes(data[: 1 << 20])
+    first = min(groups, key=lambda g: sum(sample.count(n) for n in g))
+    return first, [g for g in groups if g is not first]
 
 
 class ShortLines:
