@@ -181,7 +181,9 @@ def copy_matching_lines(
     if not path.name.endswith(_COMPRESSED) and os.path.getsize(path) > 0:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
             first, rest = _rarest_first(data, groups)
-            spans = _grep(path, data, first, rest, most)
+            spans = _grep(path, data, first, rest, give_up, most)
+            if spans is _TOO_MANY:
+                return False
             if spans is None:
                 spans = _matching(data, first, rest)
             kept = sum(end - start for start, end in spans)
@@ -248,9 +250,13 @@ def _matching(data, first: Sequence[bytes], rest: Sequence[Sequence[bytes]]) -> 
     return sorted(spans.items())
 
 
-def _grep(path: Path, data, first: Sequence[bytes], rest: Sequence[Sequence[bytes]], most: int):
+_TOO_MANY = "too many"
+
+
+def _grep(path: Path, data, first: Sequence[bytes], rest: Sequence[Sequence[bytes]], give_up: float, most: int):
     """What `_matching` finds, with grep -F finding the candidates (several times faster than Python's
-    find on a big file); None when there is no grep, it fails, or its lines pass `most` bytes."""
+    find on a big file); None when there is no grep or it fails; _TOO_MANY when the lines kept pass
+    `most` bytes or, after 16 MB, `give_up` of the bytes read (it stops there)."""
     grep = shutil.which("grep")
     if grep is None:
         return None
@@ -258,19 +264,19 @@ def _grep(path: Path, data, first: Sequence[bytes], rest: Sequence[Sequence[byte
     env = {**os.environ, "LC_ALL": "C"}  # bytes, not characters
     spans: dict[int, int] = {}
     size = len(data)
+    kept = 0
     try:
         with subprocess.Popen([grep, "-a", "-b", "-F", *patterns, "--", path], stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, env=env) as proc:  # fmt: skip
-            total = 0
             for row in proc.stdout:
-                total += len(row)
-                if total > most:
-                    proc.kill()
-                    return None
                 offset, _, line = row.partition(b":")
                 if all(any(n in line for n in group) for group in rest):
                     start = int(offset)
                     spans[start] = min(size, start + len(line))  # grep ends every line it prints with \n
+                    kept += len(line)
+                    if kept > most or (start >= 16 << 20 and kept > give_up * start):
+                        proc.kill()
+                        return _TOO_MANY
             status = proc.wait()
     except (OSError, ValueError):
         return None
