@@ -94,8 +94,9 @@ class AuditReader:
     --decision block`: [["facebook"], ["block"]]); the JSON files not read
     from the cache are then read from a copy of only the lines that hold them
     (found as bytes, before any JSON is parsed), which is faster when few do.
-    The view then holds those records and others: the query must still filter.  `problems` lists what was
-    skipped (torn last lines), for the caller to show on stderr.
+    The view then holds those records and others: the query must still
+    filter.  `problems` lists what was skipped (torn last lines), for the
+    caller to show on stderr.
     """
 
     def __init__(
