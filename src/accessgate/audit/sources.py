@@ -12,9 +12,11 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import mmap
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -151,6 +153,154 @@ def _open_bytes(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb", buffering=0)
 
 
+# Characters whose JSON encoding is not themselves (or may be written another way than themselves, as `\/`).
+_NOT_PLAIN = re.compile(r'["\\/\x00-\x1f\x7f]')
+
+
+def needles(value: str) -> bytes | None:
+    """The bytes every JSON encoding of the string `value` holds, unless it has an escape (`\\`); None when
+    `value` has a character JSON may write in another form than itself (quote, backslash, slash, controls)."""
+    if not value or _NOT_PLAIN.search(value):
+        return None
+    return value.encode("utf-8")
+
+
+def copy_matching_lines(
+    path: Path, dest, groups: Sequence[Sequence[bytes]], give_up: float = 0.25, most: int = 256 << 20
+) -> bool:
+    """Copy to `dest` the lines of `path` that hold, for every group, one of its byte strings, and every
+    line with a backslash (an escape, `\\u0062`, may spell any of them another way; a backslash is
+    found much faster than `\\u`, and is rare in an audit log): a superset of the lines whose
+    record has one of a group's values in each filtered field, so the exact filter on the copy is the
+    exact filter on the file.  Lines are copied whole and in order.
+
+    Returns False, having copied a part, when more than `give_up` of the bytes read match (a filter that
+    keeps many lines gains little from a copy) or more than `most` bytes (the copy may be in memory);
+    the caller then reads `path` itself.
+    """
+    if not path.name.endswith(_COMPRESSED) and os.path.getsize(path) > 0:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            first, rest = _rarest_first(data, groups)
+            spans = _grep(path, data, first, rest, give_up, most)
+            if spans is _TOO_MANY:
+                return False
+            if spans is None:
+                spans = _matching(data, first, rest)
+            kept = sum(end - start for start, end in spans)
+            if kept > most or (len(data) >= 64 << 20 and kept > give_up * len(data)):
+                return False
+            for start, end in spans:
+                dest.write(data[start:end])
+            return True
+    read = written = 0
+    tail = b""
+    first = rest = None
+    with _open_bytes(path) as fh:
+        while True:
+            chunk = fh.read(_CHUNK)
+            data = tail + chunk
+            if chunk:
+                cut = data.rfind(b"\n") + 1
+                data, tail = data[:cut], data[cut:]
+            else:
+                tail = b""
+            if data:
+                if first is None:
+                    first, rest = _rarest_first(data, groups)
+                read += len(data)
+                keep = _matching(data, first, rest)
+                for start, end in keep:
+                    dest.write(data[start:end])
+                    written += end - start
+                if written > most or (read >= 64 << 20 and written > give_up * read):
+                    return False
+            if not chunk:
+                return True
+
+
+def _matching(data, first: Sequence[bytes], rest: Sequence[Sequence[bytes]]) -> list[tuple[int, int]]:
+    """(start, end) of the lines of `data` (whole lines; bytes or mmap) to keep, in order."""
+    spans: dict[int, int] = {}
+    size = len(data)
+    find, rfind = data.find, data.rfind
+    for needle in first:
+        at = find(needle)
+        while at >= 0:
+            start = rfind(b"\n", 0, at) + 1
+            end = find(b"\n", at)
+            end = size if end < 0 else end + 1
+            if start not in spans:
+                for group in rest:
+                    for other in group:
+                        if find(other, start, end) >= 0:
+                            break
+                    else:
+                        break  # no value of this group
+                else:
+                    spans[start] = end
+            at = find(needle, end)
+    # Every line with a backslash: an escape may spell a value another way.
+    at = find(b"\\")
+    while at >= 0:
+        start = rfind(b"\n", 0, at) + 1
+        end = find(b"\n", at)
+        end = size if end < 0 else end + 1
+        spans[start] = end
+        at = find(b"\\", end)
+    return sorted(spans.items())
+
+
+_TOO_MANY = "too many"
+
+
+def _grep(path: Path, data, first: Sequence[bytes], rest: Sequence[Sequence[bytes]], give_up: float, most: int):
+    """What `_matching` finds, with grep -F finding the candidates (several times faster than Python's
+    find on a big file); None when there is no grep or it fails; _TOO_MANY when the lines kept pass
+    `most` bytes or, after 16 MB, `give_up` of the bytes read (it stops there)."""
+    grep = shutil.which("grep")
+    if grep is None:
+        return None
+    patterns = [arg for needle in first for arg in (b"-e", needle)]
+    env = {**os.environ, "LC_ALL": "C"}  # bytes, not characters
+    spans: dict[int, int] = {}
+    size = len(data)
+    kept = 0
+    try:
+        with subprocess.Popen([grep, "-a", "-b", "-F", *patterns, "--", path], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, env=env) as proc:  # fmt: skip
+            for row in proc.stdout:
+                offset, _, line = row.partition(b":")
+                if all(any(n in line for n in group) for group in rest):
+                    start = int(offset)
+                    spans[start] = min(size, start + len(line))  # grep ends every line it prints with \n
+                    kept += len(line)
+                    if kept > most or (start >= 16 << 20 and kept > give_up * start):
+                        proc.kill()
+                        return _TOO_MANY
+            status = proc.wait()
+    except (OSError, ValueError):
+        return None
+    if status not in (0, 1):  # 1: no line matched
+        return None
+    find, rfind = data.find, data.rfind
+    at = find(b"\\")  # every line with a backslash, as in _matching
+    while at >= 0:
+        start = rfind(b"\n", 0, at) + 1
+        end = find(b"\n", at)
+        end = size if end < 0 else end + 1
+        spans[start] = end
+        at = find(b"\\", end)
+    return sorted(spans.items())
+
+
+def _rarest_first(data, groups: Sequence[Sequence[bytes]]) -> tuple[Sequence[bytes], list[Sequence[bytes]]]:
+    """(the group whose values are found least often in the first MB of `data`, the others): the
+    candidates are the lines holding the first group's values."""
+    sample = bytes(data[: 1 << 20])
+    first = min(groups, key=lambda g: sum(sample.count(n) for n in g))
+    return first, [g for g in groups if g is not first]
+
+
 class ShortLines:
     """The file DuckDB can read for each log file: itself, or a private copy without its long lines.
 
@@ -181,6 +331,27 @@ class ShortLines:
             "in the chain)"
             for line, length in left_out
         ]
+        return Path(name)
+
+    def matching(self, path: Path, groups: Sequence[Sequence[str]]) -> Path:
+        """`path`, or a private copy of only the lines that may hold a record whose field has one of the
+        values of each group (`copy_matching_lines`): a smaller file for the same exact filter.
+
+        `path` must have no long line (`source(path) == path`).  A group with a value no needle can
+        stand for filters nothing here.
+        """
+        found = [[needles(v) for v in group] for group in groups]
+        found = [g for g in found if g and all(g)]
+        if not found:
+            return path
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="accessgate-audit-")  # private: 0700
+        fd, name = tempfile.mkstemp(dir=self._dir, suffix=".jsonl")
+        with os.fdopen(fd, "wb") as dest:
+            done = copy_matching_lines(path, dest, found)
+        if not done:
+            os.unlink(name)
+            return path
         return Path(name)
 
     def close(self) -> None:

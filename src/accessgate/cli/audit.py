@@ -207,6 +207,24 @@ def build_query(args: argparse.Namespace, key: bytes | None = None) -> tuple[str
     return sql, params
 
 
+def prefilter(args: argparse.Namespace, key: bytes | None = None) -> list[list[str]]:
+    """The values `build_query` keeps records by, a group per filtered field: each kept record has one
+    of every group's values in some field (`AuditReader(prefilter=…)`).  Fields that may be null or
+    missing in a kept record (--site unlisted, --event) make no group."""
+    from accessgate.audit.pseudonym import is_pseudonym, pseudonymize
+
+    groups: list[list[str]] = []
+    if args.site and "unlisted" not in args.site:
+        groups.append(list(args.site))
+    if args.decision:
+        groups.append([args.decision])
+    if args.reason:
+        groups.append(list(args.reason))
+    if args.user:
+        groups.append([u if key is None or is_pseudonym(u) else pseudonymize(key, u) for u in args.user])
+    return groups
+
+
 def table_columns(events: list[str] | None) -> tuple[str, ...]:
     """The columns of `query --format table` for records of `events` (None: any)."""
     if not events or any(e not in EVENT_TABLE_COLUMNS for e in events):
@@ -227,11 +245,11 @@ def _query(args: argparse.Namespace) -> int:
     if args.format != "table":
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return _export(args, sql, params)
+        return _export(args, sql, params, prefilter(args, key))
     if args.output:
         raise ValueError("--output writes csv, json, jsonl or parquet: add --format, e.g. --format csv")
     sql += f" LIMIT {int(limit) + 1}"  # one more row tells whether some were left out
-    with open_log(args, "query") as log:
+    with open_log(args, "query", prefilter=prefilter(args, key)) as log:
         columns, rows = log.stream(sql, params)
         rows = list(rows)
     more = len(rows) > limit
@@ -248,11 +266,11 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace, sql: str, params: list[Any]) -> int:
+def _export(args: argparse.Namespace, sql: str, params: list[Any], groups: list[list[str]] | None = None) -> int:
     """Rows through DuckDB's own writer, to --output or standard output."""
     if args.output is None and args.format == "parquet" and sys.stdout.isatty():
         raise ValueError("parquet is binary: write it to a file with --output FILE, or redirect standard output")
-    with open_log(args, "query") as log:
+    with open_log(args, "query", prefilter=groups) as log:
         if args.output is not None:
             log.export(sql, params, args.format, args.output)
             return 0

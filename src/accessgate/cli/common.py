@@ -41,7 +41,7 @@ def exit_2_on_error(command: str, run: Callable[[], int]) -> int:
         return 2
 
 
-def open_log(args: argparse.Namespace, label: str, build_cache: str = "rotated"):
+def open_log(args: argparse.Namespace, label: str, build_cache: str = "rotated", prefilter=None):
     """The audit log files `args.logs` as an AuditReader; what it skipped is said on stderr."""
     from accessgate.audit.cache import Cache
     from accessgate.audit.reader import AuditReader
@@ -52,6 +52,7 @@ def open_log(args: argparse.Namespace, label: str, build_cache: str = "rotated")
         cache=None if getattr(args, "no_cache", False) else Cache(),
         build_cache=build_cache,
         progress=progress.for_queries(label),
+        prefilter=prefilter,
     )
     for problem in log.problems:
         print(f"warning: {safe_text(problem)}", file=sys.stderr)
