@@ -248,7 +248,7 @@ def start_proxy(
         args += ["-s", str(script)]
     if origin is not None:
         args += ["-s", str(ROUTE), "--set", f"route_to_origin={origin.address}"]
-        if accessgate and (source is None or (source / "src/accessgate/proxy/upstream.py").exists()):
+        if accessgate and ((source or REPO) / "src/accessgate/proxy/upstream.py").exists():
             # The origin lives on this host, which accessgate otherwise never connects to
             # (a baseline revision from before that guard has no such option).
             settings["accessgate_upstream_allow"] = [origin.address.rpartition(":")[0]]
