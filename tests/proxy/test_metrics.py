@@ -20,7 +20,8 @@ from accessgate.audit.files import Head
 from accessgate.audit.writer import AuditStats
 from accessgate.auth import Sample
 from accessgate.decision import Decision
-from accessgate.proxy.metrics import Metrics, MetricsServer, parse_address
+from accessgate.proxy.metrics import Metrics
+from accessgate.proxy.metrics_server import MetricsServer, parse_address
 from accessgate.policy.model import Level
 
 

@@ -84,7 +84,7 @@ def open_audit(path: str, key: bytes | None, on_flush: Callable[..., None], seal
 
 def start_metrics(registry: Any, value: str) -> tuple[Any, int | None]:
     """The Prometheus endpoint at `value` (HOST:PORT) and the port it listens on; (None, None) when empty."""
-    from accessgate.proxy.metrics import MetricsServer, parse_address
+    from accessgate.proxy.metrics_server import MetricsServer, parse_address
 
     if not value:
         return None, None
