@@ -219,7 +219,8 @@ def batches(configs: list[Config], proto: str, r: int, together: bool) -> list[l
     present = [c for c in configs if proto == "http" or c.name != "squid"]
     if together:
         names = [c.name for c in present]
-        first, second = ("accessgate", "sealed") if "sealed" in names else ("bare", "accessgate")
+        first, second = (("accessgate", "sealed") if "sealed" in names
+                         else ("baseline", "accessgate") if "baseline" in names else ("bare", "accessgate"))
         one, two = present[names.index(first)], present[names.index(second)]
         return [[one, two] if r % 2 == 0 else [two, one]]
     # Each round starts with the next configuration, so that none is always
