@@ -15,20 +15,10 @@ import pytest
 from accessgate.decision import Identity, Request, decide
 from accessgate.policy.loader import parse_policy
 from accessgate.stores import open_store
+from support.policies import everyone_policy
 
-POLICY = parse_policy("""
-version: 1
-timezone: Europe/Berlin
-sites:
-  tiktok: {domains: [tiktok.com]}
-roles:
-  everyone:
-    members: [all]
-    access:
-      tiktok: {level: warn, continue_minutes: 7}
-unauthenticated: deny
-unlisted: allow
-""")
+POLICY = parse_policy(everyone_policy({"tiktok": "{level: warn, continue_minutes: 7}"}, "Europe/Berlin",
+                                      domains="{site}.com", unauthenticated="deny", unlisted="allow"))
 ZOE = Identity("zoe")
 VISIT = Request("GET", ("www.tiktok.com",))
 T0 = datetime(2026, 11, 23, 9, 30, tzinfo=timezone.utc)

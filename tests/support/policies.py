@@ -90,10 +90,18 @@ def policy_text(unauthenticated: str = "deny") -> str:
     return text
 
 
-def everyone_policy(access: dict[str, str], timezone: str = "UTC", **settings: str) -> str:
-    """A policy whose one role, everyone, has `access` ({site: its grant in YAML});
-    each site's domain is SITE.test.  `settings` are top-level keys, e.g. unlisted="allow"."""
-    sites = "".join(f"  {site}: {{domains: [{site}.test]}}\n" for site in access)
-    grants = "".join(f"      {site}: {grant}\n" for site, grant in access.items())
+def _key(site: str) -> str:
+    return '"*"' if site == "*" else site
+
+
+def everyone_policy(access: dict[str, str], timezone: str | None = "UTC", *, domains: str = "{site}.test",
+                    role: str = "everyone", **settings: str) -> str:
+    """A policy whose one role (`role`, everyone unless told; members: all) has `access`
+    ({site: its grant in YAML}, "*" for every other site); each site's domain is `domains`
+    with the site's name in it, SITE.test unless told.  No timezone line when `timezone`
+    is None.  `settings` are top-level keys, e.g. unlisted="allow"."""
+    sites = "".join(f"  {site}: {{domains: [{domains.format(site=site)}]}}\n" for site in access if site != "*")
+    grants = "".join(f"      {_key(site)}: {grant}\n" for site, grant in access.items())
     rest = "".join(f"{key}: {value}\n" for key, value in settings.items())
-    return f"version: 1\ntimezone: {timezone}\nsites:\n{sites}roles:\n  everyone:\n    members: [all]\n    access:\n{grants}{rest}"
+    zone = f"timezone: {timezone}\n" if timezone is not None else ""
+    return f"version: 1\n{zone}sites:\n{sites}roles:\n  {role}:\n    members: [all]\n    access:\n{grants}{rest}"
