@@ -83,10 +83,11 @@ class HtmlOrigin:
         self._server.server_close()
 
 
-def run_chromium(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run Chromium in its own process group, and end the whole group if it hangs."""
+def run_chromium(argv: list[str], timeout: float = 60, *, home: Path | None = None) -> subprocess.CompletedProcess:
+    """Run Chromium in its own process group (HOME at `home` if given), and end the whole group if it hangs."""
+    env = None if home is None else {**os.environ, "HOME": str(home)}
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, env=env)
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
