@@ -95,8 +95,8 @@ def _key(site: str) -> str:
 
 
 def everyone_policy(access: dict[str, str], timezone: str | None = "UTC", *, domains: str = "{site}.test",
-                    role: str = "everyone", **settings: str) -> str:
-    """A policy whose one role (`role`, everyone unless told; members: all) has `access`
+                    role: str = "everyone", members: str = "[all]", **settings: str) -> str:
+    """A policy whose one role (`role` with `members` in YAML; everyone, all, unless told) has `access`
     ({site: its grant in YAML}, "*" for every other site); each site's domain is `domains`
     with the site's name in it, SITE.test unless told.  No timezone line when `timezone`
     is None.  `settings` are top-level keys, e.g. unlisted="allow"."""
@@ -104,4 +104,4 @@ def everyone_policy(access: dict[str, str], timezone: str | None = "UTC", *, dom
     grants = "".join(f"      {_key(site)}: {grant}\n" for site, grant in access.items())
     rest = "".join(f"{key}: {value}\n" for key, value in settings.items())
     zone = f"timezone: {timezone}\n" if timezone is not None else ""
-    return f"version: 1\n{zone}sites:\n{sites}roles:\n  {role}:\n    members: [all]\n    access:\n{grants}{rest}"
+    return f"version: 1\n{zone}sites:\n{sites}roles:\n  {role}:\n    members: {members}\n    access:\n{grants}{rest}"
