@@ -16,6 +16,7 @@ from accessgate.decision import Identity, Request, decide
 from accessgate.policy.loader import parse_policy
 from accessgate.stores import open_store
 from support.policies import everyone_policy
+from support.redis_server import store_spec
 
 POLICY = parse_policy(everyone_policy({"tiktok": "{level: warn, continue_minutes: 7}"}, "Europe/Berlin",
                                       domains="{site}.com", unauthenticated="deny", unlisted="allow"))
@@ -26,11 +27,7 @@ T0 = datetime(2026, 11, 23, 9, 30, tzinfo=timezone.utc)
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 def spec(request, tmp_path):
-    if request.param == "memory":
-        return "memory:"
-    if request.param == "sqlite":
-        return f"sqlite:{tmp_path / 'state.sqlite3'}"
-    return request.getfixturevalue("redis_server").url(timeout=1)
+    return store_spec(request, tmp_path / "state.sqlite3")
 
 
 def outcome(store, at: datetime, who: Identity = ZOE) -> str:
