@@ -95,12 +95,15 @@ def _key(site: str) -> str:
 
 
 def everyone_policy(access: dict[str, str], timezone: str | None = "UTC", *, domains: str = "{site}.test",
-                    role: str = "everyone", members: str = "[all]", **settings: str) -> str:
+                    role: str = "everyone", members: str = "[all]", ungranted: tuple[str, ...] = (),
+                    **settings: str) -> str:
     """A policy whose one role (`role` with `members` in YAML; everyone, all, unless told) has `access`
     ({site: its grant in YAML}, "*" for every other site); each site's domain is `domains`
-    with the site's name in it, SITE.test unless told.  No timezone line when `timezone`
+    with the site's name in it, SITE.test unless told; `ungranted` sites are listed with no grant
+    of their own (what "*" says holds for them).  No timezone line when `timezone`
     is None.  `settings` are top-level keys, e.g. unlisted="allow"."""
-    sites = "".join(f"  {site}: {{domains: [{domains.format(site=site)}]}}\n" for site in access if site != "*")
+    listed = [site for site in [*access, *ungranted] if site != "*"]
+    sites = "".join(f"  {site}: {{domains: [{domains.format(site=site)}]}}\n" for site in listed)
     grants = "".join(f"      {_key(site)}: {grant}\n" for site, grant in access.items())
     rest = "".join(f"{key}: {value}\n" for key, value in settings.items())
     zone = f"timezone: {timezone}\n" if timezone is not None else ""
