@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from support.policies import everyone_policy  # noqa: E402
 from support.redis_server import running_redis  # noqa: E402
 
 from accessgate.decision import Identity, Request, decide  # noqa: E402
@@ -38,19 +39,8 @@ from accessgate.policy.loader import parse_policy  # noqa: E402
 from accessgate.stores import open_store  # noqa: E402
 from accessgate.stores.continued import RememberedContinuations  # noqa: E402
 
-POLICY = """\
-version: 1
-sites:
-  tiktok: {domains: [tiktok.test]}
-  linkedin: {domains: [linkedin.test]}
-roles:
-  everyone:
-    members: [all]
-    access:
-      tiktok: {level: warn, continue_minutes: 60}
-      linkedin: full
-unauthenticated: deny
-"""
+POLICY = everyone_policy({"tiktok": "{level: warn, continue_minutes: 60}", "linkedin": "full"}, None,
+                         unauthenticated="deny")
 USERS = [Identity(user=f"u{i}") for i in range(100)]
 WARN = Request("GET", ("www.tiktok.test",), "/feed", "https")
 FULL = Request("GET", ("www.linkedin.test",), "/feed", "https")

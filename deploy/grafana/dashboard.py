@@ -39,58 +39,45 @@ def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -
     return t
 
 
-def timeseries(title: str, targets: list[dict], x: int, y: int, w: int = 12, h: int = 8,
-               unit: str = "reqps", description: str = "", stack: bool = False) -> dict:
+def _panel(kind: str, title: str, targets: list[dict], grid: tuple[int, int, int, int], description: str,
+           defaults: dict, options: dict) -> dict:
+    x, y, w, h = grid
     return {
         "id": _id(),
-        "type": "timeseries",
+        "type": kind,
         "title": title,
         "description": description,
         "datasource": DS,
         "gridPos": {"x": x, "y": y, "w": w, "h": h},
         "targets": targets,
-        "fieldConfig": {
-            "defaults": {
-                "unit": unit,
-                "custom": {
-                    "drawStyle": "line",
-                    "lineWidth": 1,
-                    "fillOpacity": 10,
-                    "stacking": {"mode": "normal" if stack else "none", "group": "A"},
-                },
-            },
-            "overrides": [],
-        },
-        "options": {
-            "legend": {"displayMode": "table", "placement": "right", "calcs": ["mean", "max"]},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        },
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": options,
     }
+
+
+def timeseries(title: str, targets: list[dict], x: int, y: int, w: int = 12, h: int = 8,
+               unit: str = "reqps", description: str = "", stack: bool = False) -> dict:
+    return _panel("timeseries", title, targets, (x, y, w, h), description, {
+        "unit": unit,
+        "custom": {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+        },
+    }, {
+        "legend": {"displayMode": "table", "placement": "right", "calcs": ["mean", "max"]},
+        "tooltip": {"mode": "multi", "sort": "desc"},
+    })
 
 
 def stat(title: str, targets: list[dict], x: int, y: int, w: int = 6, h: int = 4,
          unit: str = "none", description: str = "", thresholds: list[dict] | None = None) -> dict:
-    return {
-        "id": _id(),
-        "type": "stat",
-        "title": title,
-        "description": description,
-        "datasource": DS,
-        "gridPos": {"x": x, "y": y, "w": w, "h": h},
-        "targets": targets,
-        "fieldConfig": {
-            "defaults": {
-                "unit": unit,
-                "thresholds": {
-                    "mode": "absolute",
-                    "steps": thresholds or [{"color": "green", "value": None}],
-                },
-            },
-            "overrides": [],
-        },
-        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "colorMode": "value", "graphMode": "area", "textMode": "auto"},
-    }
+    return _panel("stat", title, targets, (x, y, w, h), description, {
+        "unit": unit,
+        "thresholds": {"mode": "absolute", "steps": thresholds or [{"color": "green", "value": None}]},
+    }, {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        "colorMode": "value", "graphMode": "area", "textMode": "auto"})
 
 
 def table(title: str, targets: list[dict], x: int, y: int, w: int = 12, h: int = 8,

@@ -24,25 +24,14 @@ from urllib.parse import urlencode
 import pytest
 
 from support.clients import Result, curl, write_htpasswd
+from support.policies import everyone_policy
 from support.proxy import start_proxy
 
 pytestmark = pytest.mark.e2e
 
 SECURITY_MD = Path(__file__).resolve().parents[2] / "SECURITY.md"
-POLICY = """\
-version: 1
-sites:
-  forum: {domains: [forum.test]}
-  chat: {domains: [chat.test]}
-roles:
-  everyone:
-    members: [all]
-    access:
-      forum: {level: warn, continue_minutes: 5}
-      chat: warn
-unauthenticated: deny
-unlisted: allow
-"""
+POLICY = everyone_policy({"forum": "{level: warn, continue_minutes: 5}", "chat": "warn"}, None,
+                         unauthenticated="deny", unlisted="allow")
 PAGE = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 FORM = "application/x-www-form-urlencoded"
 SCRIPT = '<script>alert(document.cookie)</script>"><img src=x onerror=alert(1)>'

@@ -11,7 +11,6 @@ import io
 import json
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from accessgate.audit.witness import (
     read_witness_file,
     write_witness,
 )
+from support.processes import stop_process
 from support.proxy import launch
 
 from .test_sealing import T0, SealedWriter, edit_user, lines_of, make_keys, put, rechain, sealed_log, sha
@@ -224,13 +224,7 @@ class Prometheus:
         return max((p.seq for p in points), default=None)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, timeout=15)
 
 
 def wait_for(predicate, what: str, timeout: float = 20.0):

@@ -17,22 +17,13 @@ import time
 
 import pytest
 
+from support.policies import everyone_policy
 from support.proxy import ProxyFailed, start_proxy
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-version: 1
-timezone: UTC
-sites:
-  intranet: {domains: [intranet.test]}
-roles:
-  office:
-    members: ["net:10.1.2.0/24", "net:fd00::/8"]
-    access: {intranet: full}
-unauthenticated: deny
-unlisted: deny
-"""
+POLICY = everyone_policy({"intranet": "full"}, role="office", members='["net:10.1.2.0/24", "net:fd00::/8"]',
+                         unauthenticated="deny", unlisted="deny")
 GET = b"GET http://intranet.test/ HTTP/1.1\r\nHost: intranet.test\r\nConnection: close\r\n\r\n"
 BALANCER = "127.0.0.1"
 OUTSIDER = "127.0.0.2"  # another loopback address: a client the proxy does not trust

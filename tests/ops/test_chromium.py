@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from accessgate.policy import pac
+from support.policies import everyone_policy
 from support.proxy import make_confdir, start_proxy
 
 from .conftest import ARTIFACTS
@@ -32,22 +33,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-POLICY = """\
-version: 1
-sites:
-  facebook: {domains: [facebook.test]}
-  linkedin: {domains: [linkedin.test]}
-  tiktok: {domains: [tiktok.test]}
-roles:
-  staff:
-    members: [all]
-    access:
-      facebook: full
-      linkedin: read-only
-      "*": deny
-unauthenticated: staff
-unlisted: allow
-"""
+POLICY = everyone_policy({"facebook": "full", "linkedin": "read-only", "*": "deny"}, None, ungranted=("tiktok",),
+                         role="staff", unauthenticated="staff", unlisted="allow")
 
 
 class HtmlOrigin:
@@ -83,10 +70,11 @@ class HtmlOrigin:
         self._server.server_close()
 
 
-def run_chromium(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run Chromium in its own process group, and end the whole group if it hangs."""
+def run_chromium(argv: list[str], timeout: float = 60, *, home: Path | None = None) -> subprocess.CompletedProcess:
+    """Run Chromium in its own process group (HOME at `home` if given), and end the whole group if it hangs."""
+    env = None if home is None else {**os.environ, "HOME": str(home)}
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, env=env)
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

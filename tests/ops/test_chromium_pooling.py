@@ -24,32 +24,20 @@ from __future__ import annotations
 import base64
 import datetime
 import shutil
-import os
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from support.policies import everyone_policy
 from support.processes import accepts, await_ready, free_port, stop_process
 from support.proxy import make_confdir, start_proxy
 
-from .test_chromium import CHROMIUM
+from .test_chromium import CHROMIUM, run_chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-POLICY = """\
-version: 1
-sites:
-  facebook: {domains: [facebook.test]}
-roles:
-  staff:
-    members: [all]
-    access:
-      facebook: read-only
-unauthenticated: staff
-unlisted: allow
-"""
+POLICY = everyone_policy({"facebook": "read-only"}, None, role="staff", unauthenticated="staff", unlisted="allow")
 
 PAGE = b"""<!doctype html><title>a</title>
 <h1>page of a.shared.test</h1>
@@ -167,19 +155,6 @@ def trusting_home(home: Path, ca: Path) -> Path:
     return home
 
 
-def run_chromium(argv: list[str], home: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Chromium in its own process group with HOME at `home`; the whole group ended if it hangs."""
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, env={**os.environ, "HOME": str(home)})
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail(f"chromium did not finish within {timeout}s")
-    return subprocess.CompletedProcess(argv, process.returncode, out, err)
-
-
 @pytest.fixture
 def setup(tmp_path):
     if CHROMIUM is None:
@@ -206,7 +181,7 @@ def test_chromium_opens_a_tunnel_per_site_behind_a_proxy_even_when_one_certifica
         "--dump-dom", "https://a.shared.test/",
     ]  # fmt: skip
     home = trusting_home(tmp_path / "home", origin.ca)
-    dom = run_chromium(argv, home)
+    dom = run_chromium(argv, home=home)
     assert dom.returncode == 0, dom.stderr[-2000:]
     # The image from b.shared.test came (and the page passed through: a decrypted one would show mitmproxy's
     # certificate, which this browser does not trust).

@@ -22,25 +22,15 @@ from pathlib import Path
 import pytest
 
 from support.proxy import make_confdir, start_proxy
+from support.policies import everyone_policy
 
 from .conftest import ARTIFACTS
 from .test_chromium import CHROMIUM, HtmlOrigin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-POLICY = """\
-version: 1
-sites:
-  youtube: {domains: [youtube.test]}
-roles:
-  staff:
-    members: [all]
-    access:
-      youtube: {level: warn, continue_minutes: 15}
-      "*": deny
-unauthenticated: staff
-unlisted: allow
-"""
+POLICY = everyone_policy({"youtube": "{level: warn, continue_minutes: 15}", "*": "deny"}, None,
+                         role="staff", unauthenticated="staff", unlisted="allow")
 REASON = "Watching the supplier's <b>training</b> video"
 
 

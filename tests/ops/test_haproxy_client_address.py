@@ -19,21 +19,12 @@ import pytest
 
 from support.clients import curl
 from support.haproxy import running_haproxy
+from support.policies import everyone_policy
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-version: 1
-timezone: UTC
-sites:
-  intranet: {domains: [intranet.test]}
-roles:
-  office:
-    members: ["net:127.0.0.3/32"]
-    access: {intranet: full}
-unauthenticated: deny
-unlisted: deny
-"""
+POLICY = everyone_policy({"intranet": "full"}, role="office", members='["net:127.0.0.3/32"]',
+                         unauthenticated="deny", unlisted="deny")
 OFFICE, OUTSIDER, HAPROXY = "127.0.0.3", "127.0.0.4", "127.0.0.1"
 GET = b"GET http://intranet.test/ HTTP/1.1\r\nHost: intranet.test\r\nConnection: close\r\n\r\n"
 

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from accessgate.policy import model, pac
+from support.policies import everyone_policy
 
 HERE = Path(__file__).parent
 NODE = shutil.which("node")
@@ -164,24 +165,14 @@ def test_proxy_address_is_host_and_port(proxy, ok):
 
 
 # The command line, once the policy loader exists.
-POLICY_YAML = """\
-version: 1
-sites:
-  facebook:
-    domains: [facebook.com]
-roles:
-  everyone:
-    members: [all]
-    access:
-      facebook: read-only
-unauthenticated: deny
-unlisted: {unlisted}
-"""
+def policy_yaml(unlisted: str) -> str:
+    return everyone_policy({"facebook": "read-only"}, None, domains="{site}.com", unauthenticated="deny",
+                           unlisted=unlisted)
 
 
 def _cli(tmp_path: Path, unlisted: str, *extra: str) -> subprocess.CompletedProcess:
     policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY_YAML.format(unlisted=unlisted))
+    policy.write_text(policy_yaml(unlisted))
     return subprocess.run(
         [sys.executable, "-m", "accessgate", "pac", "--policy", str(policy), "--proxy", PROXY, *extra],
         capture_output=True,

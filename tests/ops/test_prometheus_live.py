@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -25,6 +24,7 @@ import httpx
 import pytest
 
 from support.origin import Origin
+from support.processes import stop_process
 from support.proxy import launch, make_confdir, start_proxy
 
 from .conftest import DASHBOARD, RULES, tool
@@ -139,13 +139,7 @@ class Prometheus:
         raise KeyError(name)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -21,24 +21,14 @@ import httpx
 import pytest
 
 from support.origin import Origin
+from support.policies import everyone_policy
 from support.proxy import ROUTE, ProxyFailed, launch, wait_ready
 
 from .test_service_files import LOGS_DIR, STATE_DIR, one
 
 pytestmark = [pytest.mark.e2e]
 
-POLICY = """\
-version: 1
-sites:
-  facebook: {domains: [facebook.test]}
-roles:
-  staff:
-    members: [all]
-    access:
-      facebook: read-only
-unauthenticated: staff
-unlisted: allow
-"""
+POLICY = everyone_policy({"facebook": "read-only"}, None, role="staff", unauthenticated="staff", unlisted="allow")
 
 
 @pytest.fixture

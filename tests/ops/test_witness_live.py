@@ -26,7 +26,8 @@ import yaml
 
 from accessgate.audit.witness import hash_parts, read_prometheus
 from support.origin import Origin
-from support.processes import free_port
+from support.policies import everyone_policy
+from support.processes import free_port, stop_process
 from support.proxy import ProxyFailed, launch, make_confdir, start_proxy
 
 from .conftest import PROMETHEUS_DIR, PROMETHEUS_YML, tool
@@ -34,17 +35,7 @@ from .conftest import PROMETHEUS_DIR, PROMETHEUS_YML, tool
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 EPOCH = 2  # seconds
-POLICY = """\
-version: 1
-sites:
-  facebook: {domains: [facebook.test]}
-roles:
-  staff:
-    members: [all]
-    access: {facebook: full, "*": deny}
-unauthenticated: staff
-unlisted: allow
-"""
+POLICY = everyone_policy({"facebook": "full", "*": "deny"}, None, role="staff", unauthenticated="staff", unlisted="allow")
 
 
 def accessgate(*args: object) -> subprocess.CompletedProcess:
@@ -91,13 +82,7 @@ class Prometheus:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, timeout=15)
 
 
 def head_of(metrics: str) -> tuple[int, tuple[int, int]] | None:

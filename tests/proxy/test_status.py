@@ -15,6 +15,7 @@ from accessgate.decision.quota import MemoryLedger
 from accessgate.policy.loader import load_policy
 from accessgate.proxy.status import SiteStanding, decryption, standing, status_response
 from support.pagetext import HOSTILE, parse, text_of
+from support.policies import everyone_policy
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NOW = datetime(2026, 11, 23, 10, 55, tzinfo=BERLIN)  # a Monday
@@ -199,19 +200,8 @@ def test_under_inspect_all_every_site_is_decrypted(policy) -> None:
     assert set(found.values()) == {(True, "all")}
 
 
-WARN_POLICY = """
-version: 1
-timezone: Europe/Berlin
-sites:
-  tiktok: {domains: [tiktok.com]}
-roles:
-  everyone:
-    members: [all]
-    access:
-      tiktok: {level: warn, continue_minutes: 30}
-unauthenticated: deny
-unlisted: allow
-"""
+WARN_POLICY = everyone_policy({"tiktok": "{level: warn, continue_minutes: 30}"}, "Europe/Berlin",
+                              domains="{site}.com", unauthenticated="deny", unlisted="allow")
 
 
 def test_status_page_shows_warn_sites_and_the_time_a_reason_has_left() -> None:

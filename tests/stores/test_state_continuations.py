@@ -15,20 +15,11 @@ import pytest
 from accessgate.decision import Identity, Request, decide
 from accessgate.policy.loader import parse_policy
 from accessgate.stores import open_store
+from support.policies import everyone_policy
+from support.redis_server import store_spec
 
-POLICY = parse_policy("""
-version: 1
-timezone: Europe/Berlin
-sites:
-  tiktok: {domains: [tiktok.com]}
-roles:
-  everyone:
-    members: [all]
-    access:
-      tiktok: {level: warn, continue_minutes: 7}
-unauthenticated: deny
-unlisted: allow
-""")
+POLICY = parse_policy(everyone_policy({"tiktok": "{level: warn, continue_minutes: 7}"}, "Europe/Berlin",
+                                      domains="{site}.com", unauthenticated="deny", unlisted="allow"))
 ZOE = Identity("zoe")
 VISIT = Request("GET", ("www.tiktok.com",))
 T0 = datetime(2026, 11, 23, 9, 30, tzinfo=timezone.utc)
@@ -36,11 +27,7 @@ T0 = datetime(2026, 11, 23, 9, 30, tzinfo=timezone.utc)
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 def spec(request, tmp_path):
-    if request.param == "memory":
-        return "memory:"
-    if request.param == "sqlite":
-        return f"sqlite:{tmp_path / 'state.sqlite3'}"
-    return request.getfixturevalue("redis_server").url(timeout=1)
+    return store_spec(request, tmp_path / "state.sqlite3")
 
 
 def outcome(store, at: datetime, who: Identity = ZOE) -> str:

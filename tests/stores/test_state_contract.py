@@ -13,6 +13,7 @@ import pytest
 
 from accessgate.decision.quota import QuotaUsage
 from accessgate.stores import open_store
+from support.redis_server import store_spec
 
 DAY = date(2026, 11, 23)
 M = 29_420_000  # an epoch minute on that day (any integer will do for the stores)
@@ -20,13 +21,7 @@ M = 29_420_000  # an epoch minute on that day (any integer will do for the store
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request, tmp_path):
-    if request.param == "memory":
-        spec = "memory:"
-    elif request.param == "sqlite":
-        spec = f"sqlite:{tmp_path / 'quota.sqlite3'}"
-    else:
-        spec = request.getfixturevalue("redis_server").url(timeout=1)
-    s = open_store(spec)
+    s = open_store(store_spec(request, tmp_path / "quota.sqlite3"))
     yield s
     s.close()
 

@@ -16,6 +16,7 @@ import pytest
 from accessgate.decision import Identity, Request, decide, local_day, minute_of
 from accessgate.policy.loader import parse_policy
 from accessgate.stores import open_store
+from support.redis_server import store_spec
 
 POLICY = """
 version: 1
@@ -49,11 +50,7 @@ def browse(store, pol, now: datetime, who: Identity = ALICE) -> str:
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 def spec(request, tmp_path):
-    if request.param == "memory":
-        return "memory:"
-    if request.param == "sqlite":
-        return f"sqlite:{tmp_path / 'quota.sqlite3'}"
-    return request.getfixturevalue("redis_server").url(timeout=1)
+    return store_spec(request, tmp_path / "quota.sqlite3")
 
 
 def utc(text: str) -> datetime:

@@ -90,10 +90,21 @@ def policy_text(unauthenticated: str = "deny") -> str:
     return text
 
 
-def everyone_policy(access: dict[str, str], timezone: str = "UTC", **settings: str) -> str:
-    """A policy whose one role, everyone, has `access` ({site: its grant in YAML});
-    each site's domain is SITE.test.  `settings` are top-level keys, e.g. unlisted="allow"."""
-    sites = "".join(f"  {site}: {{domains: [{site}.test]}}\n" for site in access)
-    grants = "".join(f"      {site}: {grant}\n" for site, grant in access.items())
+def _key(site: str) -> str:
+    return '"*"' if site == "*" else site
+
+
+def everyone_policy(access: dict[str, str], timezone: str | None = "UTC", *, domains: str = "{site}.test",
+                    role: str = "everyone", members: str = "[all]", ungranted: tuple[str, ...] = (),
+                    **settings: str) -> str:
+    """A policy whose one role (`role` with `members` in YAML; everyone, all, unless told) has `access`
+    ({site: its grant in YAML}, "*" for every other site); each site's domain is `domains`
+    with the site's name in it, SITE.test unless told; `ungranted` sites are listed with no grant
+    of their own (what "*" says holds for them).  No timezone line when `timezone`
+    is None.  `settings` are top-level keys, e.g. unlisted="allow"."""
+    listed = [site for site in [*access, *ungranted] if site != "*"]
+    sites = "".join(f"  {site}: {{domains: [{domains.format(site=site)}]}}\n" for site in listed)
+    grants = "".join(f"      {_key(site)}: {grant}\n" for site, grant in access.items())
     rest = "".join(f"{key}: {value}\n" for key, value in settings.items())
-    return f"version: 1\ntimezone: {timezone}\nsites:\n{sites}roles:\n  everyone:\n    members: [all]\n    access:\n{grants}{rest}"
+    zone = f"timezone: {timezone}\n" if timezone is not None else ""
+    return f"version: 1\n{zone}sites:\n{sites}roles:\n  {role}:\n    members: {members}\n    access:\n{grants}{rest}"

@@ -79,6 +79,16 @@ class RedisServer(ServerProcess):
         return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=2)
 
 
+def store_spec(request: pytest.FixtureRequest, sqlite_file: Path) -> str:
+    """The state spec for a fixture parametrized over "memory", "sqlite" (at `sqlite_file`)
+    and "redis" (the redis_server fixture's)."""
+    if request.param == "memory":
+        return "memory:"
+    if request.param == "sqlite":
+        return f"sqlite:{sqlite_file}"
+    return request.getfixturevalue("redis_server").url(timeout=1)
+
+
 @contextmanager
 def running_redis(directory: Path) -> Iterator[RedisServer]:
     if not os.path.exists(REDIS_SERVER):

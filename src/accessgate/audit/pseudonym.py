@@ -45,10 +45,15 @@ def read_key(path: str | Path, *, private: bool = False) -> bytes:
         if private:
             raise ValueError(message)
         print(f"accessgate: WARNING: {message}", file=sys.stderr, flush=True)
+    return key_bytes(path, "pseudonymization key")
+
+
+def key_bytes(path: str | Path, what: str) -> bytes:
+    """The key in the file at `path`, stripped; refused when shorter than 16 bytes (a guesser could brute-force it)."""
     key = Path(path).read_bytes().strip()
     if len(key) < 16:
         raise ValueError(
-            f"pseudonymization key in {path} is {len(key)} bytes; use at least 16 "
-            "random bytes (e.g. `(umask 077; head -c 32 /dev/urandom | base64 > KEYFILE)`)"
+            f"{what} in {path} is {len(key)} bytes; use at least 16 random bytes "
+            "(e.g. `(umask 077; head -c 32 /dev/urandom | base64 > KEYFILE)`)"
         )
     return key

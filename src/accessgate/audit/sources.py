@@ -239,7 +239,13 @@ def _matching(data, first: Sequence[bytes], rest: Sequence[Sequence[bytes]]) -> 
                 else:
                     spans[start] = end
             at = find(needle, end)
-    # Every line with a backslash: an escape may spell a value another way.
+    _add_backslash_lines(data, spans)
+    return sorted(spans.items())
+
+
+def _add_backslash_lines(data, spans: dict[int, int]) -> None:
+    """Every line with a backslash, into `spans` (start: end): an escape may spell a value another way."""
+    find, rfind, size = data.find, data.rfind, len(data)
     at = find(b"\\")
     while at >= 0:
         start = rfind(b"\n", 0, at) + 1
@@ -247,7 +253,6 @@ def _matching(data, first: Sequence[bytes], rest: Sequence[Sequence[bytes]]) -> 
         end = size if end < 0 else end + 1
         spans[start] = end
         at = find(b"\\", end)
-    return sorted(spans.items())
 
 
 _TOO_MANY = "too many"
@@ -282,14 +287,7 @@ def _grep(path: Path, data, first: Sequence[bytes], rest: Sequence[Sequence[byte
         return None
     if status not in (0, 1):  # 1: no line matched
         return None
-    find, rfind = data.find, data.rfind
-    at = find(b"\\")  # every line with a backslash, as in _matching
-    while at >= 0:
-        start = rfind(b"\n", 0, at) + 1
-        end = find(b"\n", at)
-        end = size if end < 0 else end + 1
-        spans[start] = end
-        at = find(b"\\", end)
+    _add_backslash_lines(data, spans)  # as in _matching
     return sorted(spans.items())
 
 

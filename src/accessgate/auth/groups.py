@@ -120,36 +120,40 @@ class GroupResolver:
 
     def groups(self, user: str) -> DirectoryGroups:
         """Never waits for a known user; a new user waits up to first_wait seconds."""
-        known = self._known(user)
-        if known is not None:
-            return known
-        future = self._start(user)
-        if future is None:
-            return self._unavailable()
+        found = self._known_or_lookup(user)
+        if isinstance(found, DirectoryGroups):
+            return found
         try:
-            future.result(timeout=self.first_wait)
+            found.result(timeout=self.first_wait)
         except concurrent.futures.TimeoutError:
-            self._counters.inc("directory_first_lookup_total", result="pending")
-            return DirectoryGroups(frozenset(), PENDING)
+            return self._pending()
         except Exception:
             pass
         return self._known(user) or self._unavailable()
 
     async def groups_async(self, user: str) -> DirectoryGroups:
+        found = self._known_or_lookup(user)
+        if isinstance(found, DirectoryGroups):
+            return found
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(found)), self.first_wait)
+        except asyncio.TimeoutError:
+            return self._pending()
+        except Exception:
+            pass
+        return self._known(user) or self._unavailable()
+
+    def _known_or_lookup(self, user: str) -> DirectoryGroups | concurrent.futures.Future:
+        """A known user's groups; else the lookup started for them, or unavailable if none could start."""
         known = self._known(user)
         if known is not None:
             return known
         future = self._start(user)
-        if future is None:
-            return self._unavailable()
-        try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.first_wait)
-        except asyncio.TimeoutError:
-            self._counters.inc("directory_first_lookup_total", result="pending")
-            return DirectoryGroups(frozenset(), PENDING)
-        except Exception:
-            pass
-        return self._known(user) or self._unavailable()
+        return self._unavailable() if future is None else future
+
+    def _pending(self) -> DirectoryGroups:
+        self._counters.inc("directory_first_lookup_total", result="pending")
+        return DirectoryGroups(frozenset(), PENDING)
 
     def known(self, user: str) -> DirectoryGroups | None:
         """A known user's groups at once (a refresh starts behind them when due); None for a new user."""

@@ -102,19 +102,25 @@ def apr1(password: bytes, salt: bytes, magic: bytes = b"$apr1$") -> str:
     while i:
         ctx.update(b"\0" if i & 1 else password[:1])
         i >>= 1
-    final = ctx.digest()
-    for i in range(1000):
-        step = hashlib.md5(password if i & 1 else final)
-        if i % 3:
-            step.update(salt)
-        if i % 7:
-            step.update(password)
-        step.update(final if i & 1 else password)
-        final = step.digest()
+    final = _mix(hashlib.md5, 1000, ctx.digest(), salt, password)
     out = "".join(_b64_24(final[a], final[b], final[c], 4)
                   for a, b, c in ((0, 6, 12), (1, 7, 13), (2, 8, 14), (3, 9, 15), (4, 10, 5)))
     out += _b64_24(0, 0, final[11], 2)
     return f"{magic.decode('ascii')}{salt.decode('ascii')}${out}"
+
+
+def _mix(new, rounds: int, digest: bytes, salt: bytes, password: bytes) -> bytes:
+    """The rounds MD5-crypt and SHA-crypt share: each hashes the digest so far and `password`
+    in turn, with `salt` in rounds not divisible by 3 and `password` again in those not by 7."""
+    for r in range(rounds):
+        step = new(password if r & 1 else digest)
+        if r % 3:
+            step.update(salt)
+        if r % 7:
+            step.update(password)
+        step.update(digest if r & 1 else password)
+        digest = step.digest()
+    return digest
 
 
 # ---- SHA-crypt ($5$ and $6$, Ulrich Drepper's specification) ----------------------
@@ -156,15 +162,7 @@ def sha_crypt(password: bytes, setting: str) -> str:
     p = _stretch(new(password * len(password)).digest(), len(password))
     s = _stretch(new(salt * (16 + a_digest[0])).digest(), len(salt))
 
-    c = a_digest
-    for r in range(rounds):
-        step = new(p if r & 1 else c)
-        if r % 3:
-            step.update(s)
-        if r % 7:
-            step.update(p)
-        step.update(c if r & 1 else p)
-        c = step.digest()
+    c = _mix(new, rounds, a_digest, s, p)
 
     if variant == "5":
         out = "".join(_b64_24(c[x], c[y], c[z], 4) for x, y, z in _SHA256_ORDER)

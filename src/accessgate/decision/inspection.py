@@ -32,6 +32,7 @@ from typing import NamedTuple
 from accessgate.errors import InvalidHost
 from accessgate.policy.hosts import drop_root, normalize_host
 from accessgate.policy.model import Level, Policy
+from accessgate.decision.plan import kept_on
 from accessgate.decision.quota import QuotaLedger
 from accessgate.decision.rules import decide
 from accessgate.decision.types import READ_ONLY, Decision, Identity, Request
@@ -240,9 +241,4 @@ class _Words:
 
 
 def _words(policy: Policy) -> _Words:
-    # Kept on the policy object, as plan.index_of keeps its index: it lives and dies with the policy.
-    words = policy.__dict__.get("_inspection")
-    if words is None:
-        words = _Words(policy)
-        object.__setattr__(policy, "_inspection", words)
-    return words
+    return kept_on(policy, "_inspection", _Words)

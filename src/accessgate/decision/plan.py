@@ -15,7 +15,7 @@ grow memory without bound.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import NamedTuple
+from typing import Callable, NamedTuple, TypeVar
 
 from accessgate.policy.model import Fallback, Grant, IPAddress, IPNetwork, Level, MemberKind, Policy
 from accessgate.policy.windows import in_any_window
@@ -37,6 +37,8 @@ from accessgate.decision.types import (
     placed,
 )
 from accessgate.decision.sites import NAMED_BY_NONE, HostInfo, host_info
+
+T = TypeVar("T")
 
 _CACHE_SIZE = 100_000  # per cache; cleared when full, so memory stays bounded
 
@@ -388,9 +390,14 @@ def prepare(policy: Policy) -> None:
 
 
 def index_of(policy: Policy) -> PolicyIndex:
-    # Kept on the policy object itself: it lives and dies with the policy.
-    index = policy.__dict__.get("_compiled")
-    if index is None:
-        index = PolicyIndex(policy)
-        object.__setattr__(policy, "_compiled", index)
-    return index
+    return kept_on(policy, "_compiled", PolicyIndex)
+
+
+def kept_on(policy: Policy, name: str, build: Callable[[Policy], T]) -> T:
+    """`build(policy)`, made once and kept on the policy object itself as `name`:
+    it lives and dies with the policy."""
+    found = policy.__dict__.get(name)
+    if found is None:
+        found = build(policy)
+        object.__setattr__(policy, name, found)
+    return found

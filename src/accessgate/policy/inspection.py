@@ -17,7 +17,7 @@ the words mean; docs/policy-errors.md lists the messages.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import yaml
 
@@ -80,51 +80,51 @@ class InspectionWords:
     def never_inspect(self, sections: list[Entry], categories: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
         ck = self.ck
         written: list[str] = []
-        for section in sections:
-            for node in ck.seq(section.value, "'never_inspect'"):
-                text = ck.text(node, "an entry of never_inspect")
-                if text is None:
+        for node, text in self._entries(sections, "never_inspect"):
+            if text.startswith(CATEGORY):
+                name = text[len(CATEGORY):].strip()
+                if name not in self.category_names:
+                    if not ck.incomplete:
+                        ck.problem(node, f"unknown category {quoted(name)} in never_inspect; "
+                                         f"{ck.suggest(name, self.category_names, 'categories are')}"
+                                         " (the catalog's are in policy/sites/private.yaml)")
                     continue
-                if text.startswith(CATEGORY):
-                    name = text[len(CATEGORY):].strip()
-                    if name not in self.category_names:
-                        if not ck.incomplete:
-                            ck.problem(node, f"unknown category {quoted(name)} in never_inspect; "
-                                             f"{ck.suggest(name, self.category_names, 'categories are')}"
-                                             " (the catalog's are in policy/sites/private.yaml)")
-                        continue
-                    entry, domains = f"{CATEGORY}{name}", categories.get(name, ())
-                else:
-                    domain = self._domain(node, "never_inspect")
-                    if domain is None:
-                        continue
-                    entry, domains = domain, (domain,)
-                if entry in written:
-                    ck.problem(node, f"{quoted(entry)} is listed twice in never_inspect; keep one")
+                entry, domains = f"{CATEGORY}{name}", categories.get(name, ())
+            else:
+                domain = self._domain(node, "never_inspect")
+                if domain is None:
                     continue
-                written.append(entry)
-                self.never.append((entry, node, domains))
+                entry, domains = domain, (domain,)
+            if entry in written:
+                ck.problem(node, f"{quoted(entry)} is listed twice in never_inspect; keep one")
+                continue
+            written.append(entry)
+            self.never.append((entry, node, domains))
         return tuple(written)
 
     def always_inspect(self, sections: list[Entry], site_names: Mapping[str, yaml.Node]) -> tuple[str, ...]:
         ck = self.ck
         written: list[str] = []
-        for section in sections:
-            for node in ck.seq(section.value, "'always_inspect'"):
-                name = ck.text(node, "an entry of always_inspect")
-                if name is None:
-                    continue
-                if name != EVERY_SITE and name not in site_names:
-                    if not ck.incomplete:
-                        ck.problem(node, f"unknown site {quoted(name)} in always_inspect ('*' is every site); "
-                                         f"{ck.suggest(name, site_names, 'sites are')}")
-                    continue
-                if name in written:
-                    ck.problem(node, f"{quoted(name)} is listed twice in always_inspect; keep one")
-                    continue
-                written.append(name)
-                self.always.append((name, node))
+        for node, name in self._entries(sections, "always_inspect"):
+            if name != EVERY_SITE and name not in site_names:
+                if not ck.incomplete:
+                    ck.problem(node, f"unknown site {quoted(name)} in always_inspect ('*' is every site); "
+                                     f"{ck.suggest(name, site_names, 'sites are')}")
+                continue
+            if name in written:
+                ck.problem(node, f"{quoted(name)} is listed twice in always_inspect; keep one")
+                continue
+            written.append(name)
+            self.always.append((name, node))
         return tuple(written)
+
+    def _entries(self, sections: list[Entry], key: str) -> Iterator[tuple[yaml.Node, str]]:
+        """Each entry of the `key` lists that is text, with its node (the others are reported)."""
+        for section in sections:
+            for node in self.ck.seq(section.value, f"'{key}'"):
+                text = self.ck.text(node, f"an entry of {key}")
+                if text is not None:
+                    yield node, text
 
     def _domain(self, node: yaml.Node, owner: str) -> str | None:
         if isinstance(node, yaml.ScalarNode) and isinstance(node.value, str):

@@ -46,6 +46,19 @@ def internal_error(message: str) -> Decision:
     )
 
 
+def refused(decision: Decision, rule: str, message: str) -> Decision:
+    """`decision` (its site, roles and host) turned into a block by `rule`, for `message`."""
+    return Decision(
+        engine.BLOCK,
+        engine.DENIED,
+        rule,
+        site=decision.site,
+        roles=decision.roles,
+        host=decision.host,
+        message=message,
+    )
+
+
 def answer_blocked(
     flow: http.HTTPFlow,
     st: FlowState,

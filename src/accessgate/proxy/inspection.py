@@ -29,14 +29,13 @@ every choice.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from mitmproxy.proxy import layer, layers
 
-from accessgate.decision import BLOCK, DENIED, Decision, Identity, Request
+from accessgate.decision import Decision, Identity, Request
 from accessgate.errors import InvalidHost
 from accessgate.policy.hosts import normalize_host
 from accessgate.decision import inspection as insp
@@ -45,9 +44,9 @@ from accessgate.oplog import get_logger
 from accessgate.proxy import firstbytes
 from accessgate.proxy.certificates import Known, ServerCertificates, pin
 from accessgate.proxy.flows import tunnel_request
-from accessgate.proxy.gate import close_connection, count_failure
+from accessgate.proxy.gate import close_connection, count_failure, refused
 from accessgate.proxy.metrics import site_label
-from accessgate.proxy.records import FlowState, new_request_id
+from accessgate.proxy.records import FlowState, connection_state
 from accessgate.proxy.sessions import REVIEW_SECONDS, RawTunnel, Sessions
 
 if TYPE_CHECKING:
@@ -181,22 +180,8 @@ class Inspector:
         self._count(decision, PASSED, why)
 
     def _state(self, hello: Hello, identity: Identity, decision: Decision, why: str) -> FlowState:
-        policy = self._gate.policy
-        return FlowState(
-            request_id=new_request_id(),
-            started=time.perf_counter(),
-            ts=datetime.now(timezone.utc),
-            decision=decision,
-            identity=identity,
-            enforced=self._gate.enforcing,
-            policy=policy.short_digest if policy else "",
-            method=insp.TUNNEL_METHOD,
-            scheme=SCHEME,
-            host=decision.host or (hello.names[0] if hello.names else ""),
-            path="",
-            names=hello.names,
-            inspection=why,
-        )
+        return connection_state(self._gate, decision, identity, insp.TUNNEL_METHOD, SCHEME, hello.names,
+                                names=hello.names, inspection=why)
 
     def _count(self, decision: Decision, inspection: str, why: str) -> None:
         try:
@@ -285,13 +270,5 @@ def _inside_tls(nextlayer: layer.NextLayer) -> bool:
 
 
 def _ech_refused(decision: Decision) -> Decision:
-    return Decision(
-        BLOCK,
-        DENIED,
-        RULE_ECH,
-        site=decision.site,
-        roles=decision.roles,
-        host=decision.host,
-        message="This connection hides the name of the site it is for (Encrypted Client Hello), "
-        "and the proxy is set to refuse such connections (accessgate_refuse_ech).",
-    )
+    return refused(decision, RULE_ECH, "This connection hides the name of the site it is for (Encrypted Client "
+                   "Hello), and the proxy is set to refuse such connections (accessgate_refuse_ech).")

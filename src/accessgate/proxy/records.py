@@ -8,8 +8,9 @@ thread, with what `FlowState` held when the request ended.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from mitmproxy import http
@@ -94,6 +95,27 @@ def flow_state(
     )
     flow.metadata[META] = st
     return st
+
+
+def connection_state(gate: Any, decision: Decision, identity: Identity, method: str, scheme: str,
+                     hosts: tuple[str, ...] | list[str], **more: Any) -> FlowState:
+    """A new FlowState for a connection decided before any request of it (a tunnel, a TLS
+    hello), stamped now, under `gate`'s policy and mode; its host the decided one, else the first of `hosts`."""
+    policy = gate.policy
+    return FlowState(
+        request_id=new_request_id(),
+        started=time.perf_counter(),
+        ts=datetime.now(timezone.utc),
+        decision=decision,
+        identity=identity,
+        enforced=gate.enforcing,
+        policy=policy.short_digest if policy else "",
+        method=method,
+        scheme=scheme,
+        host=decision.host or (hosts[0] if hosts else ""),
+        path="",
+        **more,
+    )
 
 
 def access_record(

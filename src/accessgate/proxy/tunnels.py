@@ -33,14 +33,13 @@ from typing import TYPE_CHECKING, Any, Awaitable
 from mitmproxy import ctx, http, tls
 from mitmproxy.proxy import commands, events, layer, layers, mode_specs
 
-from accessgate import decision as engine
 from accessgate.decision import Decision, Identity
 from accessgate.oplog import get_logger
 from accessgate.proxy import firstbytes
 from accessgate.proxy.flows import TUNNEL, connect_request, request_of, tunnel_request
-from accessgate.proxy.gate import close_connection, count_failure, internal_error, quietly
+from accessgate.proxy.gate import close_connection, count_failure, internal_error, quietly, refused
 from accessgate.proxy.identity import identity_for_connection
-from accessgate.proxy.records import FlowState, flow_state, new_request_id
+from accessgate.proxy.records import FlowState, connection_state, flow_state
 from accessgate.proxy.sessions import RawTunnel, Sessions
 
 if TYPE_CHECKING:
@@ -328,20 +327,7 @@ class Tunnels:
         return names
 
     def _state(self, client, decision: Decision, names: list[str]) -> FlowState:
-        policy = self._gate.policy
-        return FlowState(
-            request_id=new_request_id(),
-            started=time.perf_counter(),
-            ts=datetime.now(timezone.utc),
-            decision=decision,
-            identity=_connection_identity(self._gate, client),
-            enforced=self._gate.enforcing,
-            policy=policy.short_digest if policy else "",
-            method="CONNECT",
-            scheme="tcp",
-            host=decision.host or (names[0] if names else ""),
-            path="",
-        )
+        return connection_state(self._gate, decision, _connection_identity(self._gate, client), "CONNECT", "tcp", names)
 
 
 def _may_be_uninspected() -> bool:
@@ -391,16 +377,8 @@ def replace_layer(nextlayer: layer.NextLayer, new: layer.Layer | None) -> None:
 
 def unreadable(decision: Decision) -> Decision:
     """A tunnel whose contents accessgate cannot read where every tunnel is meant to be read: blocked."""
-    return Decision(
-        engine.BLOCK,
-        engine.DENIED,
-        UNREADABLE,
-        site=decision.site,
-        roles=decision.roles,
-        host=decision.host,
-        message="This connection is neither TLS nor HTTP that the proxy can read, so what it carries "
-        "cannot be checked; it is refused. Ask IT to list its host in tcp_hosts if it must pass.",
-    )
+    return refused(decision, UNREADABLE, "This connection is neither TLS nor HTTP that the proxy can read, so what "
+                   "it carries cannot be checked; it is refused. Ask IT to list its host in tcp_hosts if it must pass.")
 
 
 def server_names(hello: Any) -> list[str]:

@@ -40,12 +40,12 @@ import stat
 import time
 import urllib.parse
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
 from accessgate import decision as engine
+from accessgate.audit.pseudonym import key_bytes
 from accessgate.decision import Decision, Identity
 from accessgate.errors import InvalidHost, StateStoreError
 from accessgate.oplog import get_logger
@@ -94,13 +94,7 @@ def read_key(path: str) -> bytes:
             f"(mode {stat.S_IMODE(mode):04o}), and whoever reads it can forge continue forms; "
             f"make it private: chmod 600 {path}"
         )
-    key = Path(path).read_bytes().strip()
-    if len(key) < 16:
-        raise ValueError(
-            f"warn form key in {path} is {len(key)} bytes; use at least 16 random bytes "
-            "(e.g. `(umask 077; head -c 32 /dev/urandom | base64 > KEYFILE)`)"
-        )
-    return key
+    return key_bytes(path, "warn form key")
 
 
 def warn_grant(decision: Decision, policy: Policy) -> Grant | None:
@@ -310,13 +304,9 @@ class WarnForms:
             self._refuse(flow, st, str(why))
             return
         d = st.decision
-        self._gate.audit_event(
+        self._audit(
             WARN_EVENT,
-            request_id=st.request_id,
-            user=st.identity.user,
-            client_ip=ip_text(st.identity.client_ip),
-            host=st.host,
-            site=d.site,
+            st,
             role=d.role,
             rule=grant.continued_rule,
             justification=reason,
@@ -414,16 +404,13 @@ class WarnForms:
 
     def _audit_refused(self, st: FlowState, why: str) -> None:
         log.warning("warn_refused", request_id=st.request_id, site=st.decision.site, why=why)
-        self._gate.audit_event(
-            REFUSED_EVENT,
-            request_id=st.request_id,
-            user=st.identity.user,
-            client_ip=ip_text(st.identity.client_ip),
-            host=st.host,
-            site=st.decision.site,
-            note=why,
-            policy=st.policy,
-        )
+        self._audit(REFUSED_EVENT, st, note=why, policy=st.policy)
+
+    def _audit(self, event: str, st: FlowState, **fields: Any) -> None:
+        """An audit event about `st`'s request: who asked, from where, for which host and site, then `fields`."""
+        self._gate.audit_event(event, request_id=st.request_id, user=st.identity.user,
+                               client_ip=ip_text(st.identity.client_ip), host=st.host, site=st.decision.site,
+                               **fields)
 
     def _count(self, name: str, d: Decision) -> None:
         try:

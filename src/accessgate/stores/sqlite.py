@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -84,22 +86,39 @@ class SqliteStore:
             self._on_error(error)
         return error
 
+    @contextmanager
+    def _locked(self, what: str) -> Iterator[None]:
+        """The body under the lock, counted; an SQLite error in it becomes a StateStoreError (reported)."""
+        try:
+            with self._lock:
+                yield
+        except sqlite3.Error as exc:
+            error = self._fail(what, exc)
+            self._counters.done(error)
+            raise error from exc
+        self._counters.done()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """The body in one write transaction: committed, or rolled back on any exception."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     def usage(self, subject: str, site: str, day: date, minute: int) -> QuotaUsage:
         if (paid := self._counted.paid((subject, site, day), minute)) is not None:
             self._counters.done()
             return QuotaUsage(paid, True)
-        try:
-            with self._lock:
-                used, current = self._db.execute(
-                    "SELECT count(*), coalesce(max(minute = ?), 0) FROM quota_minutes"
-                    " WHERE subject = ? AND site = ? AND day = ?",
-                    (minute, subject, site, day.isoformat()),
-                ).fetchone()
-        except sqlite3.Error as exc:
-            error = self._fail("read", exc)
-            self._counters.done(error)
-            raise error from exc
-        self._counters.done()
+        with self._locked("read"):
+            used, current = self._db.execute(
+                "SELECT count(*), coalesce(max(minute = ?), 0) FROM quota_minutes"
+                " WHERE subject = ? AND site = ? AND day = ?",
+                (minute, subject, site, day.isoformat()),
+            ).fetchone()
         self._counted.put((subject, site, day), used, minute if current else None)
         return QuotaUsage(used, bool(current))
 
@@ -108,26 +127,15 @@ class SqliteStore:
             self._counters.done()
             return paid
         key = (subject, site, day.isoformat())
-        try:
-            with self._lock:
-                if self._latest_day is None or day > self._latest_day:
-                    self._latest_day = day
-                    self._prune(day - timedelta(days=1))
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._db.execute("INSERT OR IGNORE INTO quota_minutes VALUES (?, ?, ?, ?)", (*key, minute))
-                    (used,) = self._db.execute(
-                        "SELECT count(*) FROM quota_minutes WHERE subject = ? AND site = ? AND day = ?", key
-                    ).fetchone()
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            error = self._fail("write", exc)
-            self._counters.done(error)
-            raise error from exc
-        self._counters.done()
+        with self._locked("write"):
+            if self._latest_day is None or day > self._latest_day:
+                self._latest_day = day
+                self._prune(day - timedelta(days=1))
+            with self._transaction():
+                self._db.execute("INSERT OR IGNORE INTO quota_minutes VALUES (?, ?, ?, ?)", (*key, minute))
+                (used,) = self._db.execute(
+                    "SELECT count(*) FROM quota_minutes WHERE subject = ? AND site = ? AND day = ?", key
+                ).fetchone()
         self._counted.put((subject, site, day), used, minute)
         return used
 
@@ -146,33 +154,15 @@ class SqliteStore:
                            "INSERT OR IGNORE INTO used_nonces VALUES (?, ?)", (nonce, until)) == 1
 
     def _run(self, what: str, sql: str, args: tuple) -> tuple | None:
-        try:
-            with self._lock:
-                row = self._db.execute(sql, args).fetchone()
-        except sqlite3.Error as exc:
-            error = self._fail(what, exc)
-            self._counters.done(error)
-            raise error from exc
-        self._counters.done()
+        with self._locked(what):
+            row = self._db.execute(sql, args).fetchone()
         return row
 
     def _write(self, prune: str, prune_args: tuple, sql: str, args: tuple) -> int:
         """Prune the expired, then `sql`, in one transaction; returns the rows `sql` changed."""
-        try:
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._db.execute(prune, prune_args)
-                    changed = self._db.execute(sql, args).rowcount
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            error = self._fail("write", exc)
-            self._counters.done(error)
-            raise error from exc
-        self._counters.done()
+        with self._locked("write"), self._transaction():
+            self._db.execute(prune, prune_args)
+            changed = self._db.execute(sql, args).rowcount
         return changed
 
     def prune(self, before: date) -> None:

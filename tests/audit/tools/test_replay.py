@@ -12,6 +12,7 @@ import pytest
 from accessgate.decision import Identity, Request, decide, local_day, minute_of
 from accessgate.policy.loader import parse_policy
 from accessgate.decision.quota import MemoryLedger
+from support.policies import everyone_policy
 
 from ..conftest import write_log
 
@@ -193,19 +194,8 @@ def test_errors_exit_2(cli, log, policies, tmp_path):
 
 # -- warn grants: a logged reason opens the site for the candidate's continue_minutes --------
 
-WARN = """
-version: 1
-timezone: UTC
-sites:
-  tiktok: {domains: [tiktok.com]}
-roles:
-  everyone:
-    members: [all]
-    access:
-      tiktok: {level: warn, continue_minutes: 30}
-unauthenticated: deny
-unlisted: allow
-"""
+WARN = everyone_policy({"tiktok": "{level: warn, continue_minutes: 30}"}, domains="{site}.com",
+                       unauthenticated="deny", unlisted="allow")
 
 
 def warn_log(tmp_path) -> Path:
