@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import os
 import shutil
 import ssl
@@ -49,7 +48,8 @@ from pathlib import Path
 
 import loadgen as lg
 
-from support.nginx import FILE  # noqa: E402  (tests/ is on sys.path through loadgen)
+from support.certs import make_ca  # noqa: E402  (tests/ is on sys.path through loadgen)
+from support.nginx import FILE  # noqa: E402
 from support.processes import accepts, await_ready, free_port, pin, stop_process  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -106,45 +106,12 @@ class Origin:
         stop_process(self.process)
 
 
-def make_certificates(prefix: Path) -> Path:
-    """A CA and, signed by it, a certificate for *.unlisted.example (the TLS port's); returns the CA's file."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "accessgate benchmark CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "*.unlisted.example")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("*.unlisted.example")]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    pem = serialization.Encoding.PEM
-    (prefix / "origin.pem").write_bytes(leaf.public_bytes(pem))
-    (prefix / "origin.key").write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    (prefix / "ca.pem").write_bytes(ca.public_bytes(pem))
-    return prefix / "ca.pem"
-
-
 def start_origin(workdir: Path, core: int | None) -> Origin:
     prefix = workdir / "nginx"
     (prefix / "www").mkdir(parents=True, exist_ok=True)
     (prefix / "www" / FILE).write_bytes(bytes(range(256)) * 4)
-    ca = make_certificates(prefix)
+    # A CA and, signed by it, a certificate for *.unlisted.example (the TLS port's).
+    ca = make_ca(prefix, ("*.unlisted.example",), (), prefix="origin").ca_file
     plain, tls = free_port(), free_port()
     conf = prefix / "nginx.conf"
     conf.write_text(NGINX_CONF.format(prefix=prefix, plain=plain, tls=tls, file=FILE))

@@ -22,13 +22,13 @@ extension into every ClientHello (proxy/inspection.py, `hides_a_name`).
 from __future__ import annotations
 
 import base64
-import datetime
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from support.certs import make_ca
 from support.policies import everyone_policy
 from support.processes import accepts, await_ready, free_port, stop_process
 from support.proxy import make_confdir, start_proxy
@@ -80,7 +80,7 @@ class SharedOrigin:
         (prefix / "www").mkdir(parents=True)
         (prefix / "www" / "index.html").write_bytes(PAGE)
         (prefix / "www" / "pixel.gif").write_bytes(PIXEL)
-        self.ca = _certificate(prefix, ["a.shared.test", "b.shared.test"])
+        self.ca = make_ca(prefix, ("a.shared.test", "b.shared.test"), (), prefix="shared").ca_file
         self.port = free_port()
         self.prefix = prefix
         conf = prefix / "nginx.conf"
@@ -103,43 +103,6 @@ class SharedOrigin:
 
     def stop(self) -> None:
         stop_process(self.process)
-
-
-def _certificate(prefix: Path, names: list[str]) -> Path:
-    """A CA and, signed by it, a certificate for `names` (the origin's); returns the CA's file."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=2)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "accessgate pooling test CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    leaf = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    pem = serialization.Encoding.PEM
-    (prefix / "shared.pem").write_bytes(leaf.public_bytes(pem))
-    (prefix / "shared.key").write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    (prefix / "ca.pem").write_bytes(ca.public_bytes(pem))
-    return prefix / "ca.pem"
 
 
 def trusting_home(home: Path, ca: Path) -> Path:
