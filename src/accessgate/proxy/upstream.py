@@ -26,9 +26,7 @@ from mitmproxy import ctx
 from mitmproxy.proxy import server_hooks
 
 from accessgate.oplog import get_logger
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from accessgate.policy.model import IPAddress, IPNetwork
 
 LOOPBACK = "loopback"
 LINK_LOCAL = "link-local"
