@@ -10,6 +10,7 @@ here do not route to the test origin; they connect where the client asks.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import time
 
 import pytest
@@ -86,6 +87,30 @@ def test_the_proxys_own_host_is_refused(guarded, origin, url, reason):
     while metric(guarded.metrics(), "accessgate_upstream_refused_total", reason=reason) <= before:
         assert time.monotonic() < deadline, f"no refusal counted for {reason}"
         time.sleep(0.1)
+
+
+def test_a_tls_tunnel_to_a_name_of_this_host_sends_it_no_byte(guarded):
+    """Not even the ClientHello of the short handshake that reads a server's certificate before a
+    tunnel is passed through (proxy/certificates.py).  (A connection mitmproxy opens is closed,
+    once the guard sees where it went, before a byte is sent: upstream.py.)"""
+    family, _, _, _, address = socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)[0]
+    with socket.create_server((address[0], 0), family=family) as service:
+        port = service.getsockname()[1]
+
+        result = curl(guarded, f"https://localhost:{port}/", timeout=10)
+
+        assert result.status in (0, BAD_GATEWAY), result
+        received = b""
+        service.settimeout(0.5)
+        while True:
+            try:
+                conn, _ = service.accept()
+            except TimeoutError:
+                break
+            with conn:
+                conn.settimeout(2)
+                received += conn.recv(4096)
+        assert received == b"", "bytes reached a service on the proxy's own host"
 
 
 def test_a_refusal_is_audited_with_its_reason(guarded, origin):

@@ -13,7 +13,8 @@ every name in it (`decision.inspection.serves_more`).
   otherwise the addons' `server_connect` hooks are asked, as mitmproxy asks
   them before it connects (routing addons, its own loop check), the name is
   resolved once, and the connection is pinned to that address, so that it
-  goes to the server whose certificate was read.
+  goes to the server whose certificate was read.  An address the upstream
+  guard refuses (upstream.py: the proxy's own host) is not read at all.
 - Kept for `KEEP_SECONDS` per (name, port, SNI); a server that cannot be
   read is "unknown" (its connection is decrypted) and asked again after
   `RETRY_SECONDS`.  At most `MAX_PENDING` reads run at once, each bounded
@@ -27,7 +28,7 @@ import asyncio
 import socket
 import ssl
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from mitmproxy import connection, ctx
 from mitmproxy.proxy import server_hooks
@@ -55,7 +56,8 @@ class Known(NamedTuple):
 class ServerCertificates:
     """Certificates read from servers, kept a while, read at most once at a time per server."""
 
-    def __init__(self) -> None:
+    def __init__(self, may_connect: Callable[[str], bool] = lambda ip: True) -> None:
+        self._may_connect = may_connect  # the upstream guard: this proxy connects to this address
         self._known: dict[Key, Known] = {}
         self._pending: dict[Key, asyncio.Future] = {}
         self.reads = 0  # handshakes made (for tests and the log)
@@ -93,6 +95,8 @@ class ServerCertificates:
         try:
             address = await asyncio.wait_for(_destination(context), TIMEOUT_SECONDS)
             server = None
+            if address is not None and not self._may_connect(address[0]):
+                address = None  # the proxy's own host: not read, so decrypted, and refused when connected
             if address is not None:
                 server = await asyncio.wait_for(_handshake(address, key[2]), TIMEOUT_SECONDS)
         except Exception as exc:  # any failure: the server is unknown, and its connection decrypted

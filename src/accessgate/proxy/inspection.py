@@ -78,7 +78,7 @@ class Inspector:
         self._sessions = sessions
         self.mode = insp.NEEDED  # accessgate_inspect
         self.refuse_ech = False  # accessgate_refuse_ech
-        self.certificates = ServerCertificates()
+        self.certificates = ServerCertificates(lambda ip: gate.upstream.refusal(ip) is None)
         self.open: dict[str, Passing] = {}  # by client connection id
 
     def configure(self, mode: str, refuse_ech: bool) -> None:
