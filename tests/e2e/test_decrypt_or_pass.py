@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from accessgate.stores import open_store
 from support.clients import PASSWORD, curl
+from support.origin import payload
 from support.wire import basic
 
 pytestmark = pytest.mark.e2e
@@ -82,8 +83,14 @@ def tls_records(proxy, count: int) -> list[dict]:
     return [r for r in records if r["scheme"] == "tls"]
 
 
-def test_unlisted_and_full_access_https_pass_through_with_the_sites_own_certificate(start, origin):
-    proxy, _ = start()
+# With lazy connections (as these tests run) accessgate relays a passed-through tunnel itself
+# (proxy/splice.py); with eager ones mitmproxy has connected the server already and relays it.
+STRATEGIES = pytest.mark.parametrize("strategy", ["lazy", "eager"], ids=["accessgate-relays", "mitmproxy-relays"])
+
+
+@STRATEGIES
+def test_unlisted_and_full_access_https_pass_through_with_the_sites_own_certificate(start, origin, strategy):
+    proxy, _ = start(connection_strategy=strategy)
 
     unlisted = unverified(proxy, "https://www.example.test/page")
     full = unverified(proxy, "https://chat.test/post", method="POST", data=b"hello")
@@ -105,6 +112,20 @@ def test_unlisted_and_full_access_https_pass_through_with_the_sites_own_certific
     counted = re.findall(r'accessgate_tls_connections_total\{inspection="passed-through",site="(\w+)",why="(\w+)"\}',
                          proxy.metrics())
     assert sorted(counted) == [("chat", "full"), ("unlisted", "unlisted")]
+
+
+@STRATEGIES
+def test_a_large_download_through_a_passed_through_tunnel_arrives_whole_and_is_counted(start, origin, strategy):
+    proxy, _ = start(connection_strategy=strategy)
+    size = 6_000_000
+
+    result = unverified(proxy, f"https://www.example.test/bytes/{size}")
+
+    assert result.status == 200 and issuers(result) == ["CN = origin.test"], result.stderr
+    assert result.body == payload(size)
+    [record] = tls_records(proxy, 1)
+    assert size < record["bytes_out"] < size + 20_000, record  # the body, its TLS framing, the handshake
+    assert 0 < record["bytes_in"] < 20_000
 
 
 def test_read_only_and_blocked_sites_are_decrypted_and_decided_per_request(start, origin):

@@ -231,8 +231,9 @@ def start_proxy(
         "--listen-host", "127.0.0.1",
         "--listen-port", str(port),
         "--set", f"confdir={confdir}",
-        "--set", "connection_strategy=lazy",
     ]  # fmt: skip
+    if "connection_strategy" not in (options or {}):
+        args += ["--set", "connection_strategy=lazy"]
     settings: dict[str, object] = {}
     audit_path = workdir / "audit.jsonl" if audit and accessgate else None
     if accessgate:

@@ -253,6 +253,8 @@ class AccessGate:
             task.cancel()
         self._tasks.clear()
         for tunnel in list(self.sessions.relays.values()):  # still open: their records go out now
+            if tunnel.splice is not None:
+                quietly(tunnel.splice.close)
             quietly(lambda: self.sessions.end_relay(tunnel))
         self.tunnels.release_last_word()
         if self.audit is not None:
@@ -404,9 +406,13 @@ class AccessGate:
         self._identities.forget(client.id)
         self.balancers.forget(client.id)
         self.connect_names.pop(client.id, None)
-        self.inspector.forget(client.id)
         tunnel = self.sessions.relays.get(client.id)
+        if tunnel is not None and tunnel.handed_off:
+            return  # relayed on by accessgate (splice.py): it ends when the splice does
+        self.inspector.forget(client.id)
         if tunnel is not None:
+            if tunnel.splice is not None:
+                quietly(tunnel.splice.close)  # mitmproxy let go of a client before handing it over
             try:
                 self.sessions.end_relay(tunnel)
             except Exception:

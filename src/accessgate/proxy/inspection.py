@@ -41,13 +41,13 @@ from accessgate.policy.hosts import normalize_host
 from accessgate.decision import inspection as insp
 from accessgate.decision.inspection import Hello, Inspection, Server
 from accessgate.oplog import get_logger
-from accessgate.proxy import firstbytes
+from accessgate.proxy import firstbytes, splice
 from accessgate.proxy.certificates import Known, ServerCertificates, pin
 from accessgate.proxy.flows import tunnel_request
-from accessgate.proxy.gate import close_connection, count_failure, refused
+from accessgate.proxy.gate import count_failure, refused
 from accessgate.proxy.metrics import site_label
 from accessgate.proxy.records import FlowState, connection_state
-from accessgate.proxy.sessions import REVIEW_SECONDS, RawTunnel, Sessions
+from accessgate.proxy.sessions import REVIEW_SECONDS, RawTunnel, Sessions, close_client
 
 if TYPE_CHECKING:
     from accessgate.proxy.addon import AccessGate
@@ -174,10 +174,31 @@ class Inspector:
         context.client.tls = context.server.tls = False  # set by the TLS layers mitmproxy made
         client = context.client
         tunnel = RawTunnel(("tcp", client.id), client, st)
-        replace(nextlayer, Relay(context, True, tunnel, self._sessions.relayed))
+        relay = self._take_over(context, tunnel, known) or Relay(context, True, tunnel, self._sessions.relayed)
+        replace(nextlayer, relay)
         self._sessions.open_relay(tunnel, Request(insp.TUNNEL_METHOD, hello.names, "/"))
         self.open[client.id] = Passing(hello, identity, known.server if known is not None else None, tunnel)
         self._count(decision, PASSED, why)
+
+    def _take_over(self, context, tunnel: RawTunnel, known: Known | None) -> layer.Layer | None:
+        """accessgate relays the tunnel itself (splice.py), to the address whose certificate was read."""
+        if known is None or known.address is None or self._gate.upstream.refusal(known.address[0]) is not None:
+            return None  # mitmproxy connects it, through every addon's server hooks (and refuses it there)
+        sessions = self._sessions
+
+        def on_data(from_client: bool, size: int) -> bool:
+            return sessions.relayed(tunnel, from_client, size)
+
+        def on_end(ended: splice.Splice) -> None:
+            if tunnel.closed is None and ended.error is not None and ended.error != "idle":
+                tunnel.closed = ended.error
+            self.forget(tunnel.client.id)
+            sessions.end_relay(tunnel)
+
+        handoff = splice.take_over(context, known.address, on_data, on_end)
+        if handoff is not None:
+            tunnel.splice = handoff.splice
+        return handoff
 
     def _state(self, hello: Hello, identity: Identity, decision: Decision, why: str) -> FlowState:
         return connection_state(self._gate, decision, identity, insp.TUNNEL_METHOD, SCHEME, hello.names,
@@ -230,7 +251,7 @@ class Inspector:
                 policy=gate.policy.short_digest,
             )
             log.info("flow_closed", site=result.decision.site, reason=result.why)
-            close_connection(tunnel.client)
+            close_client(tunnel)
 
 
 def hides_a_name(snis: tuple[str, ...] | list[str], asked: list[str]) -> bool:

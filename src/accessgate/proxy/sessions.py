@@ -114,6 +114,12 @@ class RawTunnel:
     bytes_out: int = 0  # to the client
     minute: int = -1  # the last UTC minute it carried traffic
     closed: str | None = None  # why accessgate closed it
+    splice: Any = None  # splice.Splice: accessgate relays it itself, outside mitmproxy
+
+    @property
+    def handed_off(self) -> bool:
+        """Relayed by accessgate itself and still open: mitmproxy's end of it is gone."""
+        return self.splice is not None and self.splice.client_taken and not self.splice.ended
 
 
 class Sessions:
@@ -313,6 +319,9 @@ def close_client(flow: http.HTTPFlow | RawTunnel) -> None:
     reconnects and every new request is decided afresh.
     """
     if isinstance(flow, RawTunnel):
-        close_connection(flow.client)
+        if flow.splice is not None:
+            flow.splice.close()
+        else:
+            close_connection(flow.client)
     elif not close_connection(flow.client_conn) and flow.killable:
         flow.kill()
