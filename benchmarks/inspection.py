@@ -16,6 +16,17 @@ complete.  Two phases per round and proxy:
 
     keep-alive  --keepalive requests per connection (default 20)
     new         one request per connection: a new connection for each
+    mixed       both at once: each client's connections alternate between
+                the two (half the connections carry one request, half
+                --keepalive), the load the issue describes
+
+With --control, also mitmdump without accessgate, passing the unlisted hosts
+through by its own ignore_hosts (bare-pass) or decrypting everything
+(bare-all), and a phase `connect-only` on accessgate's proxies: CONNECT,
+its 200, then the client hangs up, no TLS.  What that costs is the part of
+every passed-through connection that passing through cannot save, so it
+bounds what `needed` can gain on new connections: the ratio it would reach
+if a passed-through connection cost nothing beyond its CONNECT is printed.
 
 The origin is one nginx, over TLS: decrypted requests reach it over a
 second TLS connection from the proxy, as they would reach the real site;
@@ -58,8 +69,14 @@ USER = "zoe"
 UNLISTED = [f"site{i}.unlisted.example" for i in range(9)]
 GOVERNED = "www.linkedin.com"  # read-only for zoe under policy/example.yaml: decrypted under both settings
 GOVERNED_PATH = "/in/someone/"
+GOVERNED_EVERY = 10  # 1 connection in 10 is to the governed site
 MODES = ("needed", "all")
-PHASES = ("keep-alive", "new")
+# --control: mitmproxy alone, passing the unlisted hosts through by its own
+# ignore_hosts or decrypting everything; what mitmproxy itself gains.
+CONTROLS = ("bare-pass", "bare-all")
+IGNORE_UNLISTED = r"^site[0-9]+\.unlisted\.example(:443)?$"
+PHASES = ("keep-alive", "new", "mixed")
+CONNECT_ONLY = "connect-only"
 
 
 # -- the origin: nginx with a plain and a TLS port -------------------------------
@@ -134,15 +151,21 @@ class Count:
     blocked: int = 0  # answers other than 200 (there should be none)
 
 
-async def _worker(port: int, start: int, per_connection: int, deadline: float, tls: ssl.SSLContext,
+async def _worker(port: int, start: int, per_connection: tuple[int, ...], deadline: float, tls: ssl.SSLContext,
                   count: Count) -> None:
+    """Connections one after another; the n-th carries per_connection[n % len(per_connection)] requests."""
     i = start
     while time.monotonic() < deadline:
-        governed = i % 10 == 9
+        governed = i % GOVERNED_EVERY == GOVERNED_EVERY - 1
+        requests = per_connection[(i // GOVERNED_EVERY) % len(per_connection)]
         i += 1
         host = GOVERNED if governed else UNLISTED[i % len(UNLISTED)]
         call = lg.Call(USER, "GET", f"https://{host}{GOVERNED_PATH if governed else '/'}")
         try:
+            if not requests:  # connect-only: the tunnel is answered, and that is all
+                await _connect_only(port, call)
+                count.connections += 1
+                continue
             reader, writer = await lg._connect(port, call, tls)
         except (OSError, asyncio.IncompleteReadError, ssl.SSLError, ConnectionError):
             count.errors += 1
@@ -151,7 +174,7 @@ async def _worker(port: int, start: int, per_connection: int, deadline: float, t
         count.connections += 1
         wire = call.wire()
         try:
-            for _ in range(per_connection):
+            for _ in range(requests):
                 writer.write(wire)
                 status, _, keep = await asyncio.wait_for(lg._read_response(reader), 30)
                 count.requests += 1
@@ -164,7 +187,19 @@ async def _worker(port: int, start: int, per_connection: int, deadline: float, t
             writer.close()
 
 
-def load(port: int, *, seconds: float, workers: int, per_connection: int, tls: ssl.SSLContext) -> Count:
+async def _connect_only(port: int, call: lg.Call) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"CONNECT {call.host}:443 HTTP/1.1\r\nHost: {call.host}:443\r\n"
+                     f"Proxy-Authorization: {call.proxy_authorization()}\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+    finally:
+        writer.close()
+
+
+def load(port: int, *, seconds: float, workers: int, per_connection: tuple[int, ...], tls: ssl.SSLContext) -> Count:
     count = Count()
 
     async def main() -> None:
@@ -201,11 +236,15 @@ class Sample:
 
 
 def measure(proxy, mode: str, phase: str, args, tls: ssl.SSLContext) -> Sample:
-    per_connection = args.keepalive if phase == "keep-alive" else 1
+    per_connection = requests_per_connection(phase, args)
     cpu0, t0 = lg.cpu_seconds(proxy.pid), time.monotonic()
     count = load(proxy.port, seconds=args.seconds, workers=args.workers, per_connection=per_connection, tls=tls)
     elapsed = time.monotonic() - t0
     return Sample(mode, phase, elapsed, lg.cpu_seconds(proxy.pid) - cpu0, count)
+
+
+def requests_per_connection(phase: str, args) -> tuple[int, ...]:
+    return {"keep-alive": (args.keepalive,), "new": (1,), "mixed": (args.keepalive, 1), CONNECT_ONLY: (0,)}[phase]
 
 
 def tls_counts(proxy) -> dict[str, float]:
@@ -224,7 +263,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--keepalive", type=int, default=20, help="requests per connection in the keep-alive phase")
+    parser.add_argument("--control", action="store_true",
+                        help="also run mitmdump without accessgate: passing the unlisted hosts through "
+                             "(ignore_hosts) and decrypting everything")
+    parser.add_argument("--phases", default=",".join(PHASES), help="which phases to run (comma-separated)")
     args = parser.parse_args()
+    modes = MODES + (CONTROLS if args.control else ())
+    phases = tuple(p for p in (*PHASES, CONNECT_ONLY) if p in args.phases.split(","))
+    if args.control and "new" in phases and CONNECT_ONLY not in phases:
+        phases += (CONNECT_ONLY,)
 
     proxy_core, load_core = lg.cores()
     os.sched_setaffinity(0, {load_core})
@@ -237,26 +284,37 @@ def main() -> int:
     tls = ssl.create_default_context(cafile=str(cafile))
     proxies = {}
     try:
-        for mode in MODES:
+        for mode in modes:
+            common = {"proxyauth": f"@{htpasswd}", "ssl_insecure": True, "bench_tls_origin": f"127.0.0.1:{origin.tls}"}
+            if mode in CONTROLS:
+                proxies[mode] = lg.start_proxy(
+                    policy=None, accessgate=False, confdir=confdir, workdir=work / mode, core=proxy_core, quiet=True,
+                    scripts=[ROUTE],
+                    options={**common, **({"ignore_hosts": [IGNORE_UNLISTED]} if mode == "bare-pass" else {})},
+                )  # fmt: skip
+                continue
             proxies[mode] = lg.start_proxy(
                 policy=lg.POLICY, confdir=confdir, workdir=work / mode, state="memory:", core=proxy_core, quiet=True,
                 scripts=[ROUTE],
-                options={"proxyauth": f"@{htpasswd}", "accessgate_inspect": mode, "ssl_insecure": True,
-                         "bench_tls_origin": f"127.0.0.1:{origin.tls}",
+                options={**common, "accessgate_inspect": mode,
                          # nginx is on this host, which accessgate otherwise never connects to
                          "accessgate_upstream_allow": ["127.0.0.1/32"]},
             )  # fmt: skip
-        for mode in MODES:  # warm up: certificates made and read, caches filled
-            for phase in PHASES:
+        for mode in modes:  # warm up: certificates made and read, caches filled
+            for phase in phases:
+                if phase == CONNECT_ONLY and mode in CONTROLS:
+                    continue
                 load(proxies[mode].port, seconds=1.0, workers=args.workers,
-                     per_connection=args.keepalive if phase == "keep-alive" else 1, tls=tls)
+                     per_connection=requests_per_connection(phase, args), tls=tls)
         samples: list[Sample] = []
         for r in range(args.rounds):
-            order = MODES if r % 2 == 0 else MODES[::-1]
-            for phase in PHASES:
+            order = modes if r % 2 == 0 else modes[::-1]
+            for phase in phases:
                 for mode in order:
+                    if phase == CONNECT_ONLY and mode in CONTROLS:
+                        continue  # measured on accessgate's proxies only
                     samples.append(measure(proxies[mode], mode, phase, args, tls))
-        report(samples, args, proxies, proxy_core, load_core)
+        report(samples, args, proxies, proxy_core, load_core, modes, phases)
     finally:
         for proxy in proxies.values():
             proxy.stop()
@@ -265,34 +323,56 @@ def main() -> int:
     return 0
 
 
-def report(samples: list[Sample], args, proxies, proxy_core: int, load_core: int) -> None:
+def report(samples: list[Sample], args, proxies, proxy_core: int, load_core: int, modes, phases) -> None:
     print(f"accessgate_inspect: needed vs all; {args.rounds} rounds x {args.seconds:.0f} s per proxy and phase, "
           f"{args.workers} clients; 9 in 10 connections to unlisted hosts, 1 in 10 to a governed (read-only) "
           f"site; proxy on core {proxy_core}, nginx and client on core {load_core}; load average "
           f"{os.getloadavg()[0]:.2f} (a shared host)")
-    header = (f"{'phase':<11} {'inspect':<7} {'conn/s':>8} {'req/s':>8} {'core %':>7} {'conn/CPU-s':>11} "
+    header = (f"{'phase':<12} {'inspect':<9} {'conn/s':>8} {'req/s':>8} {'core %':>7} {'conn/CPU-s':>11} "
               f"{'req/CPU-s':>10} {'errors':>7} {'non-200':>8}")
     print(header)
-    for phase in PHASES:
-        for mode in MODES:
+    for phase in phases:
+        for mode in modes:
             mine = [s for s in samples if s.phase == phase and s.mode == mode]
+            if not mine:
+                continue
             med = lambda f: statistics.median(f(s) for s in mine)  # noqa: E731
-            print(f"{phase:<11} {mode:<7} {med(lambda s: s.cps):>8.0f} {med(lambda s: s.rps):>8.0f} "
+            print(f"{phase:<12} {mode:<9} {med(lambda s: s.cps):>8.0f} {med(lambda s: s.rps):>8.0f} "
                   f"{med(lambda s: 100 * s.cpu / s.seconds):>6.0f}% {med(lambda s: s.conn_per_cpu):>11.0f} "
                   f"{med(lambda s: s.req_per_cpu):>10.0f} {sum(s.count.errors for s in mine):>7} "
                   f"{sum(s.count.blocked for s in mine):>8}")
-    print("needed / all, per core (per CPU-second of the proxy), each round's pair: median [min, max]")
-    for phase in PHASES:
-        needed = [s for s in samples if s.phase == phase and s.mode == "needed"]
-        every = [s for s in samples if s.phase == phase and s.mode == "all"]
-        for label, f in (("connections", lambda s: s.conn_per_cpu), ("requests", lambda s: s.req_per_cpu)):
-            ratios = [f(n) / f(a) for n, a in zip(needed, every) if f(a)]
-            if ratios:
-                print(f"  {phase:<11} {label:<12} {statistics.median(ratios):5.2f}x "
-                      f"[{min(ratios):.2f}, {max(ratios):.2f}]")
-    for mode, proxy in proxies.items():
-        counted = ", ".join(f"{k} {v:.0f}" for k, v in sorted(tls_counts(proxy).items()))
+    pairs = [("needed", "all")] + ([("bare-pass", "bare-all"), ("needed", "bare-pass")] if "bare-pass" in modes else [])
+    for top, bottom in pairs:
+        print(f"{top} / {bottom}, per core (per CPU-second of the proxy), each round's pair: median [min, max]")
+        for phase in (p for p in phases if p != CONNECT_ONLY):
+            tops = [s for s in samples if s.phase == phase and s.mode == top]
+            bottoms = [s for s in samples if s.phase == phase and s.mode == bottom]
+            for label, f in (("connections", lambda s: s.conn_per_cpu), ("requests", lambda s: s.req_per_cpu)):
+                ratios = [f(n) / f(a) for n, a in zip(tops, bottoms) if f(a)]
+                if ratios:
+                    print(f"  {phase:<11} {label:<12} {statistics.median(ratios):5.2f}x "
+                          f"[{min(ratios):.2f}, {max(ratios):.2f}]")
+    bound = connect_bound(samples)
+    if bound is not None:
+        connect_ms, decrypted_ms, ceiling = bound
+        print(f"a CONNECT alone (answered, then closed; no TLS) costs {connect_ms:.2f} ms of CPU, a decrypted "
+              f"connection of one request {decrypted_ms:.2f} ms: were a passed-through connection to cost nothing "
+              f"beyond its CONNECT, needed / all on new connections would be {ceiling:.2f}x")
+    for mode in MODES:
+        counted = ", ".join(f"{k} {v:.0f}" for k, v in sorted(tls_counts(proxies[mode]).items()))
         print(f"accessgate_tls_connections_total, inspect={mode}: {counted}")
+
+
+def connect_bound(samples: list[Sample]) -> tuple[float, float, float] | None:
+    """What a CONNECT alone and a decrypted connection cost (ms of CPU), and the needed / all that bounds."""
+    connect = [s for s in samples if s.phase == CONNECT_ONLY]
+    decrypted = [s for s in samples if s.phase == "new" and s.mode == "all"]
+    if not connect or not decrypted:
+        return None
+    connect_ms = statistics.median(1000 / s.conn_per_cpu for s in connect if s.conn_per_cpu)
+    decrypted_ms = statistics.median(1000 / s.conn_per_cpu for s in decrypted if s.conn_per_cpu)
+    share = (GOVERNED_EVERY - 1) / GOVERNED_EVERY  # of connections passed through under `needed`
+    return connect_ms, decrypted_ms, decrypted_ms / (share * connect_ms + (1 - share) * decrypted_ms)
 
 
 if __name__ == "__main__":
