@@ -47,6 +47,7 @@ OnEnd = Callable[["Splice"], None]
 HIGH_WATER = 256 * 1024  # bytes queued towards one side before the other side's reading pauses
 CONNECT_TIMEOUT = 30.0  # seconds to connect the server; the client is not read meanwhile
 IDLE = "idle"
+TCP_TIMEOUT_11 = 600.0  # mitmproxy 11's fixed idle timeout for TCP; 12 has the tcp_timeout option
 
 
 class Splice:
@@ -291,12 +292,14 @@ def take_over(context, address: tuple[str, int], on_data: OnData, on_end: OnEnd)
         return None  # not a socket mitmproxy reads through asyncio (WireGuard, local mode)
     transport = writer.transport
     raw = transport.get_extra_info("socket")
-    if raw is None or transport.is_closing() or getattr(reader, "_paused", False):
-        return None  # (a paused reader would resume its transport when read: two readers of one socket)
+    if raw is None or transport.is_closing() or transport.get_write_buffer_size():
+        return None  # (bytes mitmproxy still has to send would go out after the server's)
+    if getattr(reader, "_paused", False):
+        return None  # a reader paused by its own buffer resumes its transport when read: two readers
     sock = socket.socket(fileno=os.dup(raw.fileno()))
     sock.setblocking(False)
     transport.pause_reading()
     reader.feed_eof()  # mitmproxy reads what it holds, then sees the client "close"
-    splice = Splice(sock, address, on_data, on_end, float(ctx.options.tcp_timeout))
+    splice = Splice(sock, address, on_data, on_end, float(getattr(ctx.options, "tcp_timeout", TCP_TIMEOUT_11)))
     splice.connect_server()
     return HandOff(context, splice)
