@@ -10,6 +10,7 @@ record says what reached the site, the audit log what the proxy recorded.
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import ssl
 import time
@@ -18,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from mitmproxy import version as mitmproxy_version
 
 from accessgate.stores import open_store
 from support.clients import PASSWORD, curl
@@ -304,3 +306,29 @@ def test_quota_minutes_are_counted_for_passed_through_traffic(start, origin, tmp
     [closed] = closed_records(proxy)
     assert (closed["site"], closed["reason"]) == ("chat", "quota-exhausted")
     assert not Passed(proxy).get(), "a new connection got through after the quota was spent"
+
+
+@STRATEGIES
+def test_a_passed_through_tunnel_still_open_at_a_clean_stop_is_recorded(start, origin, strategy):
+    proxy, _ = start(connection_strategy=strategy)
+    passed = Passed(proxy)
+    assert passed.issuer == "origin.test" and passed.get() and passed.get()
+
+    assert proxy.stop(signal.SIGINT) == 0
+
+    [record] = [r for r in proxy.audit_records() if r["scheme"] == "tls"]
+    assert (record["host"], record["decision"], record["inspection"]) == ("chat.test", "allow", "full")
+    assert record["bytes_in"] > 500 and record["bytes_out"] > 500, record
+
+
+@pytest.mark.skipif(mitmproxy_version.VERSION.startswith("11."), reason="mitmproxy 11 has no tcp_timeout option")
+def test_an_idle_passed_through_tunnel_is_closed_after_tcp_timeout(start, origin):
+    proxy, _ = start(tcp_timeout=2)
+    passed = Passed(proxy)
+    assert passed.issuer == "origin.test" and passed.get()
+
+    time.sleep(3.5)
+
+    assert not passed.get(), "the tunnel outlived tcp_timeout"
+    [record] = tls_records(proxy, 1)
+    assert record["bytes_in"] > 0 and record["bytes_out"] > 0
