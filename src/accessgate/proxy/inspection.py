@@ -175,9 +175,15 @@ class Inspector:
         client = context.client
         tunnel = RawTunnel(("tcp", client.id), client, st)
         relay = self._take_over(context, tunnel, known) or Relay(context, True, tunnel, self._sessions.relayed)
+        try:
+            self._sessions.open_relay(tunnel, Request(insp.TUNNEL_METHOD, hello.names, "/"))
+            self.open[client.id] = Passing(hello, identity, known.server if known is not None else None, tunnel)
+        except BaseException:
+            if tunnel.splice is not None:  # its sockets are accessgate's: closed here, not by mitmproxy
+                tunnel.closed = "failed closed"
+                tunnel.splice.close()
+            raise
         replace(nextlayer, relay)
-        self._sessions.open_relay(tunnel, Request(insp.TUNNEL_METHOD, hello.names, "/"))
-        self.open[client.id] = Passing(hello, identity, known.server if known is not None else None, tunnel)
         self._count(decision, PASSED, why)
 
     def _take_over(self, context, tunnel: RawTunnel, known: Known | None) -> layer.Layer | None:
