@@ -245,3 +245,20 @@ def test_a_client_that_hangs_up_at_once_ends_the_splice(held):
     run = asyncio.run(case())
     assert bytes(run.server_got) == held
     assert run.tally.ended == [None]
+
+
+def test_a_splice_closed_while_its_server_is_connecting_sends_the_server_nothing():
+    async def serve(reader, writer, got):
+        got += await reader.read()
+
+    async def case():
+        run = await start(serve, held=b"never sent")
+        run.splice.close()  # before the server connection (scheduled, not yet made) completes
+        rest = await asyncio.wait_for(run.reader.read(), 5)
+        await ended(run)
+        await asyncio.sleep(0.2)
+        return run, rest
+
+    run, rest = asyncio.run(case())
+    assert rest == b"" and bytes(run.server_got) == b""
+    assert run.tally.ended == [None]

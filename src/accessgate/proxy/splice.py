@@ -123,8 +123,8 @@ class Splice:
         return self.server if end is self.client else self.client
 
     def connected(self, end: _End) -> None:
-        if self.ended:
-            end.transport.abort()
+        if self.ended or not end.expected:
+            end.transport.abort()  # the splice was closed while this side was connecting
             return
         other = self._other(end)
         if end is self.client and other.transport is None:
