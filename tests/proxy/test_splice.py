@@ -81,6 +81,19 @@ async def record_then_answer(reader, writer, got: bytearray) -> None:
     writer.close()
 
 
+async def record(reader, writer, got: bytearray) -> None:
+    """Records what comes until the client's EOF (or the splice closing it)."""
+    got += await reader.read()
+
+
+async def rest_until_ended(run: Run, settle: float = 0.1) -> bytes:
+    """What the client still reads until its connection closes, once the splice has ended and settled."""
+    rest = await asyncio.wait_for(run.reader.read(), 5)
+    await ended(run)
+    await asyncio.sleep(settle)
+    return rest
+
+
 async def ended(run: Run, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not run.tally.ended and time.monotonic() < deadline:
@@ -131,10 +144,7 @@ def test_bytes_the_session_refuses_do_not_reach_the_server_and_both_sides_close(
         run = await start(record_then_answer, held=b"12345", refuse_after=8)
         run.writer.write(b"67890")  # 10 bytes in all: past the limit
         await run.writer.drain()
-        rest = await asyncio.wait_for(run.reader.read(), 5)
-        await ended(run)
-        await asyncio.sleep(0.1)
-        return run, rest
+        return run, await rest_until_ended(run)
 
     run, rest = asyncio.run(case())
     assert rest == b"", "the client got nothing back"
@@ -143,20 +153,14 @@ def test_bytes_the_session_refuses_do_not_reach_the_server_and_both_sides_close(
 
 
 def test_closing_a_splice_ends_both_connections_once():
-    async def serve(reader, writer, got):
-        got += await reader.read()  # waits for the splice to close it
-
     async def case():
-        run = await start(serve, held=b"x")
+        run = await start(record, held=b"x")
         run.writer.write(b"y")
         await run.writer.drain()
         await asyncio.sleep(0.1)
         run.splice.close()
         run.splice.close()
-        rest = await asyncio.wait_for(run.reader.read(), 5)
-        await ended(run)
-        await asyncio.sleep(0.1)
-        return run, rest
+        return run, await rest_until_ended(run)
 
     run, rest = asyncio.run(case())
     assert rest == b"" and bytes(run.server_got) == b"xy"
@@ -164,11 +168,8 @@ def test_closing_a_splice_ends_both_connections_once():
 
 
 def test_an_idle_tunnel_is_closed_after_the_timeout():
-    async def serve(reader, writer, got):
-        got += await reader.read()
-
     async def case():
-        run = await start(serve, idle=0.4)
+        run = await start(record, idle=0.4)
         started = time.monotonic()
         run.writer.write(b"ping")
         rest = await asyncio.wait_for(run.reader.read(), 5)
@@ -248,16 +249,10 @@ def test_a_client_that_hangs_up_at_once_ends_the_splice(held):
 
 
 def test_a_splice_closed_while_its_server_is_connecting_sends_the_server_nothing():
-    async def serve(reader, writer, got):
-        got += await reader.read()
-
     async def case():
-        run = await start(serve, held=b"never sent")
+        run = await start(record, held=b"never sent")
         run.splice.close()  # before the server connection (scheduled, not yet made) completes
-        rest = await asyncio.wait_for(run.reader.read(), 5)
-        await ended(run)
-        await asyncio.sleep(0.2)
-        return run, rest
+        return run, await rest_until_ended(run, settle=0.2)
 
     run, rest = asyncio.run(case())
     assert rest == b"" and bytes(run.server_got) == b""

@@ -196,7 +196,7 @@ class Inspector:
             return sessions.relayed(tunnel, from_client, size)
 
         def on_end(ended: splice.Splice) -> None:
-            if tunnel.closed is None and ended.error is not None and ended.error != "idle":
+            if tunnel.closed is None and ended.error is not None and ended.error != splice.IDLE:
                 tunnel.closed = ended.error
             self.forget(tunnel.client.id)
             sessions.end_relay(tunnel)
