@@ -165,11 +165,17 @@ def count_failure(metrics: Any, stage: str, exc: BaseException) -> None:
     quietly(lambda: metrics.fail_closed.labels(stage=stage).inc())
 
 
+def connection_io(client, connection=None) -> Any:
+    """mitmproxy's reader, writer and task of `connection` (by default the client's own) in the
+    handler of `client`'s connection; None when either is gone.  mitmproxy has no public way to it."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(client.id) if proxyserver is not None else None
+    return handler.transports.get(client if connection is None else connection) if handler is not None else None
+
+
 def close_connection(client) -> bool:
     """Close a client connection's transport; False if it is gone already."""
-    proxyserver = ctx.master.addons.get("proxyserver")
-    handler = proxyserver.connections.get(client.id) if proxyserver else None
-    io = handler.transports.get(client) if handler is not None else None
+    io = connection_io(client)
     if io is not None and io.writer is not None:
         io.writer.close()
         return True

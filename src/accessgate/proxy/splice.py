@@ -38,6 +38,7 @@ from mitmproxy import ctx
 from mitmproxy.proxy import commands, events, layer
 
 from accessgate.oplog import get_logger
+from accessgate.proxy.gate import connection_io
 
 log = get_logger("addon")
 
@@ -284,9 +285,7 @@ def take_over(context, address: tuple[str, int], on_data: OnData, on_end: OnEnd)
     """The layer that hands `context`'s client to a new `Splice` to `address`; None: mitmproxy keeps it."""
     if context.server.connected:
         return None  # mitmproxy connected the server already (connection_strategy=eager): it relays
-    proxyserver = ctx.master.addons.get("proxyserver")
-    handler = proxyserver.connections.get(context.client.id) if proxyserver is not None else None
-    io = handler.transports.get(context.client) if handler is not None else None
+    io = connection_io(context.client)
     reader, writer = (io.reader, io.writer) if io is not None else (None, None)
     if not isinstance(reader, asyncio.StreamReader) or not isinstance(writer, asyncio.StreamWriter):
         return None  # not a socket mitmproxy reads through asyncio (WireGuard, local mode)

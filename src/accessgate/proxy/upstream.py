@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from mitmproxy import ctx
 from mitmproxy.proxy import server_hooks
 
 from accessgate.oplog import get_logger
+from accessgate.proxy.gate import connection_io
 from accessgate.policy.model import IPAddress, IPNetwork
 
 LOOPBACK = "loopback"
@@ -152,9 +152,7 @@ class UpstreamGuard:
             return
         self._refused(peer[0], reason)
         # mitmproxy sends nothing before this hook returns; closing now keeps every byte from the service.
-        proxyserver = ctx.master.addons.get("proxyserver")
-        handler = proxyserver.connections.get(data.client.id) if proxyserver else None
-        io = handler.transports.get(data.server) if handler is not None else None
+        io = connection_io(data.client, data.server)
         if io is not None and io.writer is not None:
             io.writer.close()
         data.server.error = _message(peer[0], reason)
