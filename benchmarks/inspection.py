@@ -163,7 +163,8 @@ async def _worker(port: int, start: int, per_connection: tuple[int, ...], deadli
         call = lg.Call(USER, "GET", f"https://{host}{GOVERNED_PATH if governed else '/'}")
         try:
             if not requests:  # connect-only: the tunnel is answered, and that is all
-                await _connect_only(port, call)
+                _, writer = await asyncio.wait_for(lg._connect(port, call, None, handshake=False), 30)
+                writer.close()
                 count.connections += 1
                 continue
             reader, writer = await lg._connect(port, call, tls)
@@ -185,18 +186,6 @@ async def _worker(port: int, start: int, per_connection: tuple[int, ...], deadli
             count.errors += 1
         finally:
             writer.close()
-
-
-async def _connect_only(port: int, call: lg.Call) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"CONNECT {call.host}:443 HTTP/1.1\r\nHost: {call.host}:443\r\n"
-                     f"Proxy-Authorization: {call.proxy_authorization()}\r\n\r\n".encode())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
-    finally:
-        writer.close()
 
 
 def load(port: int, *, seconds: float, workers: int, per_connection: tuple[int, ...], tls: ssl.SSLContext) -> Count:

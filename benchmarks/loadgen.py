@@ -182,7 +182,8 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, str, bool]:
     return status, reason, keep
 
 
-async def _connect(port: int, call: Call, ca: ssl.SSLContext | None):
+async def _connect(port: int, call: Call, ca: ssl.SSLContext | None, *, handshake: bool = True):
+    """A connection through the proxy for `call`: for HTTPS its CONNECT answered, then TLS unless not `handshake`."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     if call.tls:
         host = call.host if ":" in call.host else f"{call.host}:443"
@@ -195,7 +196,8 @@ async def _connect(port: int, call: Call, ca: ssl.SSLContext | None):
             writer.close()
             status_line = head.split(b"\r\n", 1)[0]
             raise ConnectionError(f"CONNECT {host} answered {status_line!r}")
-        await writer.start_tls(ca, server_hostname=call.host.split(":")[0])
+        if handshake:
+            await writer.start_tls(ca, server_hostname=call.host.split(":")[0])
     return reader, writer
 
 
