@@ -158,7 +158,9 @@ def test_chromium_opens_a_tunnel_per_site_behind_a_proxy_even_when_one_certifica
     (page,) = [r for r in served if r[2] == "/"]
     assert pixel[3] != page[3], served
 
-    records = proxy.wait_audit(lambda rs: len([r for r in rs if r.get("scheme") == "tls"]) >= 2, timeout=10)
+    # A tunnel's record is written when it closes; Chromium may open others (its own services) meanwhile.
+    wanted = {"a.shared.test", "b.shared.test"}
+    records = proxy.wait_audit(lambda rs: wanted <= {r["host"] for r in rs if r.get("scheme") == "tls"}, timeout=10)
     tunnels = [r for r in records if r.get("scheme") == "tls"]
-    assert {r["host"] for r in tunnels} >= {"a.shared.test", "b.shared.test"}, tunnels
+    assert {r["host"] for r in tunnels} >= wanted, tunnels
     assert all(r["inspection"] == "unlisted" and r["decision"] == "allow" for r in tunnels), tunnels
